@@ -1,0 +1,47 @@
+"""The few errors a venue can raise, as the actor needs to tell them apart.
+
+The actor's retry logic must never parse an exchange's message text. Every venue adapter maps
+what it gets into one of these, and the actor decides from the class alone:
+
+* `VenueUnavailable`: the request may or may not have taken effect (timeout, lost response,
+  5xx, network). A write is followed by a lookup of its client order id before anything else.
+* `RateLimited`: like `VenueUnavailable`, but the venue asked us to slow down.
+* `OrderRejected`: the venue refused the request; nothing was placed. Final.
+* `DuplicateClientOrderId`: an order with that client order id already exists, so an
+  earlier attempt did reach the venue. Look it up; never send it again under a new id.
+"""
+
+from __future__ import annotations
+
+
+class VenueError(Exception):
+    """Base for everything a venue adapter raises on purpose."""
+
+
+class VenueUnavailable(VenueError):
+    """The outcome is unknown: the request may have been executed. Retry only after a lookup."""
+
+
+class RateLimited(VenueUnavailable):
+    """The venue is throttling us. Back off harder than for a plain transient error."""
+
+
+class OrderRejected(VenueError):
+    """The venue refused the order and placed nothing. ``code`` is the venue's own code."""
+
+    def __init__(self, reason: str, code: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class DuplicateClientOrderId(VenueError):
+    """The client order id is already known to the venue: an earlier attempt got through."""
+
+    def __init__(self, client_order_id: str) -> None:
+        super().__init__(f"client order id {client_order_id!r} already exists on the venue")
+        self.client_order_id = client_order_id
+
+
+class UnknownSymbol(VenueError):
+    """The venue does not list this symbol (or not as a linear perpetual)."""
