@@ -1,0 +1,1 @@
+"""The process: configuration, supervision, audit, intents, metrics and the command line."""
