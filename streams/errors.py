@@ -6,7 +6,9 @@ what it gets into one of these, and the actor decides from the class alone:
 * `VenueUnavailable`: the request may or may not have taken effect (timeout, lost response,
   5xx, network). A write is followed by a lookup of its client order id before anything else.
 * `RateLimited`: like `VenueUnavailable`, but the venue asked us to slow down.
-* `OrderRejected`: the venue refused the request; nothing was placed. Final.
+* `OrderRejected`: the venue refused the request; nothing was placed. Final. Two refusals
+  change what the actor does next and have their own subclasses: `StopWouldTrigger` and
+  `NothingToReduce`.
 * `DuplicateClientOrderId`: an order with that client order id already exists, so an
   earlier attempt did reach the venue. Look it up; never send it again under a new id.
 """
@@ -33,6 +35,21 @@ class OrderRejected(VenueError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+class StopWouldTrigger(OrderRejected):
+    """A stop was refused because the market is already through its price.
+
+    Retrying cannot help: the stop would have fired. The position must be closed now.
+    """
+
+
+class NothingToReduce(OrderRejected):
+    """A reduce-only order was refused because there is no position (on that side) to reduce.
+
+    The venue itself checked its book: this is positive evidence of "flat", unlike an empty
+    (possibly lagging) position list.
+    """
 
 
 class DuplicateClientOrderId(VenueError):

@@ -80,6 +80,11 @@ class Venue(Protocol):
         """True when `OrderRequest.stop_loss` is honoured at the fill (the position's stop)."""
         ...
 
+    def now_ms(self) -> int:
+        """The venue's clock in ms, as well as it is known here: the timebase of ``ts_ms``
+        fields and of `fetch_executions`'s ``since_ms``."""
+        ...
+
     async def load_markets(self) -> dict[str, MarketRules]:
         """The tradeable symbols and their rules. Called once at start-up."""
         ...

@@ -1,0 +1,48 @@
+"""Everything an actor needs from outside, in one place (and nothing it does not)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from actors.records import PositionRecord
+from actors.settings import ActorSettings
+from actors.store import Store
+from streams.evidence import EvidenceBoard
+from streams.venue import MarketRules, Venue
+
+TransitionObserver = Callable[[PositionRecord, str], None]
+"""Called after every saved transition with the record and its note (metrics, demo, bench)."""
+
+
+@dataclass
+class ActorContext:
+    venue: Venue
+    store: Store
+    board: EvidenceBoard
+    rules: dict[str, MarketRules]
+    settings: ActorSettings
+    rng: random.Random = field(default_factory=random.Random)
+    observers: list[TransitionObserver] = field(default_factory=list)
+    alerts: list[Callable[[str, str], None]] = field(default_factory=list)
+    """Called with (symbol, message) when a position may be unprotected; the operator must know."""
+    rest_calls: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def account(self) -> str:
+        return self.settings.account
+
+    def count_rest(self, record: PositionRecord, method: str) -> None:
+        self.rest_calls[method] += 1
+        record.rest_calls += 1
+
+    def alert(self, symbol: str, message: str) -> None:
+        for callback in self.alerts:
+            callback(symbol, message)
+
+    async def save(self, record: PositionRecord, note: str = "") -> None:
+        await self.store.save_record(record, note)
+        for observer in self.observers:
+            observer(record, note)

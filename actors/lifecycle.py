@@ -1,0 +1,284 @@
+"""The per-symbol actor: one mailbox, one position lifecycle at a time (I4).
+
+Every intent for a symbol goes through its actor's mailbox and is handled to the end before
+the next one starts, so two entries for one symbol are never in flight together (the seed's
+hypothesis #4). Every step is written to the store before it is taken (I5): the entry's
+client order id is in Redis before the order is sent, a stop's id before the stop is placed.
+
+    submitting -> submitted -> verifying -> open -> protected -> closing -> closed
+                                        \\-> rejected | closed_externally | unverified
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from actors import ids
+from actors.backoff import Deadline
+from actors.closing import close_position, settle_closed
+from actors.context import ActorContext
+from actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
+from actors.orders import cancel_leftover_stops, look_up, send_once
+from actors.protection import protect
+from actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
+from actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
+from streams.errors import OrderRejected
+from streams.venue import OrderRequest
+
+log = logging.getLogger("posguard.actor")
+
+
+class MailboxFull(RuntimeError):
+    pass
+
+
+class Ticket:
+    """A caller's handle on a submitted intent: wait for `done`, then read `result`."""
+
+    def __init__(self, intent: Intent) -> None:
+        self.intent = intent
+        self.done = anyio.Event()
+        self.result: IntentRecord | None = None
+
+    def finish(self, result: IntentRecord) -> None:
+        self.result = result
+        self.done.set()
+
+    async def wait(self) -> IntentRecord:
+        await self.done.wait()
+        assert self.result is not None
+        return self.result
+
+
+class SymbolActor:
+    def __init__(self, ctx: ActorContext, symbol: str) -> None:
+        self.ctx = ctx
+        self.symbol = symbol
+        send, receive = anyio.create_memory_object_stream[Ticket](ctx.settings.mailbox_size)
+        self._send: MemoryObjectSendStream[Ticket] = send
+        self._receive: MemoryObjectReceiveStream[Ticket] = receive
+        self.busy = False
+
+    def submit(self, intent: Intent) -> Ticket:
+        ticket = Ticket(intent)
+        try:
+            self._send.send_nowait(ticket)
+        except anyio.WouldBlock:
+            raise MailboxFull(f"{self.symbol}: {self.ctx.settings.mailbox_size} intents already queued") from None
+        return ticket
+
+    async def run(self) -> None:
+        """Resume whatever was in flight, then serve the mailbox until cancelled."""
+        await self.resume()
+        async for ticket in self._receive:
+            self.busy = True
+            try:
+                ticket.finish(await self.handle(ticket.intent))
+            except BaseException:
+                # The supervisor restarts the actor; the intent's record says what was done.
+                ticket.finish(IntentRecord(
+                    intent_id=ticket.intent.intent_id, action=type(ticket.intent).__name__,
+                    symbol=self.symbol, status="failed",
+                    reason="interrupted (actor stopped or crashed); the position record shows how far it got",
+                ))
+                raise
+            finally:
+                self.busy = False
+
+    async def handle(self, intent: Intent) -> IntentRecord:
+        match intent:
+            case OpenIntent():
+                return await self._intent_step(intent, "open", self._open)
+            case CloseIntent():
+                return await self._intent_step(intent, "close", self._close)
+
+    async def _intent_step(
+        self, intent: Intent, action: str, step: Callable[[Intent], Awaitable[PositionRecord]]
+    ) -> IntentRecord:
+        store = self.ctx.store
+        previous = await store.load_intent(intent.intent_id)
+        if previous is not None and previous.status != "accepted":
+            log.info("%s: intent %s already handled (%s); not repeating it", self.symbol, intent.intent_id, previous.status)
+            return previous
+        reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=self.symbol, status="accepted")
+        await store.save_intent(reply)
+        try:
+            record = await step(intent)
+        except IntentConflict as exc:
+            reply.status, reply.reason = "rejected", str(exc)
+        else:
+            reply.status = "rejected" if record.state is State.REJECTED and action == "open" else "done"
+            reply.outcome = str(record.state)
+            reply.reason = record.reason
+            reply.client_order_id = record.client_order_id if action == "open" else record.close_client_order_id
+        await store.save_intent(reply)
+        return reply
+
+    # -- open -----------------------------------------------------------------------------
+
+    async def _open(self, intent: Intent) -> PositionRecord:
+        assert isinstance(intent, OpenIntent)
+        ctx = self.ctx
+        current = await ctx.store.load_record(self.symbol)
+        if current is not None and current.state.is_live and current.intent_id != intent.intent_id:
+            raise IntentConflict(
+                f"{self.symbol} already has a live position record (state {current.state},"
+                f" intent {current.intent_id}); close it before opening another"
+            )
+        if current is not None and current.intent_id == intent.intent_id:
+            record = current  # a redelivered intent: carry on from where it stood
+        else:
+            record = PositionRecord(
+                symbol=self.symbol,
+                intent_id=intent.intent_id,
+                state=State.SUBMITTING,
+                side=intent.side,
+                qty=intent.qty,
+                stop_price=intent.stop_price,
+                client_order_id=ids.entry_id(ctx.account, intent.intent_id),
+                stop_source="attached" if ctx.venue.supports_attached_stop else "",
+            )
+        if record.state.is_terminal:
+            return record
+        return await self._drive_entry(record, resumed=record is current)
+
+    async def _drive_entry(self, record: PositionRecord, *, resumed: bool) -> PositionRecord:
+        """From any in-flight state to a settled one. Also the crash-recovery path.
+
+        ``resumed``: the record was found in the store in this state, so the entry may have
+        been sent already; it is looked up by client order id before it is ever sent.
+        """
+        ctx = self.ctx
+        sent_at = anyio.current_time()
+        if record.state is State.SUBMITTING and resumed:
+            grace = Deadline(ctx.settings.verification.lookup_grace)
+            found = await look_up(ctx, record, record.client_order_id, grace)
+            if found is not None:
+                record.order_id = found.order_id
+                record.state = State.SUBMITTED
+                await ctx.save(record, f"found on the venue after restart: {found.status}")
+        if record.state is State.SUBMITTING:
+            record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
+            await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
+            request = OrderRequest(
+                symbol=record.symbol,
+                side=record.side,
+                qty=record.qty,
+                client_order_id=record.client_order_id,
+                stop_loss=record.stop_price if record.stop_source == "attached" else None,
+            )
+            try:
+                order = await send_once(
+                    ctx, record, record.client_order_id, lambda: ctx.venue.create_order(request),
+                    Deadline(ctx.settings.verification.hard_deadline),
+                )
+            except OrderRejected as exc:
+                record.state = State.REJECTED
+                record.reason = f"venue rejected the entry: {exc.reason}"
+                record.closed_at = utc_now()
+                await ctx.save(record)
+                return record
+            if order is not None:
+                record.order_id = order.order_id
+                record.state = State.SUBMITTED
+                await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
+        if record.state in IN_FLIGHT_STATES:
+            record.state = State.VERIFYING
+            await ctx.save(record)
+            verdict = await verify_entry(ctx, record, sent_at)
+            await self._settle_entry(record, verdict, sent_at)
+        elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not record.stop_client_order_id):
+            await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)
+        return record
+
+    async def _settle_entry(
+        self, record: PositionRecord, verdict: Filled | ClosedExternally | Rejected | Unverified, sent_at: float
+    ) -> None:
+        ctx = self.ctx
+        elapsed_ms = (anyio.current_time() - sent_at) * 1000
+        match verdict:
+            case Rejected(reason=reason, source=source):
+                record.state = State.REJECTED
+                record.reason = reason
+                record.evidence = source
+                record.closed_at = utc_now()
+                await ctx.save(record)
+                ctx.board.forget(record.client_order_id)
+            case ClosedExternally(filled_qty=filled, exit_qty=exit_qty, avg_price=avg, source=source):
+                record.filled_qty, record.entry_price, record.evidence = filled, avg, source
+                record.sent_to_verified_ms = elapsed_ms
+                record.state = State.CLOSED_EXTERNALLY
+                record.reason = f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
+                record.filled_at = record.closed_at = utc_now()
+                await ctx.save(record)
+                await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+                ctx.board.forget(record.client_order_id)
+            case Filled():
+                record.filled_qty = verdict.open_qty
+                record.entry_price = verdict.avg_price
+                record.evidence = verdict.source
+                record.sent_to_verified_ms = elapsed_ms
+                record.filled_at = utc_now()
+                record.state = State.OPEN
+                partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
+                await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
+                await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at)
+            case Unverified(reason=reason):
+                record.state = State.UNVERIFIED
+                record.reason = reason
+                await ctx.save(record)
+                ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
+                await protect(ctx, record, record.qty, None, sent_at)
+
+    # -- close ----------------------------------------------------------------------------
+
+    async def _close(self, intent: Intent) -> PositionRecord:
+        assert isinstance(intent, CloseIntent)
+        ctx = self.ctx
+        record = await ctx.store.load_record(self.symbol)
+        if record is None or not record.state.is_live:
+            state = record.state if record is not None else "none"
+            raise IntentConflict(f"{self.symbol} has no live position to close (record state: {state})")
+        if record.state in IN_FLIGHT_STATES:
+            raise IntentConflict(f"{self.symbol}: the entry is still being verified; close it once it settles")
+        record.state = State.CLOSING
+        record.close_intent_id = intent.intent_id
+        await ctx.save(record, "close requested")
+        return await self._drive_close(record)
+
+    async def _drive_close(self, record: PositionRecord) -> PositionRecord:
+        ctx = self.ctx
+        qty = record.filled_qty if record.filled_qty > 0 else record.qty
+        outcome = await close_position(ctx, record, id_key=record.close_intent_id, qty=qty)
+        await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+        await settle_closed(ctx, record, outcome, "closed on request")
+        return record
+
+    # -- recovery -------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """After a crash or restart: finish the step the record says was under way.
+
+        An entry that may have been sent is looked up by its client order id before anything
+        new happens; a close in flight is driven on (its orders are reduce-only).
+        """
+        record = await self.ctx.store.load_record(self.symbol)
+        if record is None or record.state.is_terminal:
+            return
+        log.info("%s: resuming record in state %s (intent %s)", self.symbol, record.state, record.intent_id)
+        if record.state is State.CLOSING:
+            await self._drive_close(record)
+        elif record.state is State.EMERGENCY_CLOSING:
+            record.state = State.CLOSING
+            record.close_intent_id = record.close_intent_id or record.intent_id + ":emergency"
+            await self._drive_close(record)
+        else:
+            await self._drive_entry(record, resumed=True)
+
+
+class IntentConflict(RuntimeError):
+    """The intent cannot run in the symbol's current state; nothing was sent."""

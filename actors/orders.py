@@ -1,0 +1,105 @@
+"""Sending an order exactly once, whatever the network does (I3).
+
+A request whose response is lost may or may not have reached the venue. The only safe next
+step is to ask the venue about that client order id; an order is sent again only after the
+venue has kept saying "unknown" for `VerificationSettings.lookup_grace`, and then under the
+*same* client order id, so a venue that rejects duplicate ids (Bybit) turns any mistake into
+a harmless `DuplicateClientOrderId`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from actors.backoff import Deadline, sleep_within
+from actors.context import ActorContext
+from actors.records import PositionRecord
+from streams.errors import DuplicateClientOrderId, VenueUnavailable
+from streams.events import Order
+
+log = logging.getLogger("posguard.actor")
+
+
+async def send_once(
+    ctx: ActorContext,
+    record: PositionRecord,
+    client_order_id: str,
+    send: Callable[[], Awaitable[Order]],
+    deadline: Deadline,
+) -> Order | None:
+    """Send via ``send`` and return the venue's view of the order.
+
+    None means the order's fate is still unknown at the deadline (the caller must not
+    assume it was not placed). `OrderRejected` propagates: the venue placed nothing.
+    """
+    delays = ctx.settings.verification.backoff.delays(ctx.rng)
+    while True:
+        pushed = ctx.board.order(client_order_id)
+        if pushed is not None:
+            return pushed
+        try:
+            ctx.count_rest(record, "send")
+            return await send()
+        except DuplicateClientOrderId:
+            log.info("%s: %s already on the venue; looking it up", record.symbol, client_order_id)
+            return await look_up(ctx, record, client_order_id, deadline)
+        except VenueUnavailable as exc:
+            log.warning("%s: sending %s: outcome unknown (%s); looking it up", record.symbol, client_order_id, exc)
+            grace = Deadline(min(ctx.settings.verification.lookup_grace, deadline.remaining))
+            found = await look_up(ctx, record, client_order_id, grace)
+            if found is not None:
+                return found
+        if not await sleep_within(next(delays), deadline):
+            return None
+        log.warning("%s: the venue does not know %s; sending it again under the same id", record.symbol, client_order_id)
+
+
+async def look_up(
+    ctx: ActorContext, record: PositionRecord, client_order_id: str, deadline: Deadline
+) -> Order | None:
+    """Ask for an order by client order id until it is found or the deadline passes.
+
+    Pushed evidence counts as finding it. None means "not found by the deadline", which is
+    not evidence that it does not exist.
+    """
+    delays = ctx.settings.verification.backoff.delays(ctx.rng)
+    while True:
+        pushed = ctx.board.order(client_order_id)
+        if pushed is not None:
+            return pushed
+        try:
+            ctx.count_rest(record, "fetch_order")
+            found = await ctx.venue.fetch_order(record.symbol, client_order_id)
+        except VenueUnavailable:
+            found = None
+        if found is not None:
+            return found
+        if not await sleep_within(next(delays), deadline):
+            return None
+
+
+async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadline: Deadline) -> list[str]:
+    """Cancel every armed stop this record's intent placed on the symbol.
+
+    Found by listing open orders (not by remembering ids), so stops from attempts whose
+    responses were lost are cancelled too. Returns the ids cancelled.
+    """
+    stem = record.client_order_id.rsplit("-", 1)[0]
+    delays = ctx.settings.verification.backoff.delays(ctx.rng)
+    while True:
+        try:
+            ctx.count_rest(record, "fetch_open_orders")
+            orders = await ctx.venue.fetch_open_orders(record.symbol)
+            cancelled = []
+            for order in orders:
+                if order.kind == "stop" and order.client_order_id.startswith(stem + "-s"):
+                    ctx.count_rest(record, "cancel_order")
+                    await ctx.venue.cancel_order(record.symbol, order.client_order_id)
+                    cancelled.append(order.client_order_id)
+            return cancelled
+        except VenueUnavailable as exc:
+            log.warning("%s: cancelling leftover stops failed (%s); retrying", record.symbol, exc)
+            if not await sleep_within(next(delays), deadline):
+                ctx.alert(record.symbol, "leftover stop orders could not be cancelled; the audit will retry")
+                return []

@@ -1,0 +1,231 @@
+"""Deciding what an entry order did, from evidence and never from absence (I1).
+
+The seed bot slept, asked for the position list, found nothing and concluded "no position".
+Here, "nothing found yet" never decides anything. A verdict is reached only when:
+
+* the order is final with nothing filled                     -> `Rejected`
+* it filled, and executions show the fill closed again       -> `ClosedExternally`
+* it filled (order state, executions or a position we see)   -> `Filled`
+* none of the above by the hard deadline                     -> `Unverified` (protect, audit)
+
+Evidence is gathered first from pushes (the in-memory board) up to the push deadline, or
+until the stream is known to be unhealthy; then over REST, in one fixed order (order by client
+order id, executions, the position list) with backoff and jitter, still accepting pushes that
+arrive meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import anyio
+import msgspec
+
+from actors.backoff import Deadline
+from actors.context import ActorContext
+from actors.records import PositionRecord
+from streams.errors import VenueUnavailable
+from streams.events import Execution, Order, Position, closing_side, position_side_of
+from streams.evidence import newer_order
+
+log = logging.getLogger("posguard.actor")
+
+EPSILON = 1e-9
+Source = Literal["push", "rest"]
+
+
+class Filled(msgspec.Struct, frozen=True, tag="filled"):
+    """The entry filled and, as far as the evidence shows, is (partly) still open."""
+
+    filled_qty: float
+    open_qty: float
+    avg_price: float
+    source: Source
+    complete: bool
+    """False when the deadline came while the order was still filling: size is a lower bound."""
+    position_seen: Position | None
+    """A venue position snapshot taken after the fill, if one was seen (it carries the stop)."""
+
+
+class ClosedExternally(msgspec.Struct, frozen=True, tag="closed_externally"):
+    filled_qty: float
+    exit_qty: float
+    avg_price: float
+    source: Source
+
+
+class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
+    reason: str
+    source: Source
+
+
+class Unverified(msgspec.Struct, frozen=True, tag="unverified"):
+    reason: str
+
+
+Verdict = Filled | ClosedExternally | Rejected | Unverified
+
+
+class EntryEvidence:
+    """Everything known about one entry order, merged from pushes and REST answers."""
+
+    def __init__(self, record: PositionRecord) -> None:
+        self.record = record
+        self.order: Order | None = None
+        self.fills: dict[str, Execution] = {}
+        self.exits: dict[str, Execution] = {}
+        self.position: Position | None = None
+        self.source: Source = "push"
+        self._exit_side = closing_side(position_side_of(record.side))
+
+    def take_order(self, order: Order | None, source: Source) -> None:
+        if order is None:
+            return
+        merged = newer_order(self.order, order)
+        if merged is not self.order:
+            self.order = merged
+            self.source = source
+
+    def take_executions(self, executions: list[Execution], source: Source) -> None:
+        coid = self.record.client_order_id
+        for execution in executions:
+            if execution.ts_ms < self.record.sent_ms:
+                continue
+            if execution.client_order_id == coid:
+                if execution.exec_id not in self.fills:
+                    self.fills[execution.exec_id] = execution
+                    self.source = source
+            elif execution.side == self._exit_side:
+                self.exits.setdefault(execution.exec_id, execution)
+
+    def take_position(self, position: Position | None, source: Source) -> None:
+        """Only a position on our side, seen after we sent, says anything about our fill."""
+        if position is None or position.ts_ms < self.record.sent_ms:
+            return
+        if self.position is None or position.ts_ms >= self.position.ts_ms:
+            if position.is_open and position.side == position_side_of(self.record.side):
+                if self.filled_qty() <= EPSILON:
+                    self.source = source
+            self.position = position
+
+    def take_board(self, ctx: ActorContext) -> None:
+        board = ctx.board
+        self.take_order(board.order(self.record.client_order_id), "push")
+        self.take_executions(board.fills(self.record.client_order_id), "push")
+        self.take_executions(board.executions(self.record.symbol, self.record.sent_ms), "push")
+        self.take_position(board.position(self.record.symbol), "push")
+
+    # -- reading the evidence ---------------------------------------------------------------
+
+    def visible_position(self) -> Position | None:
+        position = self.position
+        if position is not None and position.is_open and position.side == position_side_of(self.record.side):
+            return position
+        return None
+
+    def filled_qty(self) -> float:
+        by_order = self.order.filled if self.order is not None else 0.0
+        by_fills = sum(e.qty for e in self.fills.values())
+        visible = self.visible_position()
+        by_position = visible.size + self.exit_qty() if visible is not None else 0.0
+        return max(by_order, by_fills, min(by_position, self.record.qty))
+
+    def exit_qty(self) -> float:
+        return sum(e.qty for e in self.exits.values())
+
+    def avg_price(self) -> float:
+        if self.order is not None and self.order.avg_price:
+            return self.order.avg_price
+        qty = sum(e.qty for e in self.fills.values())
+        if qty > 0:
+            return sum(e.qty * e.price for e in self.fills.values()) / qty
+        visible = self.visible_position()
+        return visible.entry_price if visible is not None else 0.0
+
+    def fill_complete(self) -> bool:
+        filled = self.filled_qty()
+        return (self.order is not None and self.order.is_final) or filled >= self.record.qty - EPSILON
+
+    def decide(self, *, final: bool) -> Verdict | None:
+        """The verdict the evidence supports, or None to keep looking (unless ``final``)."""
+        filled = self.filled_qty()
+        if filled <= EPSILON:
+            if self.order is not None and self.order.is_final:
+                return Rejected(f"entry order {self.order.status} with nothing filled", self.source)
+            if final:
+                return Unverified("no evidence of the entry order's fate by the verification deadline")
+            return None
+        if not self.fill_complete() and not final:
+            return None
+        exit_qty = self.exit_qty()
+        if exit_qty >= filled - EPSILON:
+            return ClosedExternally(filled, exit_qty, self.avg_price(), self.source)
+        return Filled(
+            filled_qty=filled,
+            open_qty=filled - exit_qty,
+            avg_price=self.avg_price(),
+            source=self.source,
+            complete=self.fill_complete(),
+            position_seen=self.visible_position(),
+        )
+
+
+async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float) -> Verdict:
+    """Wait for pushed evidence, fall back to REST, decide. ``sent_at`` is anyio time."""
+    settings = ctx.settings.verification
+    evidence = EntryEvidence(record)
+    push_deadline = Deadline(sent_at + settings.push_deadline - anyio.current_time())
+    hard_deadline = Deadline(sent_at + settings.hard_deadline - anyio.current_time())
+
+    while True:
+        evidence.take_board(ctx)
+        verdict = evidence.decide(final=False)
+        if verdict is not None:
+            return verdict
+        if push_deadline.passed or not ctx.board.is_healthy():
+            break
+        with anyio.move_on_after(min(push_deadline.remaining, ctx.board.seconds_until_stale())):
+            await ctx.board.wait_for_change(record.symbol)
+
+    reason = "stream unhealthy" if not ctx.board.is_healthy() else "push late"
+    log.info("%s: %s: %s, asking over REST", record.symbol, record.client_order_id, reason)
+    delays = settings.backoff.delays(ctx.rng)
+    while True:
+        verdict = await ask_over_rest(ctx, record, evidence)
+        if verdict is not None:
+            return verdict
+        if hard_deadline.passed:
+            return evidence.decide(final=True) or Unverified("verification deadline passed")
+        # Sleep the backoff, but a push that lands meanwhile is read at once.
+        with anyio.move_on_after(min(next(delays), hard_deadline.remaining)):
+            await ctx.board.wait_for_change(record.symbol)
+        evidence.take_board(ctx)
+        verdict = evidence.decide(final=False)
+        if verdict is not None:
+            return verdict
+
+
+async def ask_over_rest(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> Verdict | None:
+    """One round of the one unified way to ask: order, executions, positions. Stops early."""
+    venue = ctx.venue
+    try:
+        ctx.count_rest(record, "fetch_order")
+        evidence.take_order(await venue.fetch_order(record.symbol, record.client_order_id), "rest")
+        if evidence.order is not None and evidence.order.filled <= EPSILON and evidence.order.is_final:
+            return evidence.decide(final=False)
+        ctx.count_rest(record, "fetch_executions")
+        evidence.take_executions(await venue.fetch_executions(record.symbol, record.sent_ms), "rest")
+        verdict = evidence.decide(final=False)
+        if verdict is not None and not isinstance(verdict, Filled):
+            return verdict
+        if verdict is not None and verdict.position_seen is not None:
+            return verdict
+        ctx.count_rest(record, "fetch_positions")
+        positions = await venue.fetch_positions()
+        evidence.take_position(next((p for p in positions if p.symbol == record.symbol), None), "rest")
+        return evidence.decide(final=False)
+    except VenueUnavailable as exc:
+        log.warning("%s: REST verification call failed (%s); backing off", record.symbol, exc)
+        evidence.take_board(ctx)
+        return evidence.decide(final=False)

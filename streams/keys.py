@@ -1,0 +1,58 @@
+"""Redis key names. Part of posguard's interface: operators type these into redis-cli.
+
+Every key starts with ``posguard:`` and carries the account in a hash tag, so that all of one
+account's keys fall into one Redis Cluster slot and a MULTI over them is legal there too.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Keys(msgspec.Struct, frozen=True):
+    account: str
+
+    @property
+    def prefix(self) -> str:
+        return f"posguard:{{{self.account}}}"
+
+    def position(self, symbol: str) -> str:
+        """Hash: the position record of one symbol (its current or latest lifecycle)."""
+        return f"{self.prefix}:position:{symbol}"
+
+    @property
+    def positions(self) -> str:
+        """Set: every symbol that has a position record."""
+        return f"{self.prefix}:positions"
+
+    def intent(self, intent_id: str) -> str:
+        """Hash: one intent, its acceptance or rejection and its final outcome."""
+        return f"{self.prefix}:intent:{intent_id}"
+
+    @property
+    def journal(self) -> str:
+        """Stream: every state transition of every position record, in order."""
+        return f"{self.prefix}:journal"
+
+    @property
+    def events(self) -> str:
+        """Stream: every event the venue pushed, as received (capped)."""
+        return f"{self.prefix}:events"
+
+    def venue_position(self, symbol: str) -> str:
+        """Hash: the latest position the venue pushed for a symbol."""
+        return f"{self.prefix}:venue:position:{symbol}"
+
+    def venue_order(self, client_order_id: str) -> str:
+        """Hash: the latest state the venue pushed for one of our orders (expires after a day)."""
+        return f"{self.prefix}:venue:order:{client_order_id}"
+
+    @property
+    def health(self) -> str:
+        """Hash: stream connectivity per topic, last event times, safe mode."""
+        return f"{self.prefix}:health"
+
+    @property
+    def audit(self) -> str:
+        """Stream: every audit finding, what was seen and what was done."""
+        return f"{self.prefix}:audit"

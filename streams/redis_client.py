@@ -1,0 +1,31 @@
+"""Connecting to Redis with coredis, which runs on trio and asyncio alike (anyio-native).
+
+The URL may carry an ACL user and password and use TLS (``rediss://``); it is never logged
+whole: `redact_url` is what goes into messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import coredis
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@asynccontextmanager
+async def open_redis(url: str) -> AsyncIterator[coredis.Redis[str]]:
+    client: coredis.Redis[str] = coredis.Redis.from_url(url, decode_responses=True)
+    async with client:
+        yield client
