@@ -1,0 +1,73 @@
+"""The seed's incident, replayed: a filled market order whose position the list shows late.
+
+The seed bot slept 1 s, polled the position list 10 x 0.5 s, saw nothing, and recorded
+"rolled back" while the position sat on the exchange without a stop. Here the list lags 8 s,
+longer than the seed's whole 6 s of patience.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from actors.records import State
+from streams.fake_venue import FakeVenue, FaultKnobs
+from streams.lag import Lag
+from tests.clock import IOAwareMockClock
+from tests.support import assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
+
+SYMBOL = "AVL/USDT:USDT"
+TOPICS = ("positions", "orders", "executions")
+
+
+def seed_knobs(*, push_drop: float) -> FaultKnobs:
+    return FaultKnobs(
+        position_lag=Lag.fixed(8.0),
+        push_delay={t: Lag.fixed(0.05) for t in TOPICS},
+        push_drop={t: push_drop for t in TOPICS},
+    )
+
+
+async def test_seed_lag_with_push_verifies_from_the_push_and_never_rolls_back(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with FakeVenue(seed=10, knobs=seed_knobs(push_drop=0.0)) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        states: list[str] = []
+        engine.ctx.observers.append(lambda r, _: (states.append(str(r.state)), assert_never_falsely_closed(r, venue)))
+        await wait_streams_healthy(engine)
+        reply = await (await engine.submit(open_intent("seed-push", symbol=SYMBOL, qty=10))).wait()
+        record = await engine.store.load_record(SYMBOL)
+
+        assert reply.outcome == "protected"
+        assert record is not None and record.state is State.PROTECTED and record.evidence == "push"
+        assert record.sent_to_verified_ms is not None and record.sent_to_verified_ms < 500
+        assert venue.truth.position(SYMBOL) is not None and venue.truth.is_protected(SYMBOL)
+        assert venue.calls["fetch_positions"] == 0
+        assert "rolled_back" not in states and State.REJECTED not in states
+
+
+async def test_seed_lag_with_push_dropped_keeps_asking_over_rest_past_six_seconds(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    # Every push dropped, and the order lookup lags too, so only patience verifies it.
+    knobs = seed_knobs(push_drop=1.0)
+    knobs.order_lag = Lag.fixed(8.0)
+    knobs.execution_lag = Lag.fixed(8.0)
+    async with FakeVenue(seed=11, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        states: list[str] = []
+        engine.ctx.observers.append(lambda r, _: (states.append(str(r.state)), assert_never_falsely_closed(r, venue)))
+        await wait_streams_healthy(engine)
+        started = anyio.current_time()
+        reply = await (await engine.submit(open_intent("seed-rest", symbol=SYMBOL, qty=10))).wait()
+        record = await engine.store.load_record(SYMBOL)
+
+        assert reply.outcome == "protected"
+        assert record is not None and record.state is State.PROTECTED and record.evidence == "rest"
+        assert record.sent_to_verified_ms is not None and record.sent_to_verified_ms >= 6000, (
+            "verified before the seed would have given up: this test would not tell the two apart"
+        )
+        assert venue.calls["fetch_order"] >= 5, "REST fallback kept asking"
+        assert anyio.current_time() - started < 60
+        assert venue.truth.position(SYMBOL) is not None and venue.truth.is_protected(SYMBOL)
+        assert states.count("rejected") == 0 and "rolled_back" not in states
