@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Annotated
 
 import anyio
 import msgspec
 
 
-class Backoff(msgspec.Struct, frozen=True, kw_only=True):
-    initial: float = 0.25
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
+class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    initial: Annotated[float, msgspec.Meta(gt=0)] = 0.25
+    maximum: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.2
     """Each delay is scaled by a uniform factor in ``[1 - jitter, 1 + jitter]``."""
 
     def delays(self, rng: random.Random) -> Iterator[float]:

@@ -199,7 +199,7 @@ class SymbolActor:
         self, record: PositionRecord, verdict: Filled | ClosedExternally | Rejected | Unverified, sent_at: float
     ) -> None:
         ctx = self.ctx
-        elapsed_ms = (anyio.current_time() - sent_at) * 1000
+        elapsed_ms = round((anyio.current_time() - sent_at) * 1000, 1)
         match verdict:
             case Rejected(reason=reason, source=source):
                 record.state = State.REJECTED

@@ -115,7 +115,7 @@ async def protect(ctx: ActorContext, record: PositionRecord, qty: float, seen: P
         else:
             await emergency_close(ctx, record, qty)
             return
-    record.sent_to_protected_ms = (anyio.current_time() - sent_at) * 1000
+    record.sent_to_protected_ms = round((anyio.current_time() - sent_at) * 1000, 1)
     record.protected_at = utc_now()
     if record.state is not State.UNVERIFIED:
         record.state = State.PROTECTED

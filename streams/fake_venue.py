@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from types import TracebackType
@@ -224,6 +225,7 @@ class FakeVenue:
         self._order_views: dict[str, LaggedView[Order]] = {}
         self._execution_views: list[tuple[float, Execution]] = []
         self._task_group: TaskGroup | None = None
+        self._epoch_offset = 0.0
         self.scripted_failures: dict[str, list[Exception]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -233,6 +235,7 @@ class FakeVenue:
         return self._supports_attached_stop
 
     async def __aenter__(self) -> FakeVenue:
+        self._epoch_offset = time.time() - anyio.current_time()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._run_scheduler)
@@ -697,5 +700,10 @@ class FakeVenue:
     def _rng(self, purpose: str, key: object) -> random.Random:
         return random.Random(f"{self.seed}:{purpose}:{key}")
 
+    def clock_time(self, ts_ms: int) -> float:
+        """anyio clock time of a venue timestamp (to compare with times the caller took)."""
+        return ts_ms / 1000 - self._epoch_offset
+
     def now_ms(self) -> int:
-        return int(anyio.current_time() * 1000)
+        """Epoch milliseconds, advancing with anyio's clock (virtual under a mock clock)."""
+        return int((self._epoch_offset + anyio.current_time()) * 1000)

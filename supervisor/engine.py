@@ -77,6 +77,16 @@ class Engine:
                     self._actor(record.symbol)
             task_status.started()
 
+    async def streams_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until every private topic is connected; False if that takes over ``timeout``.
+
+        Entries work either way (they fall back to REST); waiting first just spares the REST.
+        """
+        with anyio.move_on_after(timeout):
+            while not self.board.is_healthy():
+                await self.board.wait_for_health_change()
+        return self.board.is_healthy()
+
     async def _stream(self, send: anyio.abc.ObjectSendStream[VenueEvent]) -> None:
         async with send:
             await self.venue.stream(send)

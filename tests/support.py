@@ -79,9 +79,7 @@ def open_intent(intent_id: str, symbol: str = "BTC/USDT:USDT", qty: float = 0.01
 
 
 async def wait_streams_healthy(engine: Engine) -> None:
-    with anyio.fail_after(30):
-        while not engine.board.is_healthy():
-            await engine.board.wait_for_health_change()
+    assert await engine.streams_ready(timeout=30), "the fake venue's streams never came up"
 
 
 def assert_never_falsely_closed(record: PositionRecord, venue: FakeVenue) -> None:
