@@ -77,8 +77,8 @@ async def _until_final(ctx: ActorContext, record: PositionRecord, coid: str, dea
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
         order = await look_up(ctx, record, coid, deadline)
-        if order is None or order.is_final:
-            return order
+        if not isinstance(order, Order) or order.is_final:
+            return order if isinstance(order, Order) else None
         if not await sleep_within(next(delays), deadline):
             return order
 

@@ -22,7 +22,7 @@ from actors.backoff import Deadline
 from actors.closing import close_position, settle_closed
 from actors.context import ActorContext
 from actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
-from actors.orders import cancel_leftover_stops, look_up, send_once
+from actors.orders import cancel_leftover_stops, send_once
 from actors.protection import EPSILON, exits_since_entry, protect, read_position
 from actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
@@ -199,13 +199,6 @@ class SymbolActor:
         """
         ctx = self.ctx
         sent_at = anyio.current_time()
-        if record.state is State.SUBMITTING and resumed:
-            grace = Deadline(ctx.settings.verification.lookup_grace)
-            found = await look_up(ctx, record, record.client_order_id, grace)
-            if found is not None:
-                record.order_id = found.order_id
-                record.state = State.SUBMITTED
-                await ctx.save(record, f"found on the venue after restart: {found.status}")
         if record.state is State.SUBMITTING:
             record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
             await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
@@ -219,7 +212,7 @@ class SymbolActor:
             try:
                 order = await send_once(
                     ctx, record, record.client_order_id, lambda: ctx.venue.create_order(request),
-                    Deadline(ctx.settings.verification.hard_deadline),
+                    Deadline(ctx.settings.verification.hard_deadline), maybe_sent=resumed,
                 )
             except OrderRejected as exc:
                 record.state = State.REJECTED

@@ -323,3 +323,23 @@ async def test_bad_intents_are_refused_and_nothing_is_sent(
         assert reply.status == "rejected" and message in reply.reason
         assert sum(venue.calls[m] for m in ("create_order", "place_stop", "cancel_order")) == 0
         assert await engine.store.list_records() == []
+
+
+async def test_no_resend_while_the_venue_cannot_answer_on_a_reuse_tolerant_venue(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    # Found by the fault schedules: a lost response, then a 40 s REST outage, on a venue that
+    # accepts a reused client id (Binance-like). Failing lookups are not "unknown order".
+    knobs = FaultKnobs(
+        lost_create_response_rate=1.0,
+        outage_after_lost_response=1.0,
+        rest_outage_for=Lag.fixed(40.0),
+        reject_duplicate_client_ids=False,
+        **pushes(drop=1.0),
+    )
+    async with FakeVenue(seed=37, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        reply, record = await open_one(engine, venue)
+        assert entries_filled(venue) == 1
+        assert venue.calls["create_order"] == 1, "nothing resent while REST was down"
+        assert record.state is State.PROTECTED
+        assert venue.truth.is_protected(SYMBOL)
