@@ -68,7 +68,7 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
             record.state = State.UNVERIFIED
             record.reason = f"could not close after {failures} attempts; still trying"
             await ctx.save(record)
-            ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
+            await ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
         await anyio.sleep(next(delays))
 
 

@@ -268,7 +268,7 @@ class SymbolActor:
                 record.state = State.UNVERIFIED
                 record.reason = reason
                 await ctx.save(record)
-                ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
+                await ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
                 await protect(ctx, record, record.qty, None, sent_at)
 
     async def _closed_externally(self, record: PositionRecord, reason: str) -> None:

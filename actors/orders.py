@@ -126,5 +126,5 @@ async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadl
         except VenueUnavailable as exc:
             log.warning("%s: cancelling leftover stops failed (%s); retrying", record.symbol, exc)
             if not await sleep_within(next(delays), deadline):
-                ctx.alert(record.symbol, "leftover stop orders could not be cancelled; the audit will retry")
+                await ctx.alert(record.symbol, "leftover stop orders could not be cancelled; the audit will retry")
                 return []

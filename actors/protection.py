@@ -155,7 +155,7 @@ async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float)
     why = record.reason
     record.state = State.EMERGENCY_CLOSING
     await ctx.save(record, f"emergency close: {why}")
-    ctx.alert(record.symbol, f"emergency close: {why}")
+    await ctx.alert(record.symbol, f"emergency close: {why}")
     outcome = await close_position(ctx, record, id_key=record.intent_id + ":emergency", qty=qty)
     await settle_closed(ctx, record, outcome, f"emergency close ({why})")
     return "closed"

@@ -56,14 +56,9 @@ class Engine:
             settings=settings,
             rng=rng or random.Random(),
             observers=list(observers),
-            alerts=[self._log_alert],
         )
         self.actors: dict[str, SymbolActor] = {}
         self._task_group: TaskGroup | None = None
-
-    @staticmethod
-    def _log_alert(symbol: str, message: str) -> None:
-        log.critical("ALERT %s: %s", symbol, message)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load markets, start the streams, resume every live record, then serve intents."""

@@ -177,6 +177,9 @@ async def test_stop_placement_failing_every_time_ends_in_an_emergency_close(
         assert record.state is State.CLOSED and "emergency" in record.reason
         assert record.stop_attempts == engine.settings.protection.stop_attempts
         assert any("emergency close" in a for a in alerts)
+        with clock.hold():
+            stream = await engine.store.client.xrange(engine.store.keys.alerts)
+        assert any("emergency close" in entry.field_values["message"] for entry in stream), "alert not in Redis"
         assert venue.truth.max_unprotected_seconds(anyio.current_time()) < 60
 
 
