@@ -53,6 +53,8 @@ class ActorContext:
             log.error("could not write the alert to Redis (%s); it is in this log only", exc)
 
     async def save(self, record: PositionRecord, note: str = "") -> None:
+        if record.state.is_terminal and not record.settled_ms:
+            record.settled_ms = self.venue.now_ms()
         await self.store.save_record(record, note)
         for observer in self.observers:
             observer(record, note)

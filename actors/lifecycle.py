@@ -24,6 +24,8 @@ from actors.context import ActorContext
 from actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
 from actors.orders import cancel_leftover_stops, send_once
 from actors.protection import EPSILON, exits_since_entry, protect, read_position
+from actors.findings import Finding
+from actors.reconcile import assess, repair
 from actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from streams.errors import OrderRejected
@@ -58,13 +60,23 @@ class Nudge:
     """Mailbox item: the venue pushed something that may have closed this symbol's position."""
 
 
+class Repair:
+    """Mailbox item: an audit finding for this symbol, to be carried out by its owner."""
+
+    def __init__(self, finding: Finding, orphan_stop_distance: float) -> None:
+        self.finding = finding
+        self.orphan_stop_distance = orphan_stop_distance
+        self.done = anyio.Event()
+        self.outcome = ""
+
+
 class SymbolActor:
     def __init__(self, ctx: ActorContext, symbol: str) -> None:
         self.ctx = ctx
         self.symbol = symbol
-        send, receive = anyio.create_memory_object_stream[Ticket | Nudge](ctx.settings.mailbox_size)
-        self._send: MemoryObjectSendStream[Ticket | Nudge] = send
-        self._receive: MemoryObjectReceiveStream[Ticket | Nudge] = receive
+        send, receive = anyio.create_memory_object_stream[Ticket | Nudge | Repair](ctx.settings.mailbox_size)
+        self._send: MemoryObjectSendStream[Ticket | Nudge | Repair] = send
+        self._receive: MemoryObjectReceiveStream[Ticket | Nudge | Repair] = receive
         self._nudge_pending = False
         self.busy = False
 
@@ -89,19 +101,66 @@ class SymbolActor:
         except anyio.WouldBlock:
             pass
 
-    async def run(self) -> None:
-        """Resume whatever was in flight, then serve the mailbox until cancelled."""
-        await self.resume()
+    async def repair(self, finding: Finding, orphan_stop_distance: float) -> Repair:
+        """Queue an audit finding; await ``.done`` on the result, then read ``.outcome``."""
+        item = Repair(finding, orphan_stop_distance)
+        await self._send.send(item)
+        return item
+
+    async def run(self, *, reconcile_first: bool = False) -> None:
+        """Resume whatever was in flight, then serve the mailbox until cancelled.
+
+        ``reconcile_first`` (after a crash): check the symbol against the venue before
+        taking new work.
+        """
+        self.busy = True
+        try:
+            await self.resume()
+            if reconcile_first:
+                await self.reconcile_self()
+        finally:
+            self.busy = False
         async for item in self._receive:
             self.busy = True
             try:
                 if isinstance(item, Nudge):
                     self._nudge_pending = False
                     await self.follow_venue()
+                elif isinstance(item, Repair):
+                    await self._repair(item)
                 else:
                     await self._serve(item)
             finally:
                 self.busy = False
+
+    async def _repair(self, item: Repair) -> None:
+        try:
+            if item.finding.kind == "in_flight":
+                await self.resume()
+                item.outcome = "resumed: the entry was looked up and driven on"
+            else:
+                item.outcome = await repair(self.ctx, item.finding, item.orphan_stop_distance)
+            item.finding.action = item.outcome
+            await self.ctx.store.append_audit(item.finding)
+        finally:
+            item.done.set()
+
+    async def reconcile_self(self) -> list[Finding]:
+        """This symbol's own audit: one look at the venue, then the repairs it calls for."""
+        ctx = self.ctx
+        positions = await ctx.venue.fetch_positions()
+        stops = [o for o in await ctx.venue.fetch_open_orders(self.symbol) if o.kind == "stop"]
+        record = await ctx.store.load_record(self.symbol)
+        position = next((p for p in positions if p.symbol == self.symbol), None)
+        findings = assess(self.symbol, record, position, stops, actor_busy=False)
+        for finding in findings:
+            if finding.kind == "in_flight":
+                await self.resume()
+                finding.action = "resumed"
+            else:
+                finding.action = await repair(ctx, finding, ctx.settings.orphan_stop_distance)
+            await ctx.store.append_audit(finding)
+        return findings
 
     async def _serve(self, ticket: Ticket) -> None:
         try:

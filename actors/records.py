@@ -67,6 +67,7 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     reason: str = ""
     rest_calls: int = 0  # REST calls this lifecycle made (the push path makes none)
     sent_ms: int = 0  # venue clock (ms) just before the entry order was sent
+    settled_ms: int = 0  # venue clock (ms) when the record reached a terminal state
     sent_to_verified_ms: float | None = None  # local clock: order sent -> fill evidence in hand
     sent_to_protected_ms: float | None = None  # local clock: order sent -> stop confirmed live
     created_at: str = ""

@@ -41,3 +41,5 @@ class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):
     verification: VerificationSettings = VerificationSettings()
     protection: ProtectionSettings = ProtectionSettings()
     mailbox_size: int = 64
+    orphan_stop_distance: float = 0.02
+    """Stop distance (fraction of the entry price) for positions the audit adopts."""

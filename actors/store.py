@@ -13,6 +13,7 @@ import coredis
 from coredis.tokens import PureToken
 
 from actors.intents import IntentRecord
+from actors.findings import Finding
 from actors.records import PositionRecord, utc_now
 from streams.keys import Keys
 
@@ -33,6 +34,12 @@ class Store(Protocol):
     async def save_intent(self, intent: IntentRecord) -> None: ...
 
     async def append_alert(self, symbol: str, message: str) -> None: ...
+
+    async def append_audit(self, finding: Finding, *, dry_run: bool = False) -> None: ...
+
+    async def set_health(self, fields: dict[str, str]) -> None: ...
+
+    async def get_health(self) -> dict[str, str]: ...
 
 
 class RedisStore:
@@ -97,3 +104,25 @@ class RedisStore:
             trim_operator=PureToken.APPROXIMATELY,
             threshold=100_000,
         )
+
+    async def append_audit(self, finding: Finding, *, dry_run: bool = False) -> None:
+        await self.client.xadd(
+            self.keys.audit,
+            {
+                "symbol": finding.symbol,
+                "kind": finding.kind,
+                "seen": finding.seen,
+                "action": finding.action,
+                "dry_run": "yes" if dry_run else "no",
+                "at": utc_now(),
+            },
+            trim_strategy=PureToken.MAXLEN,
+            trim_operator=PureToken.APPROXIMATELY,
+            threshold=100_000,
+        )
+
+    async def set_health(self, fields: dict[str, str]) -> None:
+        await self.client.hset(self.keys.health, fields)
+
+    async def get_health(self) -> dict[str, str]:
+        return dict(await self.client.hgetall(self.keys.health))

@@ -1,8 +1,11 @@
-"""The running system: the venue's stream, the ingestor, and one actor per symbol.
+"""The running system: the venue's stream, the ingestor, one supervised actor per symbol,
+the audit, and the gate that decides whether new entries are accepted.
 
-`Engine.run` owns a task group with the stream task, the ingestor and the actors. Intents
-come in through `Engine.submit`, which refuses bad input before anything is created (I7) and
-routes the rest to the symbol's actor, creating it on first use (I4: one actor per symbol).
+`Engine.run` owns one task group: the stream task, the ingestor, the audit loop, the Redis
+watch and the actors (each under a one-for-one restart loop). Intents come in through
+`Engine.submit`, which refuses bad input before anything is created (I7), refuses entries in
+safe mode or while Redis is unreachable, and routes the rest to the symbol's actor, creating it
+on first use (I4: one actor per symbol).
 """
 
 from __future__ import annotations
@@ -12,22 +15,30 @@ import random
 from collections.abc import Sequence
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+import coredis.exceptions
+from anyio.abc import ObjectSendStream, TaskGroup, TaskStatus
 
 from actors.context import ActorContext, TransitionObserver
 from actors.intents import CloseIntent, Intent, IntentRecord, IntentRefused, OpenIntent, check_common, check_open
 from actors.lifecycle import MailboxFull, SymbolActor, Ticket
 from actors.settings import ActorSettings
 from actors.store import Store
-from streams.events import Execution, Position, VenueEvent
 from streams.errors import VenueUnavailable
+from streams.events import Execution, Position, StreamStatus, VenueEvent
 from streams.evidence import EvidenceBoard
 from streams.ingestor import EventCache, Ingestor
 from streams.venue import MarketRules, Venue
+from supervisor.audit import AuditReport, Auditor
+from supervisor.supervision import AuditSettings, EntryGate, RestartTracker, SupervisorSettings
 
 log = logging.getLogger("posguard.engine")
 
 STREAM_BUFFER = 65_536
+
+
+def is_redis_failure(exc: BaseException) -> bool:
+    """A failure of Redis itself (connection refused, reset, timed out), not of our logic."""
+    return isinstance(exc, (coredis.exceptions.ConnectionError, TimeoutError, OSError))
 
 
 class Engine:
@@ -38,6 +49,8 @@ class Engine:
         store: Store,
         cache: EventCache | None,
         settings: ActorSettings,
+        supervisor: SupervisorSettings | None = None,
+        audit: AuditSettings | None = None,
         stale_after: float = 15.0,
         rng: random.Random | None = None,
         observers: Sequence[TransitionObserver] = (),
@@ -47,6 +60,8 @@ class Engine:
         self.board = EvidenceBoard(stale_after=stale_after)
         self.ingestor = Ingestor(self.board, cache, listeners=[self._route])
         self.settings = settings
+        self.supervision = supervisor or SupervisorSettings()
+        self.audit_settings = audit or AuditSettings()
         self.rules: dict[str, MarketRules] = {}
         self.ctx = ActorContext(
             venue=venue,
@@ -58,20 +73,46 @@ class Engine:
             observers=list(observers),
         )
         self.actors: dict[str, SymbolActor] = {}
+        self.gate = EntryGate()
+        self.restarts = RestartTracker(self.supervision)
+        self.auditor = Auditor(venue, store, self._actor, self._busy, self.audit_settings.orphan_stop_distance)
+        self.last_audit: AuditReport | None = None
+        self.stopping = False
+        self._audit_wanted = anyio.Event()
         self._task_group: TaskGroup | None = None
 
+    # -- running ----------------------------------------------------------------------------
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Load markets, start the streams, resume every live record, then serve intents."""
+        """Load markets, start the streams, resume every live record, audit, serve intents."""
         self.rules.update(await self._load_markets())
         send, receive = anyio.create_memory_object_stream[VenueEvent](STREAM_BUFFER)
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.ingestor.run, receive)
             tg.start_soon(self._stream, send)
+            await self._publish_health()
             for record in await self.store.list_records():
                 if record.state.is_live:
                     self._actor(record.symbol)
+            tg.start_soon(self._audit_loop)
+            tg.start_soon(self._watch_redis)
             task_status.started()
+
+    async def stop(self) -> None:
+        """Graceful shutdown: refuse new intents, let in-flight steps finish (up to the grace
+        period), then stop. A step cut short is resumed from its record at the next start."""
+        self.stopping = True
+        log.warning("shutting down: no new intents; waiting up to %.0f s for in-flight steps",
+                    self.supervision.shutdown_grace)
+        with anyio.move_on_after(self.supervision.shutdown_grace):
+            while any(actor.busy for actor in self.actors.values()):
+                await anyio.sleep(0.05)
+        busy = [s for s, a in self.actors.items() if a.busy]
+        if busy:
+            log.warning("stopping with steps in flight on %s; they resume from Redis at the next start", busy)
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
 
     async def _load_markets(self) -> dict[str, MarketRules]:
         """Markets are needed before any intent can be checked; keep asking until they come."""
@@ -94,35 +135,141 @@ class Engine:
                 await self.board.wait_for_health_change()
         return self.board.is_healthy()
 
-    async def _stream(self, send: anyio.abc.ObjectSendStream[VenueEvent]) -> None:
+    async def _stream(self, send: ObjectSendStream[VenueEvent]) -> None:
         async with send:
             await self.venue.stream(send)
 
     def _route(self, event: VenueEvent) -> None:
-        """Tell an existing actor when the venue pushed something that may end its position."""
+        """Tell an actor when the venue pushed something that may end its position; audit
+        after a stream comes back (what happened while it was down was not pushed)."""
+        actor = None
         match event:
             case Position(size=0.0) | Execution(client_order_id=""):
                 actor = self.actors.get(event.symbol)
             case Execution() if not event.client_order_id.endswith("-e"):
                 actor = self.actors.get(event.symbol)
-            case _:
-                actor = None
+            case StreamStatus(connected=True, reason=reason) if reason != "subscribed":
+                self.request_audit(f"stream {event.topic} reconnected")
         if actor is not None:
             actor.nudge()
+
+    # -- actors and their supervision -------------------------------------------------------
 
     def _actor(self, symbol: str) -> SymbolActor:
         actor = self.actors.get(symbol)
         if actor is None:
             assert self._task_group is not None, "Engine.run() must be started first"
             actor = self.actors[symbol] = SymbolActor(self.ctx, symbol)
-            self._task_group.start_soon(actor.run, name=f"actor {symbol}")
+            self._task_group.start_soon(self._supervise, actor, name=f"actor {symbol}")
         return actor
+
+    def _busy(self, symbol: str) -> bool:
+        actor = self.actors.get(symbol)
+        return actor is not None and actor.busy
+
+    async def _supervise(self, actor: SymbolActor) -> None:
+        """One-for-one restarts with backoff; escalate to safe mode past the intensity limit."""
+        delays = self.supervision.restart_backoff.delays(self.ctx.rng)
+        reconcile_first = False
+        while True:
+            try:
+                await actor.run(reconcile_first=reconcile_first)
+                return
+            except Exception as exc:
+                actor.busy = False
+                redis = is_redis_failure(exc)
+                log.error("actor %s failed (%s: %s); restarting", actor.symbol, type(exc).__name__, exc,
+                          exc_info=not redis)
+                if redis:
+                    self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
+                elif self.restarts.record():
+                    await self._enter_safe_mode(
+                        f"{self.supervision.max_restarts}+ actor restarts within "
+                        f"{self.supervision.restart_window:.0f} s (last: {actor.symbol}: {exc})"
+                    )
+                reconcile_first = True
+                await anyio.sleep(next(delays))
+
+    # -- safe mode and the entry gate -----------------------------------------------------------
+
+    async def _enter_safe_mode(self, reason: str) -> None:
+        if self.gate.enter_safe_mode(reason):
+            await self._publish_health()
+            await self.ctx.alert("*", f"safe mode: {reason}")
+
+    async def _publish_health(self) -> None:
+        try:
+            await self.store.set_health(self.gate.health_fields())
+        except Exception as exc:  # noqa: BLE001 - Redis may be the reason we are here
+            log.error("could not publish health to Redis: %s", exc)
+
+    async def _watch_redis(self) -> None:
+        """Pause entries while Redis does not answer; audit and resume when it does. Also
+        picks up an operator's 'safe-mode off' written to the health hash."""
+        while True:
+            await anyio.sleep(self.supervision.redis_check_interval)
+            try:
+                with anyio.fail_after(max(1.0, self.supervision.redis_check_interval)):
+                    health = await self.store.get_health()
+            except Exception as exc:  # noqa: BLE001
+                if "redis" not in self.gate.paused:
+                    log.error("Redis unreachable (%s): new entries paused; stops on the venue stay", exc)
+                self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
+                continue
+            if "redis" in self.gate.paused:
+                log.warning("Redis answers again: auditing before entries resume")
+                report = await self.audit_now()
+                if report is not None:
+                    del self.gate.paused["redis"]
+                    await self._publish_health()
+            if self.gate.safe_mode and health.get("safe_mode") == "no":
+                self.gate.leave_safe_mode("operator")
+                await self._publish_health()
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def request_audit(self, why: str) -> None:
+        log.info("audit requested: %s", why)
+        self._audit_wanted.set()
+
+    async def audit_now(self, *, dry_run: bool = False) -> AuditReport | None:
+        """One audit now. None if the venue or Redis could not be read (it is retried)."""
+        try:
+            report = await self.auditor.run(dry_run=dry_run)
+        except (VenueUnavailable, OSError) as exc:
+            log.warning("audit could not read the venue or Redis (%s); will retry", exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a Redis client error: same, retried
+            if not is_redis_failure(exc):
+                raise
+            log.warning("audit could not reach Redis (%s); will retry", exc)
+            return None
+        if not dry_run:
+            self.last_audit = report
+        return report
+
+    async def _audit_loop(self) -> None:
+        self._audit_wanted.set()  # at start-up
+        while True:
+            with anyio.move_on_after(self.audit_settings.interval):
+                await self._audit_wanted.wait()
+            self._audit_wanted = anyio.Event()
+            if await self.audit_now() is None:
+                await anyio.sleep(1.0)
+                self._audit_wanted.set()
+
+    # -- intents ----------------------------------------------------------------------------
 
     async def submit(self, intent: Intent) -> Ticket:
         """Validate, then queue on the symbol's actor. A refused intent is answered at once."""
         try:
+            if self.stopping:
+                raise IntentRefused("posguard is shutting down; send the intent again after restart")
             if isinstance(intent, OpenIntent):
                 intent = check_open(intent, self.rules)
+                refusal = self.gate.refusal()
+                if refusal:
+                    raise IntentRefused(refusal)
             elif isinstance(intent, CloseIntent):
                 check_common(intent.intent_id, intent.symbol, self.rules)
             return self._actor(intent.symbol).submit(intent)
@@ -138,7 +285,10 @@ class Engine:
             status="rejected",
             reason=reason,
         )
-        await self.store.save_intent(reply)
+        try:
+            await self.store.save_intent(reply)
+        except Exception as exc:  # noqa: BLE001 - the refusal still reaches the caller
+            log.error("could not record the refusal of %s in Redis: %s", intent.intent_id, exc)
         ticket = Ticket(intent)
         ticket.finish(reply)
         return ticket

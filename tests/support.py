@@ -70,17 +70,25 @@ async def running_engine(
         tg.cancel_scope.cancel()
 
 
-def open_intent(intent_id: str, symbol: str = "BTC/USDT:USDT", qty: float = 0.01, side: str = "buy") -> OpenIntent:
-    """An entry with a stop 2 % away from the fake venue's starting price."""
+def open_intent(
+    intent_id: str, symbol: str = "BTC/USDT:USDT", qty: float | None = None, side: str = "buy"
+) -> OpenIntent:
+    """An entry with a stop 2 % away from the fake venue's starting price (default size:
+    0.01, or the symbol's minimum if that is larger)."""
     from streams.fake_venue import DEFAULT_MARKETS
 
-    price = DEFAULT_MARKETS[symbol][0] if symbol in DEFAULT_MARKETS else 10.0
+    price, rules = DEFAULT_MARKETS[symbol]
+    qty = qty if qty is not None else max(0.01, rules.min_qty)
     stop = price * (0.98 if side == "buy" else 1.02)
     return OpenIntent(intent_id=intent_id, symbol=symbol, side=side, qty=qty, stop_price=stop)  # type: ignore[arg-type]
 
 
 async def wait_streams_healthy(engine: Engine) -> None:
+    """The streams are up and the start-up audit is done: the engine is in steady state."""
     assert await engine.streams_ready(timeout=30), "the fake venue's streams never came up"
+    with anyio.fail_after(60):
+        while engine.auditor.runs == 0:
+            await anyio.sleep(0.01)
 
 
 def assert_never_falsely_closed(record: PositionRecord, venue: FakeVenue) -> None:

@@ -43,7 +43,7 @@ async def test_seed_lag_with_push_verifies_from_the_push_and_never_rolls_back(
         assert record is not None and record.state is State.PROTECTED and record.evidence == "push"
         assert record.sent_to_verified_ms is not None and record.sent_to_verified_ms < 500
         assert venue.truth.position(SYMBOL) is not None and venue.truth.is_protected(SYMBOL)
-        assert venue.calls["fetch_positions"] == 0
+        assert engine.ctx.rest_calls["fetch_positions"] == 0
         assert "rolled_back" not in states and State.REJECTED not in states
 
 
@@ -67,7 +67,7 @@ async def test_seed_lag_with_push_dropped_keeps_asking_over_rest_past_six_second
         assert record.sent_to_verified_ms is not None and record.sent_to_verified_ms >= 6000, (
             "verified before the seed would have given up: this test would not tell the two apart"
         )
-        assert venue.calls["fetch_order"] >= 5, "REST fallback kept asking"
+        assert engine.ctx.rest_calls["fetch_order"] >= 5, "REST fallback kept asking"
         assert anyio.current_time() - started < 60
         assert venue.truth.position(SYMBOL) is not None and venue.truth.is_protected(SYMBOL)
         assert states.count("rejected") == 0 and "rolled_back" not in states

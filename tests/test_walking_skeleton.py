@@ -32,7 +32,7 @@ async def test_open_is_verified_from_the_push_and_protected_by_the_attached_stop
         assert record.stop_source == "attached"
         assert venue.truth.position(SYMBOL) is not None
         assert venue.truth.is_protected(SYMBOL)
-        assert venue.calls["fetch_positions"] == 0, "the happy path must not poll the position list"
+        assert engine.ctx.rest_calls["fetch_positions"] == 0, "the happy path must not poll the position list"
         assert record.rest_calls == 1  # the create-order call, nothing else
 
 
@@ -74,7 +74,7 @@ async def test_fill_pushed_before_the_create_order_response_is_not_missed(
         assert record is not None and record.evidence == "push"
         # Verified the moment the response arrived (1 s after the effect), no push wait, no REST.
         assert record.sent_to_verified_ms is not None and record.sent_to_verified_ms <= 2000 + 1
-        assert venue.calls["fetch_order"] == 0 and venue.calls["fetch_positions"] == 0
+        assert engine.ctx.rest_calls["fetch_order"] == 0 and engine.ctx.rest_calls["fetch_positions"] == 0
         assert anyio.current_time() - sent_at < 2.5
 
 

@@ -1,0 +1,27 @@
+"""An audit finding: what the audit saw on one symbol and what was done about it.
+
+Written to the audit stream in Redis (``posguard:{acct}:audit``) field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from streams.events import Position
+
+FindingKind = Literal[
+    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop"
+]
+
+
+class Finding(msgspec.Struct, kw_only=True):
+    symbol: str
+    kind: FindingKind
+    seen: str
+    """What the audit saw, in words an operator can check."""
+    action: str = ""
+    """What was done about it (or, in a dry run, what would be)."""
+    position: Position | None = None
+    stop_client_order_id: str = ""
