@@ -17,7 +17,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 
 from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, replace_base
-from streams.ccxt_errors import is_not_found
+from streams.ccxt_errors import RedactingLogger, is_not_found
 from streams.errors import VenueUnavailable
 from streams.ccxt_hooks import BYBIT_EXEC_TYPES, HookedBinanceUsdm, HookedBybit
 from streams.events import Topic
@@ -63,6 +63,9 @@ def _make(cls: type, config: CcxtVenueConfig, credentials: ApiCredentials, optio
             "has": {"fetchCurrencies": False},
             "options": options,
             "streaming": {"keepAlive": int(config.keepalive * 1000)},
+            "logger": RedactingLogger(
+                logging.getLogger("posguard.ccxt.wire"), (credentials.api_key, credentials.api_secret)
+            ),
         }
     )
     if config.environment == "testnet":

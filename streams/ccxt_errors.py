@@ -13,6 +13,7 @@ signature are replaced by ``***``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 
@@ -29,7 +30,7 @@ from streams.errors import (
     VenueUnavailable,
 )
 
-_SIGNATURE = re.compile(r"(signature|sign|listenKey)=[0-9A-Za-z%+/=_-]+", re.IGNORECASE)
+_SIGNATURE = re.compile(r"(signature|sign|listenKey)(['\"]?\s*[:=]\s*['\"]?)[0-9A-Za-z%+/=_-]+", re.IGNORECASE)
 
 # Venue codes whose meaning decides what the actor does next. Anything not listed here
 # falls back to ccxt's class.
@@ -64,7 +65,34 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return _SIGNATURE.sub(r"\1=***", text)
+    return _SIGNATURE.sub(r"\1\2***", text)
+
+
+class RedactingLogger:
+    """What ccxt gets as its ``logger``: its debug lines dump request headers (the API key,
+    the signature) and URLs (Binance's signature and listen key); these pass through
+    `redact` before they reach any handler."""
+
+    def __init__(self, logger: logging.Logger, secrets: Iterable[str]) -> None:
+        self._logger = logger
+        self._secrets = tuple(secrets)
+
+    def _log(self, level: int, message: object, *args: object) -> None:
+        if self._logger.isEnabledFor(level):
+            text = str(message) % args if args else str(message)
+            self._logger.log(level, "%s", redact(text, self._secrets))
+
+    def debug(self, message: object, *args: object, **_: object) -> None:
+        self._log(logging.DEBUG, message, *args)
+
+    def info(self, message: object, *args: object, **_: object) -> None:
+        self._log(logging.INFO, message, *args)
+
+    def warning(self, message: object, *args: object, **_: object) -> None:
+        self._log(logging.WARNING, message, *args)
+
+    def error(self, message: object, *args: object, **_: object) -> None:
+        self._log(logging.ERROR, message, *args)
 
 
 def venue_reply(exc: BaseException) -> tuple[str, str]:

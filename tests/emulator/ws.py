@@ -7,7 +7,8 @@ acknowledgement (``req_id`` echoed when sent); then ``{"topic": "order", "creati
 "data": [...]}`` for every change. The signature is accepted as is; the API key must match
 and ``expires`` must lie in the future, as on Bybit.
 
-Faults: per-topic push delay and drop probability, forced disconnects, refused handshakes.
+Faults: per-topic push delay and drop probability, forced disconnects, refused handshakes,
+muted (half-dead) connections.
 Each connection has its own writer task, so pushes go out in the order they were made.
 """
 
@@ -28,15 +29,17 @@ TOPICS = ("position", "order", "execution")
 
 
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, engine: Engine) -> None:
         self.ws = ws
+        self.engine = engine
         self.conn_id = f"emu-{uuid.uuid4().hex[:12]}"
         self.authenticated = False
         self.topics: set[str] = set()
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
 
     def send(self, message: dict[str, Any]) -> None:
-        self.outbox.put_nowait(json.dumps(message))
+        if not self.engine.faults.mute_ws:
+            self.outbox.put_nowait(json.dumps(message))
 
     async def write_loop(self) -> None:
         while (text := await self.outbox.get()) is not None:
@@ -84,7 +87,7 @@ class PrivateHub:
             raise web.HTTPServiceUnavailable(text="emulator: WebSocket handshakes refused")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        connection = Connection(ws)
+        connection = Connection(ws, self.engine)
         self.connections.add(connection)
         self.connects += 1
         writer = asyncio.ensure_future(connection.write_loop())
