@@ -113,10 +113,9 @@ def replace_base(url: str, base: str) -> str:
 
 
 def check_loopback(urls: dict[str, str]) -> None:
-    outside = {name: url for name, url in urls.items() if host_of(url) not in LOOPBACK_HOSTS}
+    outside = sorted({host_of(url) for url in urls.values()} - LOOPBACK_HOSTS)
     if outside:
-        listed = ", ".join(f"{name}={url}" for name, url in sorted(outside.items()))
         raise ConfigRefused(
-            "loopback_only is set but these venue URLs leave 127.0.0.1: "
-            f"{listed}; set rest_url and ws_url to the emulator (python -m tests.emulator)"
+            f"loopback_only is set but the venue URLs point at {', '.join(outside)};"
+            " set rest_url and ws_url to the emulator (python -m tests.emulator)"
         )

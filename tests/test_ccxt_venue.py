@@ -197,3 +197,20 @@ async def test_refusals_that_change_what_the_actor_does() -> None:
         assert wrong_side.value.code == "10001" and not isinstance(wrong_side.value, StopWouldTrigger)
         statuses = {o["order_link_id"]: o["status"] for o in emu.truth()["orders"]}
         assert statuses == {"pg-sl-e": "Filled"}
+
+
+async def test_a_liquidation_is_listed_among_the_executions() -> None:
+    # ccxt's fetch_my_trades would ask for execType=Trade only and hide it.
+    async with running_emulator() as emu, bybit_venue(emu) as venue:
+        await venue.load_markets()
+        since = venue.now_ms()
+        await venue.create_order(entry("pg-liq-e"))
+        emu.engine.set_price("BTCUSDT", 54_000)
+        emu.engine.liquidate("BTCUSDT")
+
+        assert emu.truth()["positions"] == {}
+        assert [e["exec_type"] for e in emu.truth()["executions"]] == ["Trade", "BustTrade"]
+        fills = await venue.fetch_executions(BTC, since)
+        assert [(f.client_order_id, f.side, f.qty, f.price) for f in fills] == [
+            ("pg-liq-e", "buy", 0.01, 60_000.0), ("", "sell", 0.01, 54_000.0)
+        ]
