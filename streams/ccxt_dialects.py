@@ -285,6 +285,9 @@ class BinanceUsdmDialect(Dialect):
             "fetchMarkets": {"types": ["linear"]},
             "fetchOpenOrders": {"warnWithoutSymbol": False},
             "warnOnFetchOpenOrdersWithoutSymbol": False,
+            # ccxt would load leverage brackets before the first position list, only to
+            # compute margins posguard never reads.
+            "leverageBrackets": {},
         }
         return _make(HookedBinanceUsdm, config, credentials, options)
 

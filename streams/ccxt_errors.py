@@ -39,6 +39,7 @@ _BYBIT_CODES: dict[str, type[VenueError]] = {
     "110017": NothingToReduce,  # reduce-only: current position is zero / would not reduce
     "110092": StopWouldTrigger,  # expect Rising, but trigger_price <= current
     "110093": StopWouldTrigger,  # expect Falling, but trigger_price >= current
+    "10002": VenueUnavailable,  # timestamp outside recv_window: our clock, not the order
     "10000": VenueUnavailable,  # server timeout
     "10016": VenueUnavailable,  # server error / service restarting
     "10006": RateLimited,  # too many visits
@@ -55,15 +56,34 @@ _BINANCE_CODES: dict[str, type[VenueError]] = {
     "-1007": VenueUnavailable,  # timeout waiting for the backend: execution status unknown
     "-1008": RateLimited,  # server busy
     "-1003": RateLimited,  # too many requests
+    "-1021": VenueUnavailable,  # timestamp outside recvWindow: our clock, not the order
+    # Refusals. ccxt knows most of them, but only when the URL is Binance's own host (it picks
+    # its error table by hostname), so behind a proxy or the replay server they would fall
+    # through to "unknown": listed here so the answer never depends on the URL.
+    "-2019": OrderRejected,  # margin is insufficient
+    "-2010": OrderRejected,  # new order rejected
+    "-4164": OrderRejected,  # notional below the minimum
+    "-1013": OrderRejected,  # invalid quantity
+    "-1111": OrderRejected,  # precision over the maximum
+    "-4003": OrderRejected,  # quantity less than or equal to zero
+    "-4005": OrderRejected,  # quantity greater than max quantity
+    "-4015": OrderRejected,  # client order id is not valid
+    "-2027": OrderRejected,  # exceeded the maximum allowable position at current leverage
 }
+_CLOCK_CODES = {"bybit": {"10002"}, "binanceusdm": {"-1021"}}
 _CODE_TABLES = {"bybit": _BYBIT_CODES, "binanceusdm": _BINANCE_CODES}
 _DUPLICATE_WORDS = re.compile(r"duplicat", re.IGNORECASE)
 _CLIENT_ID_WORDS = re.compile(r"orderlinkid|clientorderid|client order id|clientalgoid", re.IGNORECASE)
 
 
+MIN_SECRET_LENGTH = 6
+"""Shorter "secrets" cannot be told from ordinary words (and no venue issues them); replacing
+them would garble every message instead of protecting anything."""
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
-        if secret:
+        if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, "***")
     return _SIGNATURE.sub(r"\1\2***", text)
 
@@ -129,8 +149,8 @@ def translate(
     if code:
         detail += f" (code {code})"
     kind = _CODE_TABLES.get(exchange, {}).get(code)
-    if kind is None and code and _DUPLICATE_WORDS.search(venue_message) and _CLIENT_ID_WORDS.search(venue_message):
-        kind = DuplicateClientOrderId
+    if code and _DUPLICATE_WORDS.search(venue_message) and _CLIENT_ID_WORDS.search(venue_message):
+        kind = DuplicateClientOrderId  # e.g. Bybit 10001 or Binance -2010 saying so in words
     if kind is DuplicateClientOrderId:
         return DuplicateClientOrderId(client_order_id)
     if kind is not None and issubclass(kind, OrderRejected):
@@ -156,6 +176,11 @@ def _by_ccxt_class(exc: BaseException, detail: str, code: str) -> VenueError:
                         ccxt.ArgumentsRequired, ccxt.NotSupported)):
         return OrderRejected(detail, code=code)
     return VenueUnavailable(detail)
+
+
+def clock_rejected(exc: BaseException, exchange: str) -> bool:
+    """The venue refused our timestamp: the clock offset must be measured again."""
+    return isinstance(exc, ccxt.InvalidNonce) or venue_reply(exc)[0] in _CLOCK_CODES.get(exchange, set())
 
 
 def is_not_found(exc: BaseException, exchange: str) -> bool:

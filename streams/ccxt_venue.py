@@ -36,7 +36,7 @@ from anyio.abc import ObjectSendStream
 
 from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, check_loopback
 from streams.ccxt_dialects import DIALECTS, CcxtDict, all_urls
-from streams.ccxt_errors import redact, translate
+from streams.ccxt_errors import clock_rejected, redact, translate
 from streams.ccxt_mapping import (
     UnmappablePayload,
     is_usdt_linear_perpetual,
@@ -334,7 +334,7 @@ class CcxtVenue:
             error = translate(
                 exc, exchange=self.name, action=action, client_order_id=client_order_id, secrets=self._secrets
             )
-            if isinstance(exc, ccxt.InvalidNonce):
+            if clock_rejected(exc, self.name):
                 await self._resync_clock()
             log.info("%s", error)
             raise error from None

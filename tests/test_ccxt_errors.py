@@ -13,7 +13,7 @@ import ccxt.async_support as ccxt
 import pytest
 
 from streams.ccxt_config import ApiCredentials
-from streams.ccxt_errors import redact, translate
+from streams.ccxt_errors import clock_rejected, redact, translate
 from streams.errors import (
     DuplicateClientOrderId,
     OrderRejected,
@@ -131,11 +131,22 @@ def test_translation_by_venue_code_wins_over_ccxt_class() -> None:
     assert type(bybit(ccxt.DDoSProtection("bybit 418"))) is RateLimited
     assert type(bybit(ccxt.InsufficientFunds('bybit {"retCode":110007,"retMsg":"ab not enough"}'))) is OrderRejected
     assert type(bybit(ccxt.BadSymbol("bybit does not have market symbol X"))) is OrderRejected
+    assert clock_rejected(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'), "bybit")
+    assert type(bybit(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'))) is VenueUnavailable
+
+    binance_duplicate = translate(
+        ccxt.InvalidOrder('binanceusdm {"code":-2010,"msg":"Duplicate clientOrderId"}'),
+        exchange="binanceusdm", action="create_order", client_order_id="pg-y",
+    )
+    assert isinstance(binance_duplicate, DuplicateClientOrderId) and binance_duplicate.client_order_id == "pg-y"
 
 
 def test_redaction_removes_keys_secrets_signatures_and_listen_keys() -> None:
-    text = "GET https://h/fapi/v1/order?symbol=X&timestamp=1&signature=abc123 key=K123 secret=S456 listenKey=LK9"
-    cleaned = redact(text, ["K123", "S456"])
-    for leaked in ("abc123", "K123", "S456", "LK9"):
+    text = (
+        "GET https://h/fapi/v1/order?symbol=X&timestamp=1&signature=abc123 key=K1234567 secret=S4567890"
+        " listenKey=LK9 {'X-BAPI-SIGN': 'deadbeef'}"
+    )
+    cleaned = redact(text, ["K1234567", "S4567890", "k", ""])
+    for leaked in ("abc123", "K1234567", "S4567890", "LK9", "deadbeef"):
         assert leaked not in cleaned
-    assert "symbol=X" in cleaned
+    assert "symbol=X" in cleaned and "key=" in cleaned  # a one-letter "secret" garbles nothing
