@@ -68,7 +68,7 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
             record.state = State.UNVERIFIED
             record.reason = f"could not close after {failures} attempts; still trying"
             await ctx.save(record)
-            ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
+            await ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
         await anyio.sleep(next(delays))
 
 
@@ -77,8 +77,8 @@ async def _until_final(ctx: ActorContext, record: PositionRecord, coid: str, dea
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
         order = await look_up(ctx, record, coid, deadline)
-        if order is None or order.is_final:
-            return order
+        if not isinstance(order, Order) or order.is_final:
+            return order if isinstance(order, Order) else None
         if not await sleep_within(next(delays), deadline):
             return order
 

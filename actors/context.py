@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from actors.settings import ActorSettings
 from actors.store import Store
 from streams.evidence import EvidenceBoard
 from streams.venue import MarketRules, Venue
+
+log = logging.getLogger("posguard.alert")
 
 TransitionObserver = Callable[[PositionRecord, str], None]
 """Called after every saved transition with the record and its note (metrics, demo, bench)."""
@@ -27,7 +30,7 @@ class ActorContext:
     rng: random.Random = field(default_factory=random.Random)
     observers: list[TransitionObserver] = field(default_factory=list)
     alerts: list[Callable[[str, str], None]] = field(default_factory=list)
-    """Called with (symbol, message) when a position may be unprotected; the operator must know."""
+    """Called with (symbol, message) when a person must look (metrics, tests, logs)."""
     rest_calls: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -38,9 +41,16 @@ class ActorContext:
         self.rest_calls[method] += 1
         record.rest_calls += 1
 
-    def alert(self, symbol: str, message: str) -> None:
+    async def alert(self, symbol: str, message: str) -> None:
+        """Something a person must know (a position may be bare, a close keeps failing):
+        logged as CRITICAL, written to the alerts stream in Redis, passed to the callbacks."""
+        log.critical("ALERT %s: %s", symbol, message)
         for callback in self.alerts:
             callback(symbol, message)
+        try:
+            await self.store.append_alert(symbol, message)
+        except Exception as exc:  # noqa: BLE001 - an alert must not be lost to a Redis error
+            log.error("could not write the alert to Redis (%s); it is in this log only", exc)
 
     async def save(self, record: PositionRecord, note: str = "") -> None:
         await self.store.save_record(record, note)

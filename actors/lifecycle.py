@@ -22,8 +22,8 @@ from actors.backoff import Deadline
 from actors.closing import close_position, settle_closed
 from actors.context import ActorContext
 from actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
-from actors.orders import cancel_leftover_stops, look_up, send_once
-from actors.protection import protect
+from actors.orders import cancel_leftover_stops, send_once
+from actors.protection import EPSILON, exits_since_entry, protect, read_position
 from actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from streams.errors import OrderRejected
@@ -54,13 +54,18 @@ class Ticket:
         return self.result
 
 
+class Nudge:
+    """Mailbox item: the venue pushed something that may have closed this symbol's position."""
+
+
 class SymbolActor:
     def __init__(self, ctx: ActorContext, symbol: str) -> None:
         self.ctx = ctx
         self.symbol = symbol
-        send, receive = anyio.create_memory_object_stream[Ticket](ctx.settings.mailbox_size)
-        self._send: MemoryObjectSendStream[Ticket] = send
-        self._receive: MemoryObjectReceiveStream[Ticket] = receive
+        send, receive = anyio.create_memory_object_stream[Ticket | Nudge](ctx.settings.mailbox_size)
+        self._send: MemoryObjectSendStream[Ticket | Nudge] = send
+        self._receive: MemoryObjectReceiveStream[Ticket | Nudge] = receive
+        self._nudge_pending = False
         self.busy = False
 
     def submit(self, intent: Intent) -> Ticket:
@@ -71,23 +76,63 @@ class SymbolActor:
             raise MailboxFull(f"{self.symbol}: {self.ctx.settings.mailbox_size} intents already queued") from None
         return ticket
 
+    def nudge(self) -> None:
+        """Ask the actor to look at what the venue pushed, after whatever it is doing now.
+
+        Dropped when the mailbox is full: the queued work and the audit will see it anyway.
+        """
+        if self._nudge_pending:
+            return
+        try:
+            self._send.send_nowait(Nudge())
+            self._nudge_pending = True
+        except anyio.WouldBlock:
+            pass
+
     async def run(self) -> None:
         """Resume whatever was in flight, then serve the mailbox until cancelled."""
         await self.resume()
-        async for ticket in self._receive:
+        async for item in self._receive:
             self.busy = True
             try:
-                ticket.finish(await self.handle(ticket.intent))
-            except BaseException:
-                # The supervisor restarts the actor; the intent's record says what was done.
-                ticket.finish(IntentRecord(
-                    intent_id=ticket.intent.intent_id, action=type(ticket.intent).__name__,
-                    symbol=self.symbol, status="failed",
-                    reason="interrupted (actor stopped or crashed); the position record shows how far it got",
-                ))
-                raise
+                if isinstance(item, Nudge):
+                    self._nudge_pending = False
+                    await self.follow_venue()
+                else:
+                    await self._serve(item)
             finally:
                 self.busy = False
+
+    async def _serve(self, ticket: Ticket) -> None:
+        try:
+            ticket.finish(await self.handle(ticket.intent))
+        except BaseException:
+            # The supervisor restarts the actor; the intent's record says what was done.
+            ticket.finish(IntentRecord(
+                intent_id=ticket.intent.intent_id, action=type(ticket.intent).__name__,
+                symbol=self.symbol, status="failed",
+                reason="interrupted (actor stopped or crashed); the position record shows how far it got",
+            ))
+            raise
+
+    async def follow_venue(self) -> None:
+        """A live record whose position the venue pushed as flat: find the proof, record it.
+
+        Only executions prove a stop-out or liquidation (I1); a flat push without them
+        changes nothing here, and the audit looks again later.
+        """
+        record = await self.ctx.store.load_record(self.symbol)
+        if record is None or record.state not in (State.OPEN, State.PROTECTED, State.UNVERIFIED):
+            return
+        if read_position(self.ctx.board.position(self.symbol), record) != "flat":
+            return
+        held = record.filled_qty or record.qty
+        exits = await exits_since_entry(self.ctx, record, ask_rest=True)
+        if exits >= held - EPSILON:
+            await self._closed_externally(record, f"closed by the venue (stop or liquidation): exits {exits}")
+        else:
+            log.warning("%s: venue pushed flat but executions show only %s of %s closed; leaving it to the audit",
+                        self.symbol, exits, held)
 
     async def handle(self, intent: Intent) -> IntentRecord:
         match intent:
@@ -154,13 +199,6 @@ class SymbolActor:
         """
         ctx = self.ctx
         sent_at = anyio.current_time()
-        if record.state is State.SUBMITTING and resumed:
-            grace = Deadline(ctx.settings.verification.lookup_grace)
-            found = await look_up(ctx, record, record.client_order_id, grace)
-            if found is not None:
-                record.order_id = found.order_id
-                record.state = State.SUBMITTED
-                await ctx.save(record, f"found on the venue after restart: {found.status}")
         if record.state is State.SUBMITTING:
             record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
             await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
@@ -174,7 +212,7 @@ class SymbolActor:
             try:
                 order = await send_once(
                     ctx, record, record.client_order_id, lambda: ctx.venue.create_order(request),
-                    Deadline(ctx.settings.verification.hard_deadline),
+                    Deadline(ctx.settings.verification.hard_deadline), maybe_sent=resumed,
                 )
             except OrderRejected as exc:
                 record.state = State.REJECTED
@@ -211,12 +249,10 @@ class SymbolActor:
             case ClosedExternally(filled_qty=filled, exit_qty=exit_qty, avg_price=avg, source=source):
                 record.filled_qty, record.entry_price, record.evidence = filled, avg, source
                 record.sent_to_verified_ms = elapsed_ms
-                record.state = State.CLOSED_EXTERNALLY
-                record.reason = f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
-                record.filled_at = record.closed_at = utc_now()
-                await ctx.save(record)
-                await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-                ctx.board.forget(record.client_order_id)
+                record.filled_at = utc_now()
+                await self._closed_externally(
+                    record, f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
+                )
             case Filled():
                 record.filled_qty = verdict.open_qty
                 record.entry_price = verdict.avg_price
@@ -226,13 +262,23 @@ class SymbolActor:
                 record.state = State.OPEN
                 partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
                 await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
-                await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at)
+                if await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at) == "closed_externally":
+                    await self._closed_externally(record, "filled, then closed by the venue while being protected")
             case Unverified(reason=reason):
                 record.state = State.UNVERIFIED
                 record.reason = reason
                 await ctx.save(record)
-                ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
+                await ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
                 await protect(ctx, record, record.qty, None, sent_at)
+
+    async def _closed_externally(self, record: PositionRecord, reason: str) -> None:
+        """Proven filled and closed by the venue: record it and cancel any stop left armed."""
+        record.state = State.CLOSED_EXTERNALLY
+        record.reason = reason
+        record.closed_at = utc_now()
+        await self.ctx.save(record)
+        await cancel_leftover_stops(self.ctx, record, Deadline(self.ctx.settings.protection.stop_deadline))
+        self.ctx.board.forget(record.client_order_id, record.stop_client_order_id)
 
     # -- close ----------------------------------------------------------------------------
 

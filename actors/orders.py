@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import anyio
+
 from actors.backoff import Deadline, sleep_within
 from actors.context import ActorContext
 from actors.records import PositionRecord
@@ -21,20 +23,39 @@ from streams.events import Order
 log = logging.getLogger("posguard.actor")
 
 
+class Absent:
+    """The venue answered, at a time after the grace period: it has no order with that id."""
+
+
+ABSENT = Absent()
+
+
 async def send_once(
     ctx: ActorContext,
     record: PositionRecord,
     client_order_id: str,
     send: Callable[[], Awaitable[Order]],
     deadline: Deadline,
+    *,
+    maybe_sent: bool = False,
 ) -> Order | None:
     """Send via ``send`` and return the venue's view of the order.
+
+    ``maybe_sent``: an earlier attempt may have reached the venue (a restart found the
+    record written but not updated): look it up before sending anything.
 
     None means the order's fate is still unknown at the deadline (the caller must not
     assume it was not placed). `OrderRejected` propagates: the venue placed nothing.
     """
-    delays = ctx.settings.verification.backoff.delays(ctx.rng)
+    grace = ctx.settings.verification.lookup_grace
     while True:
+        if maybe_sent:
+            # Resend only on the venue's own word, given after the grace period, that it has
+            # no such order. A venue that does not answer (an outage) never earns a resend.
+            answer = await look_up(ctx, record, client_order_id, deadline, absent_after=anyio.current_time() + grace)
+            if not isinstance(answer, Absent):
+                return answer
+            log.warning("%s: the venue does not know %s; sending it again under the same id", record.symbol, client_order_id)
         pushed = ctx.board.order(client_order_id)
         if pushed is not None:
             return pushed
@@ -43,25 +64,26 @@ async def send_once(
             return await send()
         except DuplicateClientOrderId:
             log.info("%s: %s already on the venue; looking it up", record.symbol, client_order_id)
-            return await look_up(ctx, record, client_order_id, deadline)
+            found = await look_up(ctx, record, client_order_id, deadline)
+            return found if isinstance(found, Order) else None
         except VenueUnavailable as exc:
             log.warning("%s: sending %s: outcome unknown (%s); looking it up", record.symbol, client_order_id, exc)
-            grace = Deadline(min(ctx.settings.verification.lookup_grace, deadline.remaining))
-            found = await look_up(ctx, record, client_order_id, grace)
-            if found is not None:
-                return found
-        if not await sleep_within(next(delays), deadline):
-            return None
-        log.warning("%s: the venue does not know %s; sending it again under the same id", record.symbol, client_order_id)
+            maybe_sent = True
 
 
 async def look_up(
-    ctx: ActorContext, record: PositionRecord, client_order_id: str, deadline: Deadline
-) -> Order | None:
+    ctx: ActorContext,
+    record: PositionRecord,
+    client_order_id: str,
+    deadline: Deadline,
+    *,
+    absent_after: float | None = None,
+) -> Order | Absent | None:
     """Ask for an order by client order id until it is found or the deadline passes.
 
-    Pushed evidence counts as finding it. None means "not found by the deadline", which is
-    not evidence that it does not exist.
+    Pushed evidence counts as finding it. With ``absent_after`` (anyio time), an answer of
+    "unknown" given at or after that time returns `ABSENT`. None means no answer settled it
+    by the deadline, which is not evidence that the order does not exist.
     """
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
@@ -72,9 +94,12 @@ async def look_up(
             ctx.count_rest(record, "fetch_order")
             found = await ctx.venue.fetch_order(record.symbol, client_order_id)
         except VenueUnavailable:
-            found = None
-        if found is not None:
-            return found
+            pass
+        else:
+            if found is not None:
+                return found
+            if absent_after is not None and anyio.current_time() >= absent_after:
+                return ABSENT
         if not await sleep_within(next(delays), deadline):
             return None
 
@@ -101,5 +126,5 @@ async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadl
         except VenueUnavailable as exc:
             log.warning("%s: cancelling leftover stops failed (%s); retrying", record.symbol, exc)
             if not await sleep_within(next(delays), deadline):
-                ctx.alert(record.symbol, "leftover stop orders could not be cancelled; the audit will retry")
+                await ctx.alert(record.symbol, "leftover stop orders could not be cancelled; the audit will retry")
                 return []

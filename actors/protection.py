@@ -30,37 +30,58 @@ from streams.venue import StopRequest
 log = logging.getLogger("posguard.actor")
 
 StopResult = Literal["live", "would_trigger", "failed"]
+PositionView = Literal["stop_on", "stop_off", "flat", "unknown"]
+ProtectOutcome = Literal["protected", "closed_externally", "closed"]
+EPSILON = 1e-9
 
 
-def attached_stop_state(position: Position | None, record: PositionRecord) -> bool | None:
-    """True/False when a post-fill position snapshot says whether the stop is on it; None
-    when there is no such snapshot (nothing can be concluded)."""
-    if position is None or position.ts_ms < record.sent_ms or not position.is_open:
-        return None
+def read_position(position: Position | None, record: PositionRecord) -> PositionView:
+    """What a venue position snapshot says about our filled entry and its stop.
+
+    Only a snapshot taken after the entry was sent says anything; "flat" is the venue's own
+    word that the position is gone, which sends us to the executions for the proof.
+    """
+    if position is None or position.ts_ms < record.sent_ms:
+        return "unknown"
+    if not position.is_open:
+        return "flat"
     if position.side != position_side_of(record.side):
-        return None
-    return position.stop_price is not None
+        return "unknown"
+    return "stop_on" if position.stop_price is not None else "stop_off"
 
 
-async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen: Position | None) -> bool:
-    """Wait (push first, then one REST look) for the venue to show the attached stop."""
-    state = attached_stop_state(seen, record)
+async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen: Position | None) -> PositionView:
+    """Wait (push first, then one REST look) for the venue to show the position and its stop."""
+    view = read_position(seen, record)
+    if view == "unknown":
+        view = read_position(ctx.board.position(record.symbol), record)
     deadline = Deadline(ctx.settings.protection.stop_confirm_deadline)
-    while state is None and not deadline.passed and ctx.board.is_healthy():
-        state = attached_stop_state(ctx.board.position(record.symbol), record)
-        if state is None:
-            with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
-                await ctx.board.wait_for_change(record.symbol)
-    if state is None:
-        state = attached_stop_state(ctx.board.position(record.symbol), record)
-    if state is None:
+    while view == "unknown" and not deadline.passed and ctx.board.is_healthy():
+        with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
+            await ctx.board.wait_for_change(record.symbol)
+        view = read_position(ctx.board.position(record.symbol), record)
+    if view == "unknown":
         try:
             ctx.count_rest(record, "fetch_positions")
             positions = await ctx.venue.fetch_positions()
-            state = attached_stop_state(next((p for p in positions if p.symbol == record.symbol), None), record)
+            view = read_position(next((p for p in positions if p.symbol == record.symbol), None), record)
         except VenueUnavailable as exc:
             log.warning("%s: could not read positions to confirm the attached stop: %s", record.symbol, exc)
-    return state is True
+    return view
+
+
+async def exits_since_entry(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) -> float:
+    """Quantity closed by fills that are not our entry (a stop, a liquidation), since it was sent."""
+    side = closing_side(position_side_of(record.side))
+    executions = ctx.board.executions(record.symbol, record.sent_ms)
+    if ask_rest:
+        try:
+            ctx.count_rest(record, "fetch_executions")
+            executions = executions + await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
+        except VenueUnavailable as exc:
+            log.warning("%s: could not read executions: %s", record.symbol, exc)
+    unique = {e.exec_id: e for e in executions}
+    return sum(e.qty for e in unique.values() if e.side == side and e.client_order_id != record.client_order_id)
 
 
 async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> StopResult:
@@ -95,38 +116,46 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
     return "failed"
 
 
-async def protect(ctx: ActorContext, record: PositionRecord, qty: float, seen: Position | None, sent_at: float) -> None:
-    """Take a record in `open` or `unverified` to `protected`, or close the position.
+async def protect(
+    ctx: ActorContext, record: PositionRecord, qty: float, seen: Position | None, sent_at: float
+) -> ProtectOutcome:
+    """Take a record in `open` or `unverified` to `protected`, or see it closed.
 
     ``qty`` is the size to protect; ``seen`` a post-fill position snapshot if one was seen.
     An `unverified` record stays `unverified` (the audit owns it) but gets its stop.
+    Returns how it ended; a "closed_externally" outcome is left for the caller to record.
     """
-    stop_live = False
     if record.stop_source == "attached":
-        stop_live = await confirm_attached_stop(ctx, record, seen)
-        if not stop_live:
-            log.warning("%s: attached stop not confirmed; placing a separate stop", record.symbol)
-            record.stop_source = ""
-    if not stop_live:
+        view = await confirm_attached_stop(ctx, record, seen)
+    else:
+        view = read_position(seen or ctx.board.position(record.symbol), record)
+    if view == "flat" or (view != "stop_on" and ctx.board.executions(record.symbol, record.sent_ms)):
+        # The venue says it is gone, or fills arrived since: look for the proof (I1).
+        if await exits_since_entry(ctx, record, ask_rest=view == "flat") >= qty - EPSILON:
+            return "closed_externally"
+    if view != "stop_on":
+        if record.stop_source == "attached":
+            log.warning("%s: attached stop %s; placing a separate stop", record.symbol,
+                        "missing" if view == "stop_off" else "not confirmed")
+        record.stop_source = ""
         result = await place_stop(ctx, record, qty)
-        if result == "live":
-            record.stop_source = "order"
-            stop_live = True
-        else:
-            await emergency_close(ctx, record, qty)
-            return
+        if result != "live":
+            return await emergency_close(ctx, record, qty)
+        record.stop_source = "order"
     record.sent_to_protected_ms = round((anyio.current_time() - sent_at) * 1000, 1)
     record.protected_at = utc_now()
     if record.state is not State.UNVERIFIED:
         record.state = State.PROTECTED
     await ctx.save(record, f"stop live ({record.stop_source})")
+    return "protected"
 
 
-async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float) -> None:
+async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float) -> ProtectOutcome:
     """No stop could be placed: close the position rather than leave it bare."""
     why = record.reason
     record.state = State.EMERGENCY_CLOSING
     await ctx.save(record, f"emergency close: {why}")
-    ctx.alert(record.symbol, f"emergency close: {why}")
+    await ctx.alert(record.symbol, f"emergency close: {why}")
     outcome = await close_position(ctx, record, id_key=record.intent_id + ":emergency", qty=qty)
     await settle_closed(ctx, record, outcome, f"emergency close ({why})")
+    return "closed"

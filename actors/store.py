@@ -32,6 +32,8 @@ class Store(Protocol):
 
     async def save_intent(self, intent: IntentRecord) -> None: ...
 
+    async def append_alert(self, symbol: str, message: str) -> None: ...
+
 
 class RedisStore:
     def __init__(self, client: coredis.Redis[str], account: str) -> None:
@@ -86,3 +88,12 @@ class RedisStore:
     async def save_intent(self, intent: IntentRecord) -> None:
         intent.updated_at = utc_now()
         await self.client.hset(self.keys.intent(intent.intent_id), intent.to_fields())
+
+    async def append_alert(self, symbol: str, message: str) -> None:
+        await self.client.xadd(
+            self.keys.alerts,
+            {"symbol": symbol, "message": message, "at": utc_now()},
+            trim_strategy=PureToken.MAXLEN,
+            trim_operator=PureToken.APPROXIMATELY,
+            threshold=100_000,
+        )

@@ -126,7 +126,7 @@ class EvidenceBoard:
         """All private topics connected and heard from within ``stale_after`` seconds."""
         now = anyio.current_time()
         return all(
-            self._connected[t] and now - self._last_seen[t] <= self.stale_after for t in TOPICS
+            self._connected[t] and now - self._last_seen[t] < self.stale_after for t in TOPICS
         )
 
     def seconds_until_stale(self) -> float:

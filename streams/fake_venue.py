@@ -73,8 +73,15 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     """Probability that a REST call fails with a 5xx before taking effect."""
     rate_limit_rate: float = 0.0
     """Probability that a REST call is refused by the rate limiter before taking effect."""
+    rest_outage_every: Lag | None = None
+    """When set, REST goes down entirely (every call a 503) after this long up ..."""
+    rest_outage_for: Lag = Lag.fixed(30.0)
+    """... for this long (exchange maintenance, a broken load balancer)."""
     lost_create_response_rate: float = 0.0
     """Probability that create_order takes effect but its response is lost (a timeout)."""
+    outage_after_lost_response: float = 0.0
+    """Probability that a lost create response is the start of a REST outage lasting
+    `rest_outage_for`: the order is on the venue and nobody can ask about it."""
     reject_rate: float = 0.0
     """Probability that an entry order is rejected (insufficient margin)."""
     partial_fill_rate: float = 0.0
@@ -86,6 +93,9 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     stop_out_rate: float = 0.0
     """Probability that the price jumps through the stop (or liquidates) right after a fill."""
     stop_out_delay: Lag = Lag.fixed(0.1)
+    reject_duplicate_client_ids: bool = True
+    """Bybit refuses any reused client order id. False models Binance, which accepts a reused
+    id once the first order is no longer open: a blind resend could then open twice."""
     heartbeat_interval: float = 5.0
     """Seconds between stream heartbeats while connected."""
     disconnect_every: Lag | None = None
@@ -221,6 +231,7 @@ class FakeVenue:
         self._outbox: deque[VenueEvent] = deque()
         self.connected = True
         self._connection_epoch = 0  # pushes in flight when the stream drops are lost
+        self.rest_down = False
         self._position_views: dict[str, LaggedView[Position]] = {}
         self._order_views: dict[str, LaggedView[Order]] = {}
         self._execution_views: list[tuple[float, Execution]] = []
@@ -245,6 +256,8 @@ class FakeVenue:
             self._schedule(self.knobs.disconnect_every.sample(self._rng("disconnect", 0)), self._auto_disconnect)
         if self.knobs.price_step_interval > 0:
             self._schedule(self.knobs.price_step_interval, self._price_walk)
+        if self.knobs.rest_outage_every is not None:
+            self._schedule(self.knobs.rest_outage_every.sample(self._rng("outage", 0)), self._toggle_outage)
         return self
 
     async def __aexit__(
@@ -334,14 +347,16 @@ class FakeVenue:
         order = self._apply_market_order(request, rng)
         await self._half_trip()
         if self.knobs.lost_create_response_rate and rng.random() < self.knobs.lost_create_response_rate:
+            if not self.rest_down and rng.random() < self.knobs.outage_after_lost_response:
+                self.rest_down = True
+                self._schedule(self.knobs.rest_outage_for.sample(rng), self._end_outage)
             raise VenueUnavailable("create_order: response lost after the order was placed (timeout)")
         return order
 
     async def place_stop(self, request: StopRequest) -> Order:
         await self._rest_call("place_stop", effect_follows=True)
         rules = self._rules(request.symbol)
-        if request.client_order_id in self.truth.orders:
-            raise DuplicateClientOrderId(request.client_order_id)
+        self._check_duplicate(request.client_order_id)
         rng = self._rng("stop", request.client_order_id)
         if self.knobs.stop_reject_rate and rng.random() < self.knobs.stop_reject_rate:
             raise OrderRejected("stop order rejected by the venue", code="fake-stop-reject")
@@ -399,8 +414,7 @@ class FakeVenue:
 
     def _apply_market_order(self, request: OrderRequest, rng: random.Random) -> Order:
         rules = self._rules(request.symbol)
-        if request.client_order_id in self.truth.orders:
-            raise DuplicateClientOrderId(request.client_order_id)
+        self._check_duplicate(request.client_order_id)
         if request.qty < rules.min_qty:
             raise OrderRejected(f"qty {request.qty} below minimum {rules.min_qty}", code="fake-min-qty")
         price = self.prices[request.symbol]
@@ -657,6 +671,18 @@ class FakeVenue:
         count = self.calls["auto_disconnect"]
         self._schedule(self.knobs.disconnect_every.sample(self._rng("disconnect", count)), self._auto_disconnect)
 
+    def _toggle_outage(self) -> None:
+        assert self.knobs.rest_outage_every is not None
+        count = self.calls["rest_outage"]
+        self.calls["rest_outage"] += 1
+        self.rest_down = not self.rest_down
+        rng = self._rng("outage", count)
+        lag = self.knobs.rest_outage_for if self.rest_down else self.knobs.rest_outage_every
+        self._schedule(lag.sample(rng), self._toggle_outage)
+
+    def _end_outage(self) -> None:
+        self.rest_down = False
+
     def _price_walk(self) -> None:
         step = self.calls["price_walk"]
         self.calls["price_walk"] += 1
@@ -681,6 +707,8 @@ class FakeVenue:
         scripted = self.scripted_failures.get(method)
         if scripted:
             raise scripted.pop(0)
+        if self.rest_down:
+            raise VenueUnavailable(f"{method}: HTTP 503 (venue REST outage)")
         rng = self._rng(f"rest:{method}", number)
         roll = rng.random()
         if roll < self.knobs.rate_limit_rate:
@@ -690,6 +718,15 @@ class FakeVenue:
 
     async def _half_trip(self) -> None:
         await anyio.sleep(self.knobs.rest_latency / 2)
+
+    def _check_duplicate(self, client_order_id: str) -> None:
+        existing = self.truth.orders.get(client_order_id)
+        if existing is None:
+            return
+        if self.knobs.reject_duplicate_client_ids or existing.status == "open":
+            raise DuplicateClientOrderId(client_order_id)
+        # Binance-like: the id is free again. Keep the first order's truth under a new key.
+        self.truth.orders[f"{client_order_id}#{existing.order_id}"] = existing
 
     def _rules(self, symbol: str) -> MarketRules:
         try:

@@ -53,6 +53,11 @@ class Keys(msgspec.Struct, frozen=True):
         return f"{self.prefix}:health"
 
     @property
+    def alerts(self) -> str:
+        """Stream: what a person must look at (a position possibly bare, a close failing)."""
+        return f"{self.prefix}:alerts"
+
+    @property
     def audit(self) -> str:
         """Stream: every audit finding, what was seen and what was done."""
         return f"{self.prefix}:audit"

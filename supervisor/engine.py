@@ -19,7 +19,8 @@ from actors.intents import CloseIntent, Intent, IntentRecord, IntentRefused, Ope
 from actors.lifecycle import MailboxFull, SymbolActor, Ticket
 from actors.settings import ActorSettings
 from actors.store import Store
-from streams.events import VenueEvent
+from streams.events import Execution, Position, VenueEvent
+from streams.errors import VenueUnavailable
 from streams.evidence import EvidenceBoard
 from streams.ingestor import EventCache, Ingestor
 from streams.venue import MarketRules, Venue
@@ -44,7 +45,7 @@ class Engine:
         self.venue = venue
         self.store = store
         self.board = EvidenceBoard(stale_after=stale_after)
-        self.ingestor = Ingestor(self.board, cache)
+        self.ingestor = Ingestor(self.board, cache, listeners=[self._route])
         self.settings = settings
         self.rules: dict[str, MarketRules] = {}
         self.ctx = ActorContext(
@@ -55,18 +56,13 @@ class Engine:
             settings=settings,
             rng=rng or random.Random(),
             observers=list(observers),
-            alerts=[self._log_alert],
         )
         self.actors: dict[str, SymbolActor] = {}
         self._task_group: TaskGroup | None = None
 
-    @staticmethod
-    def _log_alert(symbol: str, message: str) -> None:
-        log.critical("ALERT %s: %s", symbol, message)
-
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load markets, start the streams, resume every live record, then serve intents."""
-        self.rules.update(await self.venue.load_markets())
+        self.rules.update(await self._load_markets())
         send, receive = anyio.create_memory_object_stream[VenueEvent](STREAM_BUFFER)
         async with anyio.create_task_group() as tg:
             self._task_group = tg
@@ -76,6 +72,17 @@ class Engine:
                 if record.state.is_live:
                     self._actor(record.symbol)
             task_status.started()
+
+    async def _load_markets(self) -> dict[str, MarketRules]:
+        """Markets are needed before any intent can be checked; keep asking until they come."""
+        delays = self.settings.verification.backoff.delays(self.ctx.rng)
+        while True:
+            try:
+                return await self.venue.load_markets()
+            except VenueUnavailable as exc:
+                delay = next(delays)
+                log.warning("loading markets failed (%s); retrying in %.1f s", exc, delay)
+                await anyio.sleep(delay)
 
     async def streams_ready(self, timeout: float = 10.0) -> bool:
         """Wait until every private topic is connected; False if that takes over ``timeout``.
@@ -90,6 +97,18 @@ class Engine:
     async def _stream(self, send: anyio.abc.ObjectSendStream[VenueEvent]) -> None:
         async with send:
             await self.venue.stream(send)
+
+    def _route(self, event: VenueEvent) -> None:
+        """Tell an existing actor when the venue pushed something that may end its position."""
+        match event:
+            case Position(size=0.0) | Execution(client_order_id=""):
+                actor = self.actors.get(event.symbol)
+            case Execution() if not event.client_order_id.endswith("-e"):
+                actor = self.actors.get(event.symbol)
+            case _:
+                actor = None
+        if actor is not None:
+            actor.nudge()
 
     def _actor(self, symbol: str) -> SymbolActor:
         actor = self.actors.get(symbol)

@@ -55,12 +55,13 @@ async def running_engine(
     **engine_kwargs: Any,
 ) -> AsyncIterator[Engine]:
     """An `Engine` running against ``venue`` (already entered) and a real Redis."""
+    settings = settings or ActorSettings(account=ACCOUNT)
     async with open_redis(redis_url) as client, anyio.create_task_group() as tg:
         engine = Engine(
             venue=venue,
-            store=ClockHeld(RedisStore(client, ACCOUNT), clock),
-            cache=ClockHeld(RedisEventCache(client, ACCOUNT), clock),
-            settings=settings or ActorSettings(account=ACCOUNT),
+            store=ClockHeld(RedisStore(client, settings.account), clock),
+            cache=ClockHeld(RedisEventCache(client, settings.account), clock),
+            settings=settings,
             rng=random.Random(7),
             **engine_kwargs,
         )
