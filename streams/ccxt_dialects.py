@@ -152,7 +152,7 @@ class Dialect:
         raise NotImplementedError
 
     async def fetch_trades(self, exchange: Exchange, symbol: str | None, since_ms: int) -> list[CcxtDict]:
-        """Fills (including liquidations and ADL) at or after ``since_ms``, any order."""
+        """Fills (including liquidations and ADL) from ``since_ms`` on, oldest first."""
         raise NotImplementedError
 
     def trade_client_order_id(self, trade: CcxtDict) -> str:
@@ -258,6 +258,9 @@ class BybitDialect(Dialect):
 
             trades.extend(await _paged(page, "executions"))
             start += BYBIT_WINDOW_MS + 1
+        # ccxt sorts by (time, id); ids are random, so fills in one millisecond would come out
+        # in any order. Bybit's cross sequence number orders them as they happened.
+        trades.sort(key=lambda t: (t.get("timestamp") or 0, int((t.get("info") or {}).get("seq") or 0)))
         return [t for t in trades if (t.get("info") or {}).get("execType", "Trade") in BYBIT_EXEC_TYPES]
 
     def trade_client_order_id(self, trade: CcxtDict) -> str:

@@ -84,7 +84,7 @@ class HookedBybit(_Hooked, ccxt.pro.bybit):
     def handle_subscription_status(self, client: Any, message: CcxtDict) -> CcxtDict:
         super().handle_subscription_status(client, message)
         if message.get("success") is True and message.get("op") == "subscribe":
-            for topic in _acknowledged_topics(client, message):
+            for topic in acknowledged_topics(client, message):
                 if topic in BYBIT_TOPICS and self.posguard_listener is not None:
                     self._tell("subscription", self.posguard_listener.on_ready, BYBIT_TOPICS[topic], client)
         return message
@@ -95,7 +95,7 @@ def _data(message: CcxtDict) -> list[CcxtDict]:
     return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
 
 
-def _acknowledged_topics(client: Any, message: CcxtDict) -> list[str]:
+def acknowledged_topics(client: Any, message: CcxtDict) -> list[str]:
     """The topics of the subscribe request this acknowledgement answers.
 
     Bybit echoes ``req_id`` when it was sent; if it ever does not, acknowledgements come in

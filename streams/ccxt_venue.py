@@ -257,7 +257,8 @@ class CcxtVenue:
             return executions
 
         executions = self._mapped("fetch_executions", mapped)
-        return sorted((e for e in executions if e.ts_ms >= since_ms), key=lambda e: (e.ts_ms, e.exec_id))
+        # Stable: fills in the same millisecond keep the venue's own order.
+        return sorted((e for e in executions if e.ts_ms >= since_ms), key=lambda e: e.ts_ms)
 
     async def fetch_positions(self) -> list[Position]:
         raw = await self._call("fetch_positions", lambda: self._dialect.fetch_positions(self._exchange))

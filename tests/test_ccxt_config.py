@@ -89,3 +89,24 @@ def test_the_network_guard_refuses_anything_but_loopback() -> None:
     with socket.socket() as sock, pytest.raises(OSError, match="network guard"):
         sock.connect(("10.255.255.1", 443))
     assert socket.getaddrinfo("127.0.0.1", 80)
+
+
+def test_the_supervisors_venue_section_maps_onto_the_adapter_config() -> None:
+    from supervisor.config import ConfigError, Secrets, parse_config
+    from supervisor.venues import ccxt_venue_config, open_ccxt_venue
+
+    config = parse_config(
+        '[account]\nname = "acct-1"\n[venue]\nkind = "bybit"\ntestnet = false\n'
+        'rest_url = "http://127.0.0.1:8765"\nws_url = "ws://127.0.0.1:8765"\n'
+    )
+    mapped = ccxt_venue_config(config)
+    assert (mapped.exchange, mapped.account, mapped.environment) == ("bybit", "acct-1", "live")
+    venue = open_ccxt_venue(config, Secrets("key-123456", "secret-123456"))
+    assert venue.urls["ws.private.contract"] == "ws://127.0.0.1:8765/v5/private"
+    asyncio.run(venue.aclose())
+
+    half = parse_config('[venue]\nkind = "binanceusdm"\nrest_url = "http://127.0.0.1:1"\n')
+    with pytest.raises(ConfigError, match="both rest_url and ws_url"):
+        ccxt_venue_config(half)
+    with pytest.raises(ConfigError, match="simulated venue"):
+        ccxt_venue_config(parse_config(""))

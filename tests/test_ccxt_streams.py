@@ -6,14 +6,24 @@ never on sleeps.
 
 from __future__ import annotations
 
+import math
 import time
+from types import SimpleNamespace
 
+import anyio
 import pytest
 
-from streams.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus
+from streams.ccxt_hooks import acknowledged_topics
+from streams.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent
 from streams.venue import OrderRequest, StopRequest
 from tests.emulator import running_emulator
-from tests.emulator.fixtures import bybit_venue, loopback_network_only, recording, truth_order  # noqa: F401
+from tests.emulator.fixtures import (  # noqa: F401
+    StreamRecorder,
+    bybit_venue,
+    loopback_network_only,
+    recording,
+    truth_order,
+)
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
 
@@ -127,3 +137,33 @@ async def test_a_stop_triggered_by_the_price_pushes_the_exit() -> None:
         assert exit_fill.client_order_id == "" and (exit_fill.qty, exit_fill.price) == (0.01, 57_900.0)
         assert flat.side == "flat" and flat.stop_price is None
         assert emu.truth()["positions"] == {}
+
+
+async def test_a_lost_subscription_ack_is_retried_on_a_fresh_connection() -> None:
+    # ccxt never re-sends a subscribe on a connection it thinks is subscribed, so the only
+    # way out is a new connection.
+    async with running_emulator() as emu, bybit_venue(emu, ready_timeout=0.3) as venue:
+        emu.faults.drop_subscribe_acks = True
+        recorder = StreamRecorder()
+        send, receive = anyio.create_memory_object_stream[VenueEvent](math.inf)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(venue.stream, send)
+            tg.start_soon(recorder.consume, receive)
+            down = await recorder.wait_for(StreamStatus, lambda s: not s.connected)
+            assert "not confirmed live" in down.reason
+            connects = emu.truth()["ws_connects"]
+            emu.faults.drop_subscribe_acks = False
+            await recorder.wait_connected(timeout=10)
+            assert emu.truth()["ws_connects"] > connects
+            tg.cancel_scope.cancel()
+
+
+def test_an_acknowledgement_without_req_id_answers_the_oldest_request() -> None:
+    client = SimpleNamespace(subscriptions={
+        "orders": {"id": 7, "topics": ["order"]},
+        "positions": {"id": 5, "topics": ["position"]},
+        "authenticated": True,
+    })
+    assert acknowledged_topics(client, {"success": True, "op": "subscribe"}) == ["position"]
+    assert acknowledged_topics(client, {"success": True, "op": "subscribe", "req_id": "7"}) == ["order"]
+    assert acknowledged_topics(client, {"success": True, "op": "subscribe"}) == []

@@ -46,6 +46,8 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fail_next: list[ScriptedFailure] = msgspec.field(default_factory=list)
     refuse_ws: bool = False
     """While set, private WebSocket handshakes are answered with HTTP 503."""
+    drop_subscribe_acks: bool = False
+    """While set, ``subscribe`` requests take effect but are never acknowledged."""
     mute_ws: bool = False
     """While set, open private connections stay open but nothing is sent on them: no pongs,
     no acknowledgements, no pushes (a half-dead connection the client must detect itself)."""

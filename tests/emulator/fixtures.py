@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
-import msgspec
 import pytest
 
 from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, ReconnectBackoff
@@ -110,10 +109,6 @@ async def recording(venue: CcxtVenue) -> AsyncIterator[StreamRecorder]:
 def truth_order(emu: EmulatorServer, link_id: str) -> dict[str, Any]:
     [order] = [o for o in emu.truth()["orders"] if o["order_link_id"] == link_id]
     return order
-
-
-def to_builtins(struct: msgspec.Struct) -> dict[str, Any]:
-    return msgspec.to_builtins(struct)
 
 
 # -- the network guard --------------------------------------------------------------------

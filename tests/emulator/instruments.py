@@ -91,7 +91,3 @@ DEFAULT_INSTRUMENTS: tuple[Instrument, ...] = (
     ),
 )
 
-
-def ccxt_symbol(instrument: Instrument) -> str:
-    """The ccxt unified symbol posguard uses for this instrument (perpetuals only)."""
-    return f"{instrument.base}/{instrument.quote}:{instrument.settle}"

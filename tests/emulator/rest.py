@@ -37,13 +37,6 @@ def answer(result: dict[str, Any], code: int = 0, message: str = "OK") -> web.Re
     return web.json_response(body)
 
 
-class LostResponse(Exception):
-    """The request took effect; its answer must not reach the client."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-
 class BybitRest:
     def __init__(self, engine: Engine, api_key: str, rng: random.Random) -> None:
         self.engine = engine

@@ -8,7 +8,7 @@ acknowledgement (``req_id`` echoed when sent); then ``{"topic": "order", "creati
 and ``expires`` must lie in the future, as on Bybit.
 
 Faults: per-topic push delay and drop probability, forced disconnects, refused handshakes,
-muted (half-dead) connections.
+muted (half-dead) connections, lost subscription acknowledgements.
 Each connection has its own writer task, so pushes go out in the order they were made.
 """
 
@@ -126,7 +126,8 @@ class PrivateHub:
                 connection.send(reply | {"success": False, "ret_msg": f"error:handler not found,topic:{unknown[0]}", "op": "subscribe"})
                 return
             connection.topics.update(topics)
-            connection.send(reply | {"success": True, "ret_msg": "", "op": "subscribe"})
+            if not self.engine.faults.drop_subscribe_acks:
+                connection.send(reply | {"success": True, "ret_msg": "", "op": "subscribe"})
         elif op == "unsubscribe":
             connection.topics.difference_update(str(t) for t in message.get("args") or [])
             connection.send(reply | {"success": True, "ret_msg": "", "op": "unsubscribe"})
