@@ -18,8 +18,8 @@ import ccxt.async_support as ccxt
 
 from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, replace_base
 from streams.ccxt_errors import RedactingLogger, is_not_found
-from streams.errors import VenueUnavailable
 from streams.ccxt_hooks import BYBIT_EXEC_TYPES, HookedBinanceUsdm, HookedBybit
+from streams.errors import VenueUnavailable
 from streams.events import Topic
 from streams.venue import OrderRequest, StopRequest
 
@@ -34,12 +34,15 @@ BYBIT_WINDOW_MS = 7 * DAY_MS
 BYBIT_EXECUTION_HORIZON_MS = 30 * DAY_MS
 """How far back `BybitDialect.fetch_trades` walks; posguard asks about recent orders only."""
 
+BINANCE_TRADES_PAGE = 1000
+"""Binance's largest ``userTrades`` page."""
+
 MAX_PAGES = 100
 """Pages read per listing before giving up with `VenueUnavailable`: an answer that was cut
 short must never be mistaken for the whole truth (a missing stop, a missing position)."""
 
 
-def _base_options(config: CcxtVenueConfig) -> dict[str, Any]:
+def _base_options() -> dict[str, Any]:
     return {
         # Time is learned from the venue once at load_markets. `CcxtVenue.now_ms` and every
         # signature use it, so "executions since I sent" compares like with like.
@@ -129,6 +132,8 @@ class Dialect:
 
     exchange_id: str
     supports_attached_stop: bool
+    executions_need_symbol: bool
+    """True when the venue lists executions one symbol at a time."""
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
         raise NotImplementedError
@@ -181,9 +186,10 @@ class BybitDialect(Dialect):
 
     exchange_id = "bybit"
     supports_attached_stop = True
+    executions_need_symbol = False
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
-        options = _base_options(config) | {
+        options = _base_options() | {
             "fetchMarkets": {"types": ["linear"]},
             "enableUnifiedAccount": True,
             "enableUnifiedMargin": False,
@@ -282,9 +288,10 @@ class BinanceUsdmDialect(Dialect):
 
     exchange_id = "binanceusdm"
     supports_attached_stop = False
+    executions_need_symbol = True
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
-        options = _base_options(config) | {
+        options = _base_options() | {
             "fetchMarkets": {"types": ["linear"]},
             "fetchOpenOrders": {"warnWithoutSymbol": False},
             "warnOnFetchOpenOrdersWithoutSymbol": False,
@@ -335,7 +342,11 @@ class BinanceUsdmDialect(Dialect):
     async def fetch_trades(self, exchange: Exchange, symbol: str | None, since_ms: int) -> list[CcxtDict]:
         if symbol is None:
             raise ValueError("binanceusdm lists executions per symbol only")
-        return list(await exchange.fetch_my_trades(symbol, since_ms, 1000))
+        trades = list(await exchange.fetch_my_trades(symbol, since_ms, BINANCE_TRADES_PAGE))
+        if len(trades) >= BINANCE_TRADES_PAGE:
+            # Binance pages by trade id only without a start time; a cut list is never passed on.
+            raise VenueUnavailable(f"binanceusdm {symbol}: {len(trades)}+ fills since {since_ms}; refusing a partial list")
+        return trades
 
     def trade_client_order_id(self, trade: CcxtDict) -> str:
         # userTrades carries only the venue's order id; pushed trades carry "c".

@@ -67,6 +67,7 @@ class PrivateStream:
         clock: Callable[[], int],
         snapshot: Snapshot,
         observe: Callable[[VenueEvent], None],
+        trades: Callable[[str], bool],
         secrets: tuple[str, ...],
         rng: random.Random,
     ) -> None:
@@ -76,6 +77,7 @@ class PrivateStream:
         self._clock = clock
         self._snapshot = snapshot
         self._observe = observe
+        self._trades = trades
         self._secrets = secrets
         self._rng = rng
         self._outbox: ObjectSendStream[VenueEvent] | None = None
@@ -101,6 +103,8 @@ class PrivateStream:
     def _emit(self, event: VenueEvent) -> None:
         if self._outbox is None:
             return  # nobody is streaming: the next snapshot will carry it
+        if isinstance(event, (Order, Position, Execution)) and not self._trades(event.symbol):
+            return  # Bybit's position topic covers inverse and USDC markets too
         self._observe(event)
         topic = topic_of(event)
         if topic is not None:

@@ -78,7 +78,6 @@ class CcxtVenue:
         self._rules: dict[str, MarketRules] = {}
         self._client_ids: OrderedDict[str, str] = OrderedDict()
         self._symbols_seen: set[str] = set()
-        self._private: PrivateStream | None = None
 
     # -- identity and time -----------------------------------------------------------------
 
@@ -286,6 +285,7 @@ class CcxtVenue:
             clock=self.now_ms,
             snapshot=self._snapshot,
             observe=self._observe,
+            trades=lambda symbol: not self._rules or symbol in self._rules,
             secrets=self._secrets,
             rng=self._rng,
         )
@@ -301,8 +301,9 @@ class CcxtVenue:
             return list(await self.fetch_positions())
         if topic == "orders":
             return list(await self.fetch_open_orders())
-        if self._dialect.exchange_id == "bybit":
+        if not self._dialect.executions_need_symbol:
             return list(await self._executions(None, since_ms))
+        # One listing per symbol this adapter has traded or seen a position or fill on.
         executions: list[VenueEvent] = []
         for symbol in sorted(self._symbols_seen):
             executions.extend(await self._executions(symbol, since_ms))
@@ -322,6 +323,8 @@ class CcxtVenue:
                 self._client_ids.popitem(last=False)
 
     async def aclose(self) -> None:
+        """Release the HTTP session and sockets. Cancel `stream` first: closing cancels the
+        watch calls it is waiting on."""
         await self._exchange.close()
 
     # -- error translation -----------------------------------------------------------------

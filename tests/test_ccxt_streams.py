@@ -167,3 +167,16 @@ def test_an_acknowledgement_without_req_id_answers_the_oldest_request() -> None:
     assert acknowledged_topics(client, {"success": True, "op": "subscribe"}) == ["position"]
     assert acknowledged_topics(client, {"success": True, "op": "subscribe", "req_id": "7"}) == ["order"]
     assert acknowledged_topics(client, {"success": True, "op": "subscribe"}) == []
+
+
+async def test_pushes_for_markets_posguard_does_not_trade_are_left_out() -> None:
+    async with running_emulator() as emu, bybit_venue(emu) as venue:
+        await venue.load_markets()
+        async with recording(venue) as rec:
+            mark = len(rec.events)
+            # Someone trades the USDC perpetual on the same account (the topic carries it).
+            emu.engine.create_order({"category": "linear", "symbol": "BTCPERP", "side": "Buy", "orderType": "Market", "qty": "0.01"})
+            await venue.create_order(entry("pg-usdt-e"))
+            await rec.wait_for(Position, lambda p: p.symbol == BTC, since=mark)
+            assert "BTCPERP" in emu.truth()["positions"]
+            assert {e.symbol for e in rec.events[mark:] if isinstance(e, (Order, Execution, Position))} == {BTC}
