@@ -15,6 +15,8 @@ from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, ConfigRefused
 from streams.ccxt_venue import CcxtVenue
 from tests.emulator.fixtures import FAST_STREAMS, loopback_network_only  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("loopback_network_only")
+
 CREDENTIALS = ApiCredentials("key-123", "secret-456")
 
 
@@ -82,7 +84,6 @@ def test_credentials_never_print() -> None:
     assert "key-123" not in shown and "secret-456" not in shown
 
 
-@pytest.mark.usefixtures("loopback_network_only")
 def test_the_network_guard_refuses_anything_but_loopback() -> None:
     with pytest.raises(OSError, match="network guard"):
         socket.getaddrinfo("api.bybit.com", 443)

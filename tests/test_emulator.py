@@ -17,6 +17,8 @@ from tests.emulator import running_emulator
 from tests.emulator.engine import Engine, VenueReject
 from tests.emulator.fixtures import loopback_network_only  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("loopback_network_only")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,7 +28,6 @@ def order(link: str, side: str = "Buy", qty: str = "0.01", **extra: object) -> d
 
 
 @pytest.mark.asyncio_backend
-@pytest.mark.usefixtures("loopback_network_only")
 async def test_control_api_moves_prices_sets_faults_and_tells_the_truth() -> None:
     async with running_emulator() as emu, aiohttp.ClientSession(base_url=emu.rest_url) as http:
         emu.engine.create_order(order("ctl-e", stopLoss="59000"))
