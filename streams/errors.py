@@ -28,6 +28,11 @@ class RateLimited(VenueUnavailable):
     """The venue is throttling us. Back off harder than for a plain transient error."""
 
 
+class VenueAuthFailed(VenueUnavailable):
+    """The venue refused the API credentials. Nothing was done; retrying will not help until
+    an operator fixes the key, but callers that treat it as `VenueUnavailable` stay safe."""
+
+
 class OrderRejected(VenueError):
     """The venue refused the order and placed nothing. ``code`` is the venue's own code."""
 

@@ -1,0 +1,65 @@
+"""The emulator's fault knobs: everything a real venue does to a client on a bad day.
+
+All default to a well-behaved exchange. Probabilistic faults draw from the emulator's seeded
+RNG; `ScriptedFailure` makes the next N calls of one path fail in a chosen way, for tests
+that need a fault exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+FailureKind = Literal["http_503", "rate_limit", "server_error", "lost_504", "lost_drop"]
+"""``http_503``, ``rate_limit`` (retCode 10006) and ``server_error`` (retCode 10016) fail the
+request *before* it takes effect. ``lost_504`` and ``lost_drop`` apply it and then lose the
+response: a 504 from the gateway, or the connection closed without an answer."""
+
+WsTopic = Literal["position", "order", "execution"]
+
+
+class ScriptedFailure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    path: str
+    """Request path, e.g. ``/v5/order/create``."""
+    kind: FailureKind
+    count: int = 1
+
+
+class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    position_list_lag: float = 0.0
+    """Seconds before a position change shows in ``/v5/position/list`` (pushes are not delayed)."""
+    order_list_lag: float = 0.0
+    """Seconds before an order change shows in ``/v5/order/realtime`` and ``/history``."""
+    execution_list_lag: float = 0.0
+    """Seconds before a fill shows in ``/v5/execution/list``."""
+    push_delay: dict[WsTopic, float] = msgspec.field(default_factory=dict)
+    """Per private topic: seconds between the change and its WebSocket push."""
+    push_drop: dict[WsTopic, float] = msgspec.field(default_factory=dict)
+    """Per private topic: probability that a push is silently lost."""
+    rest_latency: float = 0.0
+    """Seconds added to every REST answer (after the request took effect)."""
+    rest_error_rate: float = 0.0
+    """Probability that a REST call fails with HTTP 503 before taking effect."""
+    rate_limit_rate: float = 0.0
+    """Probability that a REST call is refused with retCode 10006 before taking effect."""
+    fail_next: list[ScriptedFailure] = msgspec.field(default_factory=list)
+    refuse_ws: bool = False
+    """While set, private WebSocket handshakes are answered with HTTP 503."""
+    drop_subscribe_acks: bool = False
+    """While set, ``subscribe`` requests take effect but are never acknowledged."""
+    mute_ws: bool = False
+    """While set, open private connections stay open but nothing is sent on them: no pongs,
+    no acknowledgements, no pushes (a half-dead connection the client must detect itself)."""
+
+
+def take_scripted(faults: Faults, path: str) -> FailureKind | None:
+    """Consume one scripted failure for ``path``, if any is queued."""
+    for index, failure in enumerate(faults.fail_next):
+        if failure.path == path:
+            if failure.count <= 1:
+                del faults.fail_next[index]
+            else:
+                faults.fail_next[index] = msgspec.structs.replace(failure, count=failure.count - 1)
+            return failure.kind
+    return None

@@ -1,0 +1,137 @@
+"""The whole system on ccxt: engine and actor -> `CcxtVenue` -> real ccxt.pro -> the emulator.
+
+asyncio backend, real time, a real redis-server. Every outcome is checked against the
+emulator's ground truth; an observer checks I1 at every transition (a record that says
+"gone" while the emulator still holds the position fails the test on the spot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from actors.intents import OpenIntent
+from actors.records import PositionRecord, State
+from actors.settings import ActorSettings
+from streams.ccxt_venue import CcxtVenue
+from supervisor.engine import Engine
+from tests.emulator import EmulatorServer, ScriptedFailure, running_emulator
+from tests.emulator.fixtures import bybit_venue, loopback_network_only  # noqa: F401
+from tests.support import running_engine
+
+pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
+
+BTC = "BTC/USDT:USDT"
+GONE = (State.CLOSED, State.CLOSED_EXTERNALLY, State.REJECTED)
+
+
+class Watch:
+    """Records every transition, checks I1 against the emulator, and lets a test await a state."""
+
+    def __init__(self, emu: EmulatorServer) -> None:
+        self.emu = emu
+        self.states: list[State] = []
+        self.violations: list[str] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, record: PositionRecord, _note: str) -> None:
+        self.states.append(record.state)
+        held = self.emu.truth()["positions"].get(record.symbol.split("/")[0] + "USDT")
+        if record.state in GONE and held is not None:
+            self.violations.append(f"record {record.state} while the venue holds {held}")
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def reaches(self, state: State, timeout: float = 10.0) -> None:
+        with anyio.fail_after(timeout):
+            while state not in self.states:
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def system(redis_url: str, **venue_overrides: object) -> AsyncIterator[tuple[EmulatorServer, CcxtVenue, Engine, Watch]]:
+    async with running_emulator() as emu, bybit_venue(emu, **venue_overrides) as venue, running_engine(
+        redis_url, venue, None, settings=ActorSettings(account="e2e")
+    ) as engine:
+        watch = Watch(emu)
+        engine.ctx.observers.append(watch)
+        assert await engine.streams_ready(timeout=10)
+        yield emu, venue, engine, watch
+        assert watch.violations == []
+
+
+def open_btc(intent_id: str, qty: float = 0.01) -> OpenIntent:
+    return OpenIntent(intent_id=intent_id, symbol=BTC, side="buy", qty=qty, stop_price=58_800)
+
+
+async def test_open_is_verified_from_the_push_and_protected_by_the_attached_stop(redis_url: str) -> None:
+    async with system(redis_url) as (emu, _venue, engine, _watch):
+        reply = await (await engine.submit(open_btc("e2e-push"))).wait()
+        record = await engine.store.load_record(BTC)
+
+        assert reply.outcome == "protected"
+        assert record is not None and record.state is State.PROTECTED
+        assert (record.evidence, record.stop_source, record.filled_qty) == ("push", "attached", 0.01)
+        assert emu.truth()["positions"]["BTCUSDT"] == {"side": "Buy", "size": 0.01, "avg_price": 60_000.0, "stop_loss": 58_800.0}
+        [entry] = emu.truth()["orders"]
+        assert entry["order_link_id"] == record.client_order_id
+
+
+async def test_seed_lag_of_8s_on_the_position_list_does_not_delay_verification(redis_url: str) -> None:
+    async with system(redis_url) as (emu, _venue, engine, _watch):
+        emu.faults.position_list_lag = 8.0
+        lists_before = emu.requests("GET /v5/position/list")
+        reply = await (await engine.submit(open_btc("e2e-seed"))).wait()
+        record = await engine.store.load_record(BTC)
+
+        assert reply.outcome == "protected" and record is not None and record.evidence == "push"
+        assert record.sent_to_protected_ms is not None and record.sent_to_protected_ms < 2_000
+        assert emu.requests("GET /v5/position/list") == lists_before  # never needed the lagging list
+        assert emu.truth()["positions"]["BTCUSDT"]["stop_loss"] == 58_800.0
+
+
+async def test_with_the_stream_down_the_entry_is_verified_over_rest(redis_url: str) -> None:
+    async with system(redis_url) as (emu, _venue, engine, _watch):
+        emu.faults.refuse_ws = True
+        await emu.hub.disconnect_all()
+        with anyio.fail_after(5):
+            while engine.board.is_healthy():
+                await engine.board.wait_for_health_change()
+
+        reply = await (await engine.submit(open_btc("e2e-rest"))).wait()
+        record = await engine.store.load_record(BTC)
+        assert reply.outcome == "protected" and record is not None
+        assert record.evidence == "rest" and record.state is State.PROTECTED
+        assert emu.truth()["positions"]["BTCUSDT"]["stop_loss"] == 58_800.0
+
+        emu.faults.refuse_ws = False
+        assert await engine.streams_ready(timeout=10)
+
+
+async def test_a_lost_create_response_leaves_exactly_one_position(redis_url: str) -> None:
+    async with system(redis_url) as (emu, _venue, engine, _watch):
+        emu.faults.fail_next.append(ScriptedFailure(path="/v5/order/create", kind="lost_drop"))
+        reply = await (await engine.submit(open_btc("e2e-lost"))).wait()
+        record = await engine.store.load_record(BTC)
+
+        assert reply.outcome == "protected" and record is not None and record.state is State.PROTECTED
+        assert emu.faults.fail_next == [] and emu.requests("POST /v5/order/create") == 1  # lost, never resent
+        truth = emu.truth()
+        assert [o["order_link_id"] for o in truth["orders"]] == [record.client_order_id]
+        assert len(truth["executions"]) == 1 and truth["positions"]["BTCUSDT"]["size"] == 0.01
+
+
+async def test_a_stop_triggered_by_a_price_jump_is_recorded_closed_externally(redis_url: str) -> None:
+    async with system(redis_url) as (emu, _venue, engine, watch):
+        reply = await (await engine.submit(open_btc("e2e-stopout"))).wait()
+        assert reply.outcome == "protected"
+
+        emu.engine.set_price("BTCUSDT", 58_000)  # through the stop: the venue closes it
+        await watch.reaches(State.CLOSED_EXTERNALLY)
+        record = await engine.store.load_record(BTC)
+        assert record is not None and record.state is State.CLOSED_EXTERNALLY
+        assert emu.truth()["positions"] == {}
+        assert [e["order_link_id"] for e in emu.truth()["executions"]] == [record.client_order_id, ""]
