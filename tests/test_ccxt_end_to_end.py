@@ -59,6 +59,9 @@ async def system(redis_url: str, **venue_overrides: object) -> AsyncIterator[tup
         watch = Watch(emu)
         engine.ctx.observers.append(watch)
         assert await engine.streams_ready(timeout=10)
+        with anyio.fail_after(10):
+            while engine.auditor.runs == 0:  # the start-up audit, so it does not overlap the test
+                await anyio.sleep(0.01)
         yield emu, venue, engine, watch
         assert watch.violations == []
 
@@ -90,6 +93,7 @@ async def test_seed_lag_of_8s_on_the_position_list_does_not_delay_verification(r
         assert reply.outcome == "protected" and record is not None and record.evidence == "push"
         assert record.sent_to_protected_ms is not None and record.sent_to_protected_ms < 2_000
         assert emu.requests("GET /v5/position/list") == lists_before  # never needed the lagging list
+        assert engine.ctx.rest_calls["fetch_positions"] == 0
         assert emu.truth()["positions"]["BTCUSDT"]["stop_loss"] == 58_800.0
 
 
