@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from actors import ids
 from actors.backoff import Deadline
 from actors.closing import close_position, settle_closed
+from actors.failpoints import failpoint
 from actors.context import ActorContext
 from actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
 from actors.orders import cancel_leftover_stops, send_once
@@ -43,11 +44,15 @@ class Ticket:
 
     def __init__(self, intent: Intent) -> None:
         self.intent = intent
+        self.owned = anyio.Event()
+        """Set once the actor has written the intent ahead: from then on a crash is
+        recovered from Redis, so a queue may forget the intent (acknowledge it)."""
         self.done = anyio.Event()
         self.result: IntentRecord | None = None
 
     def finish(self, result: IntentRecord) -> None:
         self.result = result
+        self.owned.set()
         self.done.set()
 
     async def wait(self) -> IntentRecord:
@@ -78,6 +83,7 @@ class SymbolActor:
         self._send: MemoryObjectSendStream[Ticket | Nudge | Repair] = send
         self._receive: MemoryObjectReceiveStream[Ticket | Nudge | Repair] = receive
         self._nudge_pending = False
+        self._ticket: Ticket | None = None
         self.busy = False
 
     def submit(self, intent: Intent) -> Ticket:
@@ -163,6 +169,7 @@ class SymbolActor:
         return findings
 
     async def _serve(self, ticket: Ticket) -> None:
+        self._ticket = ticket
         try:
             ticket.finish(await self.handle(ticket.intent))
         except BaseException:
@@ -173,6 +180,13 @@ class SymbolActor:
                 reason="interrupted (actor stopped or crashed); the position record shows how far it got",
             ))
             raise
+        finally:
+            self._ticket = None
+
+    def _owned(self) -> None:
+        """The current intent's first record write is in Redis (see `Ticket.owned`)."""
+        if self._ticket is not None:
+            self._ticket.owned.set()
 
     async def follow_venue(self) -> None:
         """A live record whose position the venue pushed as flat: find the proof, record it.
@@ -261,6 +275,7 @@ class SymbolActor:
         if record.state is State.SUBMITTING:
             record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
             await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
+            self._owned()
             request = OrderRequest(
                 symbol=record.symbol,
                 side=record.side,
@@ -279,6 +294,7 @@ class SymbolActor:
                 record.closed_at = utc_now()
                 await ctx.save(record)
                 return record
+            failpoint("entry_sent")
             if order is not None:
                 record.order_id = order.order_id
                 record.state = State.SUBMITTED
@@ -353,6 +369,7 @@ class SymbolActor:
         record.state = State.CLOSING
         record.close_intent_id = intent.intent_id
         await ctx.save(record, "close requested")
+        self._owned()
         return await self._drive_close(record)
 
     async def _drive_close(self, record: PositionRecord) -> PositionRecord:

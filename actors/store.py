@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import coredis
+import msgspec
 from coredis.tokens import PureToken
 
 from actors.intents import IntentRecord
@@ -18,6 +19,7 @@ from actors.records import PositionRecord, utc_now
 from streams.keys import Keys
 
 JOURNAL_MAXLEN = 1_000_000
+REPLY_TTL_SECONDS = 86_400
 
 
 class Store(Protocol):
@@ -93,8 +95,13 @@ class RedisStore:
         return IntentRecord.from_fields(dict(fields)) if fields else None
 
     async def save_intent(self, intent: IntentRecord) -> None:
+        """Write the intent's record and push the change to its reply list, atomically."""
         intent.updated_at = utc_now()
-        await self.client.hset(self.keys.intent(intent.intent_id), intent.to_fields())
+        reply_key = self.keys.reply(intent.intent_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.intent(intent.intent_id), intent.to_fields())
+            pipe.rpush(reply_key, [msgspec.json.encode(intent).decode()])
+            pipe.expire(reply_key, REPLY_TTL_SECONDS)
 
     async def append_alert(self, symbol: str, message: str) -> None:
         await self.client.xadd(

@@ -29,6 +29,16 @@ class Keys(msgspec.Struct, frozen=True):
         """Hash: one intent, its acceptance or rejection and its final outcome."""
         return f"{self.prefix}:intent:{intent_id}"
 
+    def reply(self, intent_id: str) -> str:
+        """List: the intent's replies in order (accepted or rejected, then the outcome), as
+        JSON objects, for a client to ``BLPOP``; expires a day after the last one."""
+        return f"{self.prefix}:reply:{intent_id}"
+
+    @property
+    def intents(self) -> str:
+        """Stream: intents from strategies (consumer group ``posguard``); see README."""
+        return f"{self.prefix}:intents"
+
     @property
     def journal(self) -> str:
         """Stream: every state transition of every position record, in order."""

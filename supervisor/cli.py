@@ -31,14 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--symbols", type=int, help="symbols to spread them over, 1-8 (default 5)")
     demo.add_argument("--seed", type=int, help="the simulated venue's random seed")
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
+
+    commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The demo prints its own progress; a service logs what it does.
+    levels = [logging.ERROR if args.command == "demo" else logging.INFO, logging.INFO, logging.DEBUG]
     logging.basicConfig(
-        level=[logging.ERROR, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        level=levels[min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "demo":
             return _demo(config, args)
+        if args.command == "run":
+            return _run(config)
     except ConfigError as exc:
         print(f"posguard: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -57,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
+
+
+def _run(config: Config) -> int:
+    from supervisor.config import load_secrets
+    from supervisor.service import run_service
+
+    if not config.redis.url:
+        raise ConfigError("redis.url: 'posguard run' needs a Redis that outlives it (set redis.url)")
+    secrets = load_secrets(config)
+    return anyio.run(run_service, config, secrets, config.redis.url, backend="asyncio")
 
 
 def _demo(config: Config, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, get_args, get_origin
 import msgspec
 
 from actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from supervisor.supervision import AuditSettings, SupervisorSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -60,10 +61,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     streams: StreamsConfig = StreamsConfig()
     verification: VerificationSettings = VerificationSettings()
     protection: ProtectionSettings = ProtectionSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    audit: AuditSettings = AuditSettings()
     demo: DemoConfig = DemoConfig()
 
     def actor_settings(self) -> ActorSettings:
-        return ActorSettings(account=self.account.name, verification=self.verification, protection=self.protection)
+        return ActorSettings(
+            account=self.account.name,
+            verification=self.verification,
+            protection=self.protection,
+            orphan_stop_distance=self.audit.orphan_stop_distance,
+        )
 
 
 class Secrets(msgspec.Struct, frozen=True):

@@ -1,0 +1,173 @@
+"""Intents from a Redis stream: any strategy, in any language, can ``XADD`` one.
+
+    XADD 'posguard:{main}:intents' * intent_id sig-42 action open \\
+         symbol BTC/USDT:USDT side buy qty 0.01 stop_price 58800
+
+Fields (all plain text): ``intent_id`` (1-64 of letters, digits, ``_ - . :``; the
+idempotency key), ``action`` (``open`` or ``close``), ``symbol`` (ccxt unified, e.g.
+``BTC/USDT:USDT``); for ``open`` also ``side`` (``buy``/``sell``), ``qty`` and ``stop_price``.
+
+Each entry is read through the consumer group ``posguard`` and validated on arrival; a bad one
+gets a rejection naming the field and touches nothing else. An entry is acknowledged only once
+its actor owns it (the intent is written ahead in Redis); a crash before that leaves it pending,
+and it is delivered again at the next start. An intent id already handled is not executed again.
+Replies: ``BLPOP posguard:{acct}:reply:<intent_id>`` (README, "Intents").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+import anyio
+import coredis
+import coredis.exceptions
+import msgspec
+from anyio.abc import TaskStatus
+
+from actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
+from actors.lifecycle import Ticket
+from streams.keys import Keys
+from supervisor.engine import Engine
+
+log = logging.getLogger("posguard.intake")
+
+GROUP = "posguard"
+BATCH = 100
+
+
+class IntentFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    intent_id: str
+    action: Literal["open", "close"]
+    symbol: str
+    side: Literal["buy", "sell"] | None = None
+    qty: float | None = None
+    stop_price: float | None = None
+
+
+class BadIntent(ValueError):
+    """The stream entry is not a well-formed intent. The message names the field."""
+
+
+_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<field>[^`]*)`)?$")
+
+
+def parse_intent(fields: dict[str, str]) -> Intent:
+    try:
+        raw = msgspec.convert(fields, IntentFields, strict=False)
+    except msgspec.ValidationError as exc:
+        match = _PATH.match(str(exc))
+        what, field = (match.group("what"), match.group("field")) if match else (str(exc), "")
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+        if unknown:
+            raise BadIntent(f"{unknown.group(1)}: unknown field") from None
+        missing = re.match(r"Object missing required field `([^`]+)`", what)
+        if missing:
+            raise BadIntent(f"{missing.group(1)}: required field missing") from None
+        raise BadIntent(f"{field or 'intent'}: {what[0].lower() + what[1:]}") from None
+    if not INTENT_ID_PATTERN.match(raw.intent_id):
+        raise BadIntent("intent_id: must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+    if raw.action == "close":
+        extra = [name for name in ("side", "qty", "stop_price") if getattr(raw, name) is not None]
+        if extra:
+            raise BadIntent(f"{extra[0]}: not allowed on a close intent")
+        return CloseIntent(intent_id=raw.intent_id, symbol=raw.symbol)
+    for name in ("side", "qty", "stop_price"):
+        if getattr(raw, name) is None:
+            raise BadIntent(f"{name}: required for an open intent")
+    assert raw.side is not None and raw.qty is not None and raw.stop_price is not None
+    return OpenIntent(intent_id=raw.intent_id, symbol=raw.symbol, side=raw.side, qty=raw.qty, stop_price=raw.stop_price)
+
+
+class IntentIntake:
+    """Reads the intents stream for one account and hands intents to the engine."""
+
+    def __init__(
+        self,
+        client: coredis.Redis[str],
+        engine: Engine,
+        *,
+        account: str,
+        consumer: str = "posguard-1",
+        block_ms: int = 1000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.keys = Keys(account)
+        self.consumer = consumer
+        self.block_ms = block_ms
+        """How long one XREADGROUP blocks; 0 polls every ``poll_interval`` instead."""
+        self.poll_interval = poll_interval
+        self.received = 0
+        self.acked = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self._ensure_group()
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            # First what this consumer had read but not acknowledged before a crash.
+            await self._read(tg, "0")
+            while not self.engine.stopping:
+                try:
+                    got = await self._read(tg, ">")
+                except coredis.exceptions.ConnectionError as exc:
+                    log.warning("intents stream unreadable (%s); retrying", exc)
+                    await anyio.sleep(1.0)
+                    continue
+                if not got and self.block_ms == 0:
+                    await anyio.sleep(self.poll_interval)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.keys.intents, GROUP, identifier="0", mkstream=True)
+        except coredis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, tg: anyio.abc.TaskGroup, start: str) -> int:
+        reply = await self.client.xreadgroup(
+            GROUP, self.consumer, {self.keys.intents: start}, count=BATCH,
+            block=self.block_ms if start == ">" and self.block_ms else None,
+        )
+        entries = next(iter(reply.values()), ()) if reply else ()
+        for entry in entries:
+            self.received += 1
+            await self._take(tg, entry.identifier, dict(entry.field_values))
+        return len(entries)
+
+    async def _take(self, tg: anyio.abc.TaskGroup, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            intent = parse_intent(fields)
+        except BadIntent as exc:
+            await self._reject_malformed(entry_id, fields, str(exc))
+            return
+        previous = await self.engine.store.load_intent(intent.intent_id)
+        if previous is not None and previous.status in ("done", "rejected"):
+            log.info("intent %s already %s; ignoring the duplicate", intent.intent_id, previous.status)
+            await self._ack(entry_id)
+            return
+        ticket = await self.engine.submit(intent)
+        tg.start_soon(self._ack_when_owned, entry_id, ticket)
+
+    async def _ack_when_owned(self, entry_id: str, ticket: Ticket) -> None:
+        await ticket.owned.wait()
+        if ticket.done.is_set() and ticket.result is not None and ticket.result.status == "failed":
+            return  # interrupted before it was written ahead: leave it pending for redelivery
+        await self._ack(entry_id)
+
+    async def _reject_malformed(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+        intent_id = fields.get("intent_id", "")
+        if not INTENT_ID_PATTERN.match(intent_id):
+            intent_id = f"invalid-{entry_id}"  # still a key a client can find
+        log.warning("intent %s refused: %s", intent_id, reason)
+        await self.engine.store.save_intent(IntentRecord(
+            intent_id=intent_id, action=fields.get("action", "")[:16], symbol=fields.get("symbol", "")[:64],
+            status="rejected", reason=reason,
+        ))
+        await self._ack(entry_id)
+
+    async def _ack(self, entry_id: str) -> None:
+        await self.client.xack(self.keys.intents, GROUP, [entry_id])
+        self.acked += 1

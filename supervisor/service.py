@@ -1,0 +1,78 @@
+"""`posguard run`: the production process. The engine, the intents stream, signals.
+
+SIGINT or SIGTERM stops it gracefully: no new intents are taken, in-flight steps get
+``supervisor.shutdown_grace`` seconds to finish (so every position they touched is left
+protected), anything still in flight resumes from its Redis record at the next start, and the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from actors.store import RedisStore
+from streams.event_cache import RedisEventCache
+from streams.redis_client import open_redis, redact_url
+from streams.venue import Venue
+from supervisor.config import Config, Secrets
+from supervisor.engine import Engine
+from supervisor.intake import IntentIntake
+
+log = logging.getLogger("posguard.service")
+
+
+@asynccontextmanager
+async def open_venue(config: Config, secrets: Secrets | None) -> AsyncIterator[Venue]:
+    if config.venue.kind == "fake":
+        from streams.fake_venue import FakeVenue
+
+        async with FakeVenue(seed=config.demo.seed) as venue:
+            yield venue
+        return
+    from supervisor.venues import open_ccxt_venue
+
+    assert secrets is not None
+    venue = open_ccxt_venue(config, secrets)
+    try:
+        yield venue
+    finally:
+        await venue.aclose()
+
+
+async def run_service(config: Config, secrets: Secrets | None, redis_url: str) -> int:
+    account = config.account.name
+    log.warning("posguard run: account %s, venue %s, Redis %s", account, config.venue.kind, redact_url(redis_url))
+    async with open_venue(config, secrets) as venue, open_redis(redis_url) as client:
+        engine = Engine(
+            venue=venue,
+            store=RedisStore(client, account),
+            cache=RedisEventCache(client, account),
+            settings=config.actor_settings(),
+            supervisor=config.supervisor,
+            audit=config.audit,
+            stale_after=config.streams.stale_after,
+        )
+        intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")
+        async with anyio.create_task_group() as tg:
+            await tg.start(engine.run)
+            await tg.start(intake.run)
+            tg.start_soon(_stop_on_signal, engine, tg.cancel_scope)
+            log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.keys.intents)
+    log.warning("posguard stopped")
+    return 0
+
+
+async def _stop_on_signal(engine: Engine, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("%s received: stopping gracefully", signal.Signals(signum).name)
+            await engine.stop()
+            scope.cancel()
+            return
