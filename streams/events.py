@@ -83,7 +83,8 @@ class StreamStatus(msgspec.Struct, frozen=True, tag="stream", kw_only=True):
     """A private stream went down or came back. Sent on every disconnect and reconnect.
 
     While a topic is down, events may have been missed: nothing may be concluded from their
-    absence, and waiting actors switch to REST at once.
+    absence, and waiting actors switch to REST at once. ``reason`` is ``"connected"`` for the
+    first connection and ``"reconnected"`` after a drop (which makes the supervisor audit).
     """
 
     topic: Topic

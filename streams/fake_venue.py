@@ -404,7 +404,7 @@ class FakeVenue:
         self._sinks.append(sink)
         if self.connected:
             for topic in TOPICS:
-                self._emit(StreamStatus(topic=topic, connected=True, reason="subscribed", ts_ms=self.now_ms()))
+                self._emit(StreamStatus(topic=topic, connected=True, reason="connected", ts_ms=self.now_ms()))
         try:
             await anyio.sleep_forever()
         finally:

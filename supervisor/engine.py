@@ -148,7 +148,7 @@ class Engine:
                 actor = self.actors.get(event.symbol)
             case Execution() if not event.client_order_id.endswith("-e"):
                 actor = self.actors.get(event.symbol)
-            case StreamStatus(connected=True, reason=reason) if reason != "subscribed":
+            case StreamStatus(connected=True, reason="reconnected"):
                 self.request_audit(f"stream {event.topic} reconnected")
         if actor is not None:
             actor.nudge()

@@ -16,6 +16,7 @@ Replies: ``BLPOP posguard:{acct}:reply:<intent_id>`` (README, "Intents").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Literal
@@ -120,11 +121,8 @@ class IntentIntake:
                     await anyio.sleep(self.poll_interval)
 
     async def _ensure_group(self) -> None:
-        try:
+        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
             await self.client.xgroup_create(self.keys.intents, GROUP, identifier="0", mkstream=True)
-        except coredis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def _read(self, tg: anyio.abc.TaskGroup, start: str) -> int:
         reply = await self.client.xreadgroup(
