@@ -43,6 +43,12 @@ class PrivateRedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def halt(self) -> None:
+        """Stop the server but keep its directory (and any append-only file) for a restart."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
