@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--positions", type=int, help="positions to open and close (default from config: 20)")
     demo.add_argument("--symbols", type=int, help="symbols to spread them over, 1-8 (default 5)")
     demo.add_argument("--seed", type=int, help="the simulated venue's random seed")
+    demo.add_argument("--venue", choices=["fake", "emulator"], default="fake",
+                      help="fake: the built-in simulated venue; emulator: real ccxt.pro against the "
+                           "local Bybit emulator (from a source checkout)")
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
 
     commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
@@ -88,10 +91,10 @@ def _demo(config: Config, args: argparse.Namespace) -> int:
             raise ConfigError(f"demo option: {exc}") from None
         config = msgspec.structs.replace(config, demo=demo)
     if config.redis.url:
-        return anyio.run(run_demo, config, config.redis.url, backend="asyncio")
+        return anyio.run(run_demo, config, config.redis.url, args.venue, backend="asyncio")
     server = start_redis_server()
     try:
-        code = anyio.run(run_demo, config, server.url, backend="asyncio")
+        code = anyio.run(run_demo, config, server.url, args.venue, backend="asyncio")
         print(f"\ninspect it:  redis-cli -p {server.port} --scan --pattern 'posguard:{{demo}}:*'")
         print(f"             redis-cli -p {server.port} HGETALL 'posguard:{{demo}}:position:BTC/USDT:USDT'")
         print(f"             redis-cli -p {server.port} XREVRANGE 'posguard:{{demo}}:journal' + - COUNT 10")

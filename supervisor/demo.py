@@ -1,8 +1,10 @@
 """`posguard demo`: the whole system against the simulated venue, with realistic trouble.
 
-The venue lags like a busy exchange (most position-list updates within 0.5 s, 2 % taking
-5-15 s, the seed's failure), drops 1 % of pushes, fails 2 % of REST calls, loses 2 % of
-create-order responses after placing the order, and sometimes forgets an attached stop.
+On the simulated venue (the default) the venue lags like a busy exchange (most position-list
+updates within 0.5 s, 2 % taking 5-15 s, the seed's failure), drops 1 % of pushes, fails 2 %
+of REST calls, loses 2 % of create-order responses after placing the order, and sometimes
+forgets an attached stop. With ``--venue emulator`` the same demo runs through real ccxt.pro
+against the local Bybit V5 emulator (supervisor/demo_emulator.py).
 The demo opens, protects, holds and closes positions over several symbols, prints each as it
 settles, and ends with a summary taken from the venue's own ground truth.
 """
@@ -11,9 +13,13 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
+import msgspec
 
 from actors.intents import CloseIntent, OpenIntent
 from actors.records import PositionRecord, State
@@ -23,6 +29,7 @@ from streams.fake_venue import DEFAULT_MARKETS, FakeVenue, FaultKnobs
 from streams.keys import Keys
 from streams.lag import Lag
 from streams.redis_client import open_redis, redact_url
+from streams.venue import Venue
 from supervisor.config import Config
 from supervisor.engine import Engine
 
@@ -65,12 +72,73 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def run_demo(config: Config, redis_url: str, *, out=print) -> int:  # noqa: ANN001
+class DemoVenue(Protocol):
+    """What the demo needs beside the `Venue` itself: prices to size orders and the venue's
+    ground truth for the summary (fill times, and how long any position went without a stop)."""
+
+    venue: Venue
+    description: str
+    faults: str
+
+    def price(self, symbol: str) -> float: ...
+
+    def fill_time(self, client_order_id: str) -> float | None:
+        """anyio clock time of the entry's first fill, from the venue's own records."""
+        ...
+
+    def unprotected_now(self) -> list[str]: ...
+
+    def unprotected_windows(self) -> list[tuple[str, float]]:
+        """(symbol, seconds) for every stretch a position was open without a stop."""
+        ...
+
+    def rest_calls(self) -> int: ...
+
+
+class FakeDemoVenue:
+    description = "the simulated venue"
+    faults = ("position list lags 0.05-0.5 s (2 % take 5-15 s), 1 % pushes dropped, "
+              "2 % REST errors, 2 % create responses lost, 3 % attached stops missing")
+
+    def __init__(self, venue: FakeVenue) -> None:
+        self.venue = venue
+
+    def price(self, symbol: str) -> float:
+        return self.venue.prices[symbol]
+
+    def fill_time(self, client_order_id: str) -> float | None:
+        times = [e.ts_ms for e in self.venue.truth.executions if e.client_order_id == client_order_id]
+        return self.venue.clock_time(min(times)) if times else None
+
+    def unprotected_now(self) -> list[str]:
+        return self.venue.truth.unprotected_now()
+
+    def unprotected_windows(self) -> list[tuple[str, float]]:
+        now = anyio.current_time()
+        truth = self.venue.truth
+        return [(s, end - start) for s, start, end in truth.unprotected_windows] + [
+            (s, now - start) for s, start in truth.unprotected_since.items()
+        ]
+
+    def rest_calls(self) -> int:
+        return sum(v for k, v in self.venue.calls.items() if not k.startswith(("price_", "rest_outage", "auto_")))
+
+
+@asynccontextmanager
+async def open_demo_venue(config: Config, kind: str) -> AsyncIterator[DemoVenue]:
+    if kind == "fake":
+        async with FakeVenue(seed=config.demo.seed, knobs=demo_knobs()) as venue:
+            yield FakeDemoVenue(venue)
+        return
+    from supervisor.demo_emulator import open_emulator_demo_venue
+
+    async with open_emulator_demo_venue(config) as view:
+        yield view
+
+
+async def run_demo(config: Config, redis_url: str, venue_kind: str = "fake", *, out=print) -> int:  # noqa: ANN001
     """Run the demo; returns the process exit code (1 if any position was left unprotected)."""
-    settings = config.actor_settings()
-    settings = type(settings)(
-        account=DEMO_ACCOUNT, verification=settings.verification, protection=settings.protection
-    )
+    settings = msgspec.structs.replace(config.actor_settings(), account=DEMO_ACCOUNT)
     symbols = list(DEFAULT_MARKETS)[: config.demo.symbols]
     tally = DemoTally()
     protected_at: dict[str, float] = {}
@@ -81,12 +149,13 @@ async def run_demo(config: Config, redis_url: str, *, out=print) -> int:  # noqa
 
     async with open_redis(redis_url) as client:
         await _clear_demo_keys(client, out)
-        async with FakeVenue(seed=config.demo.seed, knobs=demo_knobs()) as venue, anyio.create_task_group() as tg:
+        async with open_demo_venue(config, venue_kind) as view, anyio.create_task_group() as tg:
             engine = Engine(
-                venue=venue,
+                venue=view.venue,
                 store=RedisStore(client, DEMO_ACCOUNT),
                 cache=RedisEventCache(client, DEMO_ACCOUNT),
                 settings=settings,
+                audit=config.audit,
                 stale_after=config.streams.stale_after,
                 rng=random.Random(config.demo.seed),
                 observers=[observe],
@@ -95,25 +164,25 @@ async def run_demo(config: Config, redis_url: str, *, out=print) -> int:  # noqa
             if not await engine.streams_ready():
                 out("warning: the venue's streams did not come up; entries will be verified over REST")
             out(f"posguard demo: {config.demo.positions} positions over {len(symbols)} symbols "
-                f"on the simulated venue (seed {config.demo.seed}), Redis at {redact_url(redis_url)}")
-            out("venue faults: position list lags 0.05-0.5 s (2 % take 5-15 s), 1 % pushes dropped, "
-                "2 % REST errors, 2 % create responses lost, 3 % attached stops missing")
+                f"on {view.description} (seed {config.demo.seed}), Redis at {redact_url(redis_url)}")
+            out(f"venue faults: {view.faults}")
             counter = iter(range(1, config.demo.positions + 1))
             started = anyio.current_time()
 
             async def trade(symbol: str) -> None:
                 for number in counter:
-                    await _one_position(engine, venue, symbol, number, config, tally, protected_at, out)
+                    await _one_position(engine, view, symbol, number, config, tally, protected_at, out)
 
             async with anyio.create_task_group() as traders:
                 for symbol in symbols:
                     traders.start_soon(trade, symbol)
             elapsed = anyio.current_time() - started
-            tally.rest_calls = sum(venue.calls.values())
-            unprotected_left = venue.truth.unprotected_now()
-            max_window = venue.truth.max_unprotected_seconds(anyio.current_time())
+            tally.rest_calls = view.rest_calls()
+            unprotected_left = view.unprotected_now()
+            windows = view.unprotected_windows()
+            max_window = max((seconds for _, seconds in windows), default=0.0)
             bound = config.protection.stop_confirm_deadline + config.protection.stop_deadline
-            exposed = sorted({s for s, start, end in venue.truth.unprotected_windows if end - start > bound})
+            exposed = sorted({s for s, seconds in windows if seconds > bound})
             tg.cancel_scope.cancel()
 
     _print_summary(tally, elapsed, unprotected_left, exposed, max_window, bound, out)
@@ -122,7 +191,7 @@ async def run_demo(config: Config, redis_url: str, *, out=print) -> int:  # noqa
 
 async def _one_position(
     engine: Engine,
-    venue: FakeVenue,
+    venue: DemoVenue,
     symbol: str,
     number: int,
     config: Config,
@@ -131,8 +200,8 @@ async def _one_position(
     out,  # noqa: ANN001
 ) -> None:
     side = "buy" if number % 3 else "sell"
-    price = venue.prices[symbol]
-    rules = venue.rules[symbol]
+    price = venue.price(symbol)
+    rules = engine.rules[symbol]
     qty = max(rules.min_qty, rules.round_qty(50.0 / price))
     stop = price * (0.98 if side == "buy" else 1.02)
     intent_id = f"demo-{config.demo.seed}-{number}"
@@ -149,7 +218,7 @@ async def _one_position(
             tally.protected += 1
         else:
             tally.unverified += 1
-        fill = _fill_time(venue, record.client_order_id)
+        fill = venue.fill_time(record.client_order_id)
         if fill is not None and record.client_order_id in protected_at:
             tally.fill_to_protected.append((protected_at[record.client_order_id] - fill) * 1000)
             detail = f"fill->protected {tally.fill_to_protected[-1]:7.1f} ms"
@@ -171,11 +240,6 @@ async def _one_position(
         detail = reply.reason
     out(f"[{number:3d}/{config.demo.positions}] {symbol:<15} {side:<4} {record.evidence or '-':<4} "
         f"{detail}  rest calls {record.rest_calls}")
-
-
-def _fill_time(venue: FakeVenue, client_order_id: str) -> float | None:
-    times = [e.ts_ms for e in venue.truth.executions if e.client_order_id == client_order_id]
-    return venue.clock_time(min(times)) if times else None
 
 
 async def _clear_demo_keys(client, out) -> None:  # noqa: ANN001

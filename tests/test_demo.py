@@ -24,3 +24,14 @@ def test_demo_runs_to_its_summary_with_its_own_redis() -> None:
     port = re.search(r"redis-cli -p (\d+)", out)
     assert port is not None and port.group(1) != "6379"
     assert len(re.findall(r"^\[\s*\d+/4\]", out, flags=re.M)) == 4, "one progress line per position"
+
+
+def test_demo_runs_through_real_ccxt_against_the_emulator() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", "demo", "--venue", "emulator", "--positions", "3", "--symbols", "3"],
+        capture_output=True, text=True, cwd=REPO, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Bybit V5 emulator through real ccxt.pro" in result.stdout
+    assert re.search(r"positions opened\s+3", result.stdout)
+    assert re.search(r"positions unprotected at the end\s+0", result.stdout)
