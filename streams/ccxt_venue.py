@@ -259,6 +259,14 @@ class CcxtVenue:
         # Stable: fills in the same millisecond keep the venue's own order.
         return sorted((e for e in executions if e.ts_ms >= since_ms), key=lambda e: e.ts_ms)
 
+    async def fetch_price(self, symbol: str) -> float:
+        await self._rules_for(symbol)
+        ticker = await self._call("fetch_price", lambda: self._exchange.fetch_ticker(symbol))
+        price = ticker.get("last") or ticker.get("close")
+        if not price:
+            raise VenueUnavailable(f"{self.name}: no last price for {symbol} in the ticker")
+        return float(price)
+
     async def fetch_positions(self) -> list[Position]:
         raw = await self._call("fetch_positions", lambda: self._dialect.fetch_positions(self._exchange))
         now = self.now_ms()

@@ -312,6 +312,11 @@ class FakeVenue:
         await self._rest_call("load_markets")
         return dict(self.rules)
 
+    async def fetch_price(self, symbol: str) -> float:
+        await self._rest_call("fetch_price")
+        self._rules(symbol)
+        return self.prices[symbol]
+
     async def fetch_positions(self) -> list[Position]:
         await self._rest_call("fetch_positions")
         now = anyio.current_time()

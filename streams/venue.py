@@ -89,6 +89,10 @@ class Venue(Protocol):
         """The tradeable symbols and their rules. Called once at start-up."""
         ...
 
+    async def fetch_price(self, symbol: str) -> float:
+        """The last traded price: for risk checks and for stops given as a distance."""
+        ...
+
     async def create_order(self, request: OrderRequest) -> Order:
         """Send a market order. Raises `VenueUnavailable` when the outcome is unknown."""
         ...

@@ -214,3 +214,13 @@ async def test_a_liquidation_is_listed_among_the_executions() -> None:
         assert [(f.client_order_id, f.side, f.qty, f.price) for f in fills] == [
             ("pg-liq-e", "buy", 0.01, 60_000.0), ("", "sell", 0.01, 54_000.0)
         ]
+
+
+async def test_last_price_comes_from_the_ticker() -> None:
+    async with running_emulator() as emu, bybit_venue(emu) as venue:
+        await venue.load_markets()
+        assert await venue.fetch_price("ETH/USDT:USDT") == 3_000.0
+        emu.engine.set_price("ETHUSDT", 3_100.5)
+        assert await venue.fetch_price("ETH/USDT:USDT") == 3_100.5
+        with pytest.raises(UnknownSymbol):
+            await venue.fetch_price("NOPE/USDT:USDT")

@@ -1,6 +1,6 @@
 """Bybit V5 REST, as much of it as ccxt calls for linear perpetuals.
 
-Public: ``/v5/market/time``, ``/v5/market/instruments-info``. Private (the ``X-BAPI-API-KEY``
+Public: ``/v5/market/time``, ``/v5/market/instruments-info``, ``/v5/market/tickers``. Private (the ``X-BAPI-API-KEY``
 header must carry the emulator's key and a signature header must be present; the signature
 itself is not checked): ``/v5/order/create``, ``/v5/order/cancel``, ``/v5/order/realtime``,
 ``/v5/order/history``, ``/v5/execution/list``, ``/v5/position/list``. Any other path answers
@@ -47,6 +47,7 @@ class BybitRest:
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v5/market/time", self.server_time)
         app.router.add_get("/v5/market/instruments-info", self.instruments)
+        app.router.add_get("/v5/market/tickers", self.tickers)
         app.router.add_post("/v5/order/create", self.create_order)
         app.router.add_post("/v5/order/cancel", self.cancel_order)
         app.router.add_get("/v5/order/realtime", self.realtime)
@@ -101,6 +102,16 @@ class BybitRest:
             i.payload() for i in self.engine.instruments.values() if category == "linear" and status == "Trading"
         ]
         return answer({"category": category, "list": listed, "nextPageCursor": ""})
+
+    async def tickers(self, request: web.Request) -> web.Response:
+        symbol = request.query.get("symbol", "")
+        instrument = self.engine.instruments.get(symbol)
+        if request.query.get("category") != "linear" or instrument is None:
+            return answer({}, 10001, "params error: symbol invalid")
+        price = str(self.engine.prices[symbol])
+        ticker = {"symbol": symbol, "lastPrice": price, "markPrice": price, "indexPrice": price,
+                  "bid1Price": price, "ask1Price": price, "volume24h": "0", "turnover24h": "0"}
+        return answer({"category": "linear", "list": [ticker]})
 
     # -- orders ----------------------------------------------------------------------------
 
