@@ -20,11 +20,15 @@ INTENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, tag="open"):
+    """Open a position. The stop is required: an absolute ``stop_price``, or ``stop_distance``
+    as a fraction of the last price (0.02 = 2 %), which the engine turns into a price."""
+
     intent_id: str
     symbol: str
     side: OrderSide
     qty: float
-    stop_price: float
+    stop_price: float = 0.0
+    stop_distance: float = 0.0
 
 
 class CloseIntent(msgspec.Struct, frozen=True, kw_only=True, tag="close"):
@@ -74,8 +78,17 @@ def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
             f"qty {intent.qty} is below the venue's minimum {market.min_qty} for {intent.symbol}"
             f" (step {market.qty_step})"
         )
+    if intent.stop_price and intent.stop_distance:
+        raise IntentRefused("stop_price, stop_distance: give one of them, not both")
+    if intent.stop_distance:
+        if not 0 < intent.stop_distance < 0.5:
+            raise IntentRefused(f"stop_distance must be a fraction between 0 and 0.5, got {intent.stop_distance!r}")
+        return msgspec.structs.replace(intent, qty=qty)
     if not intent.stop_price > 0:
-        raise IntentRefused(f"stop_price must be a positive price, got {intent.stop_price!r}")
+        raise IntentRefused(
+            f"stop_price must be a positive price, got {intent.stop_price!r}"
+            " (or give stop_distance: posguard never opens without a stop)"
+        )
     stop = market.round_price(intent.stop_price)
     return msgspec.structs.replace(intent, qty=qty, stop_price=stop)
 

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, get_args, get_origin
 import msgspec
 
 from actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from supervisor.risk import RiskLimits
 from supervisor.supervision import AuditSettings, SupervisorSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -63,6 +64,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     protection: ProtectionSettings = ProtectionSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     audit: AuditSettings = AuditSettings()
+    risk: RiskLimits = RiskLimits()
     demo: DemoConfig = DemoConfig()
 
     def actor_settings(self) -> ActorSettings:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import anyio
 import coredis.exceptions
+import msgspec
 from anyio.abc import ObjectSendStream, TaskGroup, TaskStatus
 
 from actors.context import ActorContext, TransitionObserver
@@ -29,6 +30,7 @@ from streams.evidence import EvidenceBoard
 from streams.ingestor import EventCache, Ingestor
 from streams.venue import MarketRules, Venue
 from supervisor.audit import AuditReport, Auditor
+from supervisor.risk import RiskLimits, check_open_positions, check_priced, check_static
 from supervisor.supervision import AuditSettings, EntryGate, RestartTracker, SupervisorSettings
 
 log = logging.getLogger("posguard.engine")
@@ -51,6 +53,7 @@ class Engine:
         settings: ActorSettings,
         supervisor: SupervisorSettings | None = None,
         audit: AuditSettings | None = None,
+        risk: RiskLimits | None = None,
         stale_after: float = 15.0,
         rng: random.Random | None = None,
         observers: Sequence[TransitionObserver] = (),
@@ -62,6 +65,7 @@ class Engine:
         self.settings = settings
         self.supervision = supervisor or SupervisorSettings()
         self.audit_settings = audit or AuditSettings()
+        self.risk = risk or RiskLimits()
         self.rules: dict[str, MarketRules] = {}
         self.ctx = ActorContext(
             venue=venue,
@@ -266,15 +270,34 @@ class Engine:
             if self.stopping:
                 raise IntentRefused("posguard is shutting down; send the intent again after restart")
             if isinstance(intent, OpenIntent):
-                intent = check_open(intent, self.rules)
-                refusal = self.gate.refusal()
-                if refusal:
-                    raise IntentRefused(refusal)
+                intent = await self._check_entry(intent)
             elif isinstance(intent, CloseIntent):
                 check_common(intent.intent_id, intent.symbol, self.rules)
             return self._actor(intent.symbol).submit(intent)
         except (IntentRefused, MailboxFull) as exc:
             return await self._refuse(intent, str(exc))
+
+    async def _check_entry(self, intent: OpenIntent) -> OpenIntent:
+        """Everything an entry must pass before it reaches an actor (I7, risk limits)."""
+        intent = check_open(intent, self.rules)
+        check_static(intent, self.risk)
+        refusal = self.gate.refusal()
+        if refusal:
+            raise IntentRefused(refusal)
+        if intent.stop_distance or self.risk.needs_price:
+            try:
+                price = await self.venue.fetch_price(intent.symbol)
+            except VenueUnavailable as exc:
+                raise IntentRefused(f"could not read the last price of {intent.symbol} ({exc}); send it again") from None
+            if intent.stop_distance:
+                sign = -1 if intent.side == "buy" else 1
+                stop = self.rules[intent.symbol].round_price(price * (1 + sign * intent.stop_distance))
+                intent = msgspec.structs.replace(intent, stop_price=stop)
+            check_priced(intent, price, self.risk)
+        if self.risk.max_open_positions:
+            live = sum(1 for r in await self.store.list_records() if r.state.is_live)
+            check_open_positions(live, self.risk)
+        return intent
 
     async def _refuse(self, intent: Intent, reason: str) -> Ticket:
         log.warning("intent %s refused: %s", intent.intent_id, reason)

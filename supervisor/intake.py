@@ -5,7 +5,9 @@
 
 Fields (all plain text): ``intent_id`` (1-64 of letters, digits, ``_ - . :``; the
 idempotency key), ``action`` (``open`` or ``close``), ``symbol`` (ccxt unified, e.g.
-``BTC/USDT:USDT``); for ``open`` also ``side`` (``buy``/``sell``), ``qty`` and ``stop_price``.
+``BTC/USDT:USDT``); for ``open`` also ``side`` (``buy``/``sell``), ``qty`` and either
+``stop_price`` or ``stop_distance`` (a fraction of the last price). ``take_profit`` is refused
+(not supported).
 
 Each entry is read through the consumer group ``posguard`` and validated on arrival; a bad one
 gets a rejection naming the field and touches nothing else. An entry is acknowledged only once
@@ -45,6 +47,8 @@ class IntentFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     side: Literal["buy", "sell"] | None = None
     qty: float | None = None
     stop_price: float | None = None
+    stop_distance: float | None = None
+    take_profit: float | None = None
 
 
 class BadIntent(ValueError):
@@ -69,16 +73,23 @@ def parse_intent(fields: dict[str, str]) -> Intent:
         raise BadIntent(f"{field or 'intent'}: {what[0].lower() + what[1:]}") from None
     if not INTENT_ID_PATTERN.match(raw.intent_id):
         raise BadIntent("intent_id: must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+    if raw.take_profit is not None:
+        raise BadIntent("take_profit: not supported (posguard manages entries, stop-losses and closes)")
     if raw.action == "close":
-        extra = [name for name in ("side", "qty", "stop_price") if getattr(raw, name) is not None]
+        extra = [n for n in ("side", "qty", "stop_price", "stop_distance") if getattr(raw, n) is not None]
         if extra:
             raise BadIntent(f"{extra[0]}: not allowed on a close intent")
         return CloseIntent(intent_id=raw.intent_id, symbol=raw.symbol)
-    for name in ("side", "qty", "stop_price"):
+    for name in ("side", "qty"):
         if getattr(raw, name) is None:
             raise BadIntent(f"{name}: required for an open intent")
-    assert raw.side is not None and raw.qty is not None and raw.stop_price is not None
-    return OpenIntent(intent_id=raw.intent_id, symbol=raw.symbol, side=raw.side, qty=raw.qty, stop_price=raw.stop_price)
+    if raw.stop_price is None and raw.stop_distance is None:
+        raise BadIntent("stop_price: required for an open intent (or stop_distance); posguard never opens bare")
+    assert raw.side is not None and raw.qty is not None
+    return OpenIntent(
+        intent_id=raw.intent_id, symbol=raw.symbol, side=raw.side, qty=raw.qty,
+        stop_price=raw.stop_price or 0.0, stop_distance=raw.stop_distance or 0.0,
+    )
 
 
 class IntentIntake:

@@ -57,6 +57,7 @@ async def run_service(config: Config, secrets: Secrets | None, redis_url: str) -
             settings=config.actor_settings(),
             supervisor=config.supervisor,
             audit=config.audit,
+            risk=config.risk,
             stale_after=config.streams.stale_after,
         )
         intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")

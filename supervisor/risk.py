@@ -1,0 +1,78 @@
+"""Risk limits, checked on every entry before anything is sent (I7).
+
+A refused intent is answered with the limit's config key and the numbers, so whoever sent it
+can tell which rule said no. Every limit is off by default (0 or empty) except that a stop is
+always required; the price is fetched only when a configured limit or a stop given as a
+distance needs it, so the default happy path costs no extra REST call. (Without the price, a
+stop on the wrong side of the market is refused by the venue itself: nothing opens.)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from actors.intents import IntentRefused, OpenIntent
+
+Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+
+
+class RiskLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    allowed_symbols: list[str] = []
+    """Symbols intents may open (ccxt unified form); empty: any linear perpetual the venue lists."""
+    max_qty: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = {}
+    """Per symbol, the largest quantity one intent may open."""
+    max_notional: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Largest qty x last price (in the settle currency, USDT) one intent may open; 0: no limit."""
+    max_open_positions: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Most live positions the account may hold at once; 0: no limit."""
+    min_stop_distance: Fraction = 0.0
+    """Closest a stop may be to the last price, as a fraction (0.002 = 0.2 %); 0: no bound."""
+    max_stop_distance: Fraction = 0.0
+    """Farthest a stop may be from the last price, as a fraction; 0: no bound."""
+
+    @property
+    def needs_price(self) -> bool:
+        return bool(self.max_notional or self.min_stop_distance or self.max_stop_distance)
+
+
+def check_static(intent: OpenIntent, limits: RiskLimits) -> None:
+    """The limits that need no price and no count."""
+    if limits.allowed_symbols and intent.symbol not in limits.allowed_symbols:
+        raise IntentRefused(f"risk.allowed_symbols: {intent.symbol} is not in the allowed list")
+    cap = limits.max_qty.get(intent.symbol)
+    if cap is not None and intent.qty > cap:
+        raise IntentRefused(f"risk.max_qty: qty {intent.qty} exceeds the limit {cap} for {intent.symbol}")
+
+
+def check_priced(intent: OpenIntent, price: float, limits: RiskLimits) -> None:
+    """The stop on the right side of the market, and the limits that need the last price."""
+    if intent.side == "buy" and intent.stop_price >= price:
+        raise IntentRefused(f"stop_price: {intent.stop_price} must be below the last price {price} for a buy")
+    if intent.side == "sell" and intent.stop_price <= price:
+        raise IntentRefused(f"stop_price: {intent.stop_price} must be above the last price {price} for a sell")
+    notional = intent.qty * price
+    if limits.max_notional and notional > limits.max_notional:
+        raise IntentRefused(
+            f"risk.max_notional: notional {notional:.2f} (qty {intent.qty} x {price}) exceeds the limit"
+            f" {limits.max_notional:.2f}"
+        )
+    distance = abs(price - intent.stop_price) / price
+    if limits.min_stop_distance and distance < limits.min_stop_distance:
+        raise IntentRefused(
+            f"risk.min_stop_distance: stop {intent.stop_price} is {distance:.4%} from {price},"
+            f" closer than {limits.min_stop_distance:.4%}"
+        )
+    if limits.max_stop_distance and distance > limits.max_stop_distance:
+        raise IntentRefused(
+            f"risk.max_stop_distance: stop {intent.stop_price} is {distance:.4%} from {price},"
+            f" farther than {limits.max_stop_distance:.4%}"
+        )
+
+
+def check_open_positions(live: int, limits: RiskLimits) -> None:
+    if limits.max_open_positions and live >= limits.max_open_positions:
+        raise IntentRefused(
+            f"risk.max_open_positions: {live} positions already live, the limit is {limits.max_open_positions}"
+        )

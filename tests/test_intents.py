@@ -1,0 +1,167 @@
+"""Intents over Redis, as any strategy would send them (redis-cli here), and the risk limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from actors.records import State
+from streams.fake_venue import FakeVenue, FaultKnobs
+from streams.keys import Keys
+from streams.lag import Lag
+from supervisor.engine import Engine
+from supervisor.intake import IntentIntake
+from supervisor.risk import RiskLimits
+from tests.clock import IOAwareMockClock
+from tests.support import ACCOUNT, running_engine, wait_streams_healthy
+
+KEYS = Keys(ACCOUNT)
+FAST_PUSH = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in ("positions", "orders", "executions")})
+
+
+def redis_cli(redis_url: str, *args: str) -> str:
+    host_port = redis_url.removeprefix("redis://").split("/")[0]
+    host, port = host_port.split(":")
+    result = subprocess.run(["redis-cli", "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def xadd(redis_url: str, **fields: str) -> None:
+    args = [item for pair in fields.items() for item in pair]
+    redis_cli(redis_url, "XADD", KEYS.intents, "*", *args)
+
+
+@asynccontextmanager
+async def with_intake(redis_url: str, clock: IOAwareMockClock, **engine_kwargs: object) -> AsyncIterator[
+    tuple[FakeVenue, Engine, IntentIntake]
+]:
+    async with FakeVenue(seed=60, knobs=FAST_PUSH) as venue, running_engine(
+        redis_url, venue, clock, **engine_kwargs
+    ) as engine, anyio.create_task_group() as tg:
+        intake = IntentIntake(engine.store.client, engine, account=ACCOUNT, block_ms=0)
+        await tg.start(intake.run)
+        await wait_streams_healthy(engine)
+        yield venue, engine, intake
+        tg.cancel_scope.cancel()
+
+
+async def final_reply(engine: Engine, intent_id: str) -> dict[str, str]:
+    with anyio.fail_after(60):
+        while True:
+            intent = await engine.store.load_intent(intent_id)
+            if intent is not None and intent.status != "accepted":
+                return {"status": intent.status, "reason": intent.reason, "outcome": intent.outcome}
+            await anyio.sleep(0.05)
+
+
+async def test_an_intent_sent_with_redis_cli_reaches_its_actor_and_gets_its_replies(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        xadd(redis_url, intent_id="cli-1", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
+             stop_price="58800")
+        assert (await final_reply(engine, "cli-1"))["outcome"] == "protected"
+        replies = [json.loads(r) for r in redis_cli(redis_url, "LRANGE", KEYS.reply("cli-1"), "0", "-1").splitlines()]
+        assert [r["status"] for r in replies] == ["accepted", "done"]
+        assert replies[-1]["outcome"] == "protected"
+        assert venue.truth.is_protected("BTC/USDT:USDT") and venue.truth.position("BTC/USDT:USDT") is not None
+        with anyio.fail_after(10):
+            while intake.acked < 1:
+                await anyio.sleep(0.05)
+        assert redis_cli(redis_url, "XPENDING", KEYS.intents, "posguard").splitlines()[0] == "0"
+        # A close by the same route, with the stop given as a distance in between.
+        xadd(redis_url, intent_id="cli-2", action="close", symbol="BTC/USDT:USDT")
+        assert (await final_reply(engine, "cli-2"))["outcome"] == "closed"
+        xadd(redis_url, intent_id="cli-3", action="open", symbol="ETH/USDT:USDT", side="sell", qty="0.1",
+             stop_distance="0.02")
+        assert (await final_reply(engine, "cli-3"))["outcome"] == "protected"
+        assert (await engine.store.load_record("ETH/USDT:USDT")).stop_price == pytest.approx(3060.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01"}, "stop_price"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "lots", "stop_price": "1"}, "qty"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "long", "qty": "0.01", "stop_price": "1"}, "side"),
+        ({"action": "buy", "symbol": "BTC/USDT:USDT"}, "action"),
+        ({"action": "close", "symbol": "BTC/USDT:USDT", "colour": "red"}, "colour"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
+          "take_profit": "70000"}, "take_profit"),
+    ],
+)
+async def test_a_malformed_intent_is_rejected_naming_the_field_and_touches_nothing(
+    clock: IOAwareMockClock, redis_url: str, fields: dict[str, str], named: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        xadd(redis_url, intent_id="bad-1", **fields)
+        reply = await final_reply(engine, "bad-1")
+        assert reply["status"] == "rejected" and reply["reason"].startswith(f"{named}:"), reply
+        assert sum(venue.calls[m] for m in ("create_order", "place_stop", "cancel_order")) == 0
+        assert await engine.store.list_records() == []
+        assert redis_cli(redis_url, "XPENDING", KEYS.intents, "posguard").splitlines()[0] == "0"
+
+
+async def test_an_intent_replayed_under_the_same_id_is_not_executed_twice(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        for _ in range(3):
+            xadd(redis_url, intent_id="once", action="open", symbol="SOL/USDT:USDT", side="buy", qty="1",
+                 stop_price="145")
+        with anyio.fail_after(30):
+            while intake.acked < 3:
+                await anyio.sleep(0.05)
+        assert (await final_reply(engine, "once"))["outcome"] == "protected"
+        assert venue.calls["create_order"] == 1
+        assert venue.truth.entries_filled["SOL/USDT:USDT"] == 1
+
+
+async def test_an_intent_read_but_not_owned_before_a_crash_is_delivered_again(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    # A previous process read it (pending in the group) and died before its actor owned it.
+    redis_cli(redis_url, "XGROUP", "CREATE", KEYS.intents, "posguard", "0", "MKSTREAM")
+    xadd(redis_url, intent_id="pending-1", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
+         stop_price="58800")
+    redis_cli(redis_url, "XREADGROUP", "GROUP", "posguard", "posguard-1", "COUNT", "10", "STREAMS", KEYS.intents, ">")
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        assert (await final_reply(engine, "pending-1"))["outcome"] == "protected"
+        assert venue.truth.entries_filled["BTC/USDT:USDT"] == 1
+
+
+RISK_CASES = [
+    (RiskLimits(allowed_symbols=["ETH/USDT:USDT"]), {}, "risk.allowed_symbols"),
+    (RiskLimits(max_qty={"BTC/USDT:USDT": 0.005}), {}, "risk.max_qty"),
+    (RiskLimits(max_notional=500.0), {}, "risk.max_notional"),
+    (RiskLimits(max_open_positions=1), {"preopen": "1"}, "risk.max_open_positions"),
+    (RiskLimits(min_stop_distance=0.05), {}, "risk.min_stop_distance"),
+    (RiskLimits(max_stop_distance=0.01), {}, "risk.max_stop_distance"),
+    (RiskLimits(max_notional=1e9), {"stop_price": "61000"}, "stop_price: 61000.0 must be below the last price"),
+]
+
+
+@pytest.mark.parametrize(("limits", "extra", "named"), RISK_CASES, ids=[c[2].split(":")[0] for c in RISK_CASES])
+async def test_each_risk_limit_refuses_the_intent_naming_the_limit_and_sends_nothing(
+    clock: IOAwareMockClock, redis_url: str, limits: RiskLimits, extra: dict[str, str], named: str
+) -> None:
+    async with with_intake(redis_url, clock, risk=limits) as (venue, engine, intake):
+        if extra.pop("preopen", None):
+            xadd(redis_url, intent_id="first", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.01",
+                 stop_price="2940")
+            assert (await final_reply(engine, "first"))["outcome"] == "protected"
+        sent_before = venue.calls["create_order"]
+        fields = {"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800"}
+        xadd(redis_url, intent_id="limited", **(fields | extra))
+        reply = await final_reply(engine, "limited")
+        assert reply["status"] == "rejected" and named in reply["reason"], reply
+        assert venue.calls["create_order"] == sent_before, "nothing reached the venue"
+        assert venue.truth.position("BTC/USDT:USDT") is None
+        record = await engine.store.load_record("BTC/USDT:USDT")
+        assert record is None or record.state is not State.SUBMITTING
