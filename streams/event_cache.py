@@ -19,6 +19,9 @@ EVENTS_MAXLEN = 200_000
 ORDER_TTL_SECONDS = 86_400
 
 
+_TOPIC_OF: dict[type, str] = {Position: "positions", Order: "orders", Execution: "executions"}
+
+
 def _num(value: float | None) -> str:
     return "" if value is None else str(value)
 
@@ -31,11 +34,12 @@ class RedisEventCache:
 
     async def write(self, batch: Sequence[VenueEvent]) -> None:
         keys = self.keys
+        last_heard: dict[str, str] = {}
         async with self.client.pipeline(transaction=False) as pipe:
             for event in batch:
+                last_heard[f"{_TOPIC_OF.get(type(event), getattr(event, 'topic', ''))}_last_event_ms"] = str(event.ts_ms)
                 match event:
                     case Heartbeat():
-                        pipe.hset(keys.health, {f"{event.topic}_last_event_ms": str(event.ts_ms)})
                         continue
                     case StreamStatus():
                         pipe.hset(
@@ -88,4 +92,5 @@ class RedisEventCache:
                     trim_operator=PureToken.APPROXIMATELY,
                     threshold=EVENTS_MAXLEN,
                 )
+            pipe.hset(keys.health, last_heard)
         self.round_trips += 1

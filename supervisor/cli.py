@@ -1,8 +1,9 @@
 """The `posguard` command.
 
-Exit codes: 0 success; 1 the run finished but found a problem (e.g. a position left
-unprotected); 2 invalid configuration or arguments; 3 a required program or service is
-missing (redis-server, Redis unreachable); 130 interrupted.
+Exit codes: 0 success; 1 finished but something was refused or found wrong (an intent
+rejected or failed, a demo position left unprotected); 2 invalid configuration or arguments;
+3 a required program or service is missing (redis-server, Redis unreachable); 4 no answer in
+time (open/close/audit waiting on a posguard that is not running); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -36,25 +37,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
 
     commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
+    commands.add_parser("status", help="every position record, stream health and safe mode")
+    audit = commands.add_parser("audit", help="reconcile the venue with Redis now")
+    audit.add_argument("--dry-run", action="store_true", help="report what would be repaired, change nothing")
+    events = commands.add_parser("events", help="show (and follow) a Redis stream")
+    events.add_argument("--stream", choices=["journal", "audit", "alerts", "events", "intents"], default="journal")
+    events.add_argument("--count", type=int, default=20, help="how many recent entries to show first")
+    events.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
+    open_ = commands.add_parser("open", help="send an open intent and follow it to its outcome")
+    open_.add_argument("symbol", help="ccxt unified symbol, e.g. BTC/USDT:USDT")
+    open_.add_argument("side", choices=["buy", "sell"])
+    open_.add_argument("qty", type=float)
+    stop = open_.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--stop-price", type=float)
+    stop.add_argument("--stop-distance", type=float, help="fraction of the last price, e.g. 0.02")
+    close = commands.add_parser("close", help="send a close intent and follow it to its outcome")
+    close.add_argument("symbol")
+    for sub in (open_, close):
+        sub.add_argument("--intent-id", help="idempotency key (default: generated)")
+        sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the outcome")
+    safe = commands.add_parser("safe-mode", help="leave safe mode (after fixing what caused it)")
+    safe.add_argument("action", choices=["off"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # The demo prints its own progress; a service logs what it does.
-    levels = [logging.ERROR if args.command == "demo" else logging.INFO, logging.INFO, logging.DEBUG]
-    logging.basicConfig(
-        level=levels[min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
         config = load_config(args.config)
+        _configure_logging(config, args)
         if args.command == "demo":
             return _demo(config, args)
         if args.command == "run":
             return _run(config)
+        return _operator(config, args)
     except ConfigError as exc:
         print(f"posguard: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -64,8 +81,55 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("posguard: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    parser.error(f"unknown command {args.command}")
-    return EXIT_CONFIG
+    except OSError as exc:
+        print(f"posguard: cannot reach a service: {exc}", file=sys.stderr)
+        return EXIT_MISSING
+
+
+def _operator(config: Config, args: argparse.Namespace) -> int:
+    import uuid
+
+    from supervisor import operator
+    from supervisor.config import load_secrets
+
+    if not config.redis.url:
+        raise ConfigError(f"redis.url: 'posguard {args.command}' reads the Redis that posguard run uses (set redis.url)")
+    match args.command:
+        case "status":
+            return anyio.run(operator.status, config, backend="asyncio")
+        case "audit":
+            secrets = load_secrets(config)
+            return anyio.run(lambda: operator.audit(config, secrets, dry_run=args.dry_run), backend="asyncio")
+        case "events":
+            return anyio.run(lambda: operator.events(config, args.stream, count=args.count, follow=args.follow),
+                             backend="asyncio")
+        case "safe-mode":
+            return anyio.run(operator.safe_mode_off, config, backend="asyncio")
+    intent_id = args.intent_id or f"cli-{uuid.uuid4().hex[:12]}"
+    fields = {"intent_id": intent_id, "action": args.command, "symbol": args.symbol}
+    if args.command == "open":
+        fields |= {"side": args.side, "qty": repr(args.qty)}
+        fields |= {"stop_price": repr(args.stop_price)} if args.stop_price else {"stop_distance": repr(args.stop_distance)}
+    return anyio.run(lambda: operator.submit_and_follow(config, fields, timeout=args.timeout), backend="asyncio")
+
+
+def _configure_logging(config: Config, args: argparse.Namespace) -> None:
+    import os
+
+    from supervisor.logs import configure_logging
+
+    level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[
+        config.log.level
+    ]
+    if args.command == "demo":
+        level = logging.ERROR  # the demo prints its own progress
+    if args.verbose:
+        level = logging.DEBUG if args.verbose > 1 else min(level, logging.INFO)
+    secrets = [os.environ.get(config.venue.api_key_env, ""), os.environ.get(config.venue.api_secret_env, "")]
+    from urllib.parse import urlsplit
+
+    secrets.append(urlsplit(config.redis.url).password or "")
+    configure_logging(level, config.log.format, secrets)
 
 
 def _run(config: Config) -> int:

@@ -48,6 +48,16 @@ class StreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stale_after: Seconds = 15.0
 
 
+class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    bind: str = "127.0.0.1"
+
+
 class DemoConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     positions: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
     symbols: Annotated[int, msgspec.Meta(ge=1, le=8)] = 5
@@ -65,6 +75,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     supervisor: SupervisorSettings = SupervisorSettings()
     audit: AuditSettings = AuditSettings()
     risk: RiskLimits = RiskLimits()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     demo: DemoConfig = DemoConfig()
 
     def actor_settings(self) -> ActorSettings:

@@ -11,7 +11,9 @@ on first use (I4: one actor per symbol).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -22,6 +24,7 @@ from anyio.abc import ObjectSendStream, TaskGroup, TaskStatus
 from actors.context import ActorContext, TransitionObserver
 from actors.intents import CloseIntent, Intent, IntentRecord, IntentRefused, OpenIntent, check_common, check_open
 from actors.lifecycle import MailboxFull, SymbolActor, Ticket
+from actors.records import PositionRecord
 from actors.settings import ActorSettings
 from actors.store import Store
 from streams.errors import VenueUnavailable
@@ -30,12 +33,21 @@ from streams.evidence import EvidenceBoard
 from streams.ingestor import EventCache, Ingestor
 from streams.venue import MarketRules, Venue
 from supervisor.audit import AuditReport, Auditor
+from supervisor.metrics import Metrics
 from supervisor.risk import RiskLimits, check_open_positions, check_priced, check_static
 from supervisor.supervision import AuditSettings, EntryGate, RestartTracker, SupervisorSettings
 
 log = logging.getLogger("posguard.engine")
 
 STREAM_BUFFER = 65_536
+
+
+def _log_transition(record: PositionRecord, note: str) -> None:
+    """One log line per transition: what an operator greps for."""
+    log.info("transition", extra={"fields": {
+        "symbol": record.symbol, "state": str(record.state), "client_order_id": record.client_order_id,
+        "intent_id": record.intent_id, "note": note or record.reason,
+    }})
 
 
 def is_redis_failure(exc: BaseException) -> bool:
@@ -54,6 +66,7 @@ class Engine:
         supervisor: SupervisorSettings | None = None,
         audit: AuditSettings | None = None,
         risk: RiskLimits | None = None,
+        metrics: Metrics | None = None,
         stale_after: float = 15.0,
         rng: random.Random | None = None,
         observers: Sequence[TransitionObserver] = (),
@@ -66,6 +79,7 @@ class Engine:
         self.supervision = supervisor or SupervisorSettings()
         self.audit_settings = audit or AuditSettings()
         self.risk = risk or RiskLimits()
+        self.metrics = metrics or Metrics(venue.name)
         self.rules: dict[str, MarketRules] = {}
         self.ctx = ActorContext(
             venue=venue,
@@ -74,7 +88,7 @@ class Engine:
             rules=self.rules,
             settings=settings,
             rng=rng or random.Random(),
-            observers=list(observers),
+            observers=[self.metrics.on_transition, _log_transition, *observers],
         )
         self.actors: dict[str, SymbolActor] = {}
         self.gate = EntryGate()
@@ -184,6 +198,7 @@ class Engine:
                 redis = is_redis_failure(exc)
                 log.error("actor %s failed (%s: %s); restarting", actor.symbol, type(exc).__name__, exc,
                           exc_info=not redis)
+                self.metrics.on_restart()
                 if redis:
                     self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
                 elif self.restarts.record():
@@ -212,6 +227,7 @@ class Engine:
         picks up an operator's 'safe-mode off' written to the health hash."""
         while True:
             await anyio.sleep(self.supervision.redis_check_interval)
+            self.metrics.refresh(self.board, self.gate.safe_mode)
             try:
                 with anyio.fail_after(max(1.0, self.supervision.redis_check_interval)):
                     health = await self.store.get_health()
@@ -229,6 +245,13 @@ class Engine:
             if self.gate.safe_mode and health.get("safe_mode") == "no":
                 self.gate.leave_safe_mode("operator")
                 await self._publish_health()
+            if health.get("audit_requested", "") > health.get("audit_started", ""):
+                # `posguard audit` asked the running process (the owner of the actors) to audit.
+                await self.store.set_health({"audit_started": health["audit_requested"]})
+                report = await self.audit_now()
+                if report is not None:
+                    await self.store.set_health({"audit_done": health["audit_requested"]})
+            await self.store.set_health({"heartbeat_ms": str(int(time.time() * 1000)), "pid": str(os.getpid())})
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -250,6 +273,7 @@ class Engine:
             return None
         if not dry_run:
             self.last_audit = report
+            self.metrics.on_findings(report.findings)
         return report
 
     async def _audit_loop(self) -> None:

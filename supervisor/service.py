@@ -24,6 +24,7 @@ from streams.venue import Venue
 from supervisor.config import Config, Secrets
 from supervisor.engine import Engine
 from supervisor.intake import IntentIntake
+from supervisor.metrics import Metrics
 
 log = logging.getLogger("posguard.service")
 
@@ -50,6 +51,10 @@ async def run_service(config: Config, secrets: Secrets | None, redis_url: str) -
     account = config.account.name
     log.warning("posguard run: account %s, venue %s, Redis %s", account, config.venue.kind, redact_url(redis_url))
     async with open_venue(config, secrets) as venue, open_redis(redis_url) as client:
+        metrics = Metrics(venue.name)
+        if config.metrics.port:
+            metrics.serve(config.metrics.port, config.metrics.bind)
+            log.warning("metrics on http://%s:%d/metrics", config.metrics.bind, config.metrics.port)
         engine = Engine(
             venue=venue,
             store=RedisStore(client, account),
@@ -58,6 +63,7 @@ async def run_service(config: Config, secrets: Secrets | None, redis_url: str) -
             supervisor=config.supervisor,
             audit=config.audit,
             risk=config.risk,
+            metrics=metrics,
             stale_after=config.streams.stale_after,
         )
         intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")

@@ -1,0 +1,198 @@
+"""The operator's commands: status, audit, events, open/close, safe-mode.
+
+They read and write Redis like any other client (the schema in the README), so what they show
+is exactly what ``redis-cli`` would. Work on the venue is left to the running ``posguard run``
+process, which owns the actors: ``audit`` asks it through the health hash and only runs an
+audit itself when no process is alive; ``open``/``close`` put an intent on the stream and
+follow its replies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+import coredis
+
+from actors.records import PositionRecord
+from streams.keys import Keys
+from streams.redis_client import open_redis
+from supervisor.config import Config, Secrets
+
+Out = Callable[[str], None]
+ALIVE_WITHIN_MS = 5_000
+EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 1, 4
+
+
+def _age(stamp: str, now: datetime) -> str:
+    if not stamp:
+        return "-"
+    seconds = (now - datetime.fromisoformat(stamp)).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _table(rows: list[list[str]], out: Out) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _alive(health: dict[str, str]) -> bool:
+    beat = int(health.get("heartbeat_ms") or 0)
+    return time.time() * 1000 - beat < ALIVE_WITHIN_MS
+
+
+async def status(config: Config, out: Out = print) -> int:
+    keys = Keys(config.account.name)
+    async with open_redis(config.redis.url) as client:
+        symbols = sorted(await client.smembers(keys.positions))
+        records = [PositionRecord.from_fields(dict(await client.hgetall(keys.position(s)))) for s in symbols]
+        health = dict(await client.hgetall(keys.health))
+    now = datetime.now(UTC)
+    out(f"account {config.account.name}: {len(records)} position records "
+        f"({sum(r.state.is_live for r in records)} live)")
+    if records:
+        rows = [["SYMBOL", "STATE", "SIDE", "FILLED", "ENTRY", "STOP", "STOP VIA", "AGE", "REASON"]]
+        for r in records:
+            rows.append([r.symbol, str(r.state), r.side, f"{r.filled_qty:g}", f"{r.entry_price:g}",
+                         f"{r.stop_price:g}", r.stop_source or "-", _age(r.updated_at, now), r.reason[:60]])
+        _table(rows, out)
+    out("")
+    process = "alive" if _alive(health) else "not seen in the last 5 s"
+    out(f"posguard run: {process}" + (f" (pid {health['pid']})" if health.get("pid") else ""))
+    for topic in ("positions", "orders", "executions"):
+        connected = health.get(f"{topic}_connected", "unknown")
+        last = int(health.get(f"{topic}_last_event_ms") or 0)
+        heard = f"{(time.time() * 1000 - last) / 1000:.0f}s ago" if last else "never"
+        out(f"stream {topic}: connected={connected}, last heard {heard}")
+    safe = health.get("safe_mode", "no")
+    out(f"safe mode: {safe}" + (f" since {health.get('safe_mode_since')}: {health.get('safe_mode_reason')}"
+                                if safe == "yes" else ""))
+    if health.get("entries_paused"):
+        out(f"entries paused: {health['entries_paused']}")
+    return EXIT_OK
+
+
+async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: Out = print) -> int:
+    from supervisor.audit import Auditor
+    from supervisor.service import open_venue
+
+    keys = Keys(config.account.name)
+    async with open_redis(config.redis.url) as client:
+        health = dict(await client.hgetall(keys.health))
+        if not dry_run and _alive(health):
+            out(f"asking the running posguard (pid {health.get('pid', '?')}) to audit now ...")
+            return await _audit_by_the_running_process(client, keys, out)
+        from actors.store import RedisStore
+
+        store = RedisStore(client, config.account.name)
+        async with open_venue(config, secrets) as venue:
+            if dry_run:
+                await venue.load_markets()
+                auditor = Auditor(venue, store, _no_actor, lambda _symbol: False, config.audit.orphan_stop_distance)
+                report = await auditor.run(dry_run=True)
+            else:
+                out("no running posguard seen: running one audit here")
+                report = await _audit_here(config, venue, store)
+    out(f"audit{' (dry run)' if dry_run else ''}: {report.positions} venue positions, {report.records} records,"
+        f" {len(report.findings)} findings")
+    if report.findings:
+        _table([["SYMBOL", "KIND", "SEEN", "ACTION"]]
+               + [[f.symbol, f.kind, f.seen, f.action] for f in report.findings], out)
+    return EXIT_OK
+
+
+def _no_actor(symbol: str):  # noqa: ANN202 - a dry run never repairs
+    raise AssertionError(f"a dry run must not repair ({symbol})")
+
+
+async def _audit_here(config: Config, venue, store):  # noqa: ANN001, ANN202
+    from supervisor.engine import Engine
+
+    engine = Engine(venue=venue, store=store, cache=None, settings=config.actor_settings(),
+                    supervisor=config.supervisor, audit=config.audit, stale_after=config.streams.stale_after)
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.run)
+        while engine.last_audit is None:
+            await anyio.sleep(0.1)
+        await engine.stop()
+    return engine.last_audit
+
+
+async def _audit_by_the_running_process(client: coredis.Redis[str], keys: Keys, out: Out) -> int:
+    requested = str(int(time.time() * 1000))
+    await client.hset(keys.health, {"audit_requested": requested})
+    with anyio.move_on_after(120):
+        while (await client.hget(keys.health, "audit_done") or "") < requested:
+            await anyio.sleep(0.2)
+        entries = await client.xrange(keys.audit, start=f"{requested}-0")
+        out(f"audit done: {len(entries)} findings")
+        for entry in entries:
+            f = entry.field_values
+            out(f"{f['symbol']}  {f['kind']}  {f['seen']}  ->  {f['action']}")
+        return EXIT_OK
+    out("no answer from the running posguard within 120 s")
+    return EXIT_NO_ANSWER
+
+
+STREAMS = ("journal", "audit", "alerts", "events", "intents")
+
+
+async def events(config: Config, stream: str, *, count: int, follow: bool, out: Out = print) -> int:
+    keys = Keys(config.account.name)
+    key = getattr(keys, stream)
+    async with open_redis(config.redis.url) as client:
+        entries = list(reversed(await client.xrevrange(key, count=count)))
+        for entry in entries:
+            out(_entry_line(entry))
+        last = entries[-1].identifier if entries else "$"
+        while follow:
+            reply = await client.xread({key: last}, count=100, block=1000)
+            for entry in (reply or {}).get(key, ()):
+                out(_entry_line(entry))
+                last = entry.identifier
+    return EXIT_OK
+
+
+def _entry_line(entry) -> str:  # noqa: ANN001
+    stamp = datetime.fromtimestamp(int(entry.identifier.split("-")[0]) / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+    fields = " ".join(f"{k}={v}" for k, v in entry.field_values.items())
+    return f"{stamp} {fields}"
+
+
+async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: float, out: Out = print) -> int:
+    keys = Keys(config.account.name)
+    async with open_redis(config.redis.url) as client:
+        if not _alive(dict(await client.hgetall(keys.health))):
+            out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
+        await client.xadd(keys.intents, fields)
+        out(f"intent {fields['intent_id']} sent")
+        with anyio.move_on_after(timeout):
+            while True:
+                popped = await client.blpop([keys.reply(fields["intent_id"])], timeout=1)
+                if not popped:
+                    continue
+                reply = json.loads(popped[1])
+                detail = " ".join(f"{k}={reply[k]}" for k in ("outcome", "reason", "client_order_id") if reply.get(k))
+                out(f"{reply['status']} {detail}".rstrip())
+                if reply["status"] == "done":
+                    return EXIT_OK
+                if reply["status"] in ("rejected", "failed"):
+                    return EXIT_REFUSED
+        out(f"no final answer within {timeout:.0f} s (see: posguard events --stream journal)")
+        return EXIT_NO_ANSWER
+
+
+async def safe_mode_off(config: Config, out: Out = print) -> int:
+    keys = Keys(config.account.name)
+    async with open_redis(config.redis.url) as client:
+        await client.hset(keys.health, {"safe_mode": "no"})
+    out("safe mode off requested; the running posguard picks it up within a second")
+    return EXIT_OK
