@@ -14,7 +14,7 @@ from typing import Literal
 import anyio
 
 from actors import ids
-from actors.backoff import Deadline, sleep_within
+from streams.backoff import Deadline, sleep_within
 from actors.context import ActorContext
 from actors.orders import look_up, send_once
 from actors.records import PositionRecord, State, utc_now

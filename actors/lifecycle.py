@@ -18,7 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from actors import ids
-from actors.backoff import Deadline
+from streams.backoff import Deadline
 from actors.closing import close_position, settle_closed
 from actors.failpoints import failpoint
 from actors.context import ActorContext

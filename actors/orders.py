@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from actors.backoff import Deadline, sleep_within
+from streams.backoff import Deadline, sleep_within
 from actors.context import ActorContext
 from actors.records import PositionRecord
 from streams.errors import DuplicateClientOrderId, VenueUnavailable

@@ -18,7 +18,7 @@ from typing import Literal
 import anyio
 
 from actors import ids
-from actors.backoff import Deadline
+from streams.backoff import Deadline
 from actors.closing import close_position, settle_closed
 from actors.context import ActorContext
 from actors.orders import send_once

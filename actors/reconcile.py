@@ -16,7 +16,7 @@ import logging
 import anyio
 
 from actors import ids
-from actors.backoff import Deadline
+from streams.backoff import Deadline
 from actors.context import ActorContext
 from actors.findings import Finding
 from actors.orders import cancel_leftover_stops

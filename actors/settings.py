@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from actors.backoff import Backoff
+from streams.backoff import Backoff
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 

@@ -22,7 +22,7 @@ from typing import Literal
 import anyio
 import msgspec
 
-from actors.backoff import Deadline
+from streams.backoff import Deadline
 from actors.context import ActorContext
 from actors.records import PositionRecord
 from streams.errors import VenueUnavailable

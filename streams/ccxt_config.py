@@ -12,12 +12,12 @@ a real exchange.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+
+from streams.backoff import Backoff
 
 ExchangeId = Literal["bybit", "binanceusdm"]
 Environment = Literal["live", "testnet", "demo"]
@@ -38,25 +38,6 @@ class ApiCredentials(msgspec.Struct, frozen=True):
         return "ApiCredentials(api_key=***, api_secret=***)"
 
     __str__ = __repr__
-
-
-class ReconnectBackoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Exponential backoff with jitter for stream reconnects and snapshot retries.
-
-    Jitter keeps several adapters (or the three topics of one) from redialling a recovering
-    venue in lockstep.
-    """
-
-    initial: Seconds = 0.5
-    maximum: Seconds = 30.0
-    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
-    jitter: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.2
-
-    def delays(self, rng: random.Random) -> Iterator[float]:
-        delay = self.initial
-        while True:
-            yield delay * rng.uniform(1 - self.jitter, 1 + self.jitter)
-            delay = min(self.maximum, delay * self.multiplier)
 
 
 class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,7 +64,9 @@ class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     gap_margin: Seconds = 5.0
     """Executions this much older than the last moment a stream was known alive are re-read
     after a reconnect, to cover pushes that were in flight when it dropped."""
-    reconnect: ReconnectBackoff = ReconnectBackoff()
+    reconnect: Backoff = Backoff(initial=0.5, maximum=30.0)
+    """Stream reconnects and snapshot retries; the jitter keeps the three topics (or several
+    adapters) from redialling a recovering venue in lockstep."""
 
     def __post_init__(self) -> None:
         if bool(self.rest_url) != bool(self.ws_url):

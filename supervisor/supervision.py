@@ -22,7 +22,7 @@ from typing import Annotated
 import anyio
 import msgspec
 
-from actors.backoff import Backoff
+from streams.backoff import Backoff
 from actors.records import utc_now
 
 log = logging.getLogger("posguard.supervisor")

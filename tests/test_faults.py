@@ -11,7 +11,7 @@ import pytest
 
 from actors.intents import CloseIntent
 from actors.records import State
-from actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from actors.settings import ActorSettings, VerificationSettings
 from streams.errors import OrderRejected, VenueUnavailable
 from streams.fake_venue import FakeVenue, FaultKnobs
 from streams.lag import Lag
@@ -37,7 +37,7 @@ async def open_one(engine, venue, intent_id: str = "i-1", **kwargs):  # noqa: AN
 async def settled(engine, symbol: str, state: State, within: float = 10.0):  # noqa: ANN001, ANN201
     """The record once it reaches ``state`` (or as it is after ``within`` virtual seconds)."""
     with anyio.move_on_after(within):
-        while (record := await engine.store.load_record(symbol)).state is not state:
+        while (await engine.store.load_record(symbol)).state is not state:
             await anyio.sleep(0.05)
     return await engine.store.load_record(symbol)
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from actors import ids
-from actors.backoff import Backoff
+from streams.backoff import Backoff
 from actors.records import PositionRecord, State
 from streams.fake_venue import FakeVenue, FaultKnobs
 from streams.lag import Lag

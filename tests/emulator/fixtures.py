@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 
-from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, ReconnectBackoff
+from streams.backoff import Backoff
+from streams.ccxt_config import ApiCredentials, CcxtVenueConfig
 from streams.ccxt_venue import CcxtVenue
 from streams.events import TOPICS, StreamStatus, VenueEvent
 from tests.emulator.server import DEFAULT_API_KEY, DEFAULT_API_SECRET, EmulatorServer
@@ -29,7 +30,7 @@ FAST_STREAMS = {
     "heartbeat_interval": 0.2,
     "ready_timeout": 5.0,
     "gap_margin": 2.0,
-    "reconnect": ReconnectBackoff(initial=0.05, maximum=0.5),
+    "reconnect": Backoff(initial=0.05, maximum=0.5),
 }
 
 

@@ -1,6 +1,7 @@
 """Exponential backoff with jitter, bounded by a deadline.
 
-Every REST retry loop in posguard goes through `Backoff.delays`, so no loop can spin, none
+Every retry loop in posguard (REST calls, stream reconnects, actor restarts) goes through
+`Backoff.delays`, so no loop can spin, none
 can outlive its deadline, and a crowd of actors retrying after an outage does not hit the
 venue in lockstep.
 """
