@@ -29,7 +29,7 @@ from actors.findings import Finding
 from actors.reconcile import assess, repair
 from actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
-from streams.errors import OrderRejected
+from streams.errors import OrderRejected, VenueUnavailable
 from streams.venue import OrderRequest
 
 log = logging.getLogger("posguard.actor")
@@ -123,7 +123,11 @@ class SymbolActor:
         try:
             await self.resume()
             if reconcile_first:
-                await self.reconcile_self()
+                try:
+                    await self.reconcile_self()
+                except VenueUnavailable as exc:
+                    # Not a reason to fail again: the supervisor's next audit covers this symbol.
+                    log.warning("%s: could not reconcile after the restart (%s); the next audit will", self.symbol, exc)
         finally:
             self.busy = False
         async for item in self._receive:

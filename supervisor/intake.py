@@ -104,6 +104,7 @@ class IntentIntake:
         consumer: str = "posguard-1",
         block_ms: int = 1000,
         poll_interval: float = 0.05,
+        reclaim_after: float = 120.0,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -112,6 +113,8 @@ class IntentIntake:
         self.block_ms = block_ms
         """How long one XREADGROUP blocks; 0 polls every ``poll_interval`` instead."""
         self.poll_interval = poll_interval
+        self.reclaim_after = reclaim_after
+        """Seconds an entry may stay pending (read, not owned) before it is taken again."""
         self.received = 0
         self.acked = 0
 
@@ -121,6 +124,7 @@ class IntentIntake:
             task_status.started()
             # First what this consumer had read but not acknowledged before a crash.
             await self._read(tg, "0")
+            tg.start_soon(self._reclaim_stalled, tg)
             while not self.engine.stopping:
                 try:
                     got = await self._read(tg, ">")
@@ -130,6 +134,24 @@ class IntentIntake:
                     continue
                 if not got and self.block_ms == 0:
                     await anyio.sleep(self.poll_interval)
+
+    async def _reclaim_stalled(self, tg: anyio.abc.TaskGroup) -> None:
+        """Take again entries left pending too long: read by a consumer that died (another
+        process, or an actor that failed before owning its intent). Handling one twice is safe:
+        an intent id already handled is not executed again."""
+        while True:
+            await anyio.sleep(self.reclaim_after / 2)
+            try:
+                _next, entries, *_ = await self.client.xautoclaim(
+                    self.keys.intents, GROUP, self.consumer, int(self.reclaim_after * 1000), "0-0", count=BATCH
+                )
+            except coredis.exceptions.ConnectionError as exc:
+                log.warning("could not reclaim stalled intents (%s)", exc)
+                continue
+            for entry in entries:
+                log.warning("intent entry %s was pending for over %.0f s; taking it again", entry.identifier,
+                            self.reclaim_after)
+                await self._take(tg, entry.identifier, dict(entry.field_values))
 
     async def _ensure_group(self) -> None:
         with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):

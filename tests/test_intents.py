@@ -165,3 +165,25 @@ async def test_each_risk_limit_refuses_the_intent_naming_the_limit_and_sends_not
         assert venue.truth.position("BTC/USDT:USDT") is None
         record = await engine.store.load_record("BTC/USDT:USDT")
         assert record is None or record.state is not State.SUBMITTING
+
+
+async def test_an_entry_another_consumer_read_and_never_owned_is_reclaimed(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    # Another posguard process (consumer "dead-host") read it and died; this one takes it over.
+    redis_cli(redis_url, "XGROUP", "CREATE", KEYS.intents, "posguard", "0", "MKSTREAM")
+    xadd(redis_url, intent_id="orphaned-entry", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
+         stop_price="58800")
+    redis_cli(redis_url, "XREADGROUP", "GROUP", "posguard", "dead-host", "COUNT", "10", "STREAMS", KEYS.intents, ">")
+    async with FakeVenue(seed=61, knobs=FAST_PUSH) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine, anyio.create_task_group() as tg:
+        intake = IntentIntake(engine.store.client, engine, account=ACCOUNT, block_ms=0, reclaim_after=0.5)
+        await tg.start(intake.run)
+        await wait_streams_healthy(engine)
+        with anyio.fail_after(3600):  # virtual; the reclaim waits on Redis' real idle time
+            while (await engine.store.load_intent("orphaned-entry")) is None:
+                await anyio.sleep(0.2)
+        assert (await final_reply(engine, "orphaned-entry"))["outcome"] == "protected"
+        assert venue.truth.entries_filled["BTC/USDT:USDT"] == 1
+        tg.cancel_scope.cancel()
