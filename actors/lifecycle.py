@@ -68,9 +68,8 @@ class Nudge:
 class Repair:
     """Mailbox item: an audit finding for this symbol, to be carried out by its owner."""
 
-    def __init__(self, finding: Finding, orphan_stop_distance: float) -> None:
+    def __init__(self, finding: Finding) -> None:
         self.finding = finding
-        self.orphan_stop_distance = orphan_stop_distance
         self.done = anyio.Event()
         self.outcome = ""
 
@@ -107,9 +106,9 @@ class SymbolActor:
         except anyio.WouldBlock:
             pass
 
-    async def repair(self, finding: Finding, orphan_stop_distance: float) -> Repair:
+    async def repair(self, finding: Finding) -> Repair:
         """Queue an audit finding; await ``.done`` on the result, then read ``.outcome``."""
-        item = Repair(finding, orphan_stop_distance)
+        item = Repair(finding)
         await self._send.send(item)
         return item
 
@@ -149,7 +148,7 @@ class SymbolActor:
                 await self.resume()
                 item.outcome = "resumed: the entry was looked up and driven on"
             else:
-                item.outcome = await repair(self.ctx, item.finding, item.orphan_stop_distance)
+                item.outcome = await repair(self.ctx, item.finding)
             item.finding.action = item.outcome
             await self.ctx.store.append_audit(item.finding)
         finally:
@@ -168,7 +167,7 @@ class SymbolActor:
                 await self.resume()
                 finding.action = "resumed"
             else:
-                finding.action = await repair(ctx, finding, ctx.settings.orphan_stop_distance)
+                finding.action = await repair(ctx, finding)
             await ctx.store.append_audit(finding)
         return findings
 

@@ -96,7 +96,7 @@ def assess(
     return findings
 
 
-async def repair(ctx: ActorContext, finding: Finding, orphan_stop_distance: float) -> str:
+async def repair(ctx: ActorContext, finding: Finding) -> str:
     """Carry out one finding; returns what was done. Runs inside the symbol's actor."""
     record = await ctx.store.load_record(finding.symbol)
     match finding.kind:
@@ -110,7 +110,7 @@ async def repair(ctx: ActorContext, finding: Finding, orphan_stop_distance: floa
             assert finding.position is not None
             if record is not None and record.state.is_live:
                 return "a live record appeared meanwhile; nothing to adopt"
-            return await _adopt(ctx, finding.position, orphan_stop_distance)
+            return await _adopt(ctx, finding.position, ctx.settings.orphan_stop_distance)
         case _ if record is None or not record.state.is_live:
             return f"record is {record.state if record else 'gone'} now; nothing to do"
         case "size_mismatch":

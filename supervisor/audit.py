@@ -45,13 +45,11 @@ class Auditor:
         store: Store,
         actor_for: Callable[[str], SymbolActor],
         actor_busy: Callable[[str], bool],
-        orphan_stop_distance: float,
     ) -> None:
         self.venue = venue
         self.store = store
         self.actor_for = actor_for
         self.actor_busy = actor_busy
-        self.orphan_stop_distance = orphan_stop_distance
         self.runs = 0
 
     async def run(self, *, dry_run: bool = False) -> AuditReport:
@@ -91,7 +89,7 @@ class Auditor:
         """Queue every finding on its actor and wait for all of them (actors work in parallel)."""
 
         async def repair(finding: Finding) -> None:
-            item = await self.actor_for(finding.symbol).repair(finding, self.orphan_stop_distance)
+            item = await self.actor_for(finding.symbol).repair(finding)
             await item.done.wait()
             log.warning("audit %s %s: %s -> %s", finding.symbol, finding.kind, finding.seen, finding.action)
 

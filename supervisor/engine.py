@@ -93,7 +93,7 @@ class Engine:
         self.actors: dict[str, SymbolActor] = {}
         self.gate = EntryGate()
         self.restarts = RestartTracker(self.supervision)
-        self.auditor = Auditor(venue, store, self._actor, self._busy, self.audit_settings.orphan_stop_distance)
+        self.auditor = Auditor(venue, store, self._actor, self._busy)
         self.last_audit: AuditReport | None = None
         self.stopping = False
         self._audit_wanted = anyio.Event()

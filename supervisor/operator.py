@@ -96,7 +96,7 @@ async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: 
         async with open_venue(config, secrets) as venue:
             if dry_run:
                 await venue.load_markets()
-                auditor = Auditor(venue, store, _no_actor, lambda _symbol: False, config.audit.orphan_stop_distance)
+                auditor = Auditor(venue, store, _no_actor, lambda _symbol: False)
                 report = await auditor.run(dry_run=True)
             else:
                 out("no running posguard seen: running one audit here")
