@@ -232,10 +232,7 @@ class SymbolActor:
         except IntentConflict as exc:
             reply.status, reply.reason = "rejected", str(exc)
         else:
-            reply.status = "rejected" if record.state is State.REJECTED and action == "open" else "done"
-            reply.outcome = str(record.state)
-            reply.reason = record.reason
-            reply.client_order_id = record.client_order_id if action == "open" else record.close_client_order_id
+            settle_reply(reply, record)
         await store.save_intent(reply)
         return reply
 
@@ -396,13 +393,36 @@ class SymbolActor:
             return
         log.info("%s: resuming record in state %s (intent %s)", self.symbol, record.state, record.intent_id)
         if record.state is State.CLOSING:
+            intent_id = record.close_intent_id
             await self._drive_close(record)
         elif record.state is State.EMERGENCY_CLOSING:
+            intent_id = record.intent_id  # the entry whose protection failed
             record.state = State.CLOSING
             record.close_intent_id = record.close_intent_id or record.intent_id + ":emergency"
             await self._drive_close(record)
         else:
+            intent_id = record.intent_id
             await self._drive_entry(record, resumed=True)
+        await self._answer_interrupted(intent_id, record)
+
+    async def _answer_interrupted(self, intent_id: str, record: PositionRecord) -> None:
+        """The intent whose step a crash cut short still says ``accepted``: answer it now, so
+        whoever follows it (``posguard open/close``, a bot reading the reply list) learns the
+        outcome. The intake acknowledged it when it was written ahead; nothing redelivers it."""
+        reply = await self.ctx.store.load_intent(intent_id)
+        if reply is not None and reply.status == "accepted":
+            settle_reply(reply, record)
+            reply.reason = f"finished after a restart: {reply.reason}" if reply.reason else "finished after a restart"
+            await self.ctx.store.save_intent(reply)
+
+
+def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:
+    """Fill in an intent's final answer from the record its step left."""
+    open_ = reply.action == "open"
+    reply.status = "rejected" if record.state is State.REJECTED and open_ else "done"
+    reply.outcome = str(record.state)
+    reply.reason = record.reason
+    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id
 
 
 class IntentConflict(RuntimeError):

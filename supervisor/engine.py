@@ -186,14 +186,20 @@ class Engine:
         return actor is not None and actor.busy
 
     async def _supervise(self, actor: SymbolActor) -> None:
-        """One-for-one restarts with backoff; escalate to safe mode past the intensity limit."""
+        """One-for-one restarts with backoff; escalate to safe mode past the intensity limit.
+
+        The backoff starts over once an actor has run for a whole restart window: a crash
+        weeks after the last one is a new incident, not the next step of an old one."""
         delays = self.supervision.restart_backoff.delays(self.ctx.rng)
         reconcile_first = False
         while True:
+            started = anyio.current_time()
             try:
                 await actor.run(reconcile_first=reconcile_first)
                 return
             except Exception as exc:
+                if anyio.current_time() - started >= self.supervision.restart_window:
+                    delays = self.supervision.restart_backoff.delays(self.ctx.rng)
                 actor.busy = False
                 redis = is_redis_failure(exc)
                 log.error("actor %s failed (%s: %s); restarting", actor.symbol, type(exc).__name__, exc,
@@ -201,11 +207,16 @@ class Engine:
                 self.metrics.on_restart()
                 if redis:
                     self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
-                elif self.restarts.record():
-                    await self._enter_safe_mode(
-                        f"{self.supervision.max_restarts}+ actor restarts within "
-                        f"{self.supervision.restart_window:.0f} s (last: {actor.symbol}: {exc})"
-                    )
+                else:
+                    if self.restarts.record():
+                        await self._enter_safe_mode(
+                            f"{self.supervision.max_restarts}+ actor restarts within "
+                            f"{self.supervision.restart_window:.0f} s (last: {actor.symbol}: {exc})"
+                        )
+                    # The restarted actor checks its own symbol first; the whole account is
+                    # audited too, in case the failure left traces beyond it. (After a Redis
+                    # failure the audit runs when Redis answers again.)
+                    self.request_audit(f"actor {actor.symbol} failed")
                 reconcile_first = True
                 await anyio.sleep(next(delays))
 

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from actors import ids
+from actors.intents import CloseIntent
 from streams.backoff import Backoff
 from actors.records import PositionRecord, State
 from streams.fake_venue import FakeVenue, FaultKnobs
@@ -55,6 +56,7 @@ async def test_a_failed_actor_restarts_with_backoff_and_finishes_the_step(
         engine.ctx.store = store  # type: ignore[assignment]
         store.crash_when = "open"
         await wait_streams_healthy(engine)
+        audits_before = engine.auditor.runs
         ticket = await engine.submit(open_intent("crash-1", symbol=SYMBOL))
         reply = await ticket.wait()
         assert reply.status == "failed", f"the caller learns the step was interrupted: {reply}"
@@ -72,6 +74,42 @@ async def test_a_failed_actor_restarts_with_backoff_and_finishes_the_step(
         assert venue.truth.entries_filled[SYMBOL] == 1, "the restarted actor looked the entry up, not resent it"
         assert venue.truth.is_protected(SYMBOL)
         assert not engine.gate.safe_mode
+        # The intent's stored answer (what `posguard open` and bots follow) is final too.
+        with anyio.fail_after(60):
+            while (answer := await engine.store.load_intent("crash-1")).status == "accepted":
+                await anyio.sleep(0.1)
+        assert (answer.status, answer.outcome) == ("done", "protected"), answer
+        assert answer.reason.startswith("finished after a restart"), answer
+        with anyio.fail_after(20):  # well before the periodic audit (60 s)
+            while engine.auditor.runs == audits_before:  # a crash is followed by an audit
+                await anyio.sleep(0.1)
+
+
+async def test_restart_backoff_starts_over_after_a_healthy_window(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with FakeVenue(seed=41, knobs=FAST_PUSH) as venue, running_engine(
+        redis_url, venue, clock, supervisor=supervisor_settings(max_restarts=20, restart_window=30.0)
+    ) as engine:
+        store = CrashingStore(engine.store)
+        engine.ctx.store = store  # type: ignore[assignment]
+        await wait_streams_healthy(engine)
+        store.crash_when = "open"
+        await engine.submit(open_intent("flaky-1", symbol=SYMBOL))
+        with anyio.fail_after(60):
+            while len(store.crash_times) < 4:  # backoff 1, 2, 4 s
+                await anyio.sleep(0.01)
+        store.crash_when = None
+        with anyio.fail_after(60):
+            while (await engine.store.load_record(SYMBOL)).state is not State.PROTECTED:
+                await anyio.sleep(0.1)
+        await anyio.sleep(40)  # healthy for longer than the restart window
+        store.crash_when = "closed"  # the close is done on the venue; recording it fails
+        await engine.submit(CloseIntent(intent_id="flaky-close", symbol=SYMBOL))
+        with anyio.fail_after(120):
+            while len(store.crash_times) < 6:
+                await anyio.sleep(0.01)
+        store.crash_when = None
+        first, second = store.crash_times[4:6]
+        assert 1.0 <= second - first < 2.0, f"a new incident starts at the initial backoff: {second - first:.1f} s"
 
 
 async def test_restart_intensity_enters_safe_mode_entries_refused_protection_continues(
