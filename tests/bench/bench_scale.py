@@ -1,0 +1,267 @@
+"""Scale: 1,000 live symbol actors in one process, and a full audit of 1,000 positions.
+
+    python -m tests.bench.bench_scale [--symbols 1000] [--audits 11]
+
+Why: posguard runs one supervised actor per symbol in one process, and audits the whole
+account (every position, every open order, every Redis record) at start-up, periodically,
+and after stream reconnects. Both must stay cheap at the scale of a large account. The
+issue's targets: <= 50 KiB resident per idle actor; a full audit of 1,000 positions in under
+2 s plus the venue's own latency.
+
+What it does, in real time on anyio's asyncio backend, with the real `Engine` against
+`FakeVenue` (``synthetic_markets``, 20 ms REST round trips, stops as separate orders) and a
+private redis-server:
+
+1. Memory of idle actors: resident set size (RSS) before and after creating one supervised
+   actor per symbol (``Engine._actor``, as the first intent for a symbol would) and waiting
+   until each is parked on its empty mailbox. Then the same on a second engine under
+   tracemalloc, for the Python-heap share and where it goes.
+2. Opens one protected long per symbol, all at once, and reports RSS with that many
+   positions. The fake venue lives in this process, so that figure includes the venue's own
+   bookkeeping (it would be in another process in production): an upper bound.
+3. Times ``--audits`` full audits (``Engine.audit_now``) of all positions, stop orders and
+   records, at 20 ms REST and with the venue's latency set to 0, next to the venue's own
+   latency (an audit makes two REST calls: fetch_positions, fetch_open_orders) and a
+   breakdown of the audit's parts.
+
+Prints tables; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from actors.reconcile import assess
+from actors.records import PositionRecord
+from actors.store import RedisStore
+from streams.events import Order, Position
+from streams.fake_venue import synthetic_markets
+from supervisor.engine import Engine
+from supervisor.redis_server import start_redis_server
+from tests.bench.common import machine, ms, percentile, print_table, rss_bytes
+from tests.bench.fleet import (
+    REST_LATENCY,
+    check_venue,
+    fleet_venue,
+    open_positions,
+    quiet_logging,
+    run_async,
+    running_engine,
+    steady,
+    wait_idle,
+)
+
+KIB = 1024
+MIB = 1024 * 1024
+TARGET_ACTOR_BYTES = 50 * KIB
+TARGET_AUDIT_SECONDS = 2.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settled_rss() -> int:
+    """RSS after a full collection (so garbage waiting for the collector is not counted)."""
+    gc.collect()
+    return rss_bytes()
+
+
+async def idle_actors(engine: Engine, symbols: list[str]) -> float:
+    """Create one supervised actor per symbol and wait until all are parked; wall seconds."""
+    started = time.perf_counter()
+    for symbol in symbols:
+        engine._actor(symbol)
+    await wait_idle(engine.actors[s] for s in symbols)
+    return time.perf_counter() - started
+
+
+async def traced_actors(redis_url: str, count: int, symbols: list[str]) -> tuple[int, list[tuple[str, int]]]:
+    """Python-heap bytes of ``len(symbols)`` idle actors on a second engine (its own venue and
+    account) under tracemalloc, and the files that allocated most of it."""
+    async with fleet_venue(count, seed=12) as venue, running_engine(redis_url, venue, "scale-traced") as booted:
+        engine = booted.engine
+        await steady(engine)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        await idle_actors(engine, symbols)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+    stats = after.compare_to(before, "filename")
+    total = sum(s.size_diff for s in stats)
+    top = [(s.traceback[0].filename, s.size_diff) for s in stats[:6]]
+    return total, top
+
+
+def short_path(path: str) -> str:
+    """A source file's path from its package (``anyio/streams/memory.py``, ``asyncio/locks.py``)."""
+    if path == "<string>":
+        return "<string> (generated __init__s: anyio's memory-stream state)"
+    parts = Path(path).parts
+    for anchor in ("site-packages", "dist-packages"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor) + 1:])
+    if path.startswith(str(REPO) + "/"):
+        return path[len(str(REPO)) + 1:]
+    for index, part in enumerate(parts):
+        if part.startswith("python3"):
+            return "/".join(parts[index + 1:])
+    return path
+
+
+async def timed(calls: int, make: Callable[[], Awaitable[Any]]) -> list[float]:
+    """Wall seconds of ``calls`` sequential awaits of ``make()``."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await make()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def run(redis_url: str, count: int, audits: int) -> None:
+    symbols = list(synthetic_markets(count))
+    async with fleet_venue(count) as venue, running_engine(redis_url, venue, "scale") as booted:
+        engine = booted.engine
+        await steady(engine)
+        await anyio.sleep(0.2)
+
+        # 1. idle actors: RSS
+        rss_base = settled_rss()
+        create_s = await idle_actors(engine, symbols)
+        await anyio.sleep(0.2)
+        rss_idle = settled_rss()
+        per_actor = (rss_idle - rss_base) / count
+
+        # 2. one protected position per symbol
+        opened = await open_positions(engine, symbols, "scale")
+        check_venue(venue, symbols)
+        await anyio.sleep(0.5)  # let the last pushes reach the board and the event cache
+        rss_positions = settled_rss()
+
+        # 3. full audits
+        rows = []
+        audit_times: dict[float, list[float]] = {}
+        orders_seen = await venue.fetch_open_orders()
+        for latency in (REST_LATENCY, 0.0):
+            venue.knobs.rest_latency = latency
+            reports = []
+            times = []
+            for _ in range(audits):
+                started = time.perf_counter()
+                report = await engine.audit_now()
+                times.append(time.perf_counter() - started)
+                if report is None:
+                    raise SystemExit("an audit could not read the venue or Redis")
+                reports.append(report)
+            audit_times[latency] = times
+            venue_s = 2 * latency
+            last = reports[-1]
+            rows.append([
+                f"{latency * 1000:.0f} ms", str(last.positions), str(len(orders_seen)), str(last.records),
+                str(sum(len(r.findings) for r in reports)), ms(percentile(times, 50)), ms(max(times)),
+                ms(venue_s), ms(percentile(times, 50) - venue_s), ms(max(times) - venue_s),
+            ])
+
+        # what one audit spends its time on (venue latency 0: the fake venue's own CPU only)
+        venue.knobs.rest_latency = 0.0
+        positions: list[Position] = await venue.fetch_positions()
+        orders: list[Order] = await venue.fetch_open_orders()
+        records: list[PositionRecord] = await engine.store.list_records()
+        by_symbol = {p.symbol: p for p in positions}
+        stops: dict[str, list[Order]] = {}
+        for order in orders:
+            stops.setdefault(order.symbol, []).append(order)
+        by_record = {r.symbol: r for r in records}
+
+        store = engine.store
+        assert isinstance(store, RedisStore)
+        symbols_in_redis = sorted(await store.client.smembers(store.keys.positions))
+
+        async def read_hashes() -> list[dict[str, str]]:
+            async with store.client.pipeline(transaction=False) as pipe:
+                replies = [pipe.hgetall(store.keys.position(symbol)) for symbol in symbols_in_redis]
+            return [dict(await reply) for reply in replies]
+
+        hashes = await read_hashes()
+
+        async def parse_records() -> None:
+            for fields in hashes:
+                PositionRecord.from_fields(fields)
+
+        async def assess_all() -> None:
+            for symbol in sorted(set(by_symbol) | set(by_record)):
+                assess(symbol, by_record.get(symbol), by_symbol.get(symbol), stops.get(symbol, []), actor_busy=False)
+
+        parts = [
+            ("venue fetch_positions (fake venue's CPU, 0 ms REST)", await timed(audits, venue.fetch_positions)),
+            ("venue fetch_open_orders (fake venue's CPU, 0 ms REST)", await timed(audits, venue.fetch_open_orders)),
+            (f"Redis list_records ({len(records)} records)", await timed(audits, engine.store.list_records)),
+            (f"  of which: {len(hashes)} HGETALL in 1 pipeline (coredis)", await timed(audits, read_hashes)),
+            (f"  of which: {len(hashes)} x PositionRecord.from_fields", await timed(audits, parse_records)),
+            (f"assess {len(by_symbol | by_record)} symbols (pure CPU)", await timed(audits, assess_all)),
+        ]
+        venue.knobs.rest_latency = REST_LATENCY
+
+    traced, top = await traced_actors(redis_url, count, symbols)
+
+    print_table(
+        f"memory: {count} idle supervised actors (resident set size of this process, after gc.collect())",
+        ["measure", "value", "target"],
+        [
+            ["RSS before (engine up, streams on, no actors)", f"{rss_base / MIB:.1f} MiB", ""],
+            [f"RSS with {count} idle actors", f"{rss_idle / MIB:.1f} MiB", ""],
+            ["RSS per idle actor", f"{per_actor / KIB:.1f} KiB",
+             f"<= 50 KiB: {'met' if per_actor <= TARGET_ACTOR_BYTES else 'NOT met'}"],
+            ["Python heap per idle actor (tracemalloc)", f"{traced / count / KIB:.1f} KiB", ""],
+            [f"time to create {count} actors and reach their mailbox wait", ms(create_s), ""],
+            [f"RSS with {count} protected positions (+ fake venue in-process)", f"{rss_positions / MIB:.1f} MiB", ""],
+            ["  growth per position over idle actors (upper bound)",
+             f"{(rss_positions - rss_idle) / count / KIB:.1f} KiB", ""],
+            [f"time to open {count} positions at once (20 ms REST)", ms(opened.seconds), ""],
+        ],
+    )
+    print_table(
+        "where an idle actor's Python heap goes (tracemalloc, by file, per actor)",
+        ["file", "bytes per actor"],
+        [[short_path(name), f"{size / count:.0f}"] for name, size in top],
+    )
+    print_table(
+        f"full audit of {count} positions + stop orders + records (Engine.audit_now, {audits} runs per row, wall clock)",
+        ["venue REST", "positions", "open stop orders", "records", "findings", "p50", "max", "venue latency (2 calls)",
+         "p50 - venue", "max - venue"],
+        rows,
+    )
+    met = max(audit_times[REST_LATENCY]) - 2 * REST_LATENCY <= TARGET_AUDIT_SECONDS
+    print(f"target: under {TARGET_AUDIT_SECONDS:.0f} s plus the venue's latency: {'met' if met else 'NOT met'} "
+          f"(worst {ms(max(audit_times[REST_LATENCY]))} at 20 ms REST)")
+    print_table(
+        f"an audit's parts, each timed alone ({audits} runs; REST latency 0)",
+        ["part", "p50", "max"],
+        [[name, ms(percentile(times, 50)), ms(max(times))] for name, times in parts],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, default=1000)
+    parser.add_argument("--audits", type=int, default=11)
+    args = parser.parse_args()
+    quiet_logging()
+    print(f"machine: {machine()}")
+    print("asyncio backend, real time; Redis is a private redis-server on this machine")
+    started = time.perf_counter()
+    with start_redis_server() as server:
+        run_async(run, server.url, args.symbols, args.audits)
+    print(f"\nbenchmark wall time {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
