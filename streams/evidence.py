@@ -45,7 +45,7 @@ class EvidenceBoard:
         self.stale_after = stale_after
         self._max_orders = max_orders
         self._orders: OrderedDict[str, Order] = OrderedDict()
-        self._fills: dict[str, list[Execution]] = {}  # by client order id
+        self._fills: OrderedDict[str, list[Execution]] = OrderedDict()  # by client order id, capped like orders
         self._executions: dict[str, deque[Execution]] = {}  # by symbol
         self._executions_cap = executions_per_symbol
         self._positions: dict[str, Position] = {}
@@ -74,7 +74,12 @@ class EvidenceBoard:
                 if all(e.exec_id != event.exec_id for e in ring):
                     ring.append(event)
                     if event.client_order_id:
-                        self._fills.setdefault(event.client_order_id, []).append(event)
+                        fills = self._fills.get(event.client_order_id)
+                        if fills is None:
+                            fills = self._fills[event.client_order_id] = []
+                            if len(self._fills) > self._max_orders:
+                                self._fills.popitem(last=False)  # ids of other tools, old stops
+                        fills.append(event)
                 self._wake(event.symbol)
             case Position():
                 self._seen("positions")
