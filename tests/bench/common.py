@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+
+from supervisor.demo import percentile
+
+__all__ = ["machine", "ms", "percentile", "print_table", "rss_bytes"]
 
 
 def machine() -> str:
@@ -31,15 +34,6 @@ def machine() -> str:
         redis = "missing"
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"redis-server {redis}, {platform.system()} {platform.release()}")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (inclusive method); NaN for no values."""
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return float(values[0])
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 def rss_bytes() -> int:
