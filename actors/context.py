@@ -8,11 +8,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from actors.records import PositionRecord
-from actors.settings import ActorSettings
-from actors.store import Store
-from streams.evidence import EvidenceBoard
-from streams.venue import MarketRules, Venue
+from posguard.actors.records import PositionRecord
+from posguard.actors.settings import ActorSettings
+from posguard.actors.store.positions import Store
+from posguard.streams.ingestion.evidence import EvidenceBoard
+from posguard.streams.venue.protocol import MarketRules, Venue
 
 log = logging.getLogger("posguard.alert")
 

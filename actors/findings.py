@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from streams.events import Position
+from posguard.streams.venue.events import Position
 
 FindingKind = Literal[
     "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop"

@@ -12,9 +12,9 @@ from typing import Literal
 
 import msgspec
 
-from actors.records import utc_now
-from streams.events import OrderSide
-from streams.venue import MarketRules
+from posguard.actors.records import utc_now
+from posguard.streams.venue.events import OrderSide
+from posguard.streams.venue.protocol import MarketRules
 
 INTENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 

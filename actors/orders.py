@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from streams.backoff import Deadline, sleep_within
-from actors.context import ActorContext
-from actors.records import PositionRecord
-from streams.errors import DuplicateClientOrderId, VenueUnavailable
-from streams.events import Order
+from posguard.streams.backoff import Deadline, sleep_within
+from posguard.actors.context import ActorContext
+from posguard.actors.records import PositionRecord
+from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
+from posguard.streams.venue.events import Order
 
 log = logging.getLogger("posguard.actor")
 

@@ -17,15 +17,15 @@ from typing import Literal
 
 import anyio
 
-from actors import ids
-from streams.backoff import Deadline
-from actors.closing import close_position, settle_closed
-from actors.context import ActorContext
-from actors.orders import send_once
-from actors.records import PositionRecord, State, utc_now
-from streams.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
-from streams.events import Position, closing_side, position_side_of
-from streams.venue import StopRequest
+from posguard.actors import ids
+from posguard.streams.backoff import Deadline
+from posguard.actors.lifecycle.closing import close_position, settle_closed
+from posguard.actors.context import ActorContext
+from posguard.actors.orders import send_once
+from posguard.actors.records import PositionRecord, State, utc_now
+from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
+from posguard.streams.venue.events import Position, closing_side, position_side_of
+from posguard.streams.venue.protocol import StopRequest
 
 log = logging.getLogger("posguard.actor")
 

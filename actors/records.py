@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from streams.events import OrderSide
+from posguard.streams.venue.events import OrderSide
 
 
 class State(enum.StrEnum):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from streams.backoff import Backoff
+from posguard.streams.backoff import Backoff
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 

@@ -22,12 +22,12 @@ from typing import Literal
 import anyio
 import msgspec
 
-from streams.backoff import Deadline
-from actors.context import ActorContext
-from actors.records import PositionRecord
-from streams.errors import VenueUnavailable
-from streams.events import Execution, Order, Position, closing_side, position_side_of
-from streams.evidence import newer_order
+from posguard.streams.backoff import Deadline
+from posguard.actors.context import ActorContext
+from posguard.actors.records import PositionRecord
+from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.events import Execution, Order, Position, closing_side, position_side_of
+from posguard.streams.ingestion.evidence import newer_order
 
 log = logging.getLogger("posguard.actor")
 

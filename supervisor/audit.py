@@ -16,12 +16,12 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
-from actors.findings import Finding
-from actors.lifecycle import SymbolActor
-from actors.reconcile import assess
-from actors.store import Store
-from streams.events import Order, Position
-from streams.venue import Venue
+from posguard.actors.findings import Finding
+from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.lifecycle.repairs import assess
+from posguard.actors.store.positions import Store
+from posguard.streams.venue.events import Order, Position
+from posguard.streams.venue.protocol import Venue
 
 log = logging.getLogger("posguard.audit")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.config import Config, ConfigError, load_config
-from supervisor.redis_server import RedisServerMissing, start_redis_server
+from posguard.supervisor.config import Config, ConfigError, load_config
+from posguard.supervisor.redis_server import RedisServerMissing, start_redis_server
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, help="the simulated venue's random seed")
     demo.add_argument("--venue", choices=["fake", "emulator"], default="fake",
                       help="fake: the built-in simulated venue; emulator: real ccxt.pro against the "
-                           "local Bybit emulator (from a source checkout)")
+                           "local Bybit emulator (shipped with posguard)")
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
 
     commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 def _operator(config: Config, args: argparse.Namespace) -> int:
     import uuid
 
-    from supervisor import operator
-    from supervisor.config import load_secrets
+    from posguard.supervisor import operator
+    from posguard.supervisor.config import load_secrets
 
     if not config.redis.url:
         raise ConfigError(f"redis.url: 'posguard {args.command}' reads the Redis that posguard run uses (set redis.url)")
@@ -116,7 +116,7 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
 def _configure_logging(config: Config, args: argparse.Namespace) -> None:
     import os
 
-    from supervisor.logs import configure_logging
+    from posguard.supervisor.logs import configure_logging
 
     level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[
         config.log.level
@@ -133,8 +133,8 @@ def _configure_logging(config: Config, args: argparse.Namespace) -> None:
 
 
 def _run(config: Config) -> int:
-    from supervisor.config import load_secrets
-    from supervisor.service import run_service
+    from posguard.supervisor.config import load_secrets
+    from posguard.supervisor.service import run_service
 
     if not config.redis.url:
         raise ConfigError("redis.url: 'posguard run' needs a Redis that outlives it (set redis.url)")
@@ -145,7 +145,7 @@ def _run(config: Config) -> int:
 def _demo(config: Config, args: argparse.Namespace) -> int:
     import msgspec
 
-    from supervisor.demo import run_demo
+    from posguard.supervisor.demo import run_demo
 
     overrides = {k: v for k in ("positions", "symbols", "seed") if (v := getattr(args, k)) is not None}
     if overrides:

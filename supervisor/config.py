@@ -14,9 +14,9 @@ from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
 
-from actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
-from supervisor.risk import RiskLimits
-from supervisor.supervision import AuditSettings, SupervisorSettings
+from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from posguard.supervisor.risk import RiskLimits
+from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]

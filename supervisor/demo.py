@@ -21,17 +21,17 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from actors.intents import CloseIntent, OpenIntent
-from actors.records import PositionRecord, State
-from actors.store import RedisStore
-from streams.event_cache import RedisEventCache
-from streams.fake_venue import DEFAULT_MARKETS, FakeVenue, FaultKnobs
-from streams.keys import Keys
-from streams.lag import Lag
-from streams.redis_client import open_redis, redact_url
-from streams.venue import Venue
-from supervisor.config import Config
-from supervisor.engine import Engine
+from posguard.actors.intents import CloseIntent, OpenIntent
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.positions import RedisStore
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.streams.simulated.venue import DEFAULT_MARKETS, FakeVenue, FaultKnobs
+from posguard.actors.store.keys import Keys
+from posguard.streams.simulated.lag import Lag
+from posguard.actors.store.client import open_redis, redact_url
+from posguard.streams.venue.protocol import Venue
+from posguard.supervisor.config import Config
+from posguard.supervisor.engine import Engine
 
 DEMO_ACCOUNT = "demo"
 
@@ -130,7 +130,7 @@ async def open_demo_venue(config: Config, kind: str) -> AsyncIterator[DemoVenue]
         async with FakeVenue(seed=config.demo.seed, knobs=demo_knobs()) as venue:
             yield FakeDemoVenue(venue)
         return
-    from supervisor.demo_emulator import open_emulator_demo_venue
+    from posguard.supervisor.demo_emulator import open_emulator_demo_venue
 
     async with open_emulator_demo_venue(config) as view:
         yield view

@@ -1,41 +1,29 @@
 """`posguard demo --venue emulator`: the demo through real ccxt.pro and the Bybit emulator.
 
-The emulator lives with the tests (tests/emulator/, it is test tooling, not shipped code), so
-this mode runs from a source checkout, which is what ``./dev demo --venue emulator`` is. It is
-started in this process on a free 127.0.0.1 port; nothing leaves the machine.
+The emulator ships with posguard (`posguard.streams.emulators.bybit`, also runnable alone as
+``posguard emulator``). It is started in this process on a free 127.0.0.1 port; nothing leaves
+the machine.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from supervisor.config import Config, ConfigError
-
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _import_emulator() -> Any:
-    if not (SOURCE_ROOT / "tests" / "emulator").is_dir():
-        raise ConfigError("--venue emulator needs a source checkout (tests/emulator/ is not installed)")
-    if str(SOURCE_ROOT) not in sys.path:
-        sys.path.insert(0, str(SOURCE_ROOT))
-    import tests.emulator as emulator
-
-    return emulator
-
+from posguard.streams.ccxt_adapter.venue import CcxtVenue
+from posguard.streams.emulators.bybit.client import bybit_venue
+from posguard.streams.emulators.bybit.server import EmulatorServer, running_emulator
+from posguard.supervisor.config import Config
 
 class EmulatorDemoVenue:
     description = "the local Bybit V5 emulator through real ccxt.pro"
     faults = "position list lags 1 s, 1 % pushes dropped, 2 % REST errors (5xx and rate limits)"
 
-    def __init__(self, emu: Any, venue: Any) -> None:
+    def __init__(self, emu: EmulatorServer, venue: CcxtVenue) -> None:
         self.emu = emu
         self.venue = venue
         self._since: dict[str, float] = {}
@@ -89,10 +77,7 @@ class EmulatorDemoVenue:
 
 @asynccontextmanager
 async def open_emulator_demo_venue(config: Config) -> AsyncIterator[EmulatorDemoVenue]:
-    emulator = _import_emulator()
-    from tests.emulator.fixtures import bybit_venue
-
-    async with emulator.running_emulator(seed=config.demo.seed) as emu, bybit_venue(emu) as venue:
+    async with running_emulator(seed=config.demo.seed) as emu, bybit_venue(emu) as venue:
         emu.faults.position_list_lag = 1.0
         emu.faults.push_drop = {"position": 0.01, "order": 0.01, "execution": 0.01}
         emu.faults.rest_error_rate = 0.01

@@ -29,10 +29,10 @@ import coredis.exceptions
 import msgspec
 from anyio.abc import TaskStatus
 
-from actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
-from actors.lifecycle import Ticket
-from streams.keys import Keys
-from supervisor.engine import Engine
+from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
+from posguard.actors.lifecycle.actor import Ticket
+from posguard.actors.store.keys import Keys
+from posguard.supervisor.engine import Engine
 
 log = logging.getLogger("posguard.intake")
 

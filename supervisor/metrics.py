@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from actors.findings import Finding
-from actors.records import PositionRecord, State
-from streams.evidence import EvidenceBoard
+from posguard.actors.findings import Finding
+from posguard.actors.records import PositionRecord, State
+from posguard.streams.ingestion.evidence import EvidenceBoard
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 UNPROTECTED_STATES = frozenset({State.OPEN, State.EMERGENCY_CLOSING})

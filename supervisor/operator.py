@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 import anyio
 import coredis
 
-from actors.records import PositionRecord
-from streams.keys import Keys
-from streams.redis_client import open_redis
-from supervisor.config import Config, Secrets
+from posguard.actors.records import PositionRecord
+from posguard.actors.store.keys import Keys
+from posguard.actors.store.client import open_redis
+from posguard.supervisor.config import Config, Secrets
 
 Out = Callable[[str], None]
 ALIVE_WITHIN_MS = 5_000
@@ -81,8 +81,8 @@ async def status(config: Config, out: Out = print) -> int:
 
 
 async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: Out = print) -> int:
-    from supervisor.audit import Auditor
-    from supervisor.service import open_venue
+    from posguard.supervisor.audit import Auditor
+    from posguard.supervisor.service import open_venue
 
     keys = Keys(config.account.name)
     async with open_redis(config.redis.url) as client:
@@ -90,7 +90,7 @@ async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: 
         if not dry_run and _alive(health):
             out(f"asking the running posguard (pid {health.get('pid', '?')}) to audit now ...")
             return await _audit_by_the_running_process(client, keys, out)
-        from actors.store import RedisStore
+        from posguard.actors.store.positions import RedisStore
 
         store = RedisStore(client, config.account.name)
         async with open_venue(config, secrets) as venue:
@@ -114,7 +114,7 @@ def _no_actor(symbol: str):  # noqa: ANN202 - a dry run never repairs
 
 
 async def _audit_here(config: Config, venue, store):  # noqa: ANN001, ANN202
-    from supervisor.engine import Engine
+    from posguard.supervisor.engine import Engine
 
     engine = Engine(venue=venue, store=store, cache=None, settings=config.actor_settings(),
                     supervisor=config.supervisor, audit=config.audit, stale_after=config.streams.stale_after)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from actors.intents import IntentRefused, OpenIntent
+from posguard.actors.intents import IntentRefused, OpenIntent
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 

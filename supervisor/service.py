@@ -17,14 +17,14 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from actors.store import RedisStore
-from streams.event_cache import RedisEventCache
-from streams.redis_client import open_redis, redact_url
-from streams.venue import Venue
-from supervisor.config import Config, Secrets
-from supervisor.engine import Engine
-from supervisor.intake import IntentIntake
-from supervisor.metrics import Metrics
+from posguard.actors.store.positions import RedisStore
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.actors.store.client import open_redis, redact_url
+from posguard.streams.venue.protocol import Venue
+from posguard.supervisor.config import Config, Secrets
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.intake import IntentIntake
+from posguard.supervisor.metrics import Metrics
 
 log = logging.getLogger("posguard.service")
 
@@ -32,12 +32,12 @@ log = logging.getLogger("posguard.service")
 @asynccontextmanager
 async def open_venue(config: Config, secrets: Secrets | None) -> AsyncIterator[Venue]:
     if config.venue.kind == "fake":
-        from streams.fake_venue import FakeVenue
+        from posguard.streams.simulated.venue import FakeVenue
 
         async with FakeVenue(seed=config.demo.seed) as venue:
             yield venue
         return
-    from supervisor.venues import open_ccxt_venue
+    from posguard.supervisor.venues import open_ccxt_venue
 
     assert secrets is not None
     venue = open_ccxt_venue(config, secrets)

@@ -8,9 +8,9 @@ the adapter refuses (one URL override without the other, a URL with a path) is r
 
 from __future__ import annotations
 
-from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, ConfigRefused
-from streams.ccxt_venue import CcxtVenue
-from supervisor.config import Config, ConfigError, Secrets
+from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
+from posguard.streams.ccxt_adapter.venue import CcxtVenue
+from posguard.supervisor.config import Config, ConfigError, Secrets
 
 
 def ccxt_venue_config(config: Config) -> CcxtVenueConfig:

@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    from supervisor.redis_server import RedisServerMissing, start_redis_server
+    from posguard.supervisor.redis_server import RedisServerMissing, start_redis_server
 
     try:
         server = start_redis_server()

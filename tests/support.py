@@ -10,14 +10,14 @@ from typing import Any
 
 import anyio
 
-from actors.intents import OpenIntent
-from actors.records import PositionRecord, State
-from actors.settings import ActorSettings
-from actors.store import RedisStore
-from streams.event_cache import RedisEventCache
-from streams.fake_venue import FakeVenue
-from streams.redis_client import open_redis
-from supervisor.engine import Engine
+from posguard.actors.intents import OpenIntent
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.settings import ActorSettings
+from posguard.actors.store.positions import RedisStore
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.streams.simulated.venue import FakeVenue
+from posguard.actors.store.client import open_redis
+from posguard.supervisor.engine import Engine
 from tests.clock import IOAwareMockClock
 
 ACCOUNT = "test"
@@ -75,7 +75,7 @@ def open_intent(
 ) -> OpenIntent:
     """An entry with a stop 2 % away from the fake venue's starting price (default size:
     0.01, or the symbol's minimum if that is larger)."""
-    from streams.fake_venue import DEFAULT_MARKETS
+    from posguard.streams.simulated.venue import DEFAULT_MARKETS
 
     price, rules = DEFAULT_MARKETS[symbol]
     qty = qty if qty is not None else max(0.01, rules.min_qty)

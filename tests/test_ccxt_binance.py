@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from streams.ccxt_config import ApiCredentials, CcxtVenueConfig
-from streams.ccxt_mapping import CcxtDict, to_execution, to_order, to_position
-from streams.ccxt_venue import CcxtVenue
-from streams.errors import (
+from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
+from posguard.streams.ccxt_adapter.mapping import CcxtDict, to_execution, to_order, to_position
+from posguard.streams.ccxt_adapter.venue import CcxtVenue
+from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
     NothingToReduce,
     OrderRejected,
@@ -25,11 +25,11 @@ from streams.errors import (
     StopWouldTrigger,
     VenueUnavailable,
 )
-from streams.events import Topic
-from streams.venue import OrderRequest, StopRequest
+from posguard.streams.venue.events import Topic
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from tests import binance_recorded as rec
 from tests.binance_recorded import BinanceReplay, error
-from tests.emulator.fixtures import loopback_network_only  # noqa: F401
+from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
 

@@ -11,9 +11,9 @@ import socket
 
 import pytest
 
-from streams.ccxt_config import ApiCredentials, CcxtVenueConfig, ConfigRefused
-from streams.ccxt_venue import CcxtVenue
-from tests.emulator.fixtures import FAST_STREAMS, loopback_network_only  # noqa: F401
+from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
+from posguard.streams.ccxt_adapter.venue import CcxtVenue
+from tests.emulator_fixtures import FAST_STREAMS, loopback_network_only  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("loopback_network_only")
 
@@ -50,8 +50,8 @@ def test_with_overrides_every_url_is_the_emulator(exchange: str) -> None:
 
 
 def test_the_test_helpers_config_is_loopback_only() -> None:
-    from tests.emulator.fixtures import emulator_config
-    from tests.emulator.server import EmulatorServer
+    from tests.emulator_fixtures import emulator_config
+    from posguard.streams.emulators.bybit.server import EmulatorServer
 
     config = emulator_config(EmulatorServer())
     assert config.loopback_only and config.rest_url.startswith("http://127.0.0.1:")
@@ -93,8 +93,8 @@ def test_the_network_guard_refuses_anything_but_loopback() -> None:
 
 
 def test_the_supervisors_venue_section_maps_onto_the_adapter_config() -> None:
-    from supervisor.config import ConfigError, Secrets, parse_config
-    from supervisor.venues import ccxt_venue_config, open_ccxt_venue
+    from posguard.supervisor.config import ConfigError, Secrets, parse_config
+    from posguard.supervisor.venues import ccxt_venue_config, open_ccxt_venue
 
     config = parse_config(
         '[account]\nname = "acct-1"\n[venue]\nkind = "bybit"\ntestnet = false\n'

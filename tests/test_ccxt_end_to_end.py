@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from actors.intents import OpenIntent
-from actors.records import PositionRecord, State
-from actors.settings import ActorSettings
-from streams.ccxt_venue import CcxtVenue
-from supervisor.engine import Engine
-from tests.emulator import EmulatorServer, ScriptedFailure, running_emulator
-from tests.emulator.fixtures import bybit_venue, loopback_network_only  # noqa: F401
+from posguard.actors.intents import OpenIntent
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.settings import ActorSettings
+from posguard.streams.ccxt_adapter.venue import CcxtVenue
+from posguard.supervisor.engine import Engine
+from posguard.streams.emulators.bybit import EmulatorServer, ScriptedFailure, running_emulator
+from tests.emulator_fixtures import bybit_venue, loopback_network_only  # noqa: F401
 from tests.support import running_engine
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]

@@ -12,18 +12,18 @@ import logging
 import ccxt.async_support as ccxt
 import pytest
 
-from streams.ccxt_config import ApiCredentials
-from streams.ccxt_errors import clock_rejected, redact, translate
-from streams.errors import (
+from posguard.streams.ccxt_adapter.config import ApiCredentials
+from posguard.streams.ccxt_adapter.errors import clock_rejected, redact, translate
+from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
     OrderRejected,
     RateLimited,
     VenueAuthFailed,
     VenueUnavailable,
 )
-from streams.venue import OrderRequest
-from tests.emulator import DEFAULT_API_SECRET, ScriptedFailure, running_emulator
-from tests.emulator.fixtures import bybit_venue, loopback_network_only, truth_order  # noqa: F401
+from posguard.streams.venue.protocol import OrderRequest
+from posguard.streams.emulators.bybit import DEFAULT_API_SECRET, ScriptedFailure, running_emulator
+from tests.emulator_fixtures import bybit_venue, loopback_network_only, truth_order  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
 

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import anyio
 import pytest
 
-from streams.ccxt_hooks import acknowledged_topics
-from streams.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent
-from streams.venue import OrderRequest, StopRequest
-from tests.emulator import running_emulator
-from tests.emulator.fixtures import (  # noqa: F401
+from posguard.streams.ccxt_adapter.hooks import acknowledged_topics
+from posguard.streams.venue.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.streams.emulators.bybit import running_emulator
+from tests.emulator_fixtures import (  # noqa: F401
     StreamRecorder,
     bybit_venue,
     loopback_network_only,

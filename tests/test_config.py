@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import Config, ConfigError, load_config, load_secrets, parse_config
+from posguard.supervisor.config import Config, ConfigError, load_config, load_secrets, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> No
     bad = tmp_path / "config.toml"
     bad.write_text("[redis]\nurll = 'redis://x'\n")
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "--config", str(bad), "demo"],
+        [sys.executable, "-m", "posguard.supervisor.cli", "--config", str(bad), "demo"],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
     assert result.returncode == 2

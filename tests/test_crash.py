@@ -27,11 +27,11 @@ import anyio
 import coredis
 import pytest
 
-from actors import ids
-from actors.records import PositionRecord, State
-from streams.keys import Keys
-from tests.emulator import EmulatorServer, running_emulator
-from tests.emulator.fixtures import loopback_network_only  # noqa: F401
+from posguard.actors import ids
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.keys import Keys
+from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
+from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
 
@@ -106,7 +106,7 @@ async def start_posguard(config: Path, failpoints: str = "") -> anyio.abc.Proces
     env = dict(os.environ, POSGUARD_API_KEY="emulator-key", POSGUARD_API_SECRET="emulator-secret",
                POSGUARD_FAILPOINTS=failpoints)
     return await anyio.open_process(
-        [sys.executable, "-m", "supervisor.cli", "--config", str(config), "run"],
+        [sys.executable, "-m", "posguard.supervisor.cli", "--config", str(config), "run"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=LOG.open("ab"),
     )
 

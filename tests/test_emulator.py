@@ -12,10 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from supervisor.redis_server import free_port
-from tests.emulator import running_emulator
-from tests.emulator.engine import Engine, VenueReject
-from tests.emulator.fixtures import loopback_network_only  # noqa: F401
+from posguard.supervisor.redis_server import free_port
+from posguard.streams.emulators.bybit import running_emulator
+from posguard.streams.emulators.bybit.engine import Engine, VenueReject
+from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("loopback_network_only")
 
@@ -54,7 +54,7 @@ async def test_control_api_moves_prices_sets_faults_and_tells_the_truth() -> Non
 def test_runs_on_its_own_from_the_command_line() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.emulator", "--port", str(port)],
+        [sys.executable, "-m", "posguard.streams.emulators.bybit", "--port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from actors.intents import CloseIntent
-from actors.records import State
-from actors.settings import ActorSettings, VerificationSettings
-from streams.errors import OrderRejected, VenueUnavailable
-from streams.fake_venue import FakeVenue, FaultKnobs
-from streams.lag import Lag
+from posguard.actors.intents import CloseIntent
+from posguard.actors.records import State
+from posguard.actors.settings import ActorSettings, VerificationSettings
+from posguard.streams.venue.errors import OrderRejected, VenueUnavailable
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated.lag import Lag
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 

@@ -10,13 +10,13 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from actors.records import State
-from streams.fake_venue import FakeVenue, FaultKnobs
-from streams.keys import Keys
-from streams.lag import Lag
-from supervisor.engine import Engine
-from supervisor.intake import IntentIntake
-from supervisor.risk import RiskLimits
+from posguard.actors.records import State
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.actors.store.keys import Keys
+from posguard.streams.simulated.lag import Lag
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.intake import IntentIntake
+from posguard.supervisor.risk import RiskLimits
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, running_engine, wait_streams_healthy
 

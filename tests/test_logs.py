@@ -6,10 +6,10 @@ import io
 import json
 import logging
 
-from actors.records import PositionRecord, State
-from streams.redis_client import redact_url
-from supervisor.engine import _log_transition
-from supervisor.logs import JsonFormatter, KeyValueFormatter, RedactSecrets
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.client import redact_url
+from posguard.supervisor.engine import _log_transition
+from posguard.supervisor.logs import JsonFormatter, KeyValueFormatter, RedactSecrets
 
 SECRET = "s3cr3t-api-secret-value"
 

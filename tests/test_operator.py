@@ -11,15 +11,15 @@ import coredis
 import pytest
 import yaml
 
-from actors.records import PositionRecord, State
-from actors.store import RedisStore
-from streams.fake_venue import FakeVenue, FaultKnobs
-from streams.keys import Keys
-from streams.lag import Lag
-from supervisor import operator
-from supervisor.config import Config, parse_config
-from supervisor.metrics import Metrics
-from supervisor.redis_server import free_port
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.positions import RedisStore
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.actors.store.keys import Keys
+from posguard.streams.simulated.lag import Lag
+from posguard.supervisor import operator
+from posguard.supervisor.config import Config, parse_config
+from posguard.supervisor.metrics import Metrics
+from posguard.supervisor.redis_server import free_port
 from tests.clock import IOAwareMockClock
 from tests.support import open_intent, running_engine, wait_streams_healthy
 
@@ -131,7 +131,7 @@ def test_alert_rules_parse_and_name_only_metrics_that_exist() -> None:
 
 @pytest.mark.asyncio_backend
 async def test_readme_redis_schema_matches_what_the_demo_writes(redis_url: str) -> None:
-    from supervisor.demo import run_demo
+    from posguard.supervisor.demo import run_demo
 
     config = parse_config("[demo]\npositions = 3\nsymbols = 2\nhold_seconds = 0\n")
     assert await run_demo(config, redis_url, out=lambda _line: None) == 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from actors.records import State
-from streams.fake_venue import FakeVenue, FaultKnobs
-from streams.lag import Lag
-from supervisor.redis_server import restart_redis_server, start_redis_server
-from supervisor.supervision import SupervisorSettings
+from posguard.actors.records import State
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated.lag import Lag
+from posguard.supervisor.redis_server import restart_redis_server, start_redis_server
+from posguard.supervisor.supervision import SupervisorSettings
 from tests.support import open_intent, running_engine, wait_streams_healthy
 
 TOPICS = ("positions", "orders", "executions")

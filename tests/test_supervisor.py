@@ -8,14 +8,14 @@ from typing import Any
 import anyio
 import pytest
 
-from actors import ids
-from actors.intents import CloseIntent
-from streams.backoff import Backoff
-from actors.records import PositionRecord, State
-from streams.fake_venue import FakeVenue, FaultKnobs
-from streams.lag import Lag
-from streams.venue import OrderRequest, StopRequest
-from supervisor.supervision import AuditSettings, SupervisorSettings
+from posguard.actors import ids
+from posguard.actors.intents import CloseIntent
+from posguard.streams.backoff import Backoff
+from posguard.actors.records import PositionRecord, State
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated.lag import Lag
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, open_intent, running_engine, wait_streams_healthy
 

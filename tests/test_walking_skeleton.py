@@ -5,10 +5,10 @@ from __future__ import annotations
 import anyio
 import coredis
 
-from actors.records import State
-from streams.fake_venue import FakeVenue, FaultKnobs
-from streams.keys import Keys
-from streams.lag import Lag
+from posguard.actors.records import State
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.actors.store.keys import Keys
+from posguard.streams.simulated.lag import Lag
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 

@@ -28,18 +28,18 @@ import time
 import anyio
 import coredis
 
-from actors.intents import OpenIntent
-from actors.records import PositionRecord, State
-from actors.settings import ActorSettings
-from actors.store import RedisStore
-from streams.event_cache import RedisEventCache
-from streams.events import Execution, Order, Position, VenueEvent
-from streams.fake_venue import FakeVenue, FaultKnobs, synthetic_markets
-from streams.lag import Lag
-from streams.redis_client import open_redis
-from streams.venue import OrderRequest
-from supervisor.engine import Engine
-from supervisor.redis_server import start_redis_server
+from posguard.actors.intents import OpenIntent
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.settings import ActorSettings
+from posguard.actors.store.positions import RedisStore
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.streams.venue.events import Execution, Order, Position, VenueEvent
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs, synthetic_markets
+from posguard.streams.simulated.lag import Lag
+from posguard.actors.store.client import open_redis
+from posguard.streams.venue.protocol import OrderRequest
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.redis_server import start_redis_server
 from tests.bench.common import machine, percentile, print_table
 
 QTY, STOP = 1.0, 9.8

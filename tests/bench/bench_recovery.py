@@ -52,16 +52,16 @@ from pathlib import Path
 
 import anyio
 
-from actors.findings import Finding
-from actors.intents import CloseIntent
-from actors.lifecycle import SymbolActor
-from actors.records import State
-from streams.backoff import Backoff
-from streams.fake_venue import FakeVenue, synthetic_markets
-from supervisor.audit import AuditReport
-from supervisor.engine import Engine
-from supervisor.redis_server import start_redis_server
-from supervisor.supervision import SupervisorSettings
+from posguard.actors.findings import Finding
+from posguard.actors.intents import CloseIntent
+from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.records import State
+from posguard.streams.backoff import Backoff
+from posguard.streams.simulated.venue import FakeVenue, synthetic_markets
+from posguard.supervisor.audit import AuditReport
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.redis_server import start_redis_server
+from posguard.supervisor.supervision import SupervisorSettings
 from tests.bench.common import machine, ms, percentile, print_table
 from tests.bench.fleet import (
     REST_LATENCY,

@@ -39,13 +39,13 @@ from typing import Any
 
 import anyio
 
-from actors.reconcile import assess
-from actors.records import PositionRecord
-from actors.store import RedisStore
-from streams.events import Order, Position
-from streams.fake_venue import synthetic_markets
-from supervisor.engine import Engine
-from supervisor.redis_server import start_redis_server
+from posguard.actors.lifecycle.repairs import assess
+from posguard.actors.records import PositionRecord
+from posguard.actors.store.positions import RedisStore
+from posguard.streams.venue.events import Order, Position
+from posguard.streams.simulated.venue import synthetic_markets
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.redis_server import start_redis_server
 from tests.bench.common import machine, ms, percentile, print_table, rss_bytes
 from tests.bench.fleet import (
     REST_LATENCY,

@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from actors.intents import OpenIntent
-from actors.records import PositionRecord, State
-from actors.settings import ActorSettings
-from streams.errors import VenueUnavailable
-from streams.events import closing_side
-from streams.fake_venue import FakeVenue, FaultKnobs, synthetic_markets
-from streams.lag import Lag
-from streams.venue import OrderRequest, StopRequest
-from supervisor.redis_server import start_redis_server
-from supervisor.supervision import AuditSettings
+from posguard.actors.intents import OpenIntent
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.settings import ActorSettings
+from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.events import closing_side
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs, synthetic_markets
+from posguard.streams.simulated.lag import Lag
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.supervisor.redis_server import start_redis_server
+from posguard.supervisor.supervision import AuditSettings
 from tests.bench.common import machine, ms, percentile, print_table
 from tests.clock import IOAwareMockClock
 from tests.support import running_engine, wait_streams_healthy

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from supervisor.demo import percentile
+from posguard.supervisor.demo import percentile
 
 __all__ = ["machine", "ms", "percentile", "print_table", "rss_bytes"]
 

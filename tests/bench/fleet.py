@@ -23,17 +23,17 @@ from dataclasses import dataclass
 
 import anyio
 
-from actors.context import TransitionObserver
-from actors.intents import OpenIntent
-from actors.lifecycle import SymbolActor, Ticket
-from actors.records import State
-from actors.settings import ActorSettings
-from actors.store import RedisStore
-from streams.event_cache import RedisEventCache
-from streams.fake_venue import FakeVenue, FaultKnobs, synthetic_markets
-from streams.redis_client import open_redis
-from supervisor.engine import Engine
-from supervisor.supervision import AuditSettings, SupervisorSettings
+from posguard.actors.context import TransitionObserver
+from posguard.actors.intents import OpenIntent
+from posguard.actors.lifecycle.actor import SymbolActor, Ticket
+from posguard.actors.records import State
+from posguard.actors.settings import ActorSettings
+from posguard.actors.store.positions import RedisStore
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs, synthetic_markets
+from posguard.actors.store.client import open_redis
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
 PRICE = 10.0  # every synthetic market's starting price
 QTY = 1.0

@@ -1,0 +1,112 @@
+"""Closing a position with reduce-only market orders, until the venue shows it closed.
+
+Used for requested closes and for emergency closes (when no stop could be placed). Each
+attempt has its own client order id, and every attempt is reduce-only, so a retry after a
+lost response can never open or enlarge a position: at worst the venue refuses it with
+`NothingToReduce`, which is the venue's own word that nothing is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import anyio
+
+from posguard.actors import ids
+from posguard.streams.backoff import Deadline, sleep_within
+from posguard.actors.context import ActorContext
+from posguard.actors.orders import look_up, send_once
+from posguard.actors.records import PositionRecord, State, utc_now
+from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueUnavailable
+from posguard.streams.venue.events import Order, closing_side, position_side_of
+from posguard.streams.venue.protocol import OrderRequest
+
+log = logging.getLogger("posguard.actor")
+
+EPSILON = 1e-9
+CloseOutcome = Literal["closed", "nothing_to_reduce"]
+
+
+async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, qty: float) -> CloseOutcome:
+    """Reduce the position by ``qty`` until the venue shows it done. Never gives up.
+
+    ``id_key`` (an intent id) seeds the close orders' client order ids. After
+    `ProtectionSettings.close_alert_after` failed attempts the record goes `unverified`
+    and an alert is raised; the attempts go on with backoff.
+    """
+    settings = ctx.settings.protection
+    delays = settings.close_backoff.delays(ctx.rng)
+    side = closing_side(position_side_of(record.side))
+    remaining = qty
+    failures = 0
+    attempt = 0
+    while True:
+        coid = ids.close_id(ctx.account, id_key, attempt)
+        record.close_client_order_id = coid
+        await ctx.save(record, f"sending reduce-only close {coid} for {remaining}")
+        request = OrderRequest(symbol=record.symbol, side=side, qty=remaining, client_order_id=coid, reduce_only=True)
+        deadline = Deadline(settings.stop_deadline)
+        try:
+            order = await send_once(ctx, record, coid, lambda: ctx.venue.create_order(request), deadline)
+            if order is not None and not order.is_final:
+                order = await _until_final(ctx, record, coid, deadline)
+        except NothingToReduce:
+            return "nothing_to_reduce"
+        except OrderRejected as exc:
+            log.error("%s: close %s rejected: %s", record.symbol, coid, exc.reason)
+            order = None
+        if order is not None and order.filled > EPSILON:
+            remaining -= order.filled
+            if remaining <= EPSILON:
+                return "closed"
+            attempt += 1
+            continue
+        failures += 1
+        attempt += 1
+        if failures == settings.close_alert_after:
+            record.state = State.UNVERIFIED
+            record.reason = f"could not close after {failures} attempts; still trying"
+            await ctx.save(record)
+            await ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
+        await anyio.sleep(next(delays))
+
+
+async def _until_final(ctx: ActorContext, record: PositionRecord, coid: str, deadline: Deadline) -> Order | None:
+    """A market order is final within moments; wait for the venue to say so."""
+    delays = ctx.settings.verification.backoff.delays(ctx.rng)
+    while True:
+        order = await look_up(ctx, record, coid, deadline)
+        if not isinstance(order, Order) or order.is_final:
+            return order if isinstance(order, Order) else None
+        if not await sleep_within(next(delays), deadline):
+            return order
+
+
+async def settle_closed(ctx: ActorContext, record: PositionRecord, outcome: CloseOutcome, why: str) -> None:
+    """Record the end of a position after a close, with the evidence that ended it.
+
+    ``closed``: our close filled. ``nothing_to_reduce``: the venue refused our reduce-only
+    order because it holds nothing: flat, by the venue's own check. Whether something else
+    closed it first (a stop, a liquidation) is read from the executions, for the record.
+    """
+    record.closed_at = utc_now()
+    if outcome == "closed":
+        record.state = State.CLOSED
+        record.reason = why
+    else:
+        exits = await _exits_since(ctx, record)
+        record.state = State.CLOSED_EXTERNALLY if exits >= record.filled_qty - EPSILON > 0 else State.CLOSED
+        record.reason = f"{why}: venue holds no position (exits seen: {exits})"
+    await ctx.save(record)
+    ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id)
+
+
+async def _exits_since(ctx: ActorContext, record: PositionRecord) -> float:
+    side = closing_side(position_side_of(record.side))
+    try:
+        ctx.count_rest(record, "fetch_executions")
+        executions = await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
+    except VenueUnavailable:
+        executions = ctx.board.executions(record.symbol, record.sent_ms)
+    return sum(e.qty for e in executions if e.side == side and e.client_order_id != record.client_order_id)

@@ -1,0 +1,213 @@
+"""Reconciliation of one symbol: the venue's snapshot against the Redis record, and repairs.
+
+`assess` is pure: given what the venue shows and what Redis says, it lists findings. `repair`
+carries one out; only the symbol's actor calls it (I4), so a repair never races an intent.
+The audit (supervisor/audit.py) takes one snapshot of the whole venue and hands each symbol's
+part to its actor; a restarted actor reconciles its own symbol before taking new work.
+
+Findings close a record only on the evidence rules of I1: a record whose position the venue
+does not list is checked against the executions; "not in the list" alone changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from posguard.actors import ids
+from posguard.streams.backoff import Deadline
+from posguard.actors.context import ActorContext
+from posguard.actors.findings import Finding
+from posguard.actors.orders import cancel_leftover_stops
+from posguard.actors.protection import EPSILON, emergency_close, exits_since_entry, place_stop, protect
+from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
+from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
+from posguard.streams.venue.events import Order, Position, closing_side
+from posguard.streams.venue.errors import VenueUnavailable
+
+log = logging.getLogger("posguard.audit")
+
+def covered_qty(position: Position, stops: list[Order]) -> float:
+    """How much of the position a stop would close: all of it with a position-held stop."""
+    if position.stop_price is not None:
+        return position.size
+    side = closing_side(position.side)
+    return sum(o.qty for o in stops if o.kind == "stop" and o.status == "open" and o.side == side)
+
+
+def assess(
+    symbol: str,
+    record: PositionRecord | None,
+    position: Position | None,
+    stops: list[Order],
+    *,
+    actor_busy: bool,
+) -> list[Finding]:
+    """What is wrong with one symbol, from one snapshot. No I/O, no repairs."""
+    findings: list[Finding] = []
+    live = record is not None and record.state.is_live
+    stem = record.client_order_id.rsplit("-", 1)[0] if live and record is not None else None
+    for stop in stops:
+        if ids.is_ours(stop.client_order_id) and stop.client_order_id.rsplit("-", 1)[0] != stem:
+            findings.append(Finding(
+                symbol=symbol, kind="stale_stop", stop_client_order_id=stop.client_order_id,
+                seen=f"stop {stop.client_order_id} armed, but no live record owns it",
+                action="cancel it",
+            ))
+    if position is not None and not live:
+        # A lagging list can still show the position a record has since closed: only a
+        # position that changed after the record settled contradicts it.
+        if record is None or position.ts_ms == 0 or position.ts_ms > record.settled_ms:
+            was = f"record says {record.state}" if record is not None else "no record"
+            findings.append(Finding(
+                symbol=symbol, kind="orphan", position=position,
+                seen=f"venue holds {position.side} {position.size} at {position.entry_price}; {was}",
+                action="adopt it and protect it with a stop",
+            ))
+        return findings
+    if record is None or not live:
+        return findings
+    if actor_busy:
+        return findings  # the actor is mid-step; its own step will settle the record
+    if record.state in IN_FLIGHT_STATES:
+        findings.append(Finding(symbol=symbol, kind="in_flight", position=position,
+                                seen=f"record in {record.state} with no step running",
+                                action="look the entry up by client order id and finish verifying it"))
+        return findings
+    if record.state is State.UNVERIFIED:
+        findings.append(Finding(symbol=symbol, kind="unverified", position=position,
+                                seen=f"unverified since {record.updated_at}: {record.reason}",
+                                action="resolve from order and execution history"))
+    if position is None:
+        if record.state in (State.OPEN, State.PROTECTED):
+            findings.append(Finding(symbol=symbol, kind="not_visible",
+                                    seen=f"record {record.state}, venue lists no position",
+                                    action="close the record only if executions prove the exit"))
+        return findings
+    if abs(position.size - record.filled_qty) > EPSILON:
+        findings.append(Finding(symbol=symbol, kind="size_mismatch", position=position,
+                                seen=f"venue size {position.size}, record filled_qty {record.filled_qty}",
+                                action="take the venue's size"))
+    if covered_qty(position, stops) < position.size - EPSILON:
+        findings.append(Finding(symbol=symbol, kind="unprotected", position=position,
+                                seen=f"venue position {position.size} covered by stops for {covered_qty(position, stops)}",
+                                action="place a reduce-only stop for the whole position"))
+    return findings
+
+
+async def repair(ctx: ActorContext, finding: Finding) -> str:
+    """Carry out one finding; returns what was done. Runs inside the symbol's actor."""
+    record = await ctx.store.load_record(finding.symbol)
+    match finding.kind:
+        case "stale_stop":
+            try:
+                await ctx.venue.cancel_order(finding.symbol, finding.stop_client_order_id)
+                return "cancelled"
+            except VenueUnavailable as exc:
+                return f"cancel failed ({exc}); next audit retries"
+        case "orphan":
+            assert finding.position is not None
+            if record is not None and record.state.is_live:
+                return "a live record appeared meanwhile; nothing to adopt"
+            return await _adopt(ctx, finding.position, ctx.settings.orphan_stop_distance)
+        case _ if record is None or not record.state.is_live:
+            return f"record is {record.state if record else 'gone'} now; nothing to do"
+        case "size_mismatch":
+            assert finding.position is not None
+            record.filled_qty = finding.position.size
+            await ctx.save(record, f"audit: size taken from the venue ({finding.position.size})")
+            return "record updated"
+        case "unprotected":
+            assert finding.position is not None
+            return await _protect_now(ctx, record, finding.position)
+        case "unverified":
+            return await _resolve(ctx, record, finding.position)
+        case "not_visible":
+            return await _prove_gone(ctx, record)
+    return "no repair for this kind"
+
+
+async def _adopt(ctx: ActorContext, position: Position, distance: float) -> str:
+    rules = ctx.rules.get(position.symbol)
+    raw_stop = position.entry_price * (1 - distance if position.side == "long" else 1 + distance)
+    stop = rules.round_price(raw_stop) if rules is not None else raw_stop
+    intent_id = f"adopt-{position.ts_ms}"
+    record = PositionRecord(
+        symbol=position.symbol,
+        intent_id=intent_id,
+        state=State.OPEN,
+        side="buy" if position.side == "long" else "sell",
+        qty=position.size,
+        filled_qty=position.size,
+        entry_price=position.entry_price,
+        stop_price=position.stop_price or stop,
+        client_order_id=ids.entry_id(ctx.account, intent_id),
+        reason="adopted by the audit: the venue held a position Redis did not know",
+        sent_ms=position.ts_ms,
+        filled_at=utc_now(),
+    )
+    await ctx.save(record, "audit: orphan adopted")
+    await ctx.alert(position.symbol, f"orphan position adopted: {position.side} {position.size}")
+    outcome = await protect(ctx, record, position.size, position, anyio.current_time())
+    return f"adopted; {outcome} (stop {record.stop_price}, {record.stop_source or 'none'})"
+
+
+async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Position) -> str:
+    if record.stop_client_order_id:
+        # The stop we placed may just not be listed yet: ask for it by id first.
+        try:
+            known = await ctx.venue.fetch_order(record.symbol, record.stop_client_order_id)
+        except VenueUnavailable:
+            known = None
+        if known is not None and known.status == "open" and known.qty >= position.size - EPSILON:
+            return f"stop {known.client_order_id} is live (not yet listed); nothing to do"
+    result = await place_stop(ctx, record, position.size)
+    if result != "live":
+        await emergency_close(ctx, record, position.size)
+        return f"no stop could be placed ({record.reason}); closed instead"
+    record.stop_source = "order"
+    if record.state is State.OPEN:
+        record.state = State.PROTECTED
+    record.protected_at = utc_now()
+    await ctx.save(record, "audit: stop placed")
+    return f"stop {record.stop_client_order_id} placed"
+
+
+async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position | None) -> str:
+    evidence = EntryEvidence(record)
+    evidence.take_board(ctx)
+    evidence.take_position(position, "rest")
+    verdict = await ask_over_rest(ctx, record, evidence)
+    match verdict:
+        case Rejected(reason=reason):
+            record.state, record.reason, record.closed_at = State.REJECTED, f"audit: {reason}", utc_now()
+            await ctx.save(record)
+            await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+            return "resolved: never filled"
+        case ClosedExternally(filled_qty=filled, exit_qty=exits):
+            record.state, record.filled_qty, record.closed_at = State.CLOSED_EXTERNALLY, filled, utc_now()
+            record.reason = f"audit: filled {filled}, closed by the venue (exits {exits})"
+            await ctx.save(record)
+            await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+            return "resolved: filled and closed by the venue"
+        case Filled():
+            record.filled_qty, record.entry_price = verdict.open_qty, verdict.avg_price
+            record.evidence = "rest"
+            record.state = State.PROTECTED if record.stop_client_order_id or record.stop_source else State.OPEN
+            record.reason = "audit: fill confirmed from order history"
+            await ctx.save(record)
+            return f"resolved: filled {verdict.open_qty}; {record.state}"
+    return "still no evidence either way; stays unverified and protected"
+
+
+async def _prove_gone(ctx: ActorContext, record: PositionRecord) -> str:
+    held = record.filled_qty or record.qty
+    exits = await exits_since_entry(ctx, record, ask_rest=True)
+    if exits < held - EPSILON:
+        return f"executions show {exits} of {held} closed; left open (the list may lag)"
+    record.state, record.closed_at = State.CLOSED_EXTERNALLY, utc_now()
+    record.reason = f"audit: closed by the venue (exits {exits})"
+    await ctx.save(record)
+    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+    return "closed_externally (executions prove the exit)"

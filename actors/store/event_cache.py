@@ -1,0 +1,96 @@
+"""The Redis side of ingestion: the event journal, latest venue snapshots and stream health.
+
+Writes are batched: one pipeline (one round trip) per batch of events, however many events
+it holds. The cache is for operators and for restarts; the actors' live evidence is the
+in-memory `EvidenceBoard`, so a slow or absent Redis never delays a verification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import coredis
+from coredis.tokens import PureToken
+
+from posguard.streams.venue.events import Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent, encode_event
+from posguard.actors.store.keys import Keys
+
+EVENTS_MAXLEN = 200_000
+ORDER_TTL_SECONDS = 86_400
+
+
+_TOPIC_OF: dict[type, str] = {Position: "positions", Order: "orders", Execution: "executions"}
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else str(value)
+
+
+class RedisEventCache:
+    def __init__(self, client: coredis.Redis[str], account: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+        self.round_trips = 0
+
+    async def write(self, batch: Sequence[VenueEvent]) -> None:
+        keys = self.keys
+        last_heard: dict[str, str] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for event in batch:
+                last_heard[f"{_TOPIC_OF.get(type(event), getattr(event, 'topic', ''))}_last_event_ms"] = str(event.ts_ms)
+                match event:
+                    case Heartbeat():
+                        continue
+                    case StreamStatus():
+                        pipe.hset(
+                            keys.health,
+                            {
+                                f"{event.topic}_connected": "yes" if event.connected else "no",
+                                f"{event.topic}_changed_ms": str(event.ts_ms),
+                                f"{event.topic}_reason": event.reason,
+                            },
+                        )
+                        symbol = ""
+                    case Position():
+                        pipe.hset(
+                            keys.venue_position(event.symbol),
+                            {
+                                "side": event.side,
+                                "size": str(event.size),
+                                "entry_price": str(event.entry_price),
+                                "stop_price": _num(event.stop_price),
+                                "ts_ms": str(event.ts_ms),
+                            },
+                        )
+                        symbol = event.symbol
+                    case Order():
+                        if event.client_order_id:
+                            key = keys.venue_order(event.client_order_id)
+                            pipe.hset(
+                                key,
+                                {
+                                    "symbol": event.symbol,
+                                    "order_id": event.order_id,
+                                    "kind": event.kind,
+                                    "side": event.side,
+                                    "status": event.status,
+                                    "qty": str(event.qty),
+                                    "filled": str(event.filled),
+                                    "avg_price": _num(event.avg_price),
+                                    "stop_price": _num(event.stop_price),
+                                    "ts_ms": str(event.ts_ms),
+                                },
+                            )
+                            pipe.expire(key, ORDER_TTL_SECONDS)
+                        symbol = event.symbol
+                    case Execution():
+                        symbol = event.symbol
+                pipe.xadd(
+                    keys.events,
+                    {"type": type(event).__name__.lower(), "symbol": symbol, "data": encode_event(event).decode()},
+                    trim_strategy=PureToken.MAXLEN,
+                    trim_operator=PureToken.APPROXIMATELY,
+                    threshold=EVENTS_MAXLEN,
+                )
+            pipe.hset(keys.health, last_heard)
+        self.round_trips += 1

@@ -1,0 +1,135 @@
+"""Where the actor writes ahead: position records, intent records and the journal.
+
+`Store` is the seam; `RedisStore` is the implementation (there is deliberately no in-memory
+one: tests run against a real redis-server). Each record write and its journal entry go in
+one MULTI/EXEC, so the journal never disagrees with the record it describes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import coredis
+import msgspec
+from coredis.tokens import PureToken
+
+from posguard.actors.intents import IntentRecord
+from posguard.actors.findings import Finding
+from posguard.actors.records import PositionRecord, utc_now
+from posguard.actors.store.keys import Keys
+
+JOURNAL_MAXLEN = 1_000_000
+REPLY_TTL_SECONDS = 86_400
+
+
+class Store(Protocol):
+    async def load_record(self, symbol: str) -> PositionRecord | None: ...
+
+    async def save_record(self, record: PositionRecord, note: str = "") -> None:
+        """Persist the record and journal the transition, atomically."""
+        ...
+
+    async def list_records(self) -> list[PositionRecord]: ...
+
+    async def load_intent(self, intent_id: str) -> IntentRecord | None: ...
+
+    async def save_intent(self, intent: IntentRecord) -> None: ...
+
+    async def append_alert(self, symbol: str, message: str) -> None: ...
+
+    async def append_audit(self, finding: Finding, *, dry_run: bool = False) -> None: ...
+
+    async def set_health(self, fields: dict[str, str]) -> None: ...
+
+    async def get_health(self) -> dict[str, str]: ...
+
+
+class RedisStore:
+    def __init__(self, client: coredis.Redis[str], account: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+
+    async def load_record(self, symbol: str) -> PositionRecord | None:
+        fields = await self.client.hgetall(self.keys.position(symbol))
+        return PositionRecord.from_fields(dict(fields)) if fields else None
+
+    async def save_record(self, record: PositionRecord, note: str = "") -> None:
+        record.updated_at = utc_now()
+        if not record.created_at:
+            record.created_at = record.updated_at
+        entry = {
+            "symbol": record.symbol,
+            "state": str(record.state),
+            "intent_id": record.intent_id,
+            "client_order_id": record.client_order_id,
+            "filled_qty": str(record.filled_qty),
+            "stop_price": str(record.stop_price),
+            "note": note or record.reason,
+        }
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.position(record.symbol), record.to_fields())
+            pipe.sadd(self.keys.positions, [record.symbol])
+            pipe.xadd(
+                self.keys.journal,
+                entry,
+                trim_strategy=PureToken.MAXLEN,
+                trim_operator=PureToken.APPROXIMATELY,
+                threshold=JOURNAL_MAXLEN,
+            )
+
+    async def list_records(self) -> list[PositionRecord]:
+        symbols = sorted(await self.client.smembers(self.keys.positions))
+        if not symbols:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            replies = [pipe.hgetall(self.keys.position(symbol)) for symbol in symbols]
+        records = []
+        for reply in replies:
+            fields = await reply
+            if fields:
+                records.append(PositionRecord.from_fields(dict(fields)))
+        return records
+
+    async def load_intent(self, intent_id: str) -> IntentRecord | None:
+        fields = await self.client.hgetall(self.keys.intent(intent_id))
+        return IntentRecord.from_fields(dict(fields)) if fields else None
+
+    async def save_intent(self, intent: IntentRecord) -> None:
+        """Write the intent's record and push the change to its reply list, atomically."""
+        intent.updated_at = utc_now()
+        reply_key = self.keys.reply(intent.intent_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.intent(intent.intent_id), intent.to_fields())
+            pipe.rpush(reply_key, [msgspec.json.encode(intent).decode()])
+            pipe.expire(reply_key, REPLY_TTL_SECONDS)
+
+    async def append_alert(self, symbol: str, message: str) -> None:
+        await self.client.xadd(
+            self.keys.alerts,
+            {"symbol": symbol, "message": message, "at": utc_now()},
+            trim_strategy=PureToken.MAXLEN,
+            trim_operator=PureToken.APPROXIMATELY,
+            threshold=100_000,
+        )
+
+    async def append_audit(self, finding: Finding, *, dry_run: bool = False) -> None:
+        await self.client.xadd(
+            self.keys.audit,
+            {
+                "symbol": finding.symbol,
+                "kind": finding.kind,
+                "seen": finding.seen,
+                "action": finding.action,
+                "dry_run": "yes" if dry_run else "no",
+                "at": utc_now(),
+            },
+            trim_strategy=PureToken.MAXLEN,
+            trim_operator=PureToken.APPROXIMATELY,
+            threshold=100_000,
+        )
+
+    async def set_health(self, fields: dict[str, str]) -> None:
+        await self.client.hset(self.keys.health, fields)
+
+    async def get_health(self) -> dict[str, str]:
+        return dict(await self.client.hgetall(self.keys.health))

@@ -1,0 +1,104 @@
+"""What a `CcxtVenue` needs to know, and where its traffic will go.
+
+The supervisor's ``[venue]`` section maps onto `CcxtVenueConfig` (``kind`` -> ``exchange``,
+``testnet`` -> ``environment``); the API key and secret come from the environment and are
+passed in as `ApiCredentials`, which never print.
+
+`resolve_urls` is the single place that decides which hosts the adapter talks to. With
+``loopback_only`` set (tests, the emulator demo) it refuses any configuration that would
+reach beyond 127.0.0.1, so a missing override fails at start instead of quietly trading on
+a real exchange.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from posguard.streams.backoff import Backoff
+
+ExchangeId = Literal["bybit", "binanceusdm"]
+Environment = Literal["live", "testnet", "demo"]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class ConfigRefused(ValueError):
+    """The adapter cannot start on this configuration; the message says what to change."""
+
+
+class ApiCredentials(msgspec.Struct, frozen=True):
+    api_key: str
+    api_secret: str
+
+    def __repr__(self) -> str:  # never show them, not even in a traceback's locals
+        return "ApiCredentials(api_key=***, api_secret=***)"
+
+    __str__ = __repr__
+
+
+class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    exchange: ExchangeId
+    account: str = "main"
+    environment: Environment = "testnet"
+    """``demo`` is the venue's demo trading (Bybit api-demo, Binance demo-fapi); ``testnet`` its testnet."""
+    rest_url: str = ""
+    """Base URL (scheme://host[:port]) replacing the venue's REST host; the venue's paths are kept."""
+    ws_url: str = ""
+    """Base URL (ws[s]://host[:port]) replacing the venue's WebSocket host; paths are kept."""
+    loopback_only: bool = False
+    """Refuse to start unless every URL the adapter would use is on 127.0.0.1."""
+    request_timeout: Seconds = 10.0
+    throttle: bool = True
+    """ccxt's client-side rate limiter, pacing calls to the venue's published limits. Turn it
+    off only against the emulator, which has no limits to respect."""
+    keepalive: Seconds = 10.0
+    """WebSocket ping interval; two missed pongs drop the connection (ccxt's rule)."""
+    heartbeat_interval: Seconds = 5.0
+    """How often each topic reports `Heartbeat` while its connection is alive."""
+    ready_timeout: Seconds = 15.0
+    """How long a (re)connect may take to be authenticated and subscribed before it is retried."""
+    gap_margin: Seconds = 5.0
+    """Executions this much older than the last moment a stream was known alive are re-read
+    after a reconnect, to cover pushes that were in flight when it dropped."""
+    reconnect: Backoff = Backoff(initial=0.5, maximum=30.0)
+    """Stream reconnects and snapshot retries; the jitter keeps the three topics (or several
+    adapters) from redialling a recovering venue in lockstep."""
+
+    def __post_init__(self) -> None:
+        if bool(self.rest_url) != bool(self.ws_url):
+            raise ConfigRefused(
+                "set both rest_url and ws_url, or neither: overriding one alone would send REST"
+                " and WebSocket traffic to different places"
+            )
+        for name, url, schemes in (("rest_url", self.rest_url, ("http", "https")), ("ws_url", self.ws_url, ("ws", "wss"))):
+            if url:
+                parts = urlsplit(url)
+                if parts.scheme not in schemes or not parts.hostname or parts.path not in ("", "/"):
+                    raise ConfigRefused(
+                        f"{name} must be a bare base URL like {schemes[0]}://127.0.0.1:8080"
+                        f" (the venue's paths are appended), got {url!r}"
+                    )
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+def replace_base(url: str, base: str) -> str:
+    """``url`` with its scheme and host replaced by ``base``'s, path and query kept."""
+    parts = urlsplit(url)
+    tail = url[len(f"{parts.scheme}://{parts.netloc}"):]
+    return base.rstrip("/") + tail
+
+
+def check_loopback(urls: dict[str, str]) -> None:
+    outside = sorted({host_of(url) for url in urls.values()} - LOOPBACK_HOSTS)
+    if outside:
+        raise ConfigRefused(
+            f"loopback_only is set but the venue URLs point at {', '.join(outside)};"
+            " set rest_url and ws_url to the emulator (python -m tests.emulator)"
+        )

@@ -1,0 +1,359 @@
+"""What differs between venues behind the one `CcxtVenue`: how to ask, in ccxt's terms.
+
+Each dialect builds its ccxt.pro exchange (options chosen so ccxt makes no call posguard did
+not ask for), turns posguard requests into ``create_order`` arguments, and knows the venue's
+way of answering the few questions the `Venue` protocol asks: an order by client order id
+(open or closed), open orders including armed stops, executions, positions.
+
+Answers are ccxt's unified dicts; `streams.ccxt_mapping` turns them into posguard Structs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import ccxt.async_support as ccxt
+
+from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, replace_base
+from posguard.streams.ccxt_adapter.errors import RedactingLogger, is_not_found
+from posguard.streams.ccxt_adapter.hooks import BYBIT_EXEC_TYPES, HookedBinanceUsdm, HookedBybit
+from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.events import Topic
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
+
+log = logging.getLogger("posguard.ccxt")
+
+CcxtDict = dict[str, Any]
+Exchange = Any  # a ccxt.pro exchange instance; ccxt ships no usable type for it
+
+DAY_MS = 86_400_000
+BYBIT_WINDOW_MS = 7 * DAY_MS
+"""Bybit's execution list spans at most seven days per query."""
+BYBIT_EXECUTION_HORIZON_MS = 30 * DAY_MS
+"""How far back `BybitDialect.fetch_trades` walks; posguard asks about recent orders only."""
+
+BINANCE_TRADES_PAGE = 1000
+"""Binance's largest ``userTrades`` page."""
+
+MAX_PAGES = 100
+"""Pages read per listing before giving up with `VenueUnavailable`: an answer that was cut
+short must never be mistaken for the whole truth (a missing stop, a missing position)."""
+
+
+def _base_options() -> dict[str, Any]:
+    return {
+        # Time is learned from the venue once at load_markets. `CcxtVenue.now_ms` and every
+        # signature use it, so "executions since I sent" compares like with like.
+        "adjustForTimeDifference": True,
+        "defaultType": "swap",
+        "defaultSubType": "linear",
+        "defaultSettle": "USDT",
+        # posguard takes its own REST snapshot after every (re)connect.
+        "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
+    }
+
+
+def _make(cls: type, config: CcxtVenueConfig, credentials: ApiCredentials, options: dict[str, Any]) -> Exchange:
+    exchange = cls(
+        {
+            "apiKey": credentials.api_key,
+            "secret": credentials.api_secret,
+            "enableRateLimit": config.throttle,
+            "timeout": int(config.request_timeout * 1000),
+            # Currencies (a private asset call on both venues) are never needed for linear swaps.
+            "has": {"fetchCurrencies": False},
+            "options": options,
+            "streaming": {"keepAlive": int(config.keepalive * 1000)},
+            "logger": RedactingLogger(
+                logging.getLogger("posguard.ccxt.wire"), (credentials.api_key, credentials.api_secret)
+            ),
+        }
+    )
+    if config.environment == "testnet":
+        exchange.set_sandbox_mode(True)
+    elif config.environment == "demo":
+        exchange.enable_demo_trading(True)
+    if config.rest_url:
+        _rewrite_urls(exchange.urls["api"], config.rest_url, config.ws_url)
+    return exchange
+
+
+def _rewrite_urls(urls: dict[str, Any], rest_base: str, ws_base: str) -> None:
+    """Point every URL ccxt may use at the override hosts; paths stay the venue's."""
+    for key, value in urls.items():
+        if isinstance(value, dict):
+            _rewrite_urls(value, rest_base, ws_base)
+        elif isinstance(value, str) and value.startswith(("http://", "https://")):
+            urls[key] = replace_base(value, rest_base)
+        elif isinstance(value, str) and value.startswith(("ws://", "wss://")):
+            urls[key] = replace_base(value, ws_base)
+
+
+def all_urls(exchange: Exchange) -> dict[str, str]:
+    """Every URL under the exchange's ``urls['api']``, hostnames filled in."""
+    found: dict[str, str] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, str) and "://" in value:
+                found[f"{prefix}{key}"] = exchange.implode_hostname(value)
+
+    walk(exchange.urls["api"], "")
+    return found
+
+
+def _cursor(page: list[CcxtDict]) -> str | None:
+    """ccxt tucks a cursor-paginated response's next cursor into one entry's ``info``."""
+    for item in page:
+        cursor = (item.get("info") or {}).get("nextPageCursor")
+        if cursor:
+            return str(cursor)
+    return None
+
+
+async def _paged(fetch: Callable[[dict[str, Any]], Awaitable[list[CcxtDict]]], what: str) -> list[CcxtDict]:
+    items: list[CcxtDict] = []
+    cursor: str | None = None
+    for _ in range(MAX_PAGES):
+        page = await fetch({"cursor": cursor} if cursor else {})
+        items.extend(page)
+        cursor = _cursor(page)
+        if not page or not cursor:
+            return items
+    raise VenueUnavailable(f"{what}: more than {MAX_PAGES} pages; refusing to act on a partial list")
+
+
+class Dialect:
+    """The venue-specific half of `CcxtVenue`. Subclasses fill in every method."""
+
+    exchange_id: str
+    supports_attached_stop: bool
+    executions_need_symbol: bool
+    """True when the venue lists executions one symbol at a time."""
+
+    def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
+        raise NotImplementedError
+
+    def entry(self, request: OrderRequest) -> tuple[str, dict[str, Any]]:
+        """ccxt ``create_order`` type and params for a market order."""
+        raise NotImplementedError
+
+    def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
+        """ccxt ``create_order`` type and params for a reduce-only stop-market order."""
+        raise NotImplementedError
+
+    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
+        raise NotImplementedError
+
+    async def cancel(self, exchange: Exchange, symbol: str, client_order_id: str) -> bool:
+        """True if an open order was cancelled, False if the venue has no such open order."""
+        raise NotImplementedError
+
+    async def fetch_open_orders(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
+        raise NotImplementedError
+
+    async def fetch_trades(self, exchange: Exchange, symbol: str | None, since_ms: int) -> list[CcxtDict]:
+        """Fills (including liquidations and ADL) from ``since_ms`` on, oldest first."""
+        raise NotImplementedError
+
+    def trade_client_order_id(self, trade: CcxtDict) -> str:
+        """The client order id a trade carries, "" if the venue does not say."""
+        raise NotImplementedError
+
+    async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
+        raise NotImplementedError
+
+    def watchers(self, exchange: Exchange) -> dict[Topic, Callable[[], Awaitable[object]]]:
+        """One ccxt watch call per topic; each returns at the next message or raises on loss."""
+        return {
+            "positions": exchange.watch_positions,
+            "orders": exchange.watch_orders,
+            "executions": exchange.watch_my_trades,
+        }
+
+
+class BybitDialect(Dialect):
+    """Bybit V5, linear USDT perpetuals, one-way mode, Unified Trading Account.
+
+    The account is taken to be a UTA (every Bybit account opened since 2023 is, and classic
+    accounts are being migrated), so ccxt is told so and does not probe
+    ``/v5/user/query-api`` before the first order.
+    """
+
+    exchange_id = "bybit"
+    supports_attached_stop = True
+    executions_need_symbol = False
+
+    def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
+        options = _base_options() | {
+            "fetchMarkets": {"types": ["linear"]},
+            "enableUnifiedAccount": True,
+            "enableUnifiedMargin": False,
+            "watchMyTrades": {"execType": list(BYBIT_EXEC_TYPES)},
+        }
+        return _make(HookedBybit, config, credentials, options)
+
+    def entry(self, request: OrderRequest) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"clientOrderId": request.client_order_id, "positionIdx": 0}
+        if request.reduce_only:
+            params["reduceOnly"] = True
+        if request.stop_loss is not None:
+            # Bybit sets it as the position's stop (tpslMode Full) the moment the order fills.
+            params["stopLoss"] = {"triggerPrice": request.stop_loss}
+        return "market", params
+
+    def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
+        # A sell stop protects a long: it fires when the price falls to it.
+        direction = "descending" if request.side == "sell" else "ascending"
+        return "market", {
+            "clientOrderId": request.client_order_id,
+            "triggerPrice": request.stop_price,
+            "triggerDirection": direction,
+            "reduceOnly": True,
+            # Fires even if margin is short at that moment (Bybit cancels other orders first).
+            "closeOnTrigger": True,
+            "positionIdx": 0,
+        }
+
+    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
+        # /v5/order/realtime finds open orders and the recent 500 closed ones; after a Bybit
+        # restart closed orders are only in /v5/order/history. Both, before saying "unknown".
+        query = {"orderLinkId": client_order_id}
+        found = await exchange.fetch_open_orders(symbol, None, None, query)
+        if not found:
+            found = await exchange.fetch_canceled_and_closed_orders(symbol, None, None, query)
+        return found[0] if found else None
+
+    async def cancel(self, exchange: Exchange, symbol: str, client_order_id: str) -> bool:
+        try:
+            await exchange.cancel_order(None, symbol, {"orderLinkId": client_order_id})
+        except ccxt.BaseError as exc:
+            if is_not_found(exc, self.exchange_id):
+                return False
+            raise
+        return True
+
+    async def fetch_open_orders(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
+        # No orderFilter: Bybit then lists plain and conditional (stop) orders together.
+        return await _paged(lambda page: exchange.fetch_open_orders(symbol, None, 50, page), "open orders")
+
+    async def fetch_trades(self, exchange: Exchange, symbol: str | None, since_ms: int) -> list[CcxtDict]:
+        # Not fetch_my_trades: it filters execType=Trade, which hides liquidations
+        # (BustTrade) and ADL, the very exits that prove a position was closed externally.
+        # Bybit answers at most seven days per query, so older requests walk the windows.
+        now = exchange.milliseconds()
+        horizon = now - BYBIT_EXECUTION_HORIZON_MS
+        if since_ms < horizon:
+            log.warning("bybit executions: asked from %d, listing only the last %d days", since_ms, BYBIT_EXECUTION_HORIZON_MS // DAY_MS)
+            since_ms = horizon
+        market = exchange.market(symbol) if symbol is not None else None
+        trades: list[CcxtDict] = []
+        start = since_ms
+        while start <= now:
+            request: dict[str, Any] = {"category": "linear", "startTime": start, "endTime": start + BYBIT_WINDOW_MS, "limit": 100}
+            if market is not None:
+                request["symbol"] = market["id"]
+
+            async def page(cursor: dict[str, Any], request: dict[str, Any] = request) -> list[CcxtDict]:
+                response = await exchange.privateGetV5ExecutionList(request | cursor)
+                return exchange.parse_trades(exchange.add_pagination_cursor_to_result(response), market)
+
+            trades.extend(await _paged(page, "executions"))
+            start += BYBIT_WINDOW_MS + 1
+        # ccxt sorts by (time, id); ids are random, so fills in one millisecond would come out
+        # in any order. Bybit's cross sequence number orders them as they happened.
+        trades.sort(key=lambda t: (t.get("timestamp") or 0, int((t.get("info") or {}).get("seq") or 0)))
+        return [t for t in trades if (t.get("info") or {}).get("execType", "Trade") in BYBIT_EXEC_TYPES]
+
+    def trade_client_order_id(self, trade: CcxtDict) -> str:
+        return str((trade.get("info") or {}).get("orderLinkId") or "")
+
+    async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
+        # One call family: category=linear, settleCoin=USDT (ccxt's default), every symbol.
+        return await _paged(lambda page: exchange.fetch_positions(None, {"limit": 200} | page), "positions")
+
+
+class BinanceUsdmDialect(Dialect):
+    """Binance USD-M futures, one-way mode.
+
+    Binance cannot attach a stop-loss to a market entry, so the actor places a reduce-only
+    STOP_MARKET right after the fill. Since late 2025 conditional orders live in Binance's
+    "algo order" API (their own ids, their own lookups); ccxt routes them there, and every
+    lookup here asks both books before saying "unknown".
+    """
+
+    exchange_id = "binanceusdm"
+    supports_attached_stop = False
+    executions_need_symbol = True
+
+    def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
+        options = _base_options() | {
+            "fetchMarkets": {"types": ["linear"]},
+            "fetchOpenOrders": {"warnWithoutSymbol": False},
+            "warnOnFetchOpenOrdersWithoutSymbol": False,
+            # ccxt would load leverage brackets before the first position list, only to
+            # compute margins posguard never reads.
+            "leverageBrackets": {},
+        }
+        return _make(HookedBinanceUsdm, config, credentials, options)
+
+    def entry(self, request: OrderRequest) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"clientOrderId": request.client_order_id}
+        if request.reduce_only:
+            params["reduceOnly"] = True
+        return "market", params
+
+    def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
+        return "market", {
+            "clientOrderId": request.client_order_id,
+            "stopLossPrice": request.stop_price,  # ccxt: STOP_MARKET through the algo order API
+            "reduceOnly": True,
+            "workingType": "MARK_PRICE",
+        }
+
+    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
+        for conditional in (False, True):
+            try:
+                return await exchange.fetch_order(None, symbol, {"clientOrderId": client_order_id, "trigger": conditional})
+            except ccxt.BaseError as exc:
+                if not is_not_found(exc, self.exchange_id):
+                    raise
+        return None
+
+    async def cancel(self, exchange: Exchange, symbol: str, client_order_id: str) -> bool:
+        for conditional in (False, True):
+            try:
+                await exchange.cancel_order(None, symbol, {"clientOrderId": client_order_id, "trigger": conditional})
+                return True
+            except ccxt.BaseError as exc:
+                if not is_not_found(exc, self.exchange_id):
+                    raise
+        return False
+
+    async def fetch_open_orders(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
+        plain = await exchange.fetch_open_orders(symbol)
+        algo = await exchange.fetch_open_orders(symbol, None, None, {"trigger": True})
+        return list(plain) + list(algo)
+
+    async def fetch_trades(self, exchange: Exchange, symbol: str | None, since_ms: int) -> list[CcxtDict]:
+        if symbol is None:
+            raise ValueError("binanceusdm lists executions per symbol only")
+        trades = list(await exchange.fetch_my_trades(symbol, since_ms, BINANCE_TRADES_PAGE))
+        if len(trades) >= BINANCE_TRADES_PAGE:
+            # Binance pages by trade id only without a start time; a cut list is never passed on.
+            raise VenueUnavailable(f"binanceusdm {symbol}: {len(trades)}+ fills since {since_ms}; refusing a partial list")
+        return trades
+
+    def trade_client_order_id(self, trade: CcxtDict) -> str:
+        # userTrades carries only the venue's order id; pushed trades carry "c".
+        return str((trade.get("info") or {}).get("c") or "")
+
+    async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
+        return list(await exchange.fetch_positions())
+
+
+DIALECTS: dict[str, Dialect] = {d.exchange_id: d for d in (BybitDialect(), BinanceUsdmDialect())}

@@ -1,0 +1,154 @@
+"""ccxt.pro exchanges that hand every private WebSocket message to posguard as it is parsed.
+
+Why not just use what ``watch_orders()`` returns: ccxt.pro resolves a watch future only if
+one is pending when a message is handled. ``watch_positions()`` returns the positions of the
+one message that resolved it, so a second position message handled in the same loop tick
+(ccxt drains its socket buffer in one go) is never returned to anyone; orders and trades are
+only returned with the *next* message after the one that arrived while nobody waited. For
+an order fill that is the evidence the actor is waiting for, not a detail. So these
+subclasses call ccxt's own handler first (its caches and futures keep working, and the
+watch loops still surface disconnects) and then pass the same raw data, parsed by ccxt's own
+parsers, to a `PrivateListener`, synchronously and exactly once per message.
+
+They also say when a topic is live: Bybit acknowledges each ``subscribe``; Binance's user
+data stream is live as soon as its connection is open.
+
+These overrides rely on ccxt method names (``handle_order``, ``handle_positions``, ...);
+they are pinned by the stream tests against the emulator and the recorded Binance payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import ccxt.pro
+
+from posguard.streams.venue.events import Topic
+
+log = logging.getLogger("posguard.ccxt")
+
+CcxtDict = dict[str, Any]
+
+BYBIT_TOPICS: dict[str, Topic] = {"position": "positions", "order": "orders", "execution": "executions"}
+BYBIT_EXEC_TYPES = ("Trade", "AdlTrade", "BustTrade")
+"""Executions that change a position: fills, auto-deleveraging, liquidation. Not funding."""
+
+
+class PrivateListener(Protocol):
+    def on_ready(self, topic: Topic, client: Any) -> None: ...
+    def on_order(self, order: CcxtDict) -> None: ...
+    def on_trade(self, trade: CcxtDict, client_order_id: str) -> None: ...
+    def on_position(self, position: CcxtDict) -> None: ...
+
+
+class _Hooked:
+    """Mixin: the listener, and a guard so a posguard bug can never break ccxt's socket."""
+
+    posguard_listener: PrivateListener | None = None
+
+    def _tell(self, what: str, call: Any, *args: Any) -> None:
+        if self.posguard_listener is None:
+            return
+        try:
+            call(*args)
+        except Exception:  # noqa: BLE001 - never let a mapping error tear down the socket
+            log.exception("could not pass a pushed %s to posguard; it will be re-read over REST", what)
+
+
+class HookedBybit(_Hooked, ccxt.pro.bybit):
+    def handle_order(self, client: Any, message: CcxtDict) -> None:
+        super().handle_order(client, message)
+        listener = self.posguard_listener
+        for raw in _data(message):
+            if listener is not None:
+                self._tell("order", lambda r=raw: listener.on_order(self.parse_order(r)))
+
+    def handle_my_trades(self, client: Any, message: CcxtDict) -> None:
+        super().handle_my_trades(client, message)
+        listener = self.posguard_listener
+        for raw in _data(message):
+            if listener is not None and raw.get("execType", "Trade") in BYBIT_EXEC_TYPES:
+                self._tell(
+                    "execution",
+                    lambda r=raw: listener.on_trade(self.parse_trade(r), str(r.get("orderLinkId") or "")),
+                )
+
+    def handle_positions(self, client: Any, message: CcxtDict) -> None:
+        super().handle_positions(client, message)
+        listener = self.posguard_listener
+        for raw in _data(message):
+            if listener is not None:
+                self._tell("position", lambda r=raw: listener.on_position(self.parse_position(r)))
+
+    def handle_subscription_status(self, client: Any, message: CcxtDict) -> CcxtDict:
+        super().handle_subscription_status(client, message)
+        if message.get("success") is True and message.get("op") == "subscribe":
+            for topic in acknowledged_topics(client, message):
+                if topic in BYBIT_TOPICS and self.posguard_listener is not None:
+                    self._tell("subscription", self.posguard_listener.on_ready, BYBIT_TOPICS[topic], client)
+        return message
+
+
+def _data(message: CcxtDict) -> list[CcxtDict]:
+    data = message.get("data")
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+def acknowledged_topics(client: Any, message: CcxtDict) -> list[str]:
+    """The topics of the subscribe request this acknowledgement answers.
+
+    Bybit echoes ``req_id`` when it was sent; if it ever does not, acknowledgements come in
+    request order, so the oldest unacknowledged request is the one answered.
+    """
+    acked: set[str] = client.__dict__.setdefault("posguard_acked", set())
+    pending = sorted(
+        (
+            (int(sub["id"]), str(sub["id"]), list(sub.get("topics") or []))
+            for sub in client.subscriptions.values()
+            if isinstance(sub, dict) and "topics" in sub and str(sub.get("id")) not in acked
+        ),
+    )
+    req_id = str(message.get("req_id") or "")
+    for _, sub_id, topics in pending:
+        if sub_id == req_id or not req_id:
+            acked.add(sub_id)
+            return topics
+    return []
+
+
+class HookedBinanceUsdm(_Hooked, ccxt.pro.binanceusdm):
+    def handle_order(self, client: Any, message: CcxtDict) -> None:
+        super().handle_order(client, message)
+        listener = self.posguard_listener
+        if listener is not None:
+            self._tell("order", lambda: listener.on_order(self.parse_ws_order(message)))
+
+    def handle_my_trade(self, client: Any, message: CcxtDict) -> None:
+        super().handle_my_trade(client, message)
+        listener = self.posguard_listener
+        if listener is not None and message.get("x") == "TRADE":
+            self._tell(
+                "execution",
+                lambda: listener.on_trade(self.parse_ws_trade(message), str(message.get("c") or "")),
+            )
+
+    def handle_positions(self, client: Any, message: CcxtDict) -> None:
+        super().handle_positions(client, message)
+        listener = self.posguard_listener
+        if listener is None:
+            return
+        account = message.get("a") or {}
+        for raw in account.get("P") or []:
+            def tell(raw: CcxtDict = raw) -> None:
+                position = self.parse_ws_position(raw)
+                position["timestamp"] = message.get("E")
+                listener.on_position(position)
+
+            self._tell("position", tell)
+
+    def on_connected(self, client: Any, message: Any = None) -> None:
+        super().on_connected(client, message)
+        if "listenKey" in str(client.url) and self.posguard_listener is not None:
+            for topic in BYBIT_TOPICS.values():
+                self._tell("connection", self.posguard_listener.on_ready, topic, client)

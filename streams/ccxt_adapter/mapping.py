@@ -1,0 +1,156 @@
+"""ccxt's unified structures (dicts) -> posguard's Structs.
+
+ccxt has already parsed the venue's payload (``parse_order``, ``parse_position``,
+``parse_trade`` and their WebSocket twins); this module only decides what those fields mean
+for posguard, in one place for REST answers and pushed events alike, so the two can never
+disagree about, say, whether a cancelled-after-partial-fill order counts as filled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from posguard.streams.venue.events import Execution, Order, OrderStatus, Position
+from posguard.streams.venue.protocol import MarketRules
+
+EPSILON = 1e-12
+
+CcxtDict = dict[str, Any]
+
+
+class UnmappablePayload(ValueError):
+    """ccxt returned something posguard cannot read as an order/position/execution."""
+
+
+def is_usdt_linear_perpetual(market: CcxtDict) -> bool:
+    return bool(
+        market.get("swap")
+        and market.get("linear")
+        and market.get("settle") == "USDT"
+        and market.get("active") is not False
+        and not market.get("expiry")
+    )
+
+
+def market_rules(market: CcxtDict) -> MarketRules:
+    """The rules checked before an order is sent (I7), from a ccxt market."""
+    precision = market.get("precision") or {}
+    limits = market.get("limits") or {}
+    step = _positive(precision.get("amount"), "precision.amount", market)
+    tick = _positive(precision.get("price"), "precision.price", market)
+    minimums = [
+        (limits.get(kind) or {}).get("min") for kind in ("amount", "market")
+    ]
+    min_qty = max([float(m) for m in minimums if m] or [step])
+    min_notional = float((limits.get("cost") or {}).get("min") or 0.0)
+    return MarketRules(symbol=market["symbol"], qty_step=step, min_qty=min_qty, price_tick=tick, min_notional=min_notional)
+
+
+def _positive(value: object, name: str, market: CcxtDict) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = 0.0
+    if number <= 0:
+        raise UnmappablePayload(f"market {market.get('symbol')}: {name} is {value!r}, expected a positive number")
+    return number
+
+
+def _float(value: object, default: float = 0.0) -> float:
+    if value is None or value == "":
+        return default
+    return float(value)  # type: ignore[arg-type]
+
+
+def _price(value: object) -> float | None:
+    """Venues write "no price" as null, "" or 0."""
+    number = _float(value)
+    return number if number > 0 else None
+
+
+def to_order(order: CcxtDict, *, now_ms: int) -> Order:
+    side = order.get("side")
+    symbol = order.get("symbol")
+    if side not in ("buy", "sell") or not symbol:
+        raise UnmappablePayload(f"order without side or symbol: id={order.get('id')!r}")
+    stop_price = _price(order.get("triggerPrice") or order.get("stopPrice"))
+    kind = "stop" if stop_price is not None else "market"
+    filled = _float(order.get("filled"))
+    amount = order.get("amount")
+    qty = _float(amount, filled)
+    return Order(
+        symbol=symbol,
+        order_id=str(order.get("id") or ""),
+        client_order_id=str(order.get("clientOrderId") or ""),
+        side=side,
+        kind=kind,
+        qty=qty,
+        filled=filled,
+        avg_price=_price(order.get("average")),
+        status=order_status(order.get("status"), kind=kind, filled=filled, qty=qty),
+        reduce_only=bool(order.get("reduceOnly")),
+        stop_price=stop_price,
+        ts_ms=int(order.get("lastUpdateTimestamp") or order.get("timestamp") or now_ms),
+    )
+
+
+def order_status(status: object, *, kind: str, filled: float, qty: float) -> OrderStatus:
+    """ccxt's order status in posguard's terms.
+
+    ccxt calls a market order that was cancelled after a partial fill ``closed``; posguard
+    calls it ``cancelled`` (final, ``filled`` tells how much). A stop that ccxt calls
+    ``closed`` has triggered: its fill belongs to the order it spawned, so it counts as
+    ``filled`` whatever its own filled amount says.
+    """
+    if status in ("open", "canceling"):
+        return "partially_filled" if filled > EPSILON else "open"
+    if status == "closed":
+        if kind == "stop" or filled >= qty - EPSILON:
+            return "filled"
+        return "cancelled"
+    if status in ("canceled", "cancelled", "expired"):
+        return "cancelled"
+    if status == "rejected":
+        return "rejected"
+    raise UnmappablePayload(f"unknown order status {status!r}")
+
+
+def to_position(position: CcxtDict, *, now_ms: int) -> Position:
+    symbol = position.get("symbol")
+    if not symbol:
+        raise UnmappablePayload("position without a symbol")
+    size = abs(_float(position.get("contracts")))
+    side = position.get("side")
+    if size <= EPSILON:
+        return Position(symbol=symbol, side="flat", size=0.0, entry_price=0.0, stop_price=None, ts_ms=_ts(position, now_ms))
+    if side not in ("long", "short"):
+        raise UnmappablePayload(f"{symbol}: open position of size {size} without a side ({side!r})")
+    return Position(
+        symbol=symbol,
+        side=side,
+        size=size,
+        entry_price=_float(position.get("entryPrice")),
+        stop_price=_price(position.get("stopLossPrice")),
+        ts_ms=_ts(position, now_ms),
+    )
+
+
+def _ts(item: CcxtDict, now_ms: int) -> int:
+    return int(item.get("lastUpdateTimestamp") or item.get("timestamp") or now_ms)
+
+
+def to_execution(trade: CcxtDict, *, client_order_id: str, now_ms: int) -> Execution:
+    side = trade.get("side")
+    symbol = trade.get("symbol")
+    if side not in ("buy", "sell") or not symbol or not trade.get("id"):
+        raise UnmappablePayload(f"execution without id, side or symbol: {trade.get('id')!r}")
+    return Execution(
+        symbol=symbol,
+        exec_id=str(trade["id"]),
+        order_id=str(trade.get("order") or ""),
+        client_order_id=client_order_id,
+        side=side,
+        qty=_float(trade.get("amount")),
+        price=_float(trade.get("price")),
+        ts_ms=int(trade.get("timestamp") or now_ms),
+    )

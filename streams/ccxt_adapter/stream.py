@@ -1,0 +1,237 @@
+"""The private streams of one ccxt.pro exchange, as posguard events.
+
+One loop per topic (positions, orders, executions). Each loop keeps its ccxt watch call
+pending (that is what opens, authenticates and subscribes the connection, and what raises
+when it drops), waits until the venue confirms the topic is live, then:
+
+* sends ``StreamStatus(connected=True)``;
+* reports a `Heartbeat` every ``heartbeat_interval`` while the connection is provably alive
+  (a pong or a message within two keepalive periods), so an idle account is not taken for a
+  dead stream, and a silently dead one stops heartbeating;
+* reads a REST snapshot of its topic (positions, open orders, or executions since shortly
+  before the stream was last known alive) into the sink, to fill whatever was missed while
+  it was down. The evidence board de-duplicates and keeps the newest state.
+
+When the connection drops it sends ``StreamStatus(connected=False)`` and reconnects with
+exponential backoff and jitter. The events themselves come from `streams.ccxt_hooks`, as
+each message is parsed.
+
+Events pass through an unbounded in-memory queue so that ccxt's message handlers (plain
+callbacks) never wait; a forwarder task feeds the caller's sink in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import ccxt.async_support as ccxt
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+
+from posguard.streams.ccxt_adapter.config import CcxtVenueConfig
+from posguard.streams.ccxt_adapter.errors import redact
+from posguard.streams.ccxt_adapter.mapping import CcxtDict, to_execution, to_order, to_position
+from posguard.streams.venue.errors import VenueError
+from posguard.streams.venue.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, Topic, VenueEvent
+
+log = logging.getLogger("posguard.ccxt")
+
+Snapshot = Callable[[Topic, int], Awaitable[list[VenueEvent]]]
+"""(topic, since_ms) -> the REST view of that topic, to fill a gap."""
+
+
+def topic_of(event: VenueEvent) -> Topic | None:
+    match event:
+        case Position():
+            return "positions"
+        case Order():
+            return "orders"
+        case Execution():
+            return "executions"
+    return None
+
+
+class PrivateStream:
+    """Implements `streams.ccxt_hooks.PrivateListener`; `run` drives the topic loops."""
+
+    def __init__(
+        self,
+        *,
+        exchange: Any,
+        watchers: dict[Topic, Callable[[], Awaitable[object]]],
+        config: CcxtVenueConfig,
+        clock: Callable[[], int],
+        snapshot: Snapshot,
+        observe: Callable[[VenueEvent], None],
+        trades: Callable[[str], bool],
+        secrets: tuple[str, ...],
+        rng: random.Random,
+    ) -> None:
+        self._exchange = exchange
+        self._watchers = watchers
+        self._config = config
+        self._clock = clock
+        self._snapshot = snapshot
+        self._observe = observe
+        self._trades = trades
+        self._secrets = secrets
+        self._rng = rng
+        self._outbox: ObjectSendStream[VenueEvent] | None = None
+        self._live_client: dict[Topic, Any] = {}
+        self._changed = anyio.Event()
+        self._alive_ms: dict[Topic, int] = {}
+
+    # -- PrivateListener: called synchronously from ccxt's message handlers ----------------
+
+    def on_ready(self, topic: Topic, client: Any) -> None:
+        self._live_client[topic] = client
+        self._changed.set()
+
+    def on_order(self, order: CcxtDict) -> None:
+        self._emit(to_order(order, now_ms=self._clock()))
+
+    def on_trade(self, trade: CcxtDict, client_order_id: str) -> None:
+        self._emit(to_execution(trade, client_order_id=client_order_id, now_ms=self._clock()))
+
+    def on_position(self, position: CcxtDict) -> None:
+        self._emit(to_position(position, now_ms=self._clock()))
+
+    def _emit(self, event: VenueEvent) -> None:
+        if self._outbox is None:
+            return  # nobody is streaming: the next snapshot will carry it
+        if isinstance(event, (Order, Position, Execution)) and not self._trades(event.symbol):
+            return  # Bybit's position topic covers inverse and USDC markets too
+        self._observe(event)
+        topic = topic_of(event)
+        if topic is not None:
+            self._alive_ms[topic] = self._clock()
+        self._outbox.send_nowait(event)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, sink: ObjectSendStream[VenueEvent]) -> None:
+        send, receive = anyio.create_memory_object_stream[VenueEvent](math.inf)
+        started = self._clock()
+        for topic in TOPICS:
+            self._alive_ms.setdefault(topic, started)
+        self._outbox = send
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._forward, receive, sink, tg)
+                for topic in TOPICS:
+                    tg.start_soon(self._run_topic, topic, name=f"ccxt stream {topic}")
+        finally:
+            self._outbox = None
+            send.close()
+
+    async def _forward(
+        self, receive: ObjectReceiveStream[VenueEvent], sink: ObjectSendStream[VenueEvent], tg: TaskGroup
+    ) -> None:
+        async with receive:
+            async for event in receive:
+                try:
+                    await sink.send(event)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    log.warning("the event sink was closed; stopping the private streams")
+                    tg.cancel_scope.cancel()
+                    return
+
+    async def _run_topic(self, topic: Topic) -> None:
+        delays = self._config.reconnect.delays(self._rng)
+        announced: bool | None = None
+        while True:
+            came_up, reason = await self._session(topic, reconnect=announced is not None)
+            if came_up:
+                delays = self._config.reconnect.delays(self._rng)
+                announced = True
+            if announced is not False:
+                self._emit_status(topic, False, reason)
+                announced = False
+            delay = next(delays)
+            log.warning("%s stream %s down (%s); reconnecting in %.1f s", self._exchange.id, topic, reason, delay)
+            await anyio.sleep(delay)
+
+    async def _session(self, topic: Topic, *, reconnect: bool) -> tuple[bool, str]:
+        """One connection's life for one topic. Returns (whether it came up, why it ended)."""
+        failure: list[str] = []
+        came_up = False
+        stale = self._live_client.get(topic)
+        async with anyio.create_task_group() as tg:
+
+            async def pump() -> None:
+                watch = self._watchers[topic]
+                try:
+                    while True:
+                        await watch()
+                except (ccxt.BaseError, OSError) as exc:
+                    failure.append(self._redact(f"{type(exc).__name__}: {exc}"))
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(pump)
+            client = None
+            with anyio.move_on_after(self._config.ready_timeout):
+                client = await self._wait_live(topic, stale)
+            if client is None:
+                failure.append(f"not confirmed live within {self._config.ready_timeout:.0f} s")
+                self._drop_connections(f"{topic} stream was not confirmed live")
+                tg.cancel_scope.cancel()
+            else:
+                came_up = True
+                self._emit_status(topic, True, "reconnected" if reconnect else "connected")
+                tg.start_soon(self._heartbeat, topic, client)
+                await self._fill_gap(topic)
+                await anyio.sleep_forever()
+        return came_up, (failure[0] if failure else "stopped")
+
+    async def _wait_live(self, topic: Topic, stale: Any) -> Any:
+        while True:
+            client = self._live_client.get(topic)
+            if client is not None and client is not stale and not client.closed():
+                return client
+            if self._changed.is_set():
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _drop_connections(self, why: str) -> None:
+        """Fail every open private connection the way ccxt fails a broken one, so the next
+        attempt starts on a fresh connection (a reused one would not be subscribed again)."""
+        for client in list((self._exchange.clients or {}).values()):
+            if not client.closed():
+                client.on_error(ccxt.NetworkError(f"posguard: {why}; reconnecting"))
+
+    async def _heartbeat(self, topic: Topic, client: Any) -> None:
+        keepalive_ms = self._config.keepalive * 1000
+        while True:
+            await anyio.sleep(self._config.heartbeat_interval)
+            freshest = max(client.lastPong or 0, client.last_message_at or 0, client.connectionEstablished or 0)
+            if client.closed() or self._exchange.milliseconds() - freshest > 2 * keepalive_ms:
+                continue  # no proof of life: let the board see silence; ccxt will drop it
+            now = self._clock()
+            self._alive_ms[topic] = now
+            if self._outbox is not None:
+                self._outbox.send_nowait(Heartbeat(topic=topic, ts_ms=now))
+
+    async def _fill_gap(self, topic: Topic) -> None:
+        since = self._alive_ms.get(topic, self._clock()) - int(self._config.gap_margin * 1000)
+        delays = self._config.reconnect.delays(self._rng)
+        while True:
+            try:
+                events = await self._snapshot(topic, since)
+                break
+            except VenueError as exc:
+                delay = next(delays)
+                log.warning("%s %s snapshot after connect failed (%s); retrying in %.1f s", self._exchange.id, topic, exc, delay)
+                await anyio.sleep(delay)
+        for event in events:
+            self._emit(event)
+
+    def _emit_status(self, topic: Topic, connected: bool, reason: str) -> None:
+        if self._outbox is not None:
+            self._outbox.send_nowait(StreamStatus(topic=topic, connected=connected, reason=reason, ts_ms=self._clock()))
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)

@@ -1,0 +1,134 @@
+"""The `Venue` protocol: the only way posguard talks to an exchange.
+
+There is exactly one way to ask each question (one `fetch_positions`, one order lookup by
+client order id), so two code paths can never disagree about what the exchange holds.
+Implementations: `streams.fake_venue.FakeVenue` (in memory, with fault knobs) and
+`streams.ccxt_venue.CcxtVenue` (ccxt.pro).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import msgspec
+from anyio.abc import ObjectSendStream
+
+from posguard.streams.venue.events import Execution, Order, OrderSide, Position, VenueEvent
+
+
+class MarketRules(msgspec.Struct, frozen=True, kw_only=True):
+    """What the venue accepts for one symbol. Checked before anything is sent (I7)."""
+
+    symbol: str
+    qty_step: float
+    min_qty: float
+    price_tick: float
+    min_notional: float = 0.0
+
+    def round_qty(self, qty: float) -> float:
+        """Round *down* to the step: never send more than was asked for."""
+        steps = math.floor(qty / self.qty_step + 1e-9)
+        return _clean(steps * self.qty_step, self.qty_step)
+
+    def round_price(self, price: float) -> float:
+        steps = round(price / self.price_tick)
+        return _clean(steps * self.price_tick, self.price_tick)
+
+
+def _clean(value: float, step: float) -> float:
+    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    return round(value, decimals + 2)
+
+
+class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A market order. ``stop_loss`` attaches a stop to the entry where the venue can."""
+
+    symbol: str
+    side: OrderSide
+    qty: float
+    client_order_id: str
+    reduce_only: bool = False
+    stop_loss: float | None = None
+
+
+class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A reduce-only stop-market order. ``side`` is the side of the order that closes."""
+
+    symbol: str
+    side: OrderSide
+    qty: float
+    stop_price: float
+    client_order_id: str
+
+
+@runtime_checkable
+class Venue(Protocol):
+    """An exchange account trading linear perpetuals in one-way mode.
+
+    Errors are the classes of `streams.errors`; an implementation never lets a library's own
+    exception escape, so callers decide by class, not by message.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short venue name for metrics and logs (``fake``, ``bybit``, ``binanceusdm``)."""
+        ...
+
+    @property
+    def supports_attached_stop(self) -> bool:
+        """True when `OrderRequest.stop_loss` is honoured at the fill (the position's stop)."""
+        ...
+
+    def now_ms(self) -> int:
+        """The venue's clock in ms, as well as it is known here: the timebase of ``ts_ms``
+        fields and of `fetch_executions`'s ``since_ms``."""
+        ...
+
+    async def load_markets(self) -> dict[str, MarketRules]:
+        """The tradeable symbols and their rules. Called once at start-up."""
+        ...
+
+    async def fetch_price(self, symbol: str) -> float:
+        """The last traded price: for risk checks and for stops given as a distance."""
+        ...
+
+    async def create_order(self, request: OrderRequest) -> Order:
+        """Send a market order. Raises `VenueUnavailable` when the outcome is unknown."""
+        ...
+
+    async def place_stop(self, request: StopRequest) -> Order:
+        """Arm a reduce-only stop-market order. The returned order has status ``open``."""
+        ...
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
+        """Cancel by client order id. None when the venue has no such open order."""
+        ...
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
+        """Look an order up by client order id, open or closed. None: the venue says unknown."""
+        ...
+
+    async def fetch_executions(self, symbol: str, since_ms: int) -> list[Execution]:
+        """Fills on ``symbol`` at or after ``since_ms``, oldest first."""
+        ...
+
+    async def fetch_positions(self) -> list[Position]:
+        """Every open position of the account. The one and only way to list positions."""
+        ...
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
+        """Open orders, armed stops included; all symbols when ``symbol`` is None."""
+        ...
+
+    async def stream(self, sink: ObjectSendStream[VenueEvent]) -> None:
+        """Push private events (positions, orders, executions, stream status) until cancelled.
+
+        Sends a `StreamStatus` on every disconnect and reconnect; after a reconnect it is the
+        consumer's business to fill the gap by REST, never to assume nothing happened.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
