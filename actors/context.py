@@ -12,7 +12,8 @@ from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
 from posguard.streams.ingestion.evidence import EvidenceBoard
-from posguard.streams.venue.protocol import MarketRules, Venue
+from posguard.streams.venue.markets import MarketRules
+from posguard.streams.venue.protocol import Venue
 
 log = logging.getLogger("posguard.alert")
 

@@ -14,7 +14,7 @@ import msgspec
 
 from posguard.actors.records import utc_now
 from posguard.streams.venue.events import OrderSide
-from posguard.streams.venue.protocol import MarketRules
+from posguard.streams.venue.markets import MarketRules
 
 INTENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from posguard.streams.backoff import Deadline, sleep_within
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
+from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
 from posguard.streams.venue.events import Order
 

@@ -18,13 +18,14 @@ from typing import Literal
 import anyio
 
 from posguard.actors import ids
-from posguard.streams.backoff import Deadline
-from posguard.actors.lifecycle.closing import close_position, settle_closed
 from posguard.actors.context import ActorContext
+from posguard.actors.lifecycle.closing import close_position, settle_closed
 from posguard.actors.orders import send_once
 from posguard.actors.records import PositionRecord, State, utc_now
+from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
+from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import StopRequest
 
 log = logging.getLogger("posguard.actor")
@@ -32,8 +33,6 @@ log = logging.getLogger("posguard.actor")
 StopResult = Literal["live", "would_trigger", "failed"]
 PositionView = Literal["stop_on", "stop_off", "flat", "unknown"]
 ProtectOutcome = Literal["protected", "closed_externally", "closed"]
-EPSILON = 1e-9
-
 
 def read_position(position: Position | None, record: PositionRecord) -> PositionView:
     """What a venue position snapshot says about our filled entry and its stop.
@@ -131,7 +130,7 @@ async def protect(
         view = read_position(seen or ctx.board.position(record.symbol), record)
     if view == "flat" or (view != "stop_on" and ctx.board.executions(record.symbol, record.sent_ms)):
         # The venue says it is gone, or fills arrived since: look for the proof (I1).
-        if await exits_since_entry(ctx, record, ask_rest=view == "flat") >= qty - EPSILON:
+        if await exits_since_entry(ctx, record, ask_rest=view == "flat") >= qty - QTY_TOLERANCE:
             return "closed_externally"
     if view != "stop_on":
         if record.stop_source == "attached":

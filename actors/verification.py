@@ -22,16 +22,16 @@ from typing import Literal
 import anyio
 import msgspec
 
-from posguard.streams.backoff import Deadline
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
+from posguard.streams.backoff import Deadline
+from posguard.streams.ingestion.evidence import newer_order
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, Position, closing_side, position_side_of
-from posguard.streams.ingestion.evidence import newer_order
+from posguard.streams.venue.markets import QTY_TOLERANCE
 
 log = logging.getLogger("posguard.actor")
 
-EPSILON = 1e-9
 Source = Literal["push", "rest"]
 
 
@@ -105,7 +105,7 @@ class EntryEvidence:
             return
         if self.position is None or position.ts_ms >= self.position.ts_ms:
             if position.is_open and position.side == position_side_of(self.record.side):
-                if self.filled_qty() <= EPSILON:
+                if self.filled_qty() <= QTY_TOLERANCE:
                     self.source = source
             self.position = position
 
@@ -145,12 +145,12 @@ class EntryEvidence:
 
     def fill_complete(self) -> bool:
         filled = self.filled_qty()
-        return (self.order is not None and self.order.is_final) or filled >= self.record.qty - EPSILON
+        return (self.order is not None and self.order.is_final) or filled >= self.record.qty - QTY_TOLERANCE
 
     def decide(self, *, final: bool) -> Verdict | None:
         """The verdict the evidence supports, or None to keep looking (unless ``final``)."""
         filled = self.filled_qty()
-        if filled <= EPSILON:
+        if filled <= QTY_TOLERANCE:
             if self.order is not None and self.order.is_final:
                 return Rejected(f"entry order {self.order.status} with nothing filled", self.source)
             if final:
@@ -159,7 +159,7 @@ class EntryEvidence:
         if not self.fill_complete() and not final:
             return None
         exit_qty = self.exit_qty()
-        if exit_qty >= filled - EPSILON:
+        if exit_qty >= filled - QTY_TOLERANCE:
             return ClosedExternally(filled, exit_qty, self.avg_price(), self.source)
         return Filled(
             filled_qty=filled,
@@ -212,7 +212,7 @@ async def ask_over_rest(ctx: ActorContext, record: PositionRecord, evidence: Ent
     try:
         ctx.count_rest(record, "fetch_order")
         evidence.take_order(await venue.fetch_order(record.symbol, record.client_order_id), "rest")
-        if evidence.order is not None and evidence.order.filled <= EPSILON and evidence.order.is_final:
+        if evidence.order is not None and evidence.order.filled <= QTY_TOLERANCE and evidence.order.is_final:
             return evidence.decide(final=False)
         ctx.count_rest(record, "fetch_executions")
         evidence.take_executions(await venue.fetch_executions(record.symbol, record.sent_ms), "rest")

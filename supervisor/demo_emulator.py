@@ -17,7 +17,9 @@ import anyio
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit.client import bybit_venue
 from posguard.streams.emulators.bybit.server import EmulatorServer, running_emulator
+from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.supervisor.config import Config
+
 
 class EmulatorDemoVenue:
     description = "the local Bybit V5 emulator through real ccxt.pro"
@@ -48,7 +50,7 @@ class EmulatorDemoVenue:
             closing = "Sell" if position["side"] == "Buy" else "Buy"
             covered = sum(o["qty"] for o in truth["orders"] if o["symbol"] == symbol and o["side"] == closing
                           and o["status"] == "Untriggered" and o["reduce_only"])
-            if covered < position["size"] - 1e-9:
+            if covered < position["size"] - QTY_TOLERANCE:
                 bare.append(symbol)
         return bare
 

@@ -22,17 +22,26 @@ import msgspec
 from anyio.abc import ObjectSendStream, TaskGroup, TaskStatus
 
 from posguard.actors.context import ActorContext, TransitionObserver
-from posguard.actors.intents import CloseIntent, Intent, IntentRecord, IntentRefused, OpenIntent, check_common, check_open
+from posguard.actors.intents import (
+    CloseIntent,
+    Intent,
+    IntentRecord,
+    IntentRefused,
+    OpenIntent,
+    check_common,
+    check_open,
+)
 from posguard.actors.lifecycle.actor import MailboxFull, SymbolActor, Ticket
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
-from posguard.streams.venue.errors import VenueUnavailable
-from posguard.streams.venue.events import Execution, Position, StreamStatus, VenueEvent
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.ingestion.ingestor import EventCache, Ingestor
-from posguard.streams.venue.protocol import MarketRules, Venue
-from posguard.supervisor.audit import AuditReport, Auditor
+from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.events import Execution, Position, StreamStatus, VenueEvent
+from posguard.streams.venue.markets import MarketRules
+from posguard.streams.venue.protocol import Venue
+from posguard.supervisor.audit import Auditor, AuditReport
 from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.risk import RiskLimits, check_open_positions, check_priced, check_static
 from posguard.supervisor.supervision import AuditSettings, EntryGate, RestartTracker, SupervisorSettings

@@ -18,8 +18,8 @@ import anyio
 import coredis
 
 from posguard.actors.records import PositionRecord
-from posguard.actors.store.keys import Keys
 from posguard.actors.store.client import open_redis
+from posguard.actors.store.keys import Keys
 from posguard.supervisor.config import Config, Secrets
 
 Out = Callable[[str], None]

@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from posguard.actors.store.positions import RedisStore
-from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.client import open_redis, redact_url
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.actors.store.positions import RedisStore
 from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.config import Config, Secrets
 from posguard.supervisor.engine import Engine

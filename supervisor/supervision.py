@@ -22,8 +22,8 @@ from typing import Annotated
 import anyio
 import msgspec
 
-from posguard.streams.backoff import Backoff
 from posguard.actors.records import utc_now
+from posguard.streams.backoff import Backoff
 
 log = logging.getLogger("posguard.supervisor")
 

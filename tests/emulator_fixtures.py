@@ -19,9 +19,14 @@ import anyio
 import pytest
 
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
-from posguard.streams.venue.events import TOPICS, StreamStatus, VenueEvent
 from posguard.streams.emulators.bybit.client import FAST_STREAMS, bybit_venue, emulator_config
 from posguard.streams.emulators.bybit.server import EmulatorServer
+from posguard.streams.venue.events import TOPICS, StreamStatus, VenueEvent
+
+__all__ = [
+    "FAST_STREAMS", "StreamRecorder", "bybit_venue", "emulator_config", "loopback_network_only", "recording",
+    "truth_order",
+]
 
 E = TypeVar("E")
 

@@ -13,10 +13,10 @@ import anyio
 from posguard.actors.intents import OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
-from posguard.actors.store.positions import RedisStore
-from posguard.actors.store.event_cache import RedisEventCache
-from posguard.streams.simulated.venue import FakeVenue
 from posguard.actors.store.client import open_redis
+from posguard.actors.store.event_cache import RedisEventCache
+from posguard.actors.store.positions import RedisStore
+from posguard.streams.simulated.venue import FakeVenue
 from posguard.supervisor.engine import Engine
 from tests.clock import IOAwareMockClock
 

@@ -50,8 +50,8 @@ def test_with_overrides_every_url_is_the_emulator(exchange: str) -> None:
 
 
 def test_the_test_helpers_config_is_loopback_only() -> None:
-    from tests.emulator_fixtures import emulator_config
     from posguard.streams.emulators.bybit.server import EmulatorServer
+    from tests.emulator_fixtures import emulator_config
 
     config = emulator_config(EmulatorServer())
     assert config.loopback_only and config.rest_url.startswith("http://127.0.0.1:")

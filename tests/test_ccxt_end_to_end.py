@@ -17,8 +17,8 @@ from posguard.actors.intents import OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
-from posguard.supervisor.engine import Engine
 from posguard.streams.emulators.bybit import EmulatorServer, ScriptedFailure, running_emulator
+from posguard.supervisor.engine import Engine
 from tests.emulator_fixtures import bybit_venue, loopback_network_only  # noqa: F401
 from tests.support import running_engine
 

@@ -14,6 +14,7 @@ import pytest
 
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.ccxt_adapter.errors import clock_rejected, redact, translate
+from posguard.streams.emulators.bybit import DEFAULT_API_SECRET, ScriptedFailure, running_emulator
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
     OrderRejected,
@@ -22,7 +23,6 @@ from posguard.streams.venue.errors import (
     VenueUnavailable,
 )
 from posguard.streams.venue.protocol import OrderRequest
-from posguard.streams.emulators.bybit import DEFAULT_API_SECRET, ScriptedFailure, running_emulator
 from tests.emulator_fixtures import bybit_venue, loopback_network_only, truth_order  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]

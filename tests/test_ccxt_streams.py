@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from posguard.streams.ccxt_adapter.hooks import acknowledged_topics
+from posguard.streams.emulators.bybit import running_emulator
 from posguard.streams.venue.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
-from posguard.streams.emulators.bybit import running_emulator
 from tests.emulator_fixtures import (  # noqa: F401
     StreamRecorder,
     bybit_venue,

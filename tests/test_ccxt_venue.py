@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from posguard.streams.emulators.bybit import running_emulator
 from posguard.streams.venue.errors import NothingToReduce, OrderRejected, StopWouldTrigger, UnknownSymbol
 from posguard.streams.venue.protocol import OrderRequest, StopRequest, Venue
-from posguard.streams.emulators.bybit import running_emulator
 from tests.emulator_fixtures import bybit_venue, loopback_network_only, truth_order  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]

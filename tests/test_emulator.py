@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from posguard.supervisor.redis_server import free_port
 from posguard.streams.emulators.bybit import running_emulator
 from posguard.streams.emulators.bybit.engine import Engine, VenueReject
+from posguard.supervisor.redis_server import free_port
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("loopback_network_only")

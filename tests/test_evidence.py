@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from posguard.streams.venue.events import Execution
 from posguard.streams.ingestion.evidence import EvidenceBoard
+from posguard.streams.venue.events import Execution
 
 
 def fill(number: int, client_order_id: str) -> Execution:

@@ -11,9 +11,9 @@ import anyio
 import pytest
 
 from posguard.actors.records import State
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
 from posguard.actors.store.keys import Keys
 from posguard.streams.simulated.lag import Lag
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import IntentIntake
 from posguard.supervisor.risk import RiskLimits

@@ -10,10 +10,10 @@ import pytest
 
 from posguard.actors import ids
 from posguard.actors.intents import CloseIntent
-from posguard.streams.backoff import Backoff
 from posguard.actors.records import PositionRecord, State
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.backoff import Backoff
 from posguard.streams.simulated.lag import Lag
+from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 from tests.clock import IOAwareMockClock

@@ -18,18 +18,19 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from posguard.actors import ids
-from posguard.streams.backoff import Deadline
-from posguard.actors.lifecycle.closing import close_position, settle_closed
-from posguard.actors.failpoints import failpoint
 from posguard.actors.context import ActorContext
-from posguard.actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
-from posguard.actors.orders import cancel_leftover_stops, send_once
-from posguard.actors.protection import EPSILON, exits_since_entry, protect, read_position
+from posguard.actors.failpoints import failpoint
 from posguard.actors.findings import Finding
+from posguard.actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
+from posguard.actors.lifecycle.closing import close_position, settle_closed
 from posguard.actors.lifecycle.repairs import assess, repair
+from posguard.actors.orders import cancel_leftover_stops, send_once
+from posguard.actors.protection import exits_since_entry, protect, read_position
 from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
+from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected, VenueUnavailable
+from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
 
 log = logging.getLogger("posguard.actor")
@@ -204,7 +205,7 @@ class SymbolActor:
             return
         held = record.filled_qty or record.qty
         exits = await exits_since_entry(self.ctx, record, ask_rest=True)
-        if exits >= held - EPSILON:
+        if exits >= held - QTY_TOLERANCE:
             await self._closed_externally(record, f"closed by the venue (stop or liquidation): exits {exits}")
         else:
             log.warning("%s: venue pushed flat but executions show only %s of %s closed; leaving it to the audit",

@@ -14,17 +14,17 @@ from typing import Literal
 import anyio
 
 from posguard.actors import ids
-from posguard.streams.backoff import Deadline, sleep_within
 from posguard.actors.context import ActorContext
 from posguard.actors.orders import look_up, send_once
 from posguard.actors.records import PositionRecord, State, utc_now
+from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueUnavailable
 from posguard.streams.venue.events import Order, closing_side, position_side_of
+from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
 
 log = logging.getLogger("posguard.actor")
 
-EPSILON = 1e-9
 CloseOutcome = Literal["closed", "nothing_to_reduce"]
 
 
@@ -56,9 +56,9 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
         except OrderRejected as exc:
             log.error("%s: close %s rejected: %s", record.symbol, coid, exc.reason)
             order = None
-        if order is not None and order.filled > EPSILON:
+        if order is not None and order.filled > QTY_TOLERANCE:
             remaining -= order.filled
-            if remaining <= EPSILON:
+            if remaining <= QTY_TOLERANCE:
                 return "closed"
             attempt += 1
             continue
@@ -96,7 +96,7 @@ async def settle_closed(ctx: ActorContext, record: PositionRecord, outcome: Clos
         record.reason = why
     else:
         exits = await _exits_since(ctx, record)
-        record.state = State.CLOSED_EXTERNALLY if exits >= record.filled_qty - EPSILON > 0 else State.CLOSED
+        record.state = State.CLOSED_EXTERNALLY if exits >= record.filled_qty - QTY_TOLERANCE > 0 else State.CLOSED
         record.reason = f"{why}: venue holds no position (exits seen: {exits})"
     await ctx.save(record)
     ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id)

@@ -16,15 +16,16 @@ import logging
 import anyio
 
 from posguard.actors import ids
-from posguard.streams.backoff import Deadline
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.orders import cancel_leftover_stops
-from posguard.actors.protection import EPSILON, emergency_close, exits_since_entry, place_stop, protect
+from posguard.actors.protection import emergency_close, exits_since_entry, place_stop, protect
 from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
-from posguard.streams.venue.events import Order, Position, closing_side
+from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.events import Order, Position, closing_side
+from posguard.streams.venue.markets import QTY_TOLERANCE
 
 log = logging.getLogger("posguard.audit")
 
@@ -85,11 +86,11 @@ def assess(
                                     seen=f"record {record.state}, venue lists no position",
                                     action="close the record only if executions prove the exit"))
         return findings
-    if abs(position.size - record.filled_qty) > EPSILON:
+    if abs(position.size - record.filled_qty) > QTY_TOLERANCE:
         findings.append(Finding(symbol=symbol, kind="size_mismatch", position=position,
                                 seen=f"venue size {position.size}, record filled_qty {record.filled_qty}",
                                 action="take the venue's size"))
-    if covered_qty(position, stops) < position.size - EPSILON:
+    if covered_qty(position, stops) < position.size - QTY_TOLERANCE:
         findings.append(Finding(symbol=symbol, kind="unprotected", position=position,
                                 seen=f"venue position {position.size} covered by stops for {covered_qty(position, stops)}",
                                 action="place a reduce-only stop for the whole position"))
@@ -160,7 +161,7 @@ async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Posi
             known = await ctx.venue.fetch_order(record.symbol, record.stop_client_order_id)
         except VenueUnavailable:
             known = None
-        if known is not None and known.status == "open" and known.qty >= position.size - EPSILON:
+        if known is not None and known.status == "open" and known.qty >= position.size - QTY_TOLERANCE:
             return f"stop {known.client_order_id} is live (not yet listed); nothing to do"
     result = await place_stop(ctx, record, position.size)
     if result != "live":
@@ -204,7 +205,7 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
 async def _prove_gone(ctx: ActorContext, record: PositionRecord) -> str:
     held = record.filled_qty or record.qty
     exits = await exits_since_entry(ctx, record, ask_rest=True)
-    if exits < held - EPSILON:
+    if exits < held - QTY_TOLERANCE:
         return f"executions show {exits} of {held} closed; left open (the list may lag)"
     record.state, record.closed_at = State.CLOSED_EXTERNALLY, utc_now()
     record.reason = f"audit: closed by the venue (exits {exits})"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import coredis
 from coredis.tokens import PureToken
 
-from posguard.streams.venue.events import Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent, encode_event
 from posguard.actors.store.keys import Keys
+from posguard.streams.venue.events import Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent, encode_event
 
 EVENTS_MAXLEN = 200_000
 ORDER_TTL_SECONDS = 86_400

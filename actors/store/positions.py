@@ -13,8 +13,8 @@ import coredis
 import msgspec
 from coredis.tokens import PureToken
 
-from posguard.actors.intents import IntentRecord
 from posguard.actors.findings import Finding
+from posguard.actors.intents import IntentRecord
 from posguard.actors.records import PositionRecord, utc_now
 from posguard.actors.store.keys import Keys
 

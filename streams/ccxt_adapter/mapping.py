@@ -11,9 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from posguard.streams.venue.events import Execution, Order, OrderStatus, Position
-from posguard.streams.venue.protocol import MarketRules
-
-EPSILON = 1e-12
+from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 
 CcxtDict = dict[str, Any]
 
@@ -103,9 +101,9 @@ def order_status(status: object, *, kind: str, filled: float, qty: float) -> Ord
     ``filled`` whatever its own filled amount says.
     """
     if status in ("open", "canceling"):
-        return "partially_filled" if filled > EPSILON else "open"
+        return "partially_filled" if filled > QTY_TOLERANCE else "open"
     if status == "closed":
-        if kind == "stop" or filled >= qty - EPSILON:
+        if kind == "stop" or filled >= qty - QTY_TOLERANCE:
             return "filled"
         return "cancelled"
     if status in ("canceled", "cancelled", "expired"):
@@ -121,7 +119,7 @@ def to_position(position: CcxtDict, *, now_ms: int) -> Position:
         raise UnmappablePayload("position without a symbol")
     size = abs(_float(position.get("contracts")))
     side = position.get("side")
-    if size <= EPSILON:
+    if size <= QTY_TOLERANCE:
         return Position(symbol=symbol, side="flat", size=0.0, entry_price=0.0, stop_price=None, ts_ms=_ts(position, now_ms))
     if side not in ("long", "short"):
         raise UnmappablePayload(f"{symbol}: open position of size {size} without a side ({side!r})")

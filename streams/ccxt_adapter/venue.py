@@ -48,7 +48,8 @@ from posguard.streams.ccxt_adapter.mapping import (
 from posguard.streams.ccxt_adapter.stream import PrivateStream
 from posguard.streams.venue.errors import OrderRejected, UnknownSymbol, VenueError, VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, Topic, VenueEvent
-from posguard.streams.venue.protocol import MarketRules, OrderRequest, StopRequest
+from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
 
 log = logging.getLogger("posguard.ccxt")
 
@@ -121,7 +122,7 @@ class CcxtVenue:
         if not qty > 0:
             raise OrderRejected(f"{rules.symbol}: qty must be positive, got {qty!r}; nothing was sent", code="posguard-qty")
         rounded = rules.round_qty(qty)
-        if rounded < rules.min_qty - 1e-12:
+        if rounded < rules.min_qty - QTY_TOLERANCE:
             raise OrderRejected(
                 f"{rules.symbol}: qty {qty} (rounded down to the step {rules.qty_step}: {rounded}) is below"
                 f" {self.name}'s minimum {rules.min_qty}; nothing was sent",

@@ -15,8 +15,8 @@ from typing import Protocol
 import anyio
 from anyio.abc import ObjectReceiveStream
 
-from posguard.streams.venue.events import VenueEvent
 from posguard.streams.ingestion.evidence import EvidenceBoard
+from posguard.streams.venue.events import VenueEvent
 
 log = logging.getLogger("posguard.ingestor")
 

@@ -25,12 +25,13 @@ import anyio
 import msgspec
 from anyio.abc import ObjectSendStream, TaskGroup
 
+from posguard.streams.simulated.lag import Lag
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
     NothingToReduce,
     OrderRejected,
-    StopWouldTrigger,
     RateLimited,
+    StopWouldTrigger,
     UnknownSymbol,
     VenueUnavailable,
 )
@@ -47,8 +48,8 @@ from posguard.streams.venue.events import (
     VenueEvent,
     closing_side,
 )
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.venue.protocol import MarketRules, OrderRequest, StopRequest
+from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
 
 
 class FaultKnobs(msgspec.Struct, kw_only=True):
@@ -190,7 +191,7 @@ class GroundTruth:
         covering = sum(
             o.qty for o in self.open_stops(symbol) if o.side == closing_side(position.side)
         )
-        return covering >= position.size - 1e-12
+        return covering >= position.size - QTY_TOLERANCE
 
     def unprotected_now(self) -> list[str]:
         return sorted(s for s in self.positions if not self.is_protected(s))

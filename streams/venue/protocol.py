@@ -2,43 +2,19 @@
 
 There is exactly one way to ask each question (one `fetch_positions`, one order lookup by
 client order id), so two code paths can never disagree about what the exchange holds.
-Implementations: `streams.fake_venue.FakeVenue` (in memory, with fault knobs) and
-`streams.ccxt_venue.CcxtVenue` (ccxt.pro).
+Implementations: `posguard.streams.simulated.FakeVenue` (in memory, with fault knobs) and
+`posguard.streams.ccxt_adapter.venue.CcxtVenue` (ccxt.pro).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol, runtime_checkable
 
 import msgspec
 from anyio.abc import ObjectSendStream
 
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, VenueEvent
-
-
-class MarketRules(msgspec.Struct, frozen=True, kw_only=True):
-    """What the venue accepts for one symbol. Checked before anything is sent (I7)."""
-
-    symbol: str
-    qty_step: float
-    min_qty: float
-    price_tick: float
-    min_notional: float = 0.0
-
-    def round_qty(self, qty: float) -> float:
-        """Round *down* to the step: never send more than was asked for."""
-        steps = math.floor(qty / self.qty_step + 1e-9)
-        return _clean(steps * self.qty_step, self.qty_step)
-
-    def round_price(self, price: float) -> float:
-        steps = round(price / self.price_tick)
-        return _clean(steps * self.price_tick, self.price_tick)
-
-
-def _clean(value: float, step: float) -> float:
-    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
-    return round(value, decimals + 2)
+from posguard.streams.venue.markets import MarketRules
 
 
 class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,7 +42,7 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
 class Venue(Protocol):
     """An exchange account trading linear perpetuals in one-way mode.
 
-    Errors are the classes of `streams.errors`; an implementation never lets a library's own
+    Errors are the classes of `posguard.streams.venue.errors`; an implementation never lets a library's own
     exception escape, so callers decide by class, not by message.
     """
 

@@ -73,24 +73,24 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from posguard.actors import ids
 from posguard.actors.settings import ActorSettings
+from posguard.actors.store.client import open_redis
+from posguard.actors.store.event_cache import EVENTS_MAXLEN, RedisEventCache
+from posguard.actors.store.keys import Keys
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
-from posguard.actors.store.event_cache import EVENTS_MAXLEN, RedisEventCache
-from posguard.streams.venue.events import Execution, VenueEvent, decode_event, encode_event
+from posguard.streams.emulators.bybit.engine import EmuExecution, EmuOrder, EmuPosition
+from posguard.streams.emulators.bybit.instruments import Instrument
+from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.ingestion.evidence import EvidenceBoard
-from posguard.streams.simulated.venue import synthetic_markets
 from posguard.streams.ingestion.ingestor import MAX_BATCH, Ingestor
-from posguard.actors.store.keys import Keys
-from posguard.actors.store.client import open_redis
-from posguard.streams.venue.protocol import MarketRules
+from posguard.streams.simulated.venue import synthetic_markets
+from posguard.streams.venue.events import Execution, VenueEvent, decode_event, encode_event
+from posguard.streams.venue.markets import MarketRules
 from posguard.supervisor.engine import STREAM_BUFFER, Engine
 from posguard.supervisor.redis_server import start_redis_server
 from tests.bench.common import machine, percentile, print_table
 from tests.bench.fleet import is_idle, quiet_logging, run_async, wait_idle
-from posguard.streams.emulators.bybit.engine import EmuExecution, EmuOrder, EmuPosition
-from posguard.streams.emulators.bybit.instruments import Instrument
-from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 
 TARGET_EVENTS_PER_SECOND = 20_000
 ACCOUNT = "bench-ingest"

@@ -42,8 +42,8 @@ import anyio
 from posguard.actors.lifecycle.repairs import assess
 from posguard.actors.records import PositionRecord
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.venue.events import Order, Position
 from posguard.streams.simulated.venue import synthetic_markets
+from posguard.streams.venue.events import Order, Position
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.redis_server import start_redis_server
 from tests.bench.common import machine, ms, percentile, print_table, rss_bytes

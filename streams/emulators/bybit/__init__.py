@@ -12,6 +12,11 @@ or from a shell: ``python -m tests.emulator --port 8765``.
 """
 
 from posguard.streams.emulators.bybit.faults import Faults, ScriptedFailure
-from posguard.streams.emulators.bybit.server import DEFAULT_API_KEY, DEFAULT_API_SECRET, EmulatorServer, running_emulator
+from posguard.streams.emulators.bybit.server import (
+    DEFAULT_API_KEY,
+    DEFAULT_API_SECRET,
+    EmulatorServer,
+    running_emulator,
+)
 
 __all__ = ["DEFAULT_API_KEY", "DEFAULT_API_SECRET", "EmulatorServer", "Faults", "ScriptedFailure", "running_emulator"]
