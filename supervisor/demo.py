@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,9 +23,9 @@ import msgspec
 
 from posguard.actors.intents import CloseIntent, OpenIntent
 from posguard.actors.records import PositionRecord, State
-from posguard.actors.store.client import open_redis, redact_url
+from posguard.actors.store.client import RedisClient, open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
-from posguard.actors.store.keys import Keys
+from posguard.actors.store.keys import delete_account_keys
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated.lag import Lag
 from posguard.streams.simulated.venue import DEFAULT_MARKETS, FakeVenue, FaultKnobs
@@ -242,11 +242,10 @@ async def _one_position(
         f"{detail}  rest calls {record.rest_calls}")
 
 
-async def _clear_demo_keys(client, out) -> None:  # noqa: ANN001
-    keys = [key async for key in client.scan_iter(match=f"{Keys(DEMO_ACCOUNT).prefix}:*")]
-    if keys:
-        await client.delete(keys)
-        out(f"cleared {len(keys)} keys left by an earlier demo run (account '{DEMO_ACCOUNT}' only)")
+async def _clear_demo_keys(client: RedisClient, out: Callable[[str], None]) -> None:
+    cleared = await delete_account_keys(client, DEMO_ACCOUNT)
+    if cleared:
+        out(f"cleared {cleared} keys left by an earlier demo run (account '{DEMO_ACCOUNT}' only)")
 
 
 def _print_summary(

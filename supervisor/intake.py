@@ -18,25 +18,22 @@ Replies: ``BLPOP posguard:{acct}:reply:<intent_id>`` (README, "Intents").
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from typing import Literal
 
 import anyio
-import coredis
-import coredis.exceptions
 import msgspec
 from anyio.abc import TaskStatus
 
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle.actor import Ticket
-from posguard.actors.store.keys import Keys
+from posguard.actors.store.client import REDIS_CONNECTION_ERRORS, RedisClient
+from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine
 
 log = logging.getLogger("posguard.intake")
 
-GROUP = "posguard"
 BATCH = 100
 
 
@@ -97,7 +94,7 @@ class IntentIntake:
 
     def __init__(
         self,
-        client: coredis.Redis[str],
+        client: RedisClient,
         engine: Engine,
         *,
         account: str,
@@ -106,9 +103,8 @@ class IntentIntake:
         poll_interval: float = 0.05,
         reclaim_after: float = 120.0,
     ) -> None:
-        self.client = client
+        self.stream = IntentStream(client, account)
         self.engine = engine
-        self.keys = Keys(account)
         self.consumer = consumer
         self.block_ms = block_ms
         """How long one XREADGROUP blocks; 0 polls every ``poll_interval`` instead."""
@@ -119,7 +115,7 @@ class IntentIntake:
         self.acked = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self._ensure_group()
+        await self.stream.ensure_group()
         async with anyio.create_task_group() as tg:
             task_status.started()
             # First what this consumer had read but not acknowledged before a crash.
@@ -128,7 +124,7 @@ class IntentIntake:
             while not self.engine.stopping:
                 try:
                     got = await self._read(tg, ">")
-                except coredis.exceptions.ConnectionError as exc:
+                except REDIS_CONNECTION_ERRORS as exc:
                     log.warning("intents stream unreadable (%s); retrying", exc)
                     await anyio.sleep(1.0)
                     continue
@@ -142,33 +138,28 @@ class IntentIntake:
         while True:
             await anyio.sleep(self.reclaim_after / 2)
             try:
-                _next, entries, *_ = await self.client.xautoclaim(
-                    self.keys.intents, GROUP, self.consumer, int(self.reclaim_after * 1000), "0-0", count=BATCH
+                entries = await self.stream.reclaim(
+                    self.consumer, min_idle_ms=int(self.reclaim_after * 1000), count=BATCH
                 )
-            except coredis.exceptions.ConnectionError as exc:
+            except REDIS_CONNECTION_ERRORS as exc:
                 log.warning("could not reclaim stalled intents (%s)", exc)
                 continue
             for entry in entries:
-                log.warning("intent entry %s was pending for over %.0f s; taking it again", entry.identifier,
+                log.warning("intent entry %s was pending for over %.0f s; taking it again", entry.entry_id,
                             self.reclaim_after)
-                await self._take(tg, entry.identifier, dict(entry.field_values))
-
-    async def _ensure_group(self) -> None:
-        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
-            await self.client.xgroup_create(self.keys.intents, GROUP, identifier="0", mkstream=True)
+                await self._take(tg, entry)
 
     async def _read(self, tg: anyio.abc.TaskGroup, start: str) -> int:
-        reply = await self.client.xreadgroup(
-            GROUP, self.consumer, {self.keys.intents: start}, count=BATCH,
-            block=self.block_ms if start == ">" and self.block_ms else None,
+        entries = await self.stream.read(
+            self.consumer, start, count=BATCH, block_ms=self.block_ms if start == ">" and self.block_ms else None
         )
-        entries = next(iter(reply.values()), ()) if reply else ()
         for entry in entries:
             self.received += 1
-            await self._take(tg, entry.identifier, dict(entry.field_values))
+            await self._take(tg, entry)
         return len(entries)
 
-    async def _take(self, tg: anyio.abc.TaskGroup, entry_id: str, fields: dict[str, str]) -> None:
+    async def _take(self, tg: anyio.abc.TaskGroup, entry: StreamEntry) -> None:
+        entry_id, fields = entry.entry_id, entry.fields
         try:
             intent = parse_intent(fields)
         except BadIntent as exc:
@@ -200,5 +191,5 @@ class IntentIntake:
         await self._ack(entry_id)
 
     async def _ack(self, entry_id: str) -> None:
-        await self.client.xack(self.keys.intents, GROUP, [entry_id])
+        await self.stream.ack(entry_id)
         self.acked += 1

@@ -9,17 +9,15 @@ follow its replies.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import anyio
-import coredis
 
-from posguard.actors.records import PositionRecord
 from posguard.actors.store.client import open_redis
-from posguard.actors.store.keys import Keys
+from posguard.actors.store.console import OperatorConsole
+from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.supervisor.config import Config, Secrets
 
 Out = Callable[[str], None]
@@ -50,11 +48,10 @@ def _alive(health: dict[str, str]) -> bool:
 
 
 async def status(config: Config, out: Out = print) -> int:
-    keys = Keys(config.account.name)
     async with open_redis(config.redis.url) as client:
-        symbols = sorted(await client.smembers(keys.positions))
-        records = [PositionRecord.from_fields(dict(await client.hgetall(keys.position(s)))) for s in symbols]
-        health = dict(await client.hgetall(keys.health))
+        console = OperatorConsole(client, config.account.name)
+        records = await console.records()
+        health = await console.health()
     now = datetime.now(UTC)
     out(f"account {config.account.name}: {len(records)} position records "
         f"({sum(r.state.is_live for r in records)} live)")
@@ -84,12 +81,12 @@ async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: 
     from posguard.supervisor.audit import Auditor
     from posguard.supervisor.service import open_venue
 
-    keys = Keys(config.account.name)
     async with open_redis(config.redis.url) as client:
-        health = dict(await client.hgetall(keys.health))
+        console = OperatorConsole(client, config.account.name)
+        health = await console.health()
         if not dry_run and _alive(health):
             out(f"asking the running posguard (pid {health.get('pid', '?')}) to audit now ...")
-            return await _audit_by_the_running_process(client, keys, out)
+            return await _audit_by_the_running_process(console, out)
         from posguard.actors.store.positions import RedisStore
 
         store = RedisStore(client, config.account.name)
@@ -126,60 +123,49 @@ async def _audit_here(config: Config, venue, store):  # noqa: ANN001, ANN202
     return engine.last_audit
 
 
-async def _audit_by_the_running_process(client: coredis.Redis[str], keys: Keys, out: Out) -> int:
+async def _audit_by_the_running_process(console: OperatorConsole, out: Out) -> int:
     requested = str(int(time.time() * 1000))
-    await client.hset(keys.health, {"audit_requested": requested})
+    await console.write_health({"audit_requested": requested})
     with anyio.move_on_after(120):
-        while (await client.hget(keys.health, "audit_done") or "") < requested:
+        while await console.health_field("audit_done") < requested:
             await anyio.sleep(0.2)
-        entries = await client.xrange(keys.audit, start=f"{requested}-0")
+        entries = await console.audit_findings_since(requested)
         out(f"audit done: {len(entries)} findings")
         for entry in entries:
-            f = entry.field_values
+            f = entry.fields
             out(f"{f['symbol']}  {f['kind']}  {f['seen']}  ->  {f['action']}")
         return EXIT_OK
     out("no answer from the running posguard within 120 s")
     return EXIT_NO_ANSWER
 
 
-STREAMS = ("journal", "audit", "alerts", "events", "intents")
 
 
 async def events(config: Config, stream: str, *, count: int, follow: bool, out: Out = print) -> int:
-    keys = Keys(config.account.name)
-    key = getattr(keys, stream)
     async with open_redis(config.redis.url) as client:
-        entries = list(reversed(await client.xrevrange(key, count=count)))
-        for entry in entries:
+        async for entry in OperatorConsole(client, config.account.name).tail(stream, count=count, follow=follow):
             out(_entry_line(entry))
-        last = entries[-1].identifier if entries else "$"
-        while follow:
-            reply = await client.xread({key: last}, count=100, block=1000)
-            for entry in (reply or {}).get(key, ()):
-                out(_entry_line(entry))
-                last = entry.identifier
     return EXIT_OK
 
 
-def _entry_line(entry) -> str:  # noqa: ANN001
-    stamp = datetime.fromtimestamp(int(entry.identifier.split("-")[0]) / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
-    fields = " ".join(f"{k}={v}" for k, v in entry.field_values.items())
+def _entry_line(entry: StreamEntry) -> str:
+    stamp = datetime.fromtimestamp(int(entry.entry_id.split("-")[0]) / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+    fields = " ".join(f"{k}={v}" for k, v in entry.fields.items())
     return f"{stamp} {fields}"
 
 
 async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: float, out: Out = print) -> int:
-    keys = Keys(config.account.name)
     async with open_redis(config.redis.url) as client:
-        if not _alive(dict(await client.hgetall(keys.health))):
+        intents = IntentStream(client, config.account.name)
+        if not _alive(await OperatorConsole(client, config.account.name).health()):
             out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
-        await client.xadd(keys.intents, fields)
+        await intents.add(fields)
         out(f"intent {fields['intent_id']} sent")
         with anyio.move_on_after(timeout):
             while True:
-                popped = await client.blpop([keys.reply(fields["intent_id"])], timeout=1)
-                if not popped:
+                reply = await intents.next_reply(fields["intent_id"], timeout_s=1)
+                if reply is None:
                     continue
-                reply = json.loads(popped[1])
                 detail = " ".join(f"{k}={reply[k]}" for k in ("outcome", "reason", "client_order_id") if reply.get(k))
                 out(f"{reply['status']} {detail}".rstrip())
                 if reply["status"] == "done":
@@ -191,8 +177,7 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
 
 
 async def safe_mode_off(config: Config, out: Out = print) -> int:
-    keys = Keys(config.account.name)
     async with open_redis(config.redis.url) as client:
-        await client.hset(keys.health, {"safe_mode": "no"})
+        await OperatorConsole(client, config.account.name).write_health({"safe_mode": "no"})
     out("safe mode off requested; the running posguard picks it up within a second")
     return EXIT_OK

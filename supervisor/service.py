@@ -71,7 +71,7 @@ async def run_service(config: Config, secrets: Secrets | None, redis_url: str) -
             await tg.start(engine.run)
             await tg.start(intake.run)
             tg.start_soon(_stop_on_signal, engine, tg.cancel_scope)
-            log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.keys.intents)
+            log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.stream.keys.intents)
     log.warning("posguard stopped")
     return 0
 

@@ -11,6 +11,15 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import coredis
+import coredis.exceptions
+
+__all__ = ["REDIS_CONNECTION_ERRORS", "RedisClient", "is_redis_failure", "open_redis", "redact_url"]
+
+RedisClient = coredis.Redis[str]
+"""The client every store object is built on; callers outside the store only pass it along."""
+
+REDIS_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (coredis.exceptions.ConnectionError,)
+"""What a caller catches when "Redis did not answer" is a reason to wait and retry."""
 
 
 def redact_url(url: str) -> str:
@@ -25,7 +34,12 @@ def redact_url(url: str) -> str:
 
 
 @asynccontextmanager
-async def open_redis(url: str) -> AsyncIterator[coredis.Redis[str]]:
-    client: coredis.Redis[str] = coredis.Redis.from_url(url, decode_responses=True)
+async def open_redis(url: str) -> AsyncIterator[RedisClient]:
+    client: RedisClient = coredis.Redis.from_url(url, decode_responses=True)
     async with client:
         yield client
+
+
+def is_redis_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis could not be reached (as opposed to a bug of ours)."""
+    return isinstance(exc, (*REDIS_CONNECTION_ERRORS, TimeoutError, OSError))

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import msgspec
 
+from posguard.actors.store.client import RedisClient
+
+__all__ = ["Keys", "delete_account_keys"]
+
 
 class Keys(msgspec.Struct, frozen=True):
     account: str
@@ -71,3 +75,11 @@ class Keys(msgspec.Struct, frozen=True):
     def audit(self) -> str:
         """Stream: every audit finding, what was seen and what was done."""
         return f"{self.prefix}:audit"
+
+
+async def delete_account_keys(client: RedisClient, account: str) -> int:
+    """Delete every key of one account (the demo starts clean); other accounts are untouched."""
+    keys = [key async for key in client.scan_iter(match=f"{Keys(account).prefix}:*")]
+    if keys:
+        await client.delete(keys)
+    return len(keys)

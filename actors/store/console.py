@@ -1,0 +1,60 @@
+"""What the operator's commands read and write in Redis (``posguard status``, ``audit``,
+``events``, ``open``/``close``, ``safe-mode``).
+
+The operator is just another Redis client: it reads the schema the README documents, so what
+it shows is exactly what ``redis-cli`` would, and it asks the running process for work by
+writing request fields of the health hash, which that process polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from posguard.actors.records import PositionRecord
+from posguard.actors.store.client import RedisClient
+from posguard.actors.store.intent_stream import StreamEntry
+from posguard.actors.store.keys import Keys
+
+__all__ = ["TAILABLE_STREAMS", "OperatorConsole"]
+
+TAILABLE_STREAMS = ("journal", "audit", "alerts", "events", "intents")
+"""The streams ``posguard events`` shows; each is an attribute of `Keys`."""
+
+
+class OperatorConsole:
+    def __init__(self, client: RedisClient, account: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+
+    async def records(self) -> list[PositionRecord]:
+        symbols = sorted(await self.client.smembers(self.keys.positions))
+        return [PositionRecord.from_fields(dict(await self.client.hgetall(self.keys.position(s)))) for s in symbols]
+
+    async def health(self) -> dict[str, str]:
+        return dict(await self.client.hgetall(self.keys.health))
+
+    async def health_field(self, name: str) -> str:
+        return await self.client.hget(self.keys.health, name) or ""
+
+    async def write_health(self, fields: dict[str, str]) -> None:
+        await self.client.hset(self.keys.health, fields)
+
+    async def audit_findings_since(self, ms: str) -> list[StreamEntry]:
+        entries = await self.client.xrange(self.keys.audit, start=f"{ms}-0")
+        return [StreamEntry(e.identifier, dict(e.field_values)) for e in entries]
+
+    async def tail(self, stream: str, *, count: int, follow: bool) -> AsyncIterator[StreamEntry]:
+        """The last ``count`` entries of a stream, oldest first; then, with ``follow``, every
+        new one as it arrives."""
+        if stream not in TAILABLE_STREAMS:
+            raise ValueError(f"unknown stream {stream!r}; one of {', '.join(TAILABLE_STREAMS)}")
+        key = getattr(self.keys, stream)
+        entries = list(reversed(await self.client.xrevrange(key, count=count)))
+        for entry in entries:
+            yield StreamEntry(entry.identifier, dict(entry.field_values))
+        last = entries[-1].identifier if entries else "$"
+        while follow:
+            reply = await self.client.xread({key: last}, count=100, block=1000)
+            for entry in (reply or {}).get(key, ()):
+                yield StreamEntry(entry.identifier, dict(entry.field_values))
+                last = entry.identifier

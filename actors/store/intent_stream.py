@@ -1,0 +1,71 @@
+"""The intents stream: strategies ``XADD`` intents, posguard reads them in a consumer group.
+
+The stream and group names are part of posguard's interface (README, "Intents"). An entry is
+acknowledged only once its intent is owned (written ahead); until then it stays pending, so a
+crash leaves it to be delivered again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import coredis.exceptions
+import msgspec
+
+from posguard.actors.store.client import RedisClient
+from posguard.actors.store.keys import Keys
+
+__all__ = ["GROUP", "IntentStream", "StreamEntry"]
+
+GROUP = "posguard"
+"""The consumer group every posguard process of an account reads the intents stream in."""
+
+
+class StreamEntry(msgspec.Struct, frozen=True):
+    """One stream entry: its id and its fields, as plain text."""
+
+    entry_id: str
+    fields: dict[str, str]
+
+
+def _entries(raw: Any) -> list[StreamEntry]:
+    return [StreamEntry(entry.identifier, dict(entry.field_values)) for entry in raw]
+
+
+class IntentStream:
+    def __init__(self, client: RedisClient, account: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group if either is missing (from the start)."""
+        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
+            await self.client.xgroup_create(self.keys.intents, GROUP, identifier="0", mkstream=True)
+
+    async def read(self, consumer: str, start: str, *, count: int, block_ms: int | None) -> list[StreamEntry]:
+        """``start`` ``">"`` reads new entries; ``"0"`` this consumer's pending ones."""
+        reply = await self.client.xreadgroup(
+            GROUP, consumer, {self.keys.intents: start}, count=count, block=block_ms
+        )
+        return _entries(next(iter(reply.values()), ())) if reply else []
+
+    async def reclaim(self, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
+        """Take over entries pending longer than ``min_idle_ms`` in any consumer."""
+        _next, entries, *_ = await self.client.xautoclaim(
+            self.keys.intents, GROUP, consumer, min_idle_ms, "0-0", count=count
+        )
+        return _entries(entries)
+
+    async def ack(self, entry_id: str) -> None:
+        await self.client.xack(self.keys.intents, GROUP, [entry_id])
+
+    async def add(self, fields: dict[str, str]) -> str:
+        """Append an intent, as a strategy would (the operator's ``open``/``close``)."""
+        return await self.client.xadd(self.keys.intents, fields)
+
+    async def next_reply(self, intent_id: str, *, timeout_s: int) -> dict[str, Any] | None:
+        """The intent's next reply (``BLPOP`` on its reply list), or None after ``timeout_s``."""
+        popped = await self.client.blpop([self.keys.reply(intent_id)], timeout=timeout_s)
+        return json.loads(popped[1]) if popped else None
