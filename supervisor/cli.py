@@ -58,12 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the outcome")
     safe = commands.add_parser("safe-mode", help="leave safe mode (after fixing what caused it)")
     safe.add_argument("action", choices=["off"])
+    emulator = commands.add_parser(
+        "emulator", help="run the local Bybit V5 emulator (REST + private WebSocket on 127.0.0.1) until Ctrl-C",
+        description="A local Bybit V5 emulator that real ccxt.pro can drive: rehearse a bot against it with "
+                    "venue.rest_url/ws_url pointed at the addresses it prints. Binds 127.0.0.1 only.")
+    from posguard.streams.emulators.bybit.__main__ import add_arguments as add_emulator_arguments
+
+    add_emulator_arguments(emulator)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "emulator":
+        from posguard.streams.emulators.bybit.__main__ import serve_from_args
+
+        return serve_from_args(args)
     try:
         config = load_config(args.config)
         _configure_logging(config, args)

@@ -51,10 +51,11 @@ async def test_control_api_moves_prices_sets_faults_and_tells_the_truth() -> Non
         assert truth["prices"]["BTCUSDT"] == 58_900
 
 
-def test_runs_on_its_own_from_the_command_line() -> None:
+@pytest.mark.parametrize("command", [["-m", "posguard.streams.emulators.bybit"], ["-m", "posguard", "emulator"]])
+def test_runs_on_its_own_from_the_command_line(command: list[str]) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "posguard.streams.emulators.bybit", "--port", str(port)],
+        [sys.executable, *command, "--port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -8,7 +8,7 @@ move prices, turn fault knobs and read the ground truth. It only ever binds 127.
         config = CcxtVenueConfig(exchange="bybit", rest_url=emu.rest_url, ws_url=emu.ws_url,
                                  loopback_only=True)
 
-or from a shell: ``python -m tests.emulator --port 8765``.
+or from a shell: ``posguard emulator --port 8765`` (or ``python -m posguard.streams.emulators.bybit``).
 """
 
 from posguard.streams.emulators.bybit.faults import Faults, ScriptedFailure
