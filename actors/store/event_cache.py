@@ -12,8 +12,11 @@ from collections.abc import Sequence
 import coredis
 from coredis.tokens import PureToken
 
+from posguard.actors.store.health import StreamHealth, encode_fields
 from posguard.actors.store.keys import Keys
 from posguard.streams.venue.events import Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent, encode_event
+
+__all__ = ["RedisEventCache"]
 
 EVENTS_MAXLEN = 200_000
 ORDER_TTL_SECONDS = 86_400
@@ -34,22 +37,18 @@ class RedisEventCache:
 
     async def write(self, batch: Sequence[VenueEvent]) -> None:
         keys = self.keys
-        last_heard: dict[str, str] = {}
+        last_heard: dict[str, int] = {}
         async with self.client.pipeline(transaction=False) as pipe:
             for event in batch:
-                last_heard[f"{_TOPIC_OF.get(type(event), getattr(event, 'topic', ''))}_last_event_ms"] = str(event.ts_ms)
+                last_heard[_TOPIC_OF.get(type(event)) or event.topic] = event.ts_ms  # type: ignore[union-attr]
                 match event:
                     case Heartbeat():
                         continue
                     case StreamStatus():
-                        pipe.hset(
-                            keys.health,
-                            {
-                                f"{event.topic}_connected": "yes" if event.connected else "no",
-                                f"{event.topic}_changed_ms": str(event.ts_ms),
-                                f"{event.topic}_reason": event.reason,
-                            },
-                        )
+                        pipe.hset(keys.health, encode_fields(
+                            StreamHealth(connected=event.connected, changed_ms=event.ts_ms, reason=event.reason),
+                            topic=event.topic,
+                        ))
                         symbol = ""
                     case Position():
                         pipe.hset(
@@ -92,5 +91,10 @@ class RedisEventCache:
                     trim_operator=PureToken.APPROXIMATELY,
                     threshold=EVENTS_MAXLEN,
                 )
-            pipe.hset(keys.health, last_heard)
+            if last_heard:
+                pipe.hset(keys.health, {
+                    field: value
+                    for topic, ms in last_heard.items()
+                    for field, value in encode_fields(StreamHealth(last_event_ms=ms), topic=topic).items()
+                })
         self.round_trips += 1
