@@ -27,8 +27,7 @@ from posguard.actors.store.client import RedisClient, open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.keys import delete_account_keys
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import DEFAULT_MARKETS, FakeVenue, FaultKnobs
+from posguard.streams.simulated import DEFAULT_MARKETS, FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.config import Config
 from posguard.supervisor.engine import Engine

@@ -32,7 +32,7 @@ log = logging.getLogger("posguard.service")
 @asynccontextmanager
 async def open_venue(config: Config, secrets: Secrets | None) -> AsyncIterator[Venue]:
     if config.venue.kind == "fake":
-        from posguard.streams.simulated.venue import FakeVenue
+        from posguard.streams.simulated import FakeVenue
 
         async with FakeVenue(seed=config.demo.seed) as venue:
             yield venue

@@ -16,7 +16,7 @@ from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.simulated.venue import FakeVenue
+from posguard.streams.simulated import FakeVenue
 from posguard.supervisor.engine import Engine
 from tests.clock import IOAwareMockClock
 
@@ -75,7 +75,7 @@ def open_intent(
 ) -> OpenIntent:
     """An entry with a stop 2 % away from the fake venue's starting price (default size:
     0.01, or the symbol's minimum if that is larger)."""
-    from posguard.streams.simulated.venue import DEFAULT_MARKETS
+    from posguard.streams.simulated import DEFAULT_MARKETS
 
     price, rules = DEFAULT_MARKETS[symbol]
     qty = qty if qty is not None else max(0.01, rules.min_qty)

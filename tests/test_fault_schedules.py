@@ -25,8 +25,7 @@ from posguard.actors import ids
 from posguard.actors.intents import CloseIntent, Intent, OpenIntent
 from posguard.actors.records import State
 from posguard.actors.settings import ActorSettings
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from tests.clock import IOAwareMockClock
 from tests.support import assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 

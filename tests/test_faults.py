@@ -12,8 +12,7 @@ import pytest
 from posguard.actors.intents import CloseIntent
 from posguard.actors.records import State
 from posguard.actors.settings import ActorSettings, VerificationSettings
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.errors import OrderRejected, VenueUnavailable
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy

@@ -12,8 +12,7 @@ import pytest
 
 from posguard.actors.records import State
 from posguard.actors.store.keys import Keys
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import IntentIntake
 from posguard.supervisor.risk import RiskLimits

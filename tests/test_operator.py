@@ -14,8 +14,7 @@ import yaml
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor import operator
 from posguard.supervisor.config import Config, parse_config
 from posguard.supervisor.metrics import Metrics

@@ -10,8 +10,7 @@ import anyio
 import pytest
 
 from posguard.actors.records import State
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor.redis_server import restart_redis_server, start_redis_server
 from posguard.supervisor.supervision import SupervisorSettings
 from tests.support import open_intent, running_engine, wait_streams_healthy

@@ -10,8 +10,7 @@ from __future__ import annotations
 import anyio
 
 from posguard.actors.records import State
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from tests.clock import IOAwareMockClock
 from tests.support import assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 

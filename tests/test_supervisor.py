@@ -12,8 +12,7 @@ from posguard.actors import ids
 from posguard.actors.intents import CloseIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.streams.backoff import Backoff
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 from tests.clock import IOAwareMockClock
@@ -186,20 +185,19 @@ async def test_audit_closes_a_record_only_on_proof(clock: IOAwareMockClock, redi
         venue.knobs.position_lag = Lag.fixed(1000.0)
         venue.set_price(SYMBOL, 151.0)  # moves nothing but keeps the position as it was
         engine.board._positions.clear()  # and no push said anything
-        hidden = venue._position_views.pop(SYMBOL)
-        report = await engine.audit_now()
-        assert report is not None and [f.kind for f in report.findings] == ["not_visible"]
-        assert (await engine.store.load_record(SYMBOL)).state is State.PROTECTED
-        assert "left open" in report.findings[0].action
-        venue._position_views[SYMBOL] = hidden
+        with venue.hide_position(SYMBOL):
+            report = await engine.audit_now()
+            assert report is not None and [f.kind for f in report.findings] == ["not_visible"]
+            assert (await engine.store.load_record(SYMBOL)).state is State.PROTECTED
+            assert "left open" in report.findings[0].action
         # Now the position really is stopped out, with executions to prove it.
         venue.disconnect()  # and the stream is down, so only the audit can notice
         venue.set_price(SYMBOL, 140.0)
         assert venue.truth.position(SYMBOL) is None
-        venue._position_views.pop(SYMBOL)
-        report = await engine.audit_now()
-        assert report is not None and "closed_externally" in report.findings[0].action
-        assert (await engine.store.load_record(SYMBOL)).state is State.CLOSED_EXTERNALLY
+        with venue.hide_position(SYMBOL):
+            report = await engine.audit_now()
+            assert report is not None and "closed_externally" in report.findings[0].action
+            assert (await engine.store.load_record(SYMBOL)).state is State.CLOSED_EXTERNALLY
 
 
 async def test_audit_adopts_a_position_a_closed_record_is_contradicted_by(

@@ -7,8 +7,7 @@ import coredis
 
 from posguard.actors.records import State
 from posguard.actors.store.keys import Keys
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 

@@ -11,6 +11,8 @@ import random
 
 import msgspec
 
+__all__ = ["Lag"]
+
 
 class Lag(msgspec.Struct, frozen=True, kw_only=True):
     """Uniform ``[low, high]`` seconds, except that with probability ``tail_p`` the delay is

@@ -34,8 +34,7 @@ from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs, synthetic_markets
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag, synthetic_markets
 from posguard.streams.venue.events import Execution, Order, Position, VenueEvent
 from posguard.streams.venue.protocol import OrderRequest
 from posguard.supervisor.engine import Engine

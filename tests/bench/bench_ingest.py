@@ -84,7 +84,7 @@ from posguard.streams.emulators.bybit.instruments import Instrument
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.ingestion.ingestor import MAX_BATCH, Ingestor
-from posguard.streams.simulated.venue import synthetic_markets
+from posguard.streams.simulated import synthetic_markets
 from posguard.streams.venue.events import Execution, VenueEvent, decode_event, encode_event
 from posguard.streams.venue.markets import MarketRules
 from posguard.supervisor.engine import STREAM_BUFFER, Engine

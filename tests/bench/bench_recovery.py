@@ -57,7 +57,7 @@ from posguard.actors.intents import CloseIntent
 from posguard.actors.lifecycle.actor import SymbolActor
 from posguard.actors.records import State
 from posguard.streams.backoff import Backoff
-from posguard.streams.simulated.venue import FakeVenue, synthetic_markets
+from posguard.streams.simulated import FakeVenue, synthetic_markets
 from posguard.supervisor.audit import AuditReport
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.redis_server import start_redis_server

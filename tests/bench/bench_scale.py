@@ -42,7 +42,7 @@ import anyio
 from posguard.actors.lifecycle.repairs import assess
 from posguard.actors.records import PositionRecord
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.simulated.venue import synthetic_markets
+from posguard.streams.simulated import synthetic_markets
 from posguard.streams.venue.events import Order, Position
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.redis_server import start_redis_server

@@ -35,8 +35,7 @@ import anyio
 from posguard.actors.intents import OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
-from posguard.streams.simulated.lag import Lag
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs, synthetic_markets
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag, synthetic_markets
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import closing_side
 from posguard.streams.venue.protocol import OrderRequest, StopRequest

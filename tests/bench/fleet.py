@@ -31,7 +31,7 @@ from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
-from posguard.streams.simulated.venue import FakeVenue, FaultKnobs, synthetic_markets
+from posguard.streams.simulated import FakeVenue, FaultKnobs, synthetic_markets
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
