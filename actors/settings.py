@@ -7,8 +7,9 @@ from typing import Annotated
 import msgspec
 
 from posguard.streams.backoff import Backoff
+from posguard.streams.units import Seconds
 
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+__all__ = ["ActorSettings", "ProtectionSettings", "VerificationSettings"]
 
 
 class VerificationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,6 +35,8 @@ class ProtectionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """Retrying a close (emergency or requested) never gives up; this paces it."""
     close_alert_after: Annotated[int, msgspec.Meta(ge=1)] = 5
     """Failed close attempts before the record goes `unverified` and an alert is raised."""
+    orphan_stop_distance: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.02
+    """Stop distance, as a fraction of the entry price, for positions the audit adopts."""
 
 
 class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,5 +44,3 @@ class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):
     verification: VerificationSettings = VerificationSettings()
     protection: ProtectionSettings = ProtectionSettings()
     mailbox_size: int = 64
-    orphan_stop_distance: float = 0.02
-    """Stop distance (fraction of the entry price) for positions the audit adopts."""

@@ -15,6 +15,8 @@ from typing import Annotated
 import anyio
 import msgspec
 
+__all__ = ["Backoff", "Deadline", "sleep_within"]
+
 
 class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     initial: Annotated[float, msgspec.Meta(gt=0)] = 0.25

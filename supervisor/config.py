@@ -15,10 +15,28 @@ from typing import Annotated, Literal, get_args, get_origin
 import msgspec
 
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
+from posguard.streams.units import Seconds
 from posguard.supervisor.risk import RiskLimits
 from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+__all__ = [
+    "AccountConfig",
+    "Config",
+    "ConfigError",
+    "DemoConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "RedisConfig",
+    "StreamsConfig",
+    "VenueConfig",
+    "ccxt_venue_config",
+    "check_config",
+    "load_config",
+    "load_secrets",
+    "parse_config",
+]
+
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 SECRET_WORDS = ("key", "secret", "password", "passphrase", "token")
 
@@ -84,18 +102,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             account=self.account.name,
             verification=self.verification,
             protection=self.protection,
-            orphan_stop_distance=self.audit.orphan_stop_distance,
         )
-
-
-class Secrets(msgspec.Struct, frozen=True):
-    api_key: str
-    api_secret: str
-
-    def __repr__(self) -> str:  # never show them, even in a traceback's locals
-        return "Secrets(api_key=***, api_secret=***)"
-
-    __str__ = __repr__
 
 
 _MSGSPEC_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
@@ -150,19 +157,40 @@ def load_config(path: Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     config = parse_config(text, str(path))
-    check_urls(config)
+    check_config(config)
     return config
 
 
-def check_urls(config: Config) -> None:
-    for key, url in (("venue.rest_url", config.venue.rest_url), ("venue.ws_url", config.venue.ws_url)):
-        if url and not re.match(r"^(https?|wss?)://[^\s/]+", url):
-            raise ConfigError(f"{key}: expected an http(s):// or ws(s):// URL, got {url!r}")
+def check_config(config: Config) -> None:
+    """What a key's type cannot say: whether the URLs are usable. The venue's are judged by
+    the adapter's own rule (`ccxt_venue_config`), so there is one rule, not two that drift;
+    the built-in fake venue uses no URLs."""
+    if config.venue.kind != "fake":
+        ccxt_venue_config(config)
     if config.redis.url and not re.match(r"^(redis|rediss|unix)://", config.redis.url):
         raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
 
 
-def load_secrets(config: Config, environ: dict[str, str] | None = None) -> Secrets | None:
+def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
+    """The adapter's configuration for ``[venue]``; what the adapter refuses is a `ConfigError`
+    naming the ``venue.`` key, so the command line stops with exit code 2 like any other
+    config mistake."""
+    venue = config.venue
+    if venue.kind == "fake":
+        raise ConfigError("venue.kind: 'fake' is the built-in simulated venue, not a ccxt exchange")
+    try:
+        return CcxtVenueConfig(
+            exchange=venue.kind,
+            account=config.account.name,
+            environment="testnet" if venue.testnet else "live",
+            rest_url=venue.rest_url,
+            ws_url=venue.ws_url,
+        )
+    except ConfigRefused as exc:
+        raise ConfigError(f"venue.{exc.key}: {exc.reason}") from None
+
+
+def load_secrets(config: Config, environ: dict[str, str] | None = None) -> ApiCredentials | None:
     """API credentials from the environment; None for the fake venue, which needs none."""
     if config.venue.kind == "fake":
         return None
@@ -177,4 +205,4 @@ def load_secrets(config: Config, environ: dict[str, str] | None = None) -> Secre
                 f" {config.venue.kind} API credential (it is never read from the file)"
             )
         values.append(value)
-    return Secrets(*values)
+    return ApiCredentials(*values)

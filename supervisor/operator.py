@@ -18,7 +18,8 @@ import anyio
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
-from posguard.supervisor.config import Config, Secrets
+from posguard.streams.ccxt_adapter.config import ApiCredentials
+from posguard.supervisor.config import Config
 
 Out = Callable[[str], None]
 ALIVE_WITHIN_MS = 5_000
@@ -77,7 +78,7 @@ async def status(config: Config, out: Out = print) -> int:
     return EXIT_OK
 
 
-async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: Out = print) -> int:
+async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: bool, out: Out = print) -> int:
     from posguard.supervisor.audit import Auditor
     from posguard.supervisor.service import open_venue
 
@@ -90,7 +91,7 @@ async def audit(config: Config, secrets: Secrets | None, *, dry_run: bool, out: 
         from posguard.actors.store.positions import RedisStore
 
         store = RedisStore(client, config.account.name)
-        async with open_venue(config, secrets) as venue:
+        async with open_venue(config, credentials) as venue:
             if dry_run:
                 await venue.load_markets()
                 auditor = Auditor(venue, store, _no_actor, lambda _symbol: False)

@@ -20,8 +20,9 @@ import anyio
 from posguard.actors.store.client import open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
+from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.protocol import Venue
-from posguard.supervisor.config import Config, Secrets
+from posguard.supervisor.config import Config
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import IntentIntake
 from posguard.supervisor.metrics import Metrics
@@ -30,7 +31,7 @@ log = logging.getLogger("posguard.service")
 
 
 @asynccontextmanager
-async def open_venue(config: Config, secrets: Secrets | None) -> AsyncIterator[Venue]:
+async def open_venue(config: Config, credentials: ApiCredentials | None) -> AsyncIterator[Venue]:
     if config.venue.kind == "fake":
         from posguard.streams.simulated import FakeVenue
 
@@ -39,18 +40,18 @@ async def open_venue(config: Config, secrets: Secrets | None) -> AsyncIterator[V
         return
     from posguard.supervisor.venues import open_ccxt_venue
 
-    assert secrets is not None
-    venue = open_ccxt_venue(config, secrets)
+    assert credentials is not None
+    venue = open_ccxt_venue(config, credentials)
     try:
         yield venue
     finally:
         await venue.aclose()
 
 
-async def run_service(config: Config, secrets: Secrets | None, redis_url: str) -> int:
+async def run_service(config: Config, credentials: ApiCredentials | None, redis_url: str) -> int:
     account = config.account.name
     log.warning("posguard run: account %s, venue %s, Redis %s", account, config.venue.kind, redact_url(redis_url))
-    async with open_venue(config, secrets) as venue, open_redis(redis_url) as client:
+    async with open_venue(config, credentials) as venue, open_redis(redis_url) as client:
         metrics = Metrics(venue.name)
         if config.metrics.port:
             metrics.serve(config.metrics.port, config.metrics.bind)

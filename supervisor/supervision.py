@@ -43,8 +43,6 @@ class AuditSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     """Seconds between periodic audits (there is also one at start-up, after any actor crash
     and after any stream reconnect)."""
-    orphan_stop_distance: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.02
-    """Stop distance, as a fraction of the entry price, for positions the audit adopts."""
 
 
 class RestartTracker:

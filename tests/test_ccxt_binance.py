@@ -200,7 +200,7 @@ class Heard:
 
 async def test_user_data_stream_events_map_through_the_hooks() -> None:
     async with binance() as (replay, venue):
-        exchange = venue._exchange  # the hooked ccxt.pro instance, fed as its socket would feed it
+        exchange = venue.exchange  # the hooked ccxt.pro instance, fed as its socket would feed it
         heard = Heard()
         exchange.posguard_listener = heard
         client = exchange.client(f"ws://{replay.base}/private/ws?listenKey=recorded-listen-key")

@@ -93,8 +93,8 @@ def test_the_network_guard_refuses_anything_but_loopback() -> None:
 
 
 def test_the_supervisors_venue_section_maps_onto_the_adapter_config() -> None:
-    from posguard.supervisor.config import ConfigError, Secrets, parse_config
-    from posguard.supervisor.venues import ccxt_venue_config, open_ccxt_venue
+    from posguard.supervisor.config import ConfigError, ccxt_venue_config, parse_config
+    from posguard.supervisor.venues import open_ccxt_venue
 
     config = parse_config(
         '[account]\nname = "acct-1"\n[venue]\nkind = "bybit"\ntestnet = false\n'
@@ -102,7 +102,7 @@ def test_the_supervisors_venue_section_maps_onto_the_adapter_config() -> None:
     )
     mapped = ccxt_venue_config(config)
     assert (mapped.exchange, mapped.account, mapped.environment) == ("bybit", "acct-1", "live")
-    venue = open_ccxt_venue(config, Secrets("key-123456", "secret-123456"))
+    venue = open_ccxt_venue(config, ApiCredentials("key-123456", "secret-123456"))
     assert venue.urls["ws.private.contract"] == "ws://127.0.0.1:8765/v5/private"
     asyncio.run(venue.aclose())
 

@@ -184,7 +184,7 @@ async def test_audit_closes_a_record_only_on_proof(clock: IOAwareMockClock, redi
         # The venue's REST list stops showing the position (lag) although it is open: no change.
         venue.knobs.position_lag = Lag.fixed(1000.0)
         venue.set_price(SYMBOL, 151.0)  # moves nothing but keeps the position as it was
-        engine.board._positions.clear()  # and no push said anything
+        engine.board.forget_positions()  # and no push said anything
         with venue.hide_position(SYMBOL):
             report = await engine.audit_now()
             assert report is not None and [f.kind for f in report.findings] == ["not_visible"]

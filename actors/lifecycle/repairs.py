@@ -111,7 +111,7 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
             assert finding.position is not None
             if record is not None and record.state.is_live:
                 return "a live record appeared meanwhile; nothing to adopt"
-            return await _adopt(ctx, finding.position, ctx.settings.orphan_stop_distance)
+            return await _adopt(ctx, finding.position, ctx.settings.protection.orphan_stop_distance)
         case _ if record is None or not record.state.is_live:
             return f"record is {record.state if record else 'gone'} now; nothing to do"
         case "size_mismatch":

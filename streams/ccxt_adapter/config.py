@@ -4,30 +4,55 @@ The supervisor's ``[venue]`` section maps onto `CcxtVenueConfig` (``kind`` -> ``
 ``testnet`` -> ``environment``); the API key and secret come from the environment and are
 passed in as `ApiCredentials`, which never print.
 
-`resolve_urls` is the single place that decides which hosts the adapter talks to. With
-``loopback_only`` set (tests, the emulator demo) it refuses any configuration that would
-reach beyond 127.0.0.1, so a missing override fails at start instead of quietly trading on
-a real exchange.
+This module is the one rule of which venue URLs are acceptable, in the two moments it can be
+judged: `check_overrides` when the config is made (the operator's ``rest_url``/``ws_url``
+must be bare base URLs of the right scheme, both or neither), and `check_loopback` once the
+venue's dialect has resolved every URL ccxt may use. With ``loopback_only`` set (tests, the
+emulator demo) it refuses any configuration that would reach beyond 127.0.0.1, so a missing
+override fails at start instead of quietly trading on a real exchange.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
 from posguard.streams.backoff import Backoff
+from posguard.streams.units import Seconds
+
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "ApiCredentials",
+    "CcxtVenueConfig",
+    "ConfigRefused",
+    "Environment",
+    "ExchangeId",
+    "check_loopback",
+    "check_overrides",
+    "host_of",
+    "replace_base",
+]
 
 ExchangeId = Literal["bybit", "binanceusdm"]
 Environment = Literal["live", "testnet", "demo"]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class ConfigRefused(ValueError):
-    """The adapter cannot start on this configuration; the message says what to change."""
+    """The adapter cannot start on this configuration; the message says what to change.
+
+    ``key`` is the `CcxtVenueConfig` field to change and ``reason`` what is wrong with it, so
+    a caller that maps its own configuration onto this one (the supervisor's ``[venue]``
+    section) can name its own key's path."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 class ApiCredentials(msgspec.Struct, frozen=True):
@@ -69,19 +94,37 @@ class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     adapters) from redialling a recovering venue in lockstep."""
 
     def __post_init__(self) -> None:
-        if bool(self.rest_url) != bool(self.ws_url):
-            raise ConfigRefused(
-                "set both rest_url and ws_url, or neither: overriding one alone would send REST"
-                " and WebSocket traffic to different places"
-            )
-        for name, url, schemes in (("rest_url", self.rest_url, ("http", "https")), ("ws_url", self.ws_url, ("ws", "wss"))):
-            if url:
-                parts = urlsplit(url)
-                if parts.scheme not in schemes or not parts.hostname or parts.path not in ("", "/"):
-                    raise ConfigRefused(
-                        f"{name} must be a bare base URL like {schemes[0]}://127.0.0.1:8080"
-                        f" (the venue's paths are appended), got {url!r}"
-                    )
+        check_overrides(self.rest_url, self.ws_url)
+
+
+def check_overrides(rest_url: str, ws_url: str) -> None:
+    """Refuse base-URL overrides that would split or garble the adapter's traffic."""
+    if bool(rest_url) != bool(ws_url):
+        raise ConfigRefused(
+            "ws_url" if rest_url else "rest_url",
+            "set both rest_url and ws_url, or neither: overriding one alone would send REST"
+            " and WebSocket traffic to different places",
+        )
+    for key, url, schemes in (("rest_url", rest_url, ("http", "https")), ("ws_url", ws_url, ("ws", "wss"))):
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in schemes or not parts.hostname or parts.path not in ("", "/"):
+                raise ConfigRefused(
+                    key,
+                    f"must be a bare base URL like {schemes[0]}://127.0.0.1:8080"
+                    f" (the venue's paths are appended), got {url!r}",
+                )
+
+
+def check_loopback(urls: Mapping[str, str]) -> None:
+    """Refuse to start when any resolved URL (``loopback_only`` set) leaves the machine."""
+    outside = sorted({host_of(url) for url in urls.values()} - LOOPBACK_HOSTS)
+    if outside:
+        raise ConfigRefused(
+            "loopback_only",
+            f"set, but the venue URLs point at {', '.join(outside)};"
+            " set rest_url and ws_url to the emulator (python -m tests.emulator)",
+        )
 
 
 def host_of(url: str) -> str:
@@ -93,12 +136,3 @@ def replace_base(url: str, base: str) -> str:
     parts = urlsplit(url)
     tail = url[len(f"{parts.scheme}://{parts.netloc}"):]
     return base.rstrip("/") + tail
-
-
-def check_loopback(urls: dict[str, str]) -> None:
-    outside = sorted({host_of(url) for url in urls.values()} - LOOPBACK_HOSTS)
-    if outside:
-        raise ConfigRefused(
-            f"loopback_only is set but the venue URLs point at {', '.join(outside)};"
-            " set rest_url and ws_url to the emulator (python -m tests.emulator)"
-        )

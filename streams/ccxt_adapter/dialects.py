@@ -19,13 +19,15 @@ import ccxt.async_support as ccxt
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, replace_base
 from posguard.streams.ccxt_adapter.errors import RedactingLogger, is_not_found
 from posguard.streams.ccxt_adapter.hooks import BYBIT_EXEC_TYPES, HookedBinanceUsdm, HookedBybit
+from posguard.streams.ccxt_adapter.mapping import CcxtDict
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Topic
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 
+__all__ = ["DIALECTS", "BinanceUsdmDialect", "BybitDialect", "Dialect", "Exchange", "all_urls"]
+
 log = logging.getLogger("posguard.ccxt")
 
-CcxtDict = dict[str, Any]
 Exchange = Any  # a ccxt.pro exchange instance; ccxt ships no usable type for it
 
 DAY_MS = 86_400_000

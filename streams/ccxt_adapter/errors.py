@@ -30,6 +30,16 @@ from posguard.streams.venue.errors import (
     VenueUnavailable,
 )
 
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "RedactingLogger",
+    "clock_rejected",
+    "is_not_found",
+    "redact",
+    "translate",
+    "venue_reply",
+]
+
 _SIGNATURE = re.compile(r"(signature|sign|listenKey)(['\"]?\s*[:=]\s*['\"]?)[0-9A-Za-z%+/=_-]+", re.IGNORECASE)
 
 # Venue codes whose meaning decides what the actor does next. Anything not listed here

@@ -24,11 +24,19 @@ from typing import Any, Protocol
 
 import ccxt.pro
 
+from posguard.streams.ccxt_adapter.mapping import CcxtDict
 from posguard.streams.venue.events import Topic
 
-log = logging.getLogger("posguard.ccxt")
+__all__ = [
+    "BYBIT_EXEC_TYPES",
+    "BYBIT_TOPICS",
+    "HookedBinanceUsdm",
+    "HookedBybit",
+    "PrivateListener",
+    "acknowledged_topics",
+]
 
-CcxtDict = dict[str, Any]
+log = logging.getLogger("posguard.ccxt")
 
 BYBIT_TOPICS: dict[str, Topic] = {"position": "positions", "order": "orders", "execution": "executions"}
 BYBIT_EXEC_TYPES = ("Trade", "AdlTrade", "BustTrade")

@@ -13,7 +13,20 @@ from typing import Any
 from posguard.streams.venue.events import Execution, Order, OrderStatus, Position
 from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 
+__all__ = [
+    "CcxtDict",
+    "UnmappablePayload",
+    "is_usdt_linear_perpetual",
+    "market_rules",
+    "order_status",
+    "to_execution",
+    "to_order",
+    "to_position",
+]
+
 CcxtDict = dict[str, Any]
+"""One of ccxt's unified structures (an order, a trade, a position, a market) or a raw
+message: ccxt ships no types for them, so the name at least says whose shape it is."""
 
 
 class UnmappablePayload(ValueError):

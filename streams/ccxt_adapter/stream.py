@@ -38,6 +38,8 @@ from posguard.streams.ccxt_adapter.mapping import CcxtDict, to_execution, to_ord
 from posguard.streams.venue.errors import VenueError
 from posguard.streams.venue.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, Topic, VenueEvent
 
+__all__ = ["PrivateStream", "Snapshot", "topic_of"]
+
 log = logging.getLogger("posguard.ccxt")
 
 Snapshot = Callable[[Topic, int], Awaitable[list[VenueEvent]]]

@@ -35,9 +35,10 @@ import msgspec
 from anyio.abc import ObjectSendStream
 
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, check_loopback
-from posguard.streams.ccxt_adapter.dialects import DIALECTS, CcxtDict, all_urls
+from posguard.streams.ccxt_adapter.dialects import DIALECTS, all_urls
 from posguard.streams.ccxt_adapter.errors import clock_rejected, redact, translate
 from posguard.streams.ccxt_adapter.mapping import (
+    CcxtDict,
     UnmappablePayload,
     is_usdt_linear_perpetual,
     market_rules,
@@ -50,6 +51,8 @@ from posguard.streams.venue.errors import OrderRejected, UnknownSymbol, VenueErr
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, Topic, VenueEvent
 from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
+
+__all__ = ["KNOWN_ORDER_IDS", "CcxtVenue"]
 
 log = logging.getLogger("posguard.ccxt")
 
@@ -85,6 +88,14 @@ class CcxtVenue:
     @property
     def name(self) -> str:
         return self._config.exchange
+
+    @property
+    def exchange(self) -> Any:
+        """The underlying ccxt.pro exchange (posguard's hooked subclass), read-only, for tests
+        and diagnostics: what ccxt has cached, which clients are open, feeding it a frame.
+        Trading through it directly would bypass the adapter's refusals, error translation and
+        order-id bookkeeping; use the `Venue` methods for that."""
+        return self._exchange
 
     @property
     def supports_attached_stop(self) -> bool:

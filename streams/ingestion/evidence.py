@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 
 import anyio
+import msgspec
 
 from posguard.streams.venue.events import (
     TOPICS,
@@ -27,6 +29,8 @@ from posguard.streams.venue.events import (
     Topic,
     VenueEvent,
 )
+
+__all__ = ["BoardStatistics", "EvidenceBoard", "newer_order"]
 
 _STATUS_RANK = {"open": 0, "partially_filled": 1, "filled": 2, "cancelled": 2, "rejected": 2}
 
@@ -40,44 +44,68 @@ def newer_order(current: Order | None, candidate: Order) -> Order:
     return candidate if key_candidate >= key_current else current
 
 
+class BoardStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """What the board holds right now, beside its bounds: the board lives as long as the
+    process, so its memory must be seen to stay bounded (metrics, benchmarks, tests)."""
+
+    events_applied: int
+    """Events given to `EvidenceBoard.apply` since the board was made."""
+    orders: int
+    """Client order ids with a pushed order state."""
+    fill_ids: int
+    """Client order ids with pushed fills."""
+    executions: int
+    """Executions in all symbols' rings together."""
+    execution_symbols: int
+    """Symbols with an execution ring."""
+    positions: int
+    """Symbols with a pushed position (flat ones included)."""
+    max_orders: int
+    """The bound on `orders` and on `fill_ids`."""
+    executions_per_symbol: int
+    """The bound on each symbol's ring."""
+
+
 class EvidenceBoard:
     def __init__(self, *, stale_after: float = 15.0, max_orders: int = 50_000, executions_per_symbol: int = 256) -> None:
         self.stale_after = stale_after
-        self._max_orders = max_orders
+        self.max_orders = max_orders
+        """Order states (and, separately, fill lists) kept by client order id; oldest go first."""
+        self.executions_per_symbol = executions_per_symbol
+        """Executions kept per symbol; each new one is checked against all of them for a duplicate."""
         self._orders: OrderedDict[str, Order] = OrderedDict()
         self._fills: OrderedDict[str, list[Execution]] = OrderedDict()  # by client order id, capped like orders
         self._executions: dict[str, deque[Execution]] = {}  # by symbol
-        self._executions_cap = executions_per_symbol
         self._positions: dict[str, Position] = {}
         self._connected: dict[str, bool] = dict.fromkeys(TOPICS, False)
         self._last_seen: dict[str, float] = dict.fromkeys(TOPICS, -math.inf)
         self._changed: dict[str, anyio.Event] = {}
         self._health_changed = anyio.Event()
-        self.events_applied = 0
+        self._events_applied = 0
 
     # -- intake ----------------------------------------------------------------------------
 
     def apply(self, event: VenueEvent) -> None:
-        self.events_applied += 1
+        self._events_applied += 1
         match event:
             case Order():
                 self._seen("orders")
                 if event.client_order_id:
                     previous = self._orders.get(event.client_order_id)
                     self._orders[event.client_order_id] = newer_order(previous, event)
-                    if previous is None and len(self._orders) > self._max_orders:
+                    if previous is None and len(self._orders) > self.max_orders:
                         self._orders.popitem(last=False)
                 self._wake(event.symbol)
             case Execution():
                 self._seen("executions")
-                ring = self._executions.setdefault(event.symbol, deque(maxlen=self._executions_cap))
+                ring = self._executions.setdefault(event.symbol, deque(maxlen=self.executions_per_symbol))
                 if all(e.exec_id != event.exec_id for e in ring):
                     ring.append(event)
                     if event.client_order_id:
                         fills = self._fills.get(event.client_order_id)
                         if fills is None:
                             fills = self._fills[event.client_order_id] = []
-                            if len(self._fills) > self._max_orders:
+                            if len(self._fills) > self.max_orders:
                                 self._fills.popitem(last=False)  # ids of other tools, old stops
                         fills.append(event)
                 self._wake(event.symbol)
@@ -96,6 +124,21 @@ class EvidenceBoard:
                     self._wake_all()
             case Heartbeat():
                 self._seen(event.topic)
+
+    def preload_executions(self, symbol: str, executions: Iterable[Execution]) -> None:
+        """Start ``symbol``'s execution ring with ``executions`` (oldest first; only the newest
+        `executions_per_symbol` are kept), replacing what it held, as if they had been pushed
+        long ago: not counted, nobody woken, stream health untouched, not indexed as fills of
+        a client order id. For benchmarks and tests that need a long-running board's steady
+        state (full rings, so every execution pays the duplicate scan) without replaying
+        every push through `apply`."""
+        self._executions[symbol] = deque(executions, maxlen=self.executions_per_symbol)
+
+    def forget_positions(self) -> None:
+        """Drop every pushed position, as if the positions stream had never spoken: what a
+        board knows after a restart, before the first push. Nobody is woken (nothing new was
+        learned). Tests use it to stage "no push said anything" about a position."""
+        self._positions.clear()
 
     def _seen(self, topic: Topic) -> None:
         self._last_seen[topic] = anyio.current_time()
@@ -126,6 +169,18 @@ class EvidenceBoard:
     def position(self, symbol: str) -> Position | None:
         """The latest pushed position (size 0 when the venue pushed "flat"), or None."""
         return self._positions.get(symbol)
+
+    def statistics(self) -> BoardStatistics:
+        return BoardStatistics(
+            events_applied=self._events_applied,
+            orders=len(self._orders),
+            fill_ids=len(self._fills),
+            executions=sum(len(ring) for ring in self._executions.values()),
+            execution_symbols=len(self._executions),
+            positions=len(self._positions),
+            max_orders=self.max_orders,
+            executions_per_symbol=self.executions_per_symbol,
+        )
 
     def is_healthy(self) -> bool:
         """All private topics connected and heard from within ``stale_after`` seconds."""

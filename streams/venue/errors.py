@@ -15,6 +15,18 @@ what it gets into one of these, and the actor decides from the class alone:
 
 from __future__ import annotations
 
+__all__ = [
+    "DuplicateClientOrderId",
+    "NothingToReduce",
+    "OrderRejected",
+    "RateLimited",
+    "StopWouldTrigger",
+    "UnknownSymbol",
+    "VenueAuthFailed",
+    "VenueError",
+    "VenueUnavailable",
+]
+
 
 class VenueError(Exception):
     """Base for everything a venue adapter raises on purpose."""

@@ -15,6 +15,26 @@ from typing import Literal
 
 import msgspec
 
+__all__ = [
+    "FINAL_ORDER_STATUSES",
+    "TOPICS",
+    "Execution",
+    "Heartbeat",
+    "Order",
+    "OrderKind",
+    "OrderSide",
+    "OrderStatus",
+    "Position",
+    "PositionSide",
+    "StreamStatus",
+    "Topic",
+    "VenueEvent",
+    "closing_side",
+    "decode_event",
+    "encode_event",
+    "position_side_of",
+]
+
 OrderSide = Literal["buy", "sell"]
 PositionSide = Literal["long", "short", "flat"]
 OrderKind = Literal["market", "stop"]

@@ -16,6 +16,8 @@ from anyio.abc import ObjectSendStream
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, VenueEvent
 from posguard.streams.venue.markets import MarketRules
 
+__all__ = ["OrderRequest", "StopRequest", "Venue"]
+
 
 class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A market order. ``stop_loss`` attaches a stop to the entry where the venue can."""

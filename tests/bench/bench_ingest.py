@@ -61,7 +61,7 @@ import json
 import os
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -188,7 +188,7 @@ def offline_bybit(instruments: Sequence[Instrument]) -> tuple[CcxtVenue, Any]:
     config = CcxtVenueConfig(exchange="bybit", environment="testnet", rest_url="http://127.0.0.1:9",
                              ws_url="ws://127.0.0.1:9", loopback_only=True, ready_timeout=86_400.0)
     venue = CcxtVenue(config, ApiCredentials("bench-key", "bench-secret"), rng=random.Random(3))
-    exchange = venue._exchange
+    exchange = venue.exchange
 
     async def instruments_info(params: dict[str, Any] | None = None) -> dict[str, Any]:
         listed = [] if (params or {}).get("status") == "PreLaunch" else [i.payload() for i in instruments]
@@ -323,12 +323,12 @@ async def decode_with_posguard(venue: CcxtVenue, client: Any, frames: Sequence[F
 
 def fill_execution_rings(board: EvidenceBoard, symbols: Sequence[str]) -> None:
     """Every symbol's execution ring full (256 fills seen), as in a long-running busy account.
-    Set directly: replaying 256,000 fills through `apply` would take longer than the bench."""
-    cap = board._executions_cap
+    Preloaded: replaying 256,000 fills through `apply` would take longer than the bench."""
+    cap = board.executions_per_symbol
     filler = [Execution(symbol="", exec_id=f"old-{i}", order_id="", client_order_id="", side="buy", qty=QTY,
                         price=PRICE, ts_ms=BASE_MS - cap + i) for i in range(cap)]
     for symbol in symbols:
-        board._executions[symbol] = deque(filler, maxlen=cap)
+        board.preload_executions(symbol, filler)
 
 
 def msgspec_alone(events: Sequence[VenueEvent]) -> float:
@@ -384,7 +384,7 @@ async def drained(engine: Engine, cache: TimedCache, target: int) -> None:
     """Every event applied and journalled, and every nudged actor back on its empty mailbox."""
     ingestor = engine.ingestor
     with anyio.fail_after(120):
-        while ingestor.events < target or cache.in_flight:
+        while ingestor.statistics().events < target or cache.in_flight:
             await anyio.sleep(0.001)
         await actors_idle(engine)
 
@@ -418,7 +418,7 @@ async def measured(
     gc.collect()
     await anyio.sleep(0.05)
     ingestor = engine.ingestor
-    target = ingestor.events + events
+    target = ingestor.statistics().events + events
     first_batch = len(cache.sizes)
     before = await redis_snapshot(client)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -427,10 +427,11 @@ async def measured(
         await drained(engine, cache, target)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     after = await redis_snapshot(client)
-    if ingestor.events != target:
-        raise SystemExit(f"{name}: {ingestor.events - target + events} events ingested, expected {events}")
-    if ingestor.cache_failures:
-        raise SystemExit(f"{name}: {ingestor.cache_failures} cache writes failed")
+    ingested = ingestor.statistics()
+    if ingested.events != target:
+        raise SystemExit(f"{name}: {ingested.events - target + events} events ingested, expected {events}")
+    if ingested.cache_failures:
+        raise SystemExit(f"{name}: {ingested.cache_failures} cache writes failed")
     return Run(
         name=name, events=events, wall=wall, cpu=cpu, redis_cpu=after.cpu - before.cpu,
         commands=after.commands - before.commands - 3, reads=after.reads - before.reads,
