@@ -326,8 +326,8 @@ async def run(redis_url: str, count: int, crashes: int, starts: int) -> None:
         ]
 
     interpreter = import_seconds("pass")
-    engine_imports = import_seconds("import supervisor.service, supervisor.engine, actors.store")
-    ccxt_imports = import_seconds("import supervisor.service, supervisor.venues, streams.ccxt_venue")
+    engine_imports = import_seconds("import posguard.supervisor.service, posguard.supervisor.engine, posguard.actors.store")
+    ccxt_imports = import_seconds("import posguard.supervisor.service, posguard.supervisor.venues, posguard.streams.ccxt_adapter.venue")
 
     print_table(
         f"start-up with {count} live protected records in Redis (each row a new engine; ms from before "
@@ -343,8 +343,8 @@ async def run(redis_url: str, count: int, crashes: int, starts: int) -> None:
         ["what", "wall"],
         [
             ["python -c pass (interpreter start)", ms(interpreter)],
-            ["python -c 'import supervisor.service, ...' (engine, Redis, metrics)", ms(engine_imports)],
-            ["the same + streams.ccxt_venue (ccxt, for a real exchange)", ms(ccxt_imports)],
+            ["python -c 'import posguard.supervisor.service, ...' (engine, Redis, metrics)", ms(engine_imports)],
+            ["the same + posguard.streams.ccxt_adapter (ccxt, for a real exchange)", ms(ccxt_imports)],
         ],
     )
     print_table(
