@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 
+__all__ = ["ENTRY_SUFFIX", "PREFIX", "close_id", "entry_id", "is_entry_id", "is_ours", "stop_id"]
+
 PREFIX = "pg"
+ENTRY_SUFFIX = "-e"
 
 
 def _digest(account: str, intent_id: str) -> str:
@@ -20,7 +23,13 @@ def _digest(account: str, intent_id: str) -> str:
 
 
 def entry_id(account: str, intent_id: str) -> str:
-    return f"{PREFIX}{_digest(account, intent_id)}-e"
+    return f"{PREFIX}{_digest(account, intent_id)}{ENTRY_SUFFIX}"
+
+
+def is_entry_id(client_order_id: str) -> bool:
+    """An entry order's id (as opposed to a stop's or a close's): its fills open a position,
+    so they never end one."""
+    return client_order_id.endswith(ENTRY_SUFFIX)
 
 
 def stop_id(account: str, intent_id: str, attempt: int) -> str:

@@ -13,7 +13,12 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from posguard.actors.records import PositionRecord
+
+__all__ = ["JsonFormatter", "KeyValueFormatter", "LogFormat", "RedactSecrets", "configure_logging", "log_transition"]
 
 LogFormat = Literal["text", "json"]
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -66,6 +71,17 @@ class RedactSecrets(logging.Filter):
             if fields:
                 record.fields = {k: self._clean(str(v)) for k, v in fields.items()}
         return True
+
+
+_transitions = logging.getLogger("posguard.engine")  # the logger name operators filter on
+
+
+def log_transition(record: PositionRecord, note: str) -> None:
+    """One log line per transition: what an operator greps for."""
+    _transitions.info("transition", extra={"fields": {
+        "symbol": record.symbol, "state": str(record.state), "client_order_id": record.client_order_id,
+        "intent_id": record.intent_id, "note": note or record.reason,
+    }})
 
 
 def configure_logging(level: int, fmt: LogFormat, secrets: Iterable[str] = ()) -> None:

@@ -8,8 +8,7 @@ import logging
 
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.client import redact_url
-from posguard.supervisor.engine import _log_transition
-from posguard.supervisor.logs import JsonFormatter, KeyValueFormatter, RedactSecrets
+from posguard.supervisor.logs import JsonFormatter, KeyValueFormatter, RedactSecrets, log_transition
 
 SECRET = "s3cr3t-api-secret-value"
 
@@ -34,7 +33,7 @@ def record() -> PositionRecord:
 def test_a_transition_is_one_key_value_line_with_its_fields() -> None:
     logger, stream = capture(KeyValueFormatter(), [])
     try:
-        _log_transition(record(), "stop live (attached)")
+        log_transition(record(), "stop live (attached)")
     finally:
         logger.handlers.clear()
         logger.propagate = True

@@ -20,10 +20,10 @@ redis-server (`start_redis_server`, no persistence) on the same machine:
   into the engine's 65,536-slot stream. The `CcxtVenue` is real; only its REST market list and
   clock are answered in-process and its three watch calls wait forever, so nothing connects
   anywhere (the URLs point at 127.0.0.1 and ``loopback_only`` is on).
-* `Engine.ingestor` exactly as `Engine` wires it: `EvidenceBoard.apply`, then `Engine._route`
+* `Engine.ingestor` exactly as `Engine` wires it: `EvidenceBoard.apply`, then `EventRouter.route`
   (nudges the symbol's `SymbolActor`), then one pipelined `RedisEventCache.write` per batch
   (up to 1,024 events). The cache is wrapped only to time each pipeline.
-* 1,000 supervised `SymbolActor`s (``Engine._actor``); a nudged actor reads its record from
+* 1,000 supervised `SymbolActor`s (``ActorRegistry.get_or_start``); a nudged actor reads its record from
   Redis (``follow_venue``), one round trip per nudge, concurrently with the ingestor.
 
 Steady state, not a cold start: the Redis event journal is pre-filled to its cap
@@ -229,7 +229,7 @@ class TimedCache:
 
 class Probe:
     """Push -> board latency of every ``SAMPLE``-th push of a scenario: the producer notes when
-    it hands push ``i`` over, an extra ingestor listener (after `Engine._route`) when event ``i``
+    it hands push ``i`` over, an extra ingestor listener (after `EventRouter.route`) when event ``i``
     has been applied. A push's index is its ``ts_ms - BASE_MS`` (see `build_frames`)."""
 
     def __init__(self) -> None:
@@ -551,8 +551,8 @@ async def body(
         ccxt_only=ccxt_only,
         whole_decode=whole_decode,
         msgspec_decode=msgspec_alone(sample),
-        ingest_fresh=await ingest_alone(sample, engine._route, False, symbols),
-        ingest_full=await ingest_alone(sample, engine._route, True, symbols),
+        ingest_fresh=await ingest_alone(sample, engine.router.route, False, symbols),
+        ingest_full=await ingest_alone(sample, engine.router.route, True, symbols),
         events=len(sample),
         cache_1024=await cache_alone(client, sample, MAX_BATCH),
         cache_1=await cache_alone(client, sample[:CACHE_1_EVENTS], 1),
@@ -566,11 +566,11 @@ async def body(
     send, receive = anyio.create_memory_object_stream[VenueEvent](STREAM_BUFFER)
     sink = send.clone()
     async with anyio.create_task_group() as tg:
-        engine._task_group = tg  # what Engine.run does before it starts the actors
+        engine.actors.attach(tg)  # what Engine.run does before it starts the actors
         tg.start_soon(engine.ingestor.run, receive)
-        tg.start_soon(engine._stream, send)  # CcxtVenue.stream -> PrivateStream.run
+        tg.start_soon(engine.stream_events, send)  # CcxtVenue.stream -> PrivateStream.run
         for symbol in symbols:
-            engine._actor(symbol)
+            engine.actors.get_or_start(symbol)
         await wait_idle(engine.actors.values())
         fill_execution_rings(engine.board, symbols)
         stages.nudge = await nudges_alone(engine, client, 3)
@@ -622,9 +622,9 @@ def print_stages(st: Stages) -> None:
                  f"{count_ccxt:,} / {count_whole:,}"])
     rows.append(["  for reference: msgspec decode of posguard's own event JSON (decode_event)",
                  us(st.msgspec_decode, st.events), f"{st.events:,}"])
-    rows.append(["ingest: board.apply + Engine._route, execution rings empty", us(st.ingest_fresh, st.events),
+    rows.append(["ingest: board.apply + EventRouter.route, execution rings empty", us(st.ingest_fresh, st.events),
                  f"{st.events:,}"])
-    rows.append(["ingest: board.apply + Engine._route, execution rings full (256)", us(st.ingest_full, st.events),
+    rows.append(["ingest: board.apply + EventRouter.route, execution rings full (256)", us(st.ingest_full, st.events),
                  f"{st.events:,}"])
     for label, (wall, cpu, redis_cpu, _), n in (("1,024", st.cache_1024, st.events), ("1", st.cache_1, st.cache_1_events)):
         rows.append([f"RedisEventCache.write, batches of {label}: client CPU (wall; redis-server CPU)",

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import anyio
 
+from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.intents import CloseIntent
 from posguard.actors.lifecycle.actor import SymbolActor
@@ -225,12 +226,11 @@ def watch_startup(start: Start) -> Callable[[Engine], None]:
 
     def prepare(engine: Engine) -> None:
         auditor = engine.auditor
-        run, busy, make_actor = auditor.run, auditor.actor_busy, engine._actor
+        run, busy, make_actor = auditor.run, auditor.actor_busy, engine.actors.factory
 
-        def stamped_actor(symbol: str) -> SymbolActor:
-            known = symbol in engine.actors
-            actor = make_actor(symbol)
-            if not known and not start.run_started:  # an actor for a live record, made by `run`
+        def stamped_actor(ctx: ActorContext, symbol: str) -> SymbolActor:
+            actor = make_actor(ctx, symbol)  # only ever called for a symbol without an actor
+            if not start.run_started:  # an actor for a live record, made by `run`
                 resume = actor.resume
 
                 async def timed_resume() -> None:
@@ -255,7 +255,7 @@ def watch_startup(start: Start) -> Callable[[Engine], None]:
 
         auditor.run = timed_run  # type: ignore[method-assign]
         auditor.actor_busy = counted_busy
-        engine._actor = stamped_actor  # type: ignore[method-assign]
+        engine.actors.factory = stamped_actor
 
     return prepare
 
@@ -326,8 +326,8 @@ async def run(redis_url: str, count: int, crashes: int, starts: int) -> None:
         ]
 
     interpreter = import_seconds("pass")
-    engine_imports = import_seconds("import supervisor.service, supervisor.engine, actors.store")
-    ccxt_imports = import_seconds("import supervisor.service, supervisor.venues, streams.ccxt_venue")
+    engine_imports = import_seconds("import posguard.supervisor.service, posguard.supervisor.engine, posguard.actors.store")
+    ccxt_imports = import_seconds("import posguard.supervisor.service, posguard.supervisor.venues, posguard.streams.ccxt_adapter.venue")
 
     print_table(
         f"start-up with {count} live protected records in Redis (each row a new engine; ms from before "
@@ -343,8 +343,8 @@ async def run(redis_url: str, count: int, crashes: int, starts: int) -> None:
         ["what", "wall"],
         [
             ["python -c pass (interpreter start)", ms(interpreter)],
-            ["python -c 'import supervisor.service, ...' (engine, Redis, metrics)", ms(engine_imports)],
-            ["the same + streams.ccxt_venue (ccxt, for a real exchange)", ms(ccxt_imports)],
+            ["python -c 'import posguard.supervisor.service, ...' (engine, Redis, metrics)", ms(engine_imports)],
+            ["the same + posguard.streams.ccxt_adapter (ccxt, for a real exchange)", ms(ccxt_imports)],
         ],
     )
     print_table(

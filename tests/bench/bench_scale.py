@@ -13,7 +13,7 @@ What it does, in real time on anyio's asyncio backend, with the real `Engine` ag
 private redis-server:
 
 1. Memory of idle actors: resident set size (RSS) before and after creating one supervised
-   actor per symbol (``Engine._actor``, as the first intent for a symbol would) and waiting
+   actor per symbol (``ActorRegistry.get_or_start``, as the first intent for a symbol would) and waiting
    until each is parked on its empty mailbox. Then the same on a second engine under
    tracemalloc, for the Python-heap share and where it goes.
 2. Opens one protected long per symbol, all at once, and reports RSS with that many
@@ -76,7 +76,7 @@ async def idle_actors(engine: Engine, symbols: list[str]) -> float:
     """Create one supervised actor per symbol and wait until all are parked; wall seconds."""
     started = time.perf_counter()
     for symbol in symbols:
-        engine._actor(symbol)
+        engine.actors.get_or_start(symbol)
     await wait_idle(engine.actors[s] for s in symbols)
     return time.perf_counter() - started
 

@@ -1,0 +1,107 @@
+"""Admission: what an intent must pass before it reaches an actor.
+
+Bad input is refused before anything is created (I7): validation against the venue's market
+rules, then the risk limits; entries are also refused in safe mode or while entries are paused.
+A refused intent is answered at once with a `rejected` intent record; the rest are queued on
+the symbol's actor (I4: one actor per symbol).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from posguard.actors.intents import (
+    CloseIntent,
+    Intent,
+    IntentRecord,
+    IntentRefused,
+    OpenIntent,
+    check_common,
+    check_open,
+)
+from posguard.actors.lifecycle.actor import MailboxFull, Ticket
+from posguard.actors.store.positions import Store
+from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.markets import MarketRules
+from posguard.streams.venue.protocol import Venue
+from posguard.supervisor.actor_registry import ActorRegistry
+from posguard.supervisor.risk import RiskLimits, check_open_positions, check_priced, check_static
+from posguard.supervisor.supervision import EntryGate
+
+__all__ = ["Admission"]
+
+log = logging.getLogger("posguard.engine")
+
+
+class Admission:
+    """Checks intents and hands the accepted ones to their actors."""
+
+    def __init__(
+        self,
+        *,
+        venue: Venue,
+        store: Store,
+        rules: dict[str, MarketRules],
+        risk: RiskLimits,
+        gate: EntryGate,
+        actors: ActorRegistry,
+    ) -> None:
+        self.venue = venue
+        self.store = store
+        self.rules = rules
+        self.risk = risk
+        self.gate = gate
+        self.actors = actors
+
+    async def admit(self, intent: Intent) -> Ticket:
+        """Validate, then queue on the symbol's actor. A refused intent is answered at once."""
+        try:
+            if isinstance(intent, OpenIntent):
+                intent = await self.check_entry(intent)
+            elif isinstance(intent, CloseIntent):
+                check_common(intent.intent_id, intent.symbol, self.rules)
+            return self.actors.get_or_start(intent.symbol).submit(intent)
+        except (IntentRefused, MailboxFull) as exc:
+            return await self.refuse(intent, str(exc))
+
+    async def check_entry(self, intent: OpenIntent) -> OpenIntent:
+        """Everything an entry must pass before it reaches an actor (I7, risk limits)."""
+        intent = check_open(intent, self.rules)
+        check_static(intent, self.risk)
+        refusal = self.gate.refusal()
+        if refusal:
+            raise IntentRefused(refusal)
+        if intent.stop_distance or self.risk.needs_price:
+            try:
+                price = await self.venue.fetch_price(intent.symbol)
+            except VenueUnavailable as exc:
+                raise IntentRefused(f"could not read the last price of {intent.symbol} ({exc}); send it again") from None
+            if intent.stop_distance:
+                sign = -1 if intent.side == "buy" else 1
+                stop = self.rules[intent.symbol].round_price(price * (1 + sign * intent.stop_distance))
+                intent = msgspec.structs.replace(intent, stop_price=stop)
+            check_priced(intent, price, self.risk)
+        if self.risk.max_open_positions:
+            live = sum(1 for r in await self.store.list_records() if r.state.is_live)
+            check_open_positions(live, self.risk)
+        return intent
+
+    async def refuse(self, intent: Intent, reason: str) -> Ticket:
+        """Answer the intent with a `rejected` record, in Redis if it answers."""
+        log.warning("intent %s refused: %s", intent.intent_id, reason)
+        reply = IntentRecord(
+            intent_id=intent.intent_id,
+            action="open" if isinstance(intent, OpenIntent) else "close",
+            symbol=intent.symbol,
+            status="rejected",
+            reason=reason,
+        )
+        try:
+            await self.store.save_intent(reply)
+        except Exception as exc:  # noqa: BLE001 - the refusal still reaches the caller
+            log.error("could not record the refusal of %s in Redis: %s", intent.intent_id, exc)
+        ticket = Ticket(intent)
+        ticket.finish(reply)
+        return ticket

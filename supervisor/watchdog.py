@@ -1,0 +1,88 @@
+"""The Redis watchdog: entries wait while Redis does not answer, and the health hash is how the
+process and its operator talk.
+
+Nothing can be written ahead (I5) while Redis is down, so new entries are paused until it
+answers again and an audit has run; stops already on the venue protect what is open meanwhile.
+Each tick also writes the heartbeat and picks up what an operator wrote into the health hash
+(``posguard safe-mode off``, ``posguard audit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from posguard.actors.store.positions import Store
+from posguard.streams.ingestion.evidence import EvidenceBoard
+from posguard.supervisor.audit import AuditReport
+from posguard.supervisor.metrics import Metrics
+from posguard.supervisor.supervision import EntryGate, SupervisorSettings
+
+__all__ = ["RedisWatchdog", "publish_health"]
+
+log = logging.getLogger("posguard.engine")
+
+
+async def publish_health(store: Store, gate: EntryGate) -> None:
+    """Show the entry gate in the health hash; a Redis that does not answer is only logged,
+    since Redis may be the very reason the gate changed."""
+    try:
+        await store.set_health(gate.health_fields())
+    except Exception as exc:  # noqa: BLE001 - Redis may be the reason we are here
+        log.error("could not publish health to Redis: %s", exc)
+
+
+class RedisWatchdog:
+    """Pings Redis through the health hash every ``redis_check_interval`` seconds."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gate: EntryGate,
+        settings: SupervisorSettings,
+        metrics: Metrics,
+        board: EvidenceBoard,
+        audit_now: Callable[[], Awaitable[AuditReport | None]],
+    ) -> None:
+        self.store = store
+        self.gate = gate
+        self.settings = settings
+        self.metrics = metrics
+        self.board = board
+        self.audit_now = audit_now
+
+    async def run(self) -> None:
+        """Pause entries while Redis does not answer; audit and resume when it does. Also
+        picks up an operator's 'safe-mode off' written to the health hash."""
+        while True:
+            await anyio.sleep(self.settings.redis_check_interval)
+            self.metrics.refresh(self.board, self.gate.safe_mode)
+            try:
+                with anyio.fail_after(max(1.0, self.settings.redis_check_interval)):
+                    health = await self.store.get_health()
+            except Exception as exc:  # noqa: BLE001
+                if "redis" not in self.gate.paused:
+                    log.error("Redis unreachable (%s): new entries paused; stops on the venue stay", exc)
+                self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
+                continue
+            if "redis" in self.gate.paused:
+                log.warning("Redis answers again: auditing before entries resume")
+                report = await self.audit_now()
+                if report is not None:
+                    del self.gate.paused["redis"]
+                    await publish_health(self.store, self.gate)
+            if self.gate.safe_mode and health.get("safe_mode") == "no":
+                self.gate.leave_safe_mode("operator")
+                await publish_health(self.store, self.gate)
+            if health.get("audit_requested", "") > health.get("audit_started", ""):
+                # `posguard audit` asked the running process (the owner of the actors) to audit.
+                await self.store.set_health({"audit_started": health["audit_requested"]})
+                report = await self.audit_now()
+                if report is not None:
+                    await self.store.set_health({"audit_done": health["audit_requested"]})
+            await self.store.set_health({"heartbeat_ms": str(int(time.time() * 1000)), "pid": str(os.getpid())})
