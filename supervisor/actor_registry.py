@@ -16,8 +16,9 @@ from anyio.abc import TaskGroup
 
 from posguard.actors.context import ActorContext
 from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.store.client import is_redis_failure
 from posguard.supervisor.metrics import Metrics
-from posguard.supervisor.supervision import EntryGate, RestartTracker, SupervisorSettings, is_redis_failure
+from posguard.supervisor.supervision import EntryGate, RestartTracker, SupervisorSettings
 from posguard.supervisor.watchdog import publish_health
 
 __all__ = ["ActorFactory", "ActorRegistry"]

@@ -9,10 +9,11 @@ import logging
 
 import anyio
 
+from posguard.actors.store.client import is_redis_failure
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.supervisor.audit import Auditor, AuditReport
 from posguard.supervisor.metrics import Metrics
-from posguard.supervisor.supervision import AuditSettings, is_redis_failure
+from posguard.supervisor.supervision import AuditSettings
 
 __all__ = ["AuditSchedule"]
 

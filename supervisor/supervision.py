@@ -20,13 +20,12 @@ from collections import deque
 from typing import Annotated
 
 import anyio
-import coredis.exceptions
 import msgspec
 
 from posguard.actors.records import utc_now
 from posguard.streams.backoff import Backoff
 
-__all__ = ["AuditSettings", "EntryGate", "RestartTracker", "SupervisorSettings", "is_redis_failure"]
+__all__ = ["AuditSettings", "EntryGate", "RestartTracker", "SupervisorSettings"]
 
 log = logging.getLogger("posguard.supervisor")
 
@@ -46,11 +45,6 @@ class AuditSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     """Seconds between periodic audits (there is also one at start-up, after any actor crash
     and after any stream reconnect)."""
-
-
-def is_redis_failure(exc: BaseException) -> bool:
-    """A failure of Redis itself (connection refused, reset, timed out), not of our logic."""
-    return isinstance(exc, (coredis.exceptions.ConnectionError, TimeoutError, OSError))
 
 
 class RestartTracker:
