@@ -17,8 +17,10 @@ import anyio
 
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.console import OperatorConsole
+from posguard.actors.store.health import Health, OperatorRequests
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.streams.ccxt_adapter.config import ApiCredentials
+from posguard.streams.venue.events import TOPICS
 from posguard.supervisor.config import Config
 
 Out = Callable[[str], None]
@@ -43,9 +45,8 @@ def _table(rows: list[list[str]], out: Out) -> None:
         out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _alive(health: dict[str, str]) -> bool:
-    beat = int(health.get("heartbeat_ms") or 0)
-    return time.time() * 1000 - beat < ALIVE_WITHIN_MS
+def _alive(health: Health) -> bool:
+    return time.time() * 1000 - (health.status.heartbeat_ms or 0) < ALIVE_WITHIN_MS
 
 
 async def status(config: Config, out: Out = print) -> int:
@@ -64,17 +65,18 @@ async def status(config: Config, out: Out = print) -> int:
         _table(rows, out)
     out("")
     process = "alive" if _alive(health) else "not seen in the last 5 s"
-    out(f"posguard run: {process}" + (f" (pid {health['pid']})" if health.get("pid") else ""))
-    for topic in ("positions", "orders", "executions"):
-        connected = health.get(f"{topic}_connected", "unknown")
-        last = int(health.get(f"{topic}_last_event_ms") or 0)
+    status = health.status
+    out(f"posguard run: {process}" + (f" (pid {status.pid})" if status.pid else ""))
+    for topic in TOPICS:
+        stream = health.stream(topic)
+        connected = {True: "yes", False: "no", None: "unknown"}[stream.connected]
+        last = stream.last_event_ms
         heard = f"{(time.time() * 1000 - last) / 1000:.0f}s ago" if last else "never"
         out(f"stream {topic}: connected={connected}, last heard {heard}")
-    safe = health.get("safe_mode", "no")
-    out(f"safe mode: {safe}" + (f" since {health.get('safe_mode_since')}: {health.get('safe_mode_reason')}"
-                                if safe == "yes" else ""))
-    if health.get("entries_paused"):
-        out(f"entries paused: {health['entries_paused']}")
+    out("safe mode: yes" + f" since {status.safe_mode_since}: {status.safe_mode_reason}"
+        if status.safe_mode else "safe mode: no")
+    if status.entries_paused:
+        out(f"entries paused: {status.entries_paused}")
     return EXIT_OK
 
 
@@ -86,7 +88,7 @@ async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: 
         console = OperatorConsole(client, config.account.name)
         health = await console.health()
         if not dry_run and _alive(health):
-            out(f"asking the running posguard (pid {health.get('pid', '?')}) to audit now ...")
+            out(f"asking the running posguard (pid {health.status.pid or '?'}) to audit now ...")
             return await _audit_by_the_running_process(console, out)
         from posguard.actors.store.positions import RedisStore
 
@@ -125,10 +127,10 @@ async def _audit_here(config: Config, venue, store):  # noqa: ANN001, ANN202
 
 
 async def _audit_by_the_running_process(console: OperatorConsole, out: Out) -> int:
-    requested = str(int(time.time() * 1000))
-    await console.write_health({"audit_requested": requested})
+    requested = int(time.time() * 1000)
+    await console.request(OperatorRequests(audit_requested=requested))
     with anyio.move_on_after(120):
-        while await console.health_field("audit_done") < requested:
+        while ((await console.health()).status.audit_done or 0) < requested:
             await anyio.sleep(0.2)
         entries = await console.audit_findings_since(requested)
         out(f"audit done: {len(entries)} findings")
@@ -179,6 +181,8 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
 
 async def safe_mode_off(config: Config, out: Out = print) -> int:
     async with open_redis(config.redis.url) as client:
-        await OperatorConsole(client, config.account.name).write_health({"safe_mode": "no"})
+        await OperatorConsole(client, config.account.name).request(
+            OperatorRequests(safe_mode_off_requested_ms=int(time.time() * 1000))
+        )
     out("safe mode off requested; the running posguard picks it up within a second")
     return EXIT_OK

@@ -16,6 +16,7 @@ that pause lifts by itself once Redis answers again and an audit has run.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Annotated
 
@@ -23,6 +24,7 @@ import anyio
 import msgspec
 
 from posguard.actors.records import utc_now
+from posguard.actors.store.health import HealthStatus, OperatorRequests
 from posguard.streams.backoff import Backoff
 
 __all__ = ["AuditSettings", "EntryGate", "RestartTracker", "SupervisorSettings"]
@@ -71,6 +73,8 @@ class EntryGate:
     def __init__(self) -> None:
         self.safe_mode_reason = ""
         self.safe_mode_since = ""
+        self.safe_mode_since_ms = 0
+        """When safe mode began (wall clock, ms): an operator's "off" counts only if later."""
         self.paused: dict[str, str] = {}  # cause -> reason (e.g. "redis": "Redis unreachable")
 
     @property
@@ -90,18 +94,28 @@ class EntryGate:
         if self.safe_mode:
             return False
         self.safe_mode_reason, self.safe_mode_since = reason, utc_now()
+        self.safe_mode_since_ms = int(time.time() * 1000)
         log.critical("SAFE MODE: %s. No new entries; protection, closes and audit continue.", reason)
         return True
+
+    def lifted_by(self, requests: OperatorRequests) -> bool:
+        """Whether an operator asked to leave safe mode *after* it began (an older request
+        answers an earlier safe mode, not this one)."""
+        asked = requests.safe_mode_off_requested_ms
+        return self.safe_mode and asked is not None and asked > self.safe_mode_since_ms
 
     def leave_safe_mode(self, by: str) -> None:
         if self.safe_mode:
             log.warning("safe mode left (%s)", by)
         self.safe_mode_reason = self.safe_mode_since = ""
+        self.safe_mode_since_ms = 0
 
-    def health_fields(self) -> dict[str, str]:
-        return {
-            "safe_mode": "yes" if self.safe_mode else "no",
-            "safe_mode_reason": self.safe_mode_reason,
-            "safe_mode_since": self.safe_mode_since,
-            "entries_paused": "; ".join(self.paused.values()),
-        }
+    def status(self) -> HealthStatus:
+        """The gate as the health hash shows it."""
+        return HealthStatus(
+            safe_mode=self.safe_mode,
+            safe_mode_reason=self.safe_mode_reason,
+            safe_mode_since=self.safe_mode_since,
+            safe_mode_since_ms=self.safe_mode_since_ms,
+            entries_paused="; ".join(self.paused.values()),
+        )

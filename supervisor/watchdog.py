@@ -15,14 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 
+from posguard.actors.store.health import HealthStatus
 from posguard.actors.store.positions import Store
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.supervisor.audit import AuditReport
 from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.supervision import EntryGate, SupervisorSettings
 
-__all__ = ["RedisWatchdog", "publish_health"]
+__all__ = ["RedisWatchdog", "WatchdogStatistics", "publish_health"]
 
 log = logging.getLogger("posguard.engine")
 
@@ -31,9 +33,16 @@ async def publish_health(store: Store, gate: EntryGate) -> None:
     """Show the entry gate in the health hash; a Redis that does not answer is only logged,
     since Redis may be the very reason the gate changed."""
     try:
-        await store.set_health(gate.health_fields())
+        await store.publish_status(gate.status())
     except Exception as exc:  # noqa: BLE001 - Redis may be the reason we are here
         log.error("could not publish health to Redis: %s", exc)
+
+
+class WatchdogStatistics(msgspec.Struct, frozen=True):
+    ticks: int
+    """Checks completed (Redis answered and the requests were handled)."""
+    unanswered: int
+    """Checks Redis did not answer."""
 
 
 class RedisWatchdog:
@@ -55,6 +64,11 @@ class RedisWatchdog:
         self.metrics = metrics
         self.board = board
         self.audit_now = audit_now
+        self._ticks = 0
+        self._unanswered = 0
+
+    def statistics(self) -> WatchdogStatistics:
+        return WatchdogStatistics(ticks=self._ticks, unanswered=self._unanswered)
 
     async def run(self) -> None:
         """Pause entries while Redis does not answer; audit and resume when it does. Also
@@ -64,11 +78,12 @@ class RedisWatchdog:
             self.metrics.refresh(self.board, self.gate.safe_mode)
             try:
                 with anyio.fail_after(max(1.0, self.settings.redis_check_interval)):
-                    health = await self.store.get_health()
+                    health = await self.store.read_health()
             except Exception as exc:  # noqa: BLE001
                 if "redis" not in self.gate.paused:
                     log.error("Redis unreachable (%s): new entries paused; stops on the venue stay", exc)
                 self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
+                self._unanswered += 1
                 continue
             if "redis" in self.gate.paused:
                 log.warning("Redis answers again: auditing before entries resume")
@@ -76,13 +91,15 @@ class RedisWatchdog:
                 if report is not None:
                     del self.gate.paused["redis"]
                     await publish_health(self.store, self.gate)
-            if self.gate.safe_mode and health.get("safe_mode") == "no":
+            if self.gate.lifted_by(health.requests):
                 self.gate.leave_safe_mode("operator")
                 await publish_health(self.store, self.gate)
-            if health.get("audit_requested", "") > health.get("audit_started", ""):
+            requested = health.requests.audit_requested
+            if requested is not None and requested > (health.status.audit_started or 0):
                 # `posguard audit` asked the running process (the owner of the actors) to audit.
-                await self.store.set_health({"audit_started": health["audit_requested"]})
+                await self.store.publish_status(HealthStatus(audit_started=requested))
                 report = await self.audit_now()
                 if report is not None:
-                    await self.store.set_health({"audit_done": health["audit_requested"]})
-            await self.store.set_health({"heartbeat_ms": str(int(time.time() * 1000)), "pid": str(os.getpid())})
+                    await self.store.publish_status(HealthStatus(audit_done=requested))
+            await self.store.publish_status(HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid()))
+            self._ticks += 1

@@ -42,7 +42,7 @@ async def prepare(redis_url: str) -> None:
             symbol="ETH/USDT:USDT", intent_id="i-2", state=State.CLOSED, side="sell", qty=0.1, filled_qty=0.1,
             entry_price=3_000.0, stop_price=3_060.0, client_order_id="pgbbbb-e", reason="closed on request",
         ))
-        await store.set_health({"positions_connected": "yes", "safe_mode": "yes", "safe_mode_reason": "6 restarts",
+        await client.hset(Keys("ops").health, {"positions_connected": "yes", "safe_mode": "yes", "safe_mode_reason": "6 restarts",
                                 "safe_mode_since": "2026-11-25T00:00:00+00:00"})
 
 

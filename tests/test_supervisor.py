@@ -3,6 +3,7 @@ after a crash. Trio, mock clock, fake venue, real Redis; asserted against the ve
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -11,6 +12,8 @@ import pytest
 from posguard.actors import ids
 from posguard.actors.intents import CloseIntent
 from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.console import OperatorConsole
+from posguard.actors.store.health import OperatorRequests
 from posguard.streams.backoff import Backoff
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
@@ -133,8 +136,8 @@ async def test_restart_intensity_enters_safe_mode_entries_refused_protection_con
         refused = await (await engine.submit(open_intent("new-1", symbol="ETH/USDT:USDT"))).wait()
         assert refused.status == "rejected" and "safe mode" in refused.reason
         assert venue.calls["create_order"] == 2, "nothing sent for the refused entry"
-        health = await engine.store.get_health()
-        assert health["safe_mode"] == "yes" and "restarts" in health["safe_mode_reason"]
+        health = (await engine.store.read_health()).status
+        assert health.safe_mode is True and "restarts" in (health.safe_mode_reason or "")
         # The venue drops the BTC stop: the audit still repairs it in safe mode.
         [stop] = venue.truth.open_stops("BTC/USDT:USDT")
         await venue.cancel_order("BTC/USDT:USDT", stop.client_order_id)
@@ -147,12 +150,41 @@ async def test_restart_intensity_enters_safe_mode_entries_refused_protection_con
             while not venue.truth.is_protected(SYMBOL):
                 await anyio.sleep(0.5)
         # An operator lifts safe mode; entries are accepted again.
-        await engine.store.set_health({"safe_mode": "no"})
+        await OperatorConsole(engine.store.client, ACCOUNT).request(
+            OperatorRequests(safe_mode_off_requested_ms=int(time.time() * 1000))
+        )
         with anyio.fail_after(10):
             while engine.gate.safe_mode:
                 await anyio.sleep(0.5)
         accepted = await (await engine.submit(open_intent("new-2", symbol="ETH/USDT:USDT"))).wait()
         assert accepted.status == "done"
+
+
+async def test_safe_mode_is_left_only_by_an_operator_request_made_after_it_began(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The health hash's status field saying "no" (a status write or read from before safe
+    mode began) is not an operator's command; a request older than safe mode is not either."""
+
+    async def ticks(n: int) -> None:
+        target = engine.watchdog.statistics().ticks + n
+        with anyio.fail_after(30):
+            while engine.watchdog.statistics().ticks < target:
+                await anyio.sleep(0.05)
+
+    async with FakeVenue(seed=43, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        console = OperatorConsole(engine.store.client, ACCOUNT)
+        early = int(time.time() * 1000) - 1
+        await console.request(OperatorRequests(safe_mode_off_requested_ms=early))
+        assert engine.gate.enter_safe_mode("test: restarts")
+        await engine.store.client.hset(engine.store.keys.health, {"safe_mode": "no"})  # stale status
+        await ticks(3)
+        assert engine.gate.safe_mode, "left safe mode without an operator"
+        await console.request(OperatorRequests(safe_mode_off_requested_ms=int(time.time() * 1000) + 1))
+        await ticks(2)
+        assert not engine.gate.safe_mode
+        assert (await engine.store.read_health()).status.safe_mode is False
 
 
 async def test_orphan_position_is_adopted_and_protected(clock: IOAwareMockClock, redis_url: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from posguard.actors.records import PositionRecord
 from posguard.actors.store.client import RedisClient
+from posguard.actors.store.health import Health, OperatorRequests, decode_health, encode_fields
 from posguard.actors.store.intent_stream import StreamEntry
 from posguard.actors.store.keys import Keys
 
@@ -30,16 +31,14 @@ class OperatorConsole:
         symbols = sorted(await self.client.smembers(self.keys.positions))
         return [PositionRecord.from_fields(dict(await self.client.hgetall(self.keys.position(s)))) for s in symbols]
 
-    async def health(self) -> dict[str, str]:
-        return dict(await self.client.hgetall(self.keys.health))
+    async def health(self) -> Health:
+        return decode_health(dict(await self.client.hgetall(self.keys.health)))
 
-    async def health_field(self, name: str) -> str:
-        return await self.client.hget(self.keys.health, name) or ""
+    async def request(self, requests: OperatorRequests) -> None:
+        """Ask the running process for something (it polls the health hash)."""
+        await self.client.hset(self.keys.health, encode_fields(requests))
 
-    async def write_health(self, fields: dict[str, str]) -> None:
-        await self.client.hset(self.keys.health, fields)
-
-    async def audit_findings_since(self, ms: str) -> list[StreamEntry]:
+    async def audit_findings_since(self, ms: int) -> list[StreamEntry]:
         entries = await self.client.xrange(self.keys.audit, start=f"{ms}-0")
         return [StreamEntry(e.identifier, dict(e.field_values)) for e in entries]
 

@@ -16,6 +16,7 @@ from coredis.tokens import PureToken
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
 from posguard.actors.records import PositionRecord, utc_now
+from posguard.actors.store.health import Health, HealthStatus, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
 JOURNAL_MAXLEN = 1_000_000
@@ -39,9 +40,11 @@ class Store(Protocol):
 
     async def append_audit(self, finding: Finding, *, dry_run: bool = False) -> None: ...
 
-    async def set_health(self, fields: dict[str, str]) -> None: ...
+    async def publish_status(self, status: HealthStatus) -> None:
+        """Write the status fields of the health hash that ``status`` sets (never a request)."""
+        ...
 
-    async def get_health(self) -> dict[str, str]: ...
+    async def read_health(self) -> Health: ...
 
 
 class RedisStore:
@@ -128,8 +131,10 @@ class RedisStore:
             threshold=100_000,
         )
 
-    async def set_health(self, fields: dict[str, str]) -> None:
-        await self.client.hset(self.keys.health, fields)
+    async def publish_status(self, status: HealthStatus) -> None:
+        fields = encode_fields(status)
+        if fields:
+            await self.client.hset(self.keys.health, fields)
 
-    async def get_health(self) -> dict[str, str]:
-        return dict(await self.client.hgetall(self.keys.health))
+    async def read_health(self) -> Health:
+        return decode_health(dict(await self.client.hgetall(self.keys.health)))
