@@ -31,7 +31,7 @@ from posguard.actors.intents import (
     check_common,
     check_open,
 )
-from posguard.actors.lifecycle.actor import MailboxFull, SymbolActor, Ticket
+from posguard.actors.lifecycle import MailboxFull, SymbolActor, Ticket
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store

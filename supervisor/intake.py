@@ -30,7 +30,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
-from posguard.actors.lifecycle.actor import Ticket
+from posguard.actors.lifecycle import Ticket
 from posguard.actors.store.keys import Keys
 from posguard.supervisor.engine import Engine
 

@@ -54,7 +54,7 @@ import anyio
 
 from posguard.actors.findings import Finding
 from posguard.actors.intents import CloseIntent
-from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.records import State
 from posguard.streams.backoff import Backoff
 from posguard.streams.simulated.venue import FakeVenue, synthetic_markets

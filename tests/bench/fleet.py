@@ -25,7 +25,7 @@ import anyio
 
 from posguard.actors.context import TransitionObserver
 from posguard.actors.intents import OpenIntent
-from posguard.actors.lifecycle.actor import SymbolActor, Ticket
+from posguard.actors.lifecycle import SymbolActor, Ticket
 from posguard.actors.records import State
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
