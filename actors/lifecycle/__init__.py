@@ -9,5 +9,6 @@ from __future__ import annotations
 from posguard.actors.lifecycle.actor import SymbolActor
 from posguard.actors.lifecycle.mailbox import MailboxFull, Ticket
 from posguard.actors.lifecycle.replies import IntentConflict
+from posguard.actors.lifecycle.statistics import ActorStatistics
 
-__all__ = ["IntentConflict", "MailboxFull", "SymbolActor", "Ticket"]
+__all__ = ["ActorStatistics", "IntentConflict", "MailboxFull", "SymbolActor", "Ticket"]

@@ -27,6 +27,7 @@ from posguard.actors.lifecycle.closing import close_on_request
 from posguard.actors.lifecycle.entry import open_position
 from posguard.actors.lifecycle.mailbox import MailboxFull, MailboxItem, Nudge, Repair, Ticket
 from posguard.actors.lifecycle.replies import answer_intent
+from posguard.actors.lifecycle.statistics import ActorStatistics
 from posguard.streams.venue.errors import VenueUnavailable
 
 __all__ = ["SymbolActor"]
@@ -46,6 +47,19 @@ class SymbolActor:
         self._nudge_pending = False
         self._ticket: Ticket | None = None
         self.busy = False
+
+    def statistics(self) -> ActorStatistics:
+        """Where the actor stands now: what is queued, and whether it is working or waiting."""
+        mailbox = self._receive.statistics()
+        return ActorStatistics(
+            symbol=self.symbol,
+            queued=mailbox.current_buffer_used,
+            senders_waiting=mailbox.tasks_waiting_send,
+            waiting_for_work=mailbox.tasks_waiting_receive > 0,
+            nudge_pending=self._nudge_pending,
+            busy=self.busy,
+            serving=self._ticket.intent.intent_id if self._ticket is not None else "",
+        )
 
     def submit(self, intent: Intent) -> Ticket:
         ticket = Ticket(intent)
