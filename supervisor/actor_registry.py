@@ -15,7 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from posguard.actors.context import ActorContext
-from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.store.client import is_redis_failure
 from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.supervision import EntryGate, RestartTracker, SupervisorSettings

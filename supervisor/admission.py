@@ -21,7 +21,7 @@ from posguard.actors.intents import (
     check_common,
     check_open,
 )
-from posguard.actors.lifecycle.actor import MailboxFull, Ticket
+from posguard.actors.lifecycle import MailboxFull, Ticket
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.markets import MarketRules

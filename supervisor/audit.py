@@ -17,7 +17,7 @@ import anyio
 import msgspec
 
 from posguard.actors.findings import Finding
-from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.lifecycle.repairs import assess
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.events import Order, Position

@@ -23,7 +23,7 @@ from anyio.abc import ObjectSendStream, TaskGroup, TaskStatus
 
 from posguard.actors.context import ActorContext, TransitionObserver
 from posguard.actors.intents import Intent
-from posguard.actors.lifecycle.actor import Ticket
+from posguard.actors.lifecycle import Ticket
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
 from posguard.streams.ingestion.evidence import EvidenceBoard

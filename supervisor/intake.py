@@ -27,7 +27,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
-from posguard.actors.lifecycle.actor import Ticket
+from posguard.actors.lifecycle import Ticket
 from posguard.actors.store.client import REDIS_CONNECTION_ERRORS, RedisClient
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine

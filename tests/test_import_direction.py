@@ -84,7 +84,7 @@ def test_the_checker_catches_each_rule() -> None:
     assert _violations("posguard.streams.ingestion.ingestor", "posguard.actors.records")
     assert _violations("posguard.streams.venue.events", "posguard.supervisor.config")
     assert _violations("posguard.actors.lifecycle", "ccxt.pro")
-    assert _violations("posguard.actors.protection", "posguard.supervisor.engine")
+    assert _violations("posguard.actors.lifecycle.protection", "posguard.supervisor.engine")
     assert _violations("posguard.supervisor.intake", "coredis.exceptions")
     assert _violations("posguard.supervisor.demo", "tests.emulator_fixtures")
     assert _violations("posguard.supervisor.demo", "supervisor.config")

@@ -4,6 +4,9 @@ Used for requested closes and for emergency closes (when no stop could be placed
 attempt has its own client order id, and every attempt is reduce-only, so a retry after a
 lost response can never open or enlarge a position: at worst the venue refuses it with
 `NothingToReduce`, which is the venue's own word that nothing is left.
+
+Also the other ways a position's record ends: a close intent driven to the end, and a
+position proven closed by the venue itself (a stop or a liquidation, I1).
 """
 
 from __future__ import annotations
@@ -15,17 +18,52 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
-from posguard.actors.orders import look_up, send_once
-from posguard.actors.records import PositionRecord, State, utc_now
+from posguard.actors.intents import CloseIntent
+from posguard.actors.lifecycle.replies import IntentConflict, Owned
+from posguard.actors.orders import cancel_leftover_stops, look_up, send_once
+from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueUnavailable
 from posguard.streams.venue.events import Order, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
 
+__all__ = [
+    "CloseOutcome",
+    "close_on_request",
+    "close_position",
+    "drive_close",
+    "settle_closed",
+    "settle_closed_externally",
+]
+
 log = logging.getLogger("posguard.actor")
 
 CloseOutcome = Literal["closed", "nothing_to_reduce"]
+
+
+async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, owned: Owned) -> PositionRecord:
+    """A close intent: only a live, settled entry can be closed; the close is written ahead."""
+    record = await ctx.store.load_record(symbol)
+    if record is None or not record.state.is_live:
+        state = record.state if record is not None else "none"
+        raise IntentConflict(f"{symbol} has no live position to close (record state: {state})")
+    if record.state in IN_FLIGHT_STATES:
+        raise IntentConflict(f"{symbol}: the entry is still being verified; close it once it settles")
+    record.state = State.CLOSING
+    record.close_intent_id = intent.intent_id
+    await ctx.save(record, "close requested")
+    owned()
+    return await drive_close(ctx, record)
+
+
+async def drive_close(ctx: ActorContext, record: PositionRecord) -> PositionRecord:
+    """From ``closing`` to closed: reduce-only orders, then the stops left armed are cancelled."""
+    qty = record.filled_qty if record.filled_qty > 0 else record.qty
+    outcome = await close_position(ctx, record, id_key=record.close_intent_id, qty=qty)
+    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+    await settle_closed(ctx, record, outcome, "closed on request")
+    return record
 
 
 async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, qty: float) -> CloseOutcome:
@@ -100,6 +138,16 @@ async def settle_closed(ctx: ActorContext, record: PositionRecord, outcome: Clos
         record.reason = f"{why}: venue holds no position (exits seen: {exits})"
     await ctx.save(record)
     ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id)
+
+
+async def settle_closed_externally(ctx: ActorContext, record: PositionRecord, reason: str) -> None:
+    """Proven filled and closed by the venue: record it and cancel any stop left armed."""
+    record.state = State.CLOSED_EXTERNALLY
+    record.reason = reason
+    record.closed_at = utc_now()
+    await ctx.save(record)
+    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+    ctx.board.forget(record.client_order_id, record.stop_client_order_id)
 
 
 async def _exits_since(ctx: ActorContext, record: PositionRecord) -> float:

@@ -7,19 +7,23 @@ part to its actor; a restarted actor reconciles its own symbol before taking new
 
 Findings close a record only on the evidence rules of I1: a record whose position the venue
 does not list is checked against the executions; "not in the list" alone changes nothing.
+The same rule holds between audits: a position the venue pushes as flat (`follow_venue`) is
+recorded closed only when the executions prove it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
+from posguard.actors.lifecycle.closing import settle_closed_externally
+from posguard.actors.lifecycle.protection import emergency_close, exits_since_entry, place_stop, protect, read_position
 from posguard.actors.orders import cancel_leftover_stops
-from posguard.actors.protection import emergency_close, exits_since_entry, place_stop, protect
 from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
 from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
 from posguard.streams.backoff import Deadline
@@ -27,7 +31,14 @@ from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Order, Position, closing_side
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
+__all__ = ["Resume", "assess", "carry_out", "covered_qty", "follow_venue", "reconcile_symbol", "repair"]
+
 log = logging.getLogger("posguard.audit")
+actor_log = logging.getLogger("posguard.actor")
+
+Resume = Callable[[], Awaitable[None]]
+"""The symbol's actor resuming its in-flight step: an ``in_flight`` finding's repair."""
+
 
 def covered_qty(position: Position, stops: list[Order]) -> float:
     """How much of the position a stop would close: all of it with a position-held stop."""
@@ -127,6 +138,51 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
         case "not_visible":
             return await _prove_gone(ctx, record)
     return "no repair for this kind"
+
+
+async def reconcile_symbol(ctx: ActorContext, symbol: str, resume: Resume) -> list[Finding]:
+    """This symbol's own audit: one look at the venue, then the repairs it calls for."""
+    positions = await ctx.venue.fetch_positions()
+    stops = [o for o in await ctx.venue.fetch_open_orders(symbol) if o.kind == "stop"]
+    record = await ctx.store.load_record(symbol)
+    position = next((p for p in positions if p.symbol == symbol), None)
+    findings = assess(symbol, record, position, stops, actor_busy=False)
+    for finding in findings:
+        if finding.kind == "in_flight":
+            await resume()
+            finding.action = "resumed"
+        else:
+            finding.action = await repair(ctx, finding)
+        await ctx.store.append_audit(finding)
+    return findings
+
+
+async def carry_out(ctx: ActorContext, finding: Finding, resume: Resume) -> str:
+    """An audit finding handed to the symbol's actor; returns what was done."""
+    if finding.kind == "in_flight":
+        await resume()
+        return "resumed: the entry was looked up and driven on"
+    return await repair(ctx, finding)
+
+
+async def follow_venue(ctx: ActorContext, symbol: str) -> None:
+    """A live record whose position the venue pushed as flat: find the proof, record it.
+
+    Only executions prove a stop-out or liquidation (I1); a flat push without them
+    changes nothing here, and the audit looks again later.
+    """
+    record = await ctx.store.load_record(symbol)
+    if record is None or record.state not in (State.OPEN, State.PROTECTED, State.UNVERIFIED):
+        return
+    if read_position(ctx.board.position(symbol), record) != "flat":
+        return
+    held = record.filled_qty or record.qty
+    exits = await exits_since_entry(ctx, record, ask_rest=True)
+    if exits >= held - QTY_TOLERANCE:
+        await settle_closed_externally(ctx, record, f"closed by the venue (stop or liquidation): exits {exits}")
+    else:
+        actor_log.warning("%s: venue pushed flat but executions show only %s of %s closed; leaving it to the audit",
+                          symbol, exits, held)
 
 
 async def _adopt(ctx: ActorContext, position: Position, distance: float) -> str:

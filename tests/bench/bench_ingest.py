@@ -72,6 +72,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
 from posguard.actors import ids
+from posguard.actors.lifecycle import ActorStatistics
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.event_cache import EVENTS_MAXLEN, RedisEventCache
@@ -90,7 +91,7 @@ from posguard.streams.venue.markets import MarketRules
 from posguard.supervisor.engine import STREAM_BUFFER, Engine
 from posguard.supervisor.redis_server import start_redis_server
 from tests.bench.common import machine, percentile, print_table
-from tests.bench.fleet import is_idle, quiet_logging, run_async, wait_idle
+from tests.bench.fleet import quiet_logging, run_async, wait_idle
 
 TARGET_EVENTS_PER_SECOND = 20_000
 ACCOUNT = "bench-ingest"
@@ -391,8 +392,13 @@ async def drained(engine: Engine, cache: TimedCache, target: int) -> None:
 
 async def actors_idle(engine: Engine) -> None:
     """Every actor back on its empty mailbox, no nudge pending."""
-    while any(a._nudge_pending or a.busy or not is_idle(a) for a in engine.actors.values()):
+    while any(busy_or_due(a.statistics()) for a in engine.actors.values()):
         await anyio.sleep(0.001)
+
+
+def busy_or_due(actor: ActorStatistics) -> bool:
+    """The actor is working, or has a nudge still to serve, or is not parked on its mailbox."""
+    return actor.nudge_pending or actor.busy or not actor.waiting_for_work
 
 
 async def nudges_alone(engine: Engine, client: coredis.Redis[str], rounds: int) -> tuple[float, int, int]:

@@ -55,7 +55,7 @@ import anyio
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.intents import CloseIntent
-from posguard.actors.lifecycle.actor import SymbolActor
+from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.records import State
 from posguard.streams.backoff import Backoff
 from posguard.streams.simulated import FakeVenue, synthetic_markets

@@ -25,7 +25,7 @@ import anyio
 
 from posguard.actors.context import TransitionObserver
 from posguard.actors.intents import OpenIntent
-from posguard.actors.lifecycle.actor import SymbolActor, Ticket
+from posguard.actors.lifecycle import SymbolActor, Ticket
 from posguard.actors.records import State
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
@@ -133,7 +133,7 @@ async def steady(engine: Engine, timeout: float = 60.0) -> None:
 
 def is_idle(actor: SymbolActor) -> bool:
     """The actor is parked on its empty mailbox (its supervised task is waiting to receive)."""
-    return actor._receive.statistics().tasks_waiting_receive > 0
+    return actor.statistics().waiting_for_work
 
 
 async def wait_idle(actors: Iterable[SymbolActor], timeout: float = 60.0) -> None:

@@ -28,6 +28,18 @@ from posguard.streams.venue.events import Position, closing_side, position_side_
 from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import StopRequest
 
+__all__ = [
+    "PositionView",
+    "ProtectOutcome",
+    "StopResult",
+    "confirm_attached_stop",
+    "emergency_close",
+    "exits_since_entry",
+    "place_stop",
+    "protect",
+    "read_position",
+]
+
 log = logging.getLogger("posguard.actor")
 
 StopResult = Literal["live", "would_trigger", "failed"]

@@ -1,0 +1,139 @@
+"""The entry path: send the entry order once, verify it from evidence, settle the record.
+
+The entry's client order id is in Redis before the order is sent (I5), and an entry that may
+have been sent already is looked up by that id before it is ever sent again (I3). The
+verdict is taken from evidence, never from absence (I1); a fill that cannot be verified in
+time is protected anyway (I2).
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from posguard.actors import ids
+from posguard.actors.context import ActorContext
+from posguard.actors.failpoints import failpoint
+from posguard.actors.intents import OpenIntent
+from posguard.actors.lifecycle.closing import settle_closed_externally
+from posguard.actors.lifecycle.protection import protect
+from posguard.actors.lifecycle.replies import IntentConflict, Owned
+from posguard.actors.orders import send_once
+from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
+from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
+from posguard.streams.backoff import Deadline
+from posguard.streams.venue.errors import OrderRejected
+from posguard.streams.venue.protocol import OrderRequest
+
+__all__ = ["drive_entry", "open_position", "settle_entry"]
+
+
+async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owned: Owned) -> PositionRecord:
+    """An open intent: a new record, or the redelivered intent's own record carried on."""
+    current = await ctx.store.load_record(symbol)
+    if current is not None and current.state.is_live and current.intent_id != intent.intent_id:
+        raise IntentConflict(
+            f"{symbol} already has a live position record (state {current.state},"
+            f" intent {current.intent_id}); close it before opening another"
+        )
+    if current is not None and current.intent_id == intent.intent_id:
+        record = current  # a redelivered intent: carry on from where it stood
+    else:
+        record = PositionRecord(
+            symbol=symbol,
+            intent_id=intent.intent_id,
+            state=State.SUBMITTING,
+            side=intent.side,
+            qty=intent.qty,
+            stop_price=intent.stop_price,
+            client_order_id=ids.entry_id(ctx.account, intent.intent_id),
+            stop_source="attached" if ctx.venue.supports_attached_stop else "",
+        )
+    if record.state.is_terminal:
+        return record
+    return await drive_entry(ctx, record, resumed=record is current, owned=owned)
+
+
+async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: bool, owned: Owned) -> PositionRecord:
+    """From any in-flight state to a settled one. Also the crash-recovery path.
+
+    ``resumed``: the record was found in the store in this state, so the entry may have
+    been sent already; it is looked up by client order id before it is ever sent.
+    """
+    sent_at = anyio.current_time()
+    if record.state is State.SUBMITTING:
+        record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
+        await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
+        owned()
+        request = OrderRequest(
+            symbol=record.symbol,
+            side=record.side,
+            qty=record.qty,
+            client_order_id=record.client_order_id,
+            stop_loss=record.stop_price if record.stop_source == "attached" else None,
+        )
+        try:
+            order = await send_once(
+                ctx, record, record.client_order_id, lambda: ctx.venue.create_order(request),
+                Deadline(ctx.settings.verification.hard_deadline), maybe_sent=resumed,
+            )
+        except OrderRejected as exc:
+            record.state = State.REJECTED
+            record.reason = f"venue rejected the entry: {exc.reason}"
+            record.closed_at = utc_now()
+            await ctx.save(record)
+            return record
+        failpoint("entry_sent")
+        if order is not None:
+            record.order_id = order.order_id
+            record.state = State.SUBMITTED
+            await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
+    if record.state in IN_FLIGHT_STATES:
+        record.state = State.VERIFYING
+        await ctx.save(record)
+        verdict = await verify_entry(ctx, record, sent_at)
+        await settle_entry(ctx, record, verdict, sent_at)
+    elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not record.stop_client_order_id):
+        await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)
+    return record
+
+
+async def settle_entry(
+    ctx: ActorContext,
+    record: PositionRecord,
+    verdict: Filled | ClosedExternally | Rejected | Unverified,
+    sent_at: float,
+) -> None:
+    """Record the verification's verdict, and protect whatever may be open."""
+    elapsed_ms = round((anyio.current_time() - sent_at) * 1000, 1)
+    match verdict:
+        case Rejected(reason=reason, source=source):
+            record.state = State.REJECTED
+            record.reason = reason
+            record.evidence = source
+            record.closed_at = utc_now()
+            await ctx.save(record)
+            ctx.board.forget(record.client_order_id)
+        case ClosedExternally(filled_qty=filled, exit_qty=exit_qty, avg_price=avg, source=source):
+            record.filled_qty, record.entry_price, record.evidence = filled, avg, source
+            record.sent_to_verified_ms = elapsed_ms
+            record.filled_at = utc_now()
+            await settle_closed_externally(
+                ctx, record, f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
+            )
+        case Filled():
+            record.filled_qty = verdict.open_qty
+            record.entry_price = verdict.avg_price
+            record.evidence = verdict.source
+            record.sent_to_verified_ms = elapsed_ms
+            record.filled_at = utc_now()
+            record.state = State.OPEN
+            partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
+            await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
+            if await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at) == "closed_externally":
+                await settle_closed_externally(ctx, record, "filled, then closed by the venue while being protected")
+        case Unverified(reason=reason):
+            record.state = State.UNVERIFIED
+            record.reason = reason
+            await ctx.save(record)
+            await ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
+            await protect(ctx, record, record.qty, None, sent_at)

@@ -1,0 +1,62 @@
+"""An intent's answer: written ``accepted`` before its step runs, final once the step ends.
+
+The reply in Redis is how whoever sent the intent (``posguard open/close``, a bot reading
+the reply list) learns the outcome; a redelivered intent that already has a final answer is
+answered from it and not run again. A step also says when the intent is *owned*: its first
+record write is in Redis, so a crash is recovered from there and a queue may forget it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from posguard.actors.context import ActorContext
+from posguard.actors.intents import Intent, IntentRecord
+from posguard.actors.records import PositionRecord, State
+
+__all__ = ["IntentConflict", "IntentStep", "Owned", "answer_intent", "nobody_waiting", "settle_reply"]
+
+log = logging.getLogger("posguard.actor")
+
+IntentStep = Callable[[], Awaitable[PositionRecord]]
+"""An intent's step, bound to its intent: runs it to the end and returns the record it left."""
+
+Owned = Callable[[], None]
+"""Called once the current intent's first record write is in Redis (see `Ticket.owned`)."""
+
+
+def nobody_waiting() -> None:
+    """`Owned` for a step no caller waits on (recovery, repairs): nothing to acknowledge."""
+
+
+class IntentConflict(RuntimeError):
+    """The intent cannot run in the symbol's current state; nothing was sent."""
+
+
+async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: str, step: IntentStep) -> IntentRecord:
+    """Write the intent ahead as ``accepted``, run its step, then write its final answer."""
+    store = ctx.store
+    previous = await store.load_intent(intent.intent_id)
+    if previous is not None and previous.status != "accepted":
+        log.info("%s: intent %s already handled (%s); not repeating it", symbol, intent.intent_id, previous.status)
+        return previous
+    reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="accepted")
+    await store.save_intent(reply)
+    try:
+        record = await step()
+    except IntentConflict as exc:
+        reply.status, reply.reason = "rejected", str(exc)
+    else:
+        settle_reply(reply, record)
+    await store.save_intent(reply)
+    return reply
+
+
+def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:
+    """Fill in an intent's final answer from the record its step left."""
+    open_ = reply.action == "open"
+    reply.status = "rejected" if record.state is State.REJECTED and open_ else "done"
+    reply.outcome = str(record.state)
+    reply.reason = record.reason
+    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id
