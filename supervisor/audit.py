@@ -2,7 +2,7 @@
 
 Runs at start-up, every ``audit.interval`` seconds, after any actor crash and after any stream
 reconnect. It reads the venue once (all positions, all open orders including stops), asks
-`actors.reconcile.assess` what is wrong with each symbol, writes every finding to the audit
+`posguard.actors.lifecycle.repairs.assess` what is wrong with each symbol, writes every finding to the audit
 stream, and (unless a dry run) hands each finding to the symbol's actor to repair, so repairs
 queue behind intents instead of racing them (I4).
 """

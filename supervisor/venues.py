@@ -1,8 +1,8 @@
 """config.toml's ``[venue]`` section, turned into a connected-to-be ccxt venue adapter.
 
-Kept apart from `supervisor.config` so that reading a config file never imports ccxt: the
+Kept apart from `posguard.supervisor.config` so that reading a config file never imports ccxt: the
 mapping of ``[venue]`` onto the adapter's `CcxtVenueConfig` (and with it the adapter's one
-URL rule) lives in `supervisor.config.ccxt_venue_config`; this module only builds the venue.
+URL rule) lives in `posguard.supervisor.config.ccxt_venue_config`; this module only builds the venue.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> No
     bad = tmp_path / "config.toml"
     bad.write_text("[redis]\nurll = 'redis://x'\n")
     result = subprocess.run(
-        [sys.executable, "-m", "posguard.supervisor.cli", "--config", str(bad), "demo"],
+        [sys.executable, "-m", "posguard", "--config", str(bad), "demo"],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
     assert result.returncode == 2

@@ -1,6 +1,6 @@
 """Kill `posguard run` with SIGKILL, again and again, and check that the venue and Redis agree.
 
-A real process (`python -m supervisor.cli run`) trades through real ccxt against the Bybit
+A real process (`python -m posguard run`) trades through real ccxt against the Bybit
 emulator (in this test's process, so it outlives every kill), with this test's own
 redis-server. Intents arrive through the Redis intents stream. The process is SIGKILLed at
 random moments; every fourth run it kills itself the moment an entry order has been sent and
@@ -106,7 +106,7 @@ async def start_posguard(config: Path, failpoints: str = "") -> anyio.abc.Proces
     env = dict(os.environ, POSGUARD_API_KEY="emulator-key", POSGUARD_API_SECRET="emulator-secret",
                POSGUARD_FAILPOINTS=failpoints)
     return await anyio.open_process(
-        [sys.executable, "-m", "posguard.supervisor.cli", "--config", str(config), "run"],
+        [sys.executable, "-m", "posguard", "--config", str(config), "run"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=LOG.open("ab"),
     )
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_to_its_summary_with_its_own_redis() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "posguard.supervisor.cli", "demo", "--positions", "4", "--symbols", "2", "--seed", "5"],
+        [sys.executable, "-m", "posguard", "demo", "--positions", "4", "--symbols", "2", "--seed", "5"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -28,7 +28,7 @@ def test_demo_runs_to_its_summary_with_its_own_redis() -> None:
 
 def test_demo_runs_through_real_ccxt_against_the_emulator() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "posguard.supervisor.cli", "demo", "--venue", "emulator", "--positions", "3", "--symbols", "3"],
+        [sys.executable, "-m", "posguard", "demo", "--venue", "emulator", "--positions", "3", "--symbols", "3"],
         capture_output=True, text=True, cwd=REPO, timeout=180,
     )
     assert result.returncode == 0, result.stderr

@@ -123,7 +123,7 @@ def check_loopback(urls: Mapping[str, str]) -> None:
         raise ConfigRefused(
             "loopback_only",
             f"set, but the venue URLs point at {', '.join(outside)};"
-            " set rest_url and ws_url to the emulator (python -m tests.emulator)",
+            " set rest_url and ws_url to the emulator (posguard emulator)",
         )
 
 

@@ -5,7 +5,7 @@ not ask for), turns posguard requests into ``create_order`` arguments, and knows
 way of answering the few questions the `Venue` protocol asks: an order by client order id
 (open or closed), open orders including armed stops, executions, positions.
 
-Answers are ccxt's unified dicts; `streams.ccxt_mapping` turns them into posguard Structs.
+Answers are ccxt's unified dicts; `posguard.streams.ccxt_adapter.mapping` turns them into posguard Structs.
 """
 
 from __future__ import annotations

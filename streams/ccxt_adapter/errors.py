@@ -1,4 +1,4 @@
-"""ccxt's exceptions, translated into posguard's few error classes (`streams.errors`).
+"""ccxt's exceptions, translated into posguard's few error classes (`posguard.streams.venue.errors`).
 
 The translation is by the venue's own error code where ccxt's class is too coarse to act on
 (ccxt calls Bybit's "server error" and "OrderLinkedID is duplicate" both a plain

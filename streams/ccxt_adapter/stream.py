@@ -13,7 +13,7 @@ when it drops), waits until the venue confirms the topic is live, then:
   it was down. The evidence board de-duplicates and keeps the newest state.
 
 When the connection drops it sends ``StreamStatus(connected=False)`` and reconnects with
-exponential backoff and jitter. The events themselves come from `streams.ccxt_hooks`, as
+exponential backoff and jitter. The events themselves come from `posguard.streams.ccxt_adapter.hooks`, as
 each message is parsed.
 
 Events pass through an unbounded in-memory queue so that ccxt's message handlers (plain
@@ -58,7 +58,7 @@ def topic_of(event: VenueEvent) -> Topic | None:
 
 
 class PrivateStream:
-    """Implements `streams.ccxt_hooks.PrivateListener`; `run` drives the topic loops."""
+    """Implements `posguard.streams.ccxt_adapter.hooks.PrivateListener`; `run` drives the topic loops."""
 
     def __init__(
         self,

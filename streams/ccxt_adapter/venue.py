@@ -12,7 +12,7 @@ What it guarantees on top of ccxt:
   refusal the actor already records as ``rejected`` with nothing placed, which is exactly
   what happened. (Minimum *notional* needs a price a market order does not have; the venue
   checks it and its refusal arrives as `OrderRejected` too.)
-* Every ccxt exception is translated (`streams.ccxt_errors`); none escapes, and no message
+* Every ccxt exception is translated (`posguard.streams.ccxt_adapter.errors`); none escapes, and no message
   carries the API key, the secret or a signature.
 * ``create_order`` and ``place_stop`` return the venue's acknowledgement. Bybit acknowledges
   with ids only, so the order comes back ``open`` with nothing filled: "accepted, fate not

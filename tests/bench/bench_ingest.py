@@ -12,10 +12,10 @@ What runs, in wall-clock time on anyio's asyncio backend, in this one process pl
 redis-server (`start_redis_server`, no persistence) on the same machine:
 
 * The production decode path for Bybit. Each push is a WebSocket text frame in Bybit V5's
-  shape (built with the emulator's payload functions, ``tests/emulator/payloads.py``), handed
+  shape (built with the emulator's payload functions, ``posguard.streams.emulators.bybit.payloads``), handed
   to ccxt.pro's client the way its socket reader does (``Client.handle_text_or_binary_message``:
   orjson parse, then `HookedBybit`: ccxt's own handler and caches, then posguard's hook, which
-  parses the item again with ccxt and maps it with `streams.ccxt_mapping`), then through
+  parses the item again with ccxt and maps it with `posguard.streams.ccxt_adapter.mapping`), then through
   `PrivateStream` (the real `CcxtVenue.stream`: symbol filter, unbounded outbox, forwarder)
   into the engine's 65,536-slot stream. The `CcxtVenue` is real; only its REST market list and
   clock are answered in-process and its three watch calls wait forever, so nothing connects

@@ -1,12 +1,12 @@
 """The control API: set prices and fault knobs, force disconnects, read the ground truth.
 
 Not part of Bybit: everything lives under ``/_control/`` and needs no key. In-process tests
-can use `tests.emulator.server.EmulatorServer` directly; this is for a separately started
-emulator (``python -m tests.emulator``) and for the demo.
+can use `posguard.streams.emulators.bybit.server.EmulatorServer` directly; this is for a separately started
+emulator (``posguard emulator``) and for the demo.
 
 * ``GET  /_control/truth``       positions, orders, executions, balance, prices, request counts
 * ``POST /_control/price``       ``{"symbol": "BTCUSDT", "price": 59000}`` (stops trigger)
-* ``POST /_control/faults``      a `tests.emulator.faults.Faults` object (replaces the knobs)
+* ``POST /_control/faults``      a `posguard.streams.emulators.bybit.faults.Faults` object (replaces the knobs)
 * ``POST /_control/disconnect``  drop every private WebSocket; ``{"refuse": true}`` keeps
                                  refusing handshakes until faults are set again
 * ``POST /_control/liquidate``   ``{"symbol": "BTCUSDT"}``

@@ -5,7 +5,7 @@ average their entry; reduce-only orders only ever reduce (a quantity above the p
 cut to it, a reduce-only order with nothing to reduce is refused); a stop-loss attached to an
 entry becomes the position's stop; conditional orders trigger when the price crosses them;
 an ``orderLinkId`` can be used once. Every change is published to the WebSocket hub and
-becomes visible to REST lists after that list's lag (see `tests.emulator.faults`).
+becomes visible to REST lists after that list's lag (see `posguard.streams.emulators.bybit.faults`).
 
 `Engine.truth` is what tests assert against. It never lags.
 """
