@@ -15,6 +15,8 @@ from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 
+__all__ = ["ActorContext", "TransitionObserver"]
+
 log = logging.getLogger("posguard.alert")
 
 TransitionObserver = Callable[[PositionRecord, str], None]

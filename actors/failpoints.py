@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 
+__all__ = ["FAILPOINTS", "failpoint"]
+
 FAILPOINTS = frozenset(filter(None, os.environ.get("POSGUARD_FAILPOINTS", "").split(",")))
 
 

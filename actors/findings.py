@@ -11,6 +11,8 @@ import msgspec
 
 from posguard.streams.venue.events import Position
 
+__all__ = ["Finding", "FindingKind"]
+
 FindingKind = Literal[
     "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop"
 ]

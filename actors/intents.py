@@ -16,6 +16,18 @@ from posguard.actors.records import utc_now
 from posguard.streams.venue.events import OrderSide
 from posguard.streams.venue.markets import MarketRules
 
+__all__ = [
+    "CloseIntent",
+    "INTENT_ID_PATTERN",
+    "Intent",
+    "IntentRecord",
+    "IntentRefused",
+    "IntentStatus",
+    "OpenIntent",
+    "check_common",
+    "check_open",
+]
+
 INTENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 

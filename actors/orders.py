@@ -20,6 +20,8 @@ from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
 from posguard.streams.venue.events import Order
 
+__all__ = ["ABSENT", "Absent", "cancel_leftover_stops", "look_up", "send_once"]
+
 log = logging.getLogger("posguard.actor")
 
 

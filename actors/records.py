@@ -15,6 +15,16 @@ import msgspec
 
 from posguard.streams.venue.events import OrderSide
 
+__all__ = [
+    "EvidenceSource",
+    "IN_FLIGHT_STATES",
+    "PositionRecord",
+    "State",
+    "StopSource",
+    "TERMINAL_STATES",
+    "utc_now",
+]
+
 
 class State(enum.StrEnum):
     """Lifecycle states (DESIGN.md section 5). `is_live` states may hold a real position."""

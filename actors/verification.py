@@ -30,6 +30,18 @@ from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, Position, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
+__all__ = [
+    "ClosedExternally",
+    "EntryEvidence",
+    "Filled",
+    "Rejected",
+    "Source",
+    "Unverified",
+    "Verdict",
+    "ask_over_rest",
+    "verify_entry",
+]
+
 log = logging.getLogger("posguard.actor")
 
 Source = Literal["push", "rest"]

@@ -23,6 +23,8 @@ from posguard.actors.store.positions import Store
 from posguard.streams.venue.events import Order, Position
 from posguard.streams.venue.protocol import Venue
 
+__all__ = ["AuditReport", "Auditor"]
+
 log = logging.getLogger("posguard.audit")
 
 

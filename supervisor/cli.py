@@ -18,6 +18,8 @@ import anyio
 from posguard.supervisor.config import Config, ConfigError, load_config
 from posguard.supervisor.redis_server import RedisServerMissing, start_redis_server
 
+__all__ = ["build_parser", "main"]
+
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 

@@ -32,6 +32,17 @@ from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.config import Config
 from posguard.supervisor.engine import Engine
 
+__all__ = [
+    "DEMO_ACCOUNT",
+    "DemoTally",
+    "DemoVenue",
+    "FakeDemoVenue",
+    "demo_knobs",
+    "open_demo_venue",
+    "percentile",
+    "run_demo",
+]
+
 DEMO_ACCOUNT = "demo"
 
 

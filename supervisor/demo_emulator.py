@@ -20,6 +20,8 @@ from posguard.streams.emulators.bybit.server import EmulatorServer, running_emul
 from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.supervisor.config import Config
 
+__all__ = ["EmulatorDemoVenue", "open_emulator_demo_venue"]
+
 
 class EmulatorDemoVenue:
     description = "the local Bybit V5 emulator through real ccxt.pro"

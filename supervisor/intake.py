@@ -32,6 +32,8 @@ from posguard.actors.store.client import REDIS_CONNECTION_ERRORS, RedisClient
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine
 
+__all__ = ["BATCH", "BadIntent", "IntentFields", "IntentIntake", "parse_intent"]
+
 log = logging.getLogger("posguard.intake")
 
 BATCH = 100

@@ -25,6 +25,8 @@ from posguard.actors.findings import Finding
 from posguard.actors.records import PositionRecord, State
 from posguard.streams.ingestion.evidence import EvidenceBoard
 
+__all__ = ["LAG_BUCKETS", "Metrics", "UNPROTECTED_STATES"]
+
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 UNPROTECTED_STATES = frozenset({State.OPEN, State.EMERGENCY_CLOSING})
 

@@ -23,6 +23,8 @@ from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS
 from posguard.supervisor.config import Config
 
+__all__ = ["ALIVE_WITHIN_MS", "Out", "audit", "events", "safe_mode_off", "status", "submit_and_follow"]
+
 Out = Callable[[str], None]
 ALIVE_WITHIN_MS = 5_000
 EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 1, 4

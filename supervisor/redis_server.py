@@ -14,6 +14,15 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+__all__ = [
+    "INSTALL_HINT",
+    "PrivateRedisServer",
+    "RedisServerMissing",
+    "free_port",
+    "restart_redis_server",
+    "start_redis_server",
+]
+
 INSTALL_HINT = (
     "redis-server was not found on PATH. Install it (Debian/Ubuntu: "
     "'sudo apt-get install redis-server'; macOS: 'brew install redis') "

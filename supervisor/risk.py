@@ -15,6 +15,8 @@ import msgspec
 
 from posguard.actors.intents import IntentRefused, OpenIntent
 
+__all__ = ["Fraction", "RiskLimits", "check_open_positions", "check_priced", "check_static"]
+
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 
 

@@ -27,6 +27,8 @@ from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import IntentIntake
 from posguard.supervisor.metrics import Metrics
 
+__all__ = ["open_venue", "run_service"]
+
 log = logging.getLogger("posguard.service")
 
 

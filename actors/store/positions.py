@@ -19,6 +19,8 @@ from posguard.actors.records import PositionRecord, utc_now
 from posguard.actors.store.health import Health, HealthStatus, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
+__all__ = ["JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RedisStore", "Store"]
+
 JOURNAL_MAXLEN = 1_000_000
 REPLY_TTL_SECONDS = 86_400
 

@@ -23,6 +23,8 @@ from aiohttp import web
 from posguard.streams.emulators.bybit.engine import VenueReject
 from posguard.streams.emulators.bybit.faults import Faults
 
+__all__ = ["add_control_routes"]
+
 if TYPE_CHECKING:
     from posguard.streams.emulators.bybit.server import EmulatorServer
 

@@ -25,6 +25,20 @@ from posguard.streams.emulators.bybit.faults import Faults
 from posguard.streams.emulators.bybit.instruments import DEFAULT_INSTRUMENTS, Instrument
 from posguard.streams.emulators.bybit.payloads import execution_payload, fmt, order_payload, position_payload
 
+__all__ = [
+    "EmuExecution",
+    "EmuOrder",
+    "EmuPosition",
+    "Engine",
+    "LEVERAGE",
+    "LINK_ID",
+    "Publish",
+    "RECENT_CLOSED",
+    "TAKER_FEE",
+    "VenueReject",
+    "now_ms",
+]
+
 TAKER_FEE = 0.00055
 LEVERAGE = 10.0
 RECENT_CLOSED = 500

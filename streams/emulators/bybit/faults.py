@@ -11,6 +11,8 @@ from typing import Literal
 
 import msgspec
 
+__all__ = ["FailureKind", "Faults", "ScriptedFailure", "WsTopic", "take_scripted"]
+
 FailureKind = Literal["http_503", "rate_limit", "server_error", "lost_504", "lost_drop"]
 """``http_503``, ``rate_limit`` (retCode 10006) and ``server_error`` (retCode 10016) fail the
 request *before* it takes effect. ``lost_504`` and ``lost_drop`` apply it and then lose the

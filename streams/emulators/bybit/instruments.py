@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+__all__ = ["DEFAULT_INSTRUMENTS", "Instrument"]
+
 
 @dataclass(frozen=True)
 class Instrument:

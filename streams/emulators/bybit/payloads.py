@@ -10,6 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+__all__ = ["execution_payload", "fmt", "order_payload", "position_payload"]
+
 if TYPE_CHECKING:
     from posguard.streams.emulators.bybit.engine import EmuExecution, EmuOrder, EmuPosition
     from posguard.streams.emulators.bybit.instruments import Instrument

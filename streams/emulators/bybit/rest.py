@@ -26,6 +26,8 @@ from posguard.streams.emulators.bybit.engine import Engine, VenueReject, now_ms
 from posguard.streams.emulators.bybit.faults import take_scripted
 from posguard.streams.emulators.bybit.payloads import execution_payload
 
+__all__ = ["BybitRest", "Handler", "PRIVATE_PREFIXES", "SEVEN_DAYS_MS", "WRITE_PATHS", "answer"]
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRIVATE_PREFIXES = ("/v5/order/", "/v5/position/", "/v5/execution/")
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000

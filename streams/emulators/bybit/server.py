@@ -22,6 +22,8 @@ from posguard.streams.emulators.bybit.instruments import DEFAULT_INSTRUMENTS, In
 from posguard.streams.emulators.bybit.rest import BybitRest
 from posguard.streams.emulators.bybit.ws import PrivateHub
 
+__all__ = ["DEFAULT_API_KEY", "DEFAULT_API_SECRET", "EmulatorServer", "HOST", "running_emulator", "serve_forever"]
+
 DEFAULT_API_KEY = "emulator-key"
 DEFAULT_API_SECRET = "emulator-secret"
 HOST = "127.0.0.1"

@@ -25,6 +25,8 @@ from aiohttp import WSMsgType, web
 
 from posguard.streams.emulators.bybit.engine import Engine, now_ms
 
+__all__ = ["Connection", "PrivateHub", "TOPICS"]
+
 TOPICS = ("position", "order", "execution")
 
 
