@@ -75,7 +75,7 @@ class EntryGate:
         self.safe_mode_since = ""
         self.safe_mode_since_ms = 0
         """When safe mode began (wall clock, ms): an operator's "off" counts only if later."""
-        self.paused: dict[str, str] = {}  # cause -> reason (e.g. "redis": "Redis unreachable")
+        self.paused: dict[str, str] = {}  # cause -> reason (e.g. "redis": "Redis unreachable or refusing writes")
 
     @property
     def safe_mode(self) -> bool:
