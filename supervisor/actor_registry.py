@@ -19,7 +19,7 @@ from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.store.client import is_redis_failure
 from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.supervision import EntryGate, RestartTracker, SupervisorSettings
-from posguard.supervisor.watchdog import publish_health
+from posguard.supervisor.watchdog import pause_for_redis, publish_health
 
 __all__ = ["ActorFactory", "ActorRegistry"]
 
@@ -114,7 +114,7 @@ class ActorRegistry(Mapping[str, SymbolActor]):
                           exc_info=not redis)
                 self.metrics.on_restart()
                 if redis:
-                    self.gate.paused["redis"] = "Redis unreachable: nothing can be written ahead"
+                    pause_for_redis(self.gate)
                 else:
                     if self.restarts.record():
                         await self._enter_safe_mode(

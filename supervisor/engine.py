@@ -9,7 +9,8 @@ on first use (I4: one actor per symbol).
 
 Each of those jobs has its own module; this one builds them and runs them:
 `actor_registry` (actors and their supervision), `admission` (validation and risk),
-`audit_schedule`, `watchdog` (Redis, heartbeat, operator commands) and `routing`.
+`audit_schedule`, `watchdog` (Redis, heartbeat, operator commands), `loop_lag` (the event
+loop measured apart from Redis) and `routing`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from posguard.supervisor.admission import Admission
 from posguard.supervisor.audit import Auditor, AuditReport
 from posguard.supervisor.audit_schedule import AuditSchedule
 from posguard.supervisor.logs import log_transition
+from posguard.supervisor.loop_lag import LoopLagProbe
 from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.risk import RiskLimits
 from posguard.supervisor.routing import EventRouter
@@ -93,6 +95,7 @@ class Engine:
                                    actors=self.actors)
         self.watchdog = RedisWatchdog(store=store, gate=self.gate, settings=self.supervision, metrics=self.metrics,
                                       board=self.board, audit_now=self.audit_now)
+        self.loop_lag = LoopLagProbe(self.metrics)
         self.router = EventRouter(self.actors, self.request_audit)
         self.ingestor = Ingestor(self.board, cache, listeners=[self.router.route])
         self.stopping = False
@@ -115,6 +118,7 @@ class Engine:
                     self.actors.get_or_start(record.symbol)
             tg.start_soon(self.audits.run)
             tg.start_soon(self.watchdog.run)
+            tg.start_soon(self.loop_lag.run)
             task_status.started()
 
     async def stop(self) -> None:
@@ -165,6 +169,13 @@ class Engine:
         if self.stopping:
             return await self.admission.refuse(intent, "posguard is shutting down; send the intent again after restart")
         return await self.admission.admit(intent)
+
+    async def redis_lost_data(self, evidence: str) -> None:
+        """Redis no longer holds what was written (its intents group is gone, say): entries
+        pause, and the watchdog alerts and audits the whole account before they resume.
+        Returns once that audit has run, so a caller holding intents can hold them till then."""
+        self.watchdog.data_lost(evidence)
+        await self.watchdog.data_recovered()
 
     def request_audit(self, why: str) -> None:
         self.audits.request(why)

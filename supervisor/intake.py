@@ -28,8 +28,8 @@ from anyio.abc import TaskStatus
 
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import Ticket
-from posguard.actors.store.client import REDIS_CONNECTION_ERRORS, RedisClient
-from posguard.actors.store.intent_stream import IntentStream, StreamEntry
+from posguard.actors.store.client import RedisClient, is_redis_failure
+from posguard.actors.store.intent_stream import IntentGroupMissing, IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine
 
 __all__ = ["BATCH", "BadIntent", "IntentFields", "IntentIntake", "parse_intent"]
@@ -117,21 +117,46 @@ class IntentIntake:
         self.acked = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Read until the engine stops. A Redis that does not answer or refuses is waited out
+        (the entry stays pending); a missing group is created again and reported to the engine
+        as Redis having lost its data. No Redis error ends the intake."""
         await self.stream.ensure_group()
         async with anyio.create_task_group() as tg:
             task_status.started()
-            # First what this consumer had read but not acknowledged before a crash.
-            await self._read(tg, "0")
             tg.start_soon(self._reclaim_stalled, tg)
+            start = "0"  # first what this consumer had read but not acknowledged before a crash
             while not self.engine.stopping:
                 try:
-                    got = await self._read(tg, ">")
-                except REDIS_CONNECTION_ERRORS as exc:
-                    log.warning("intents stream unreadable (%s); retrying", exc)
+                    got = await self._read(tg, start)
+                except IntentGroupMissing as exc:
+                    await self._recreate_group(str(exc))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - sorted by the one rule just below
+                    if not is_redis_failure(exc):
+                        raise
+                    log.warning("intents stream unreadable (%s: %s); retrying in 1 s", type(exc).__name__, exc)
                     await anyio.sleep(1.0)
                     continue
+                start = ">"
                 if not got and self.block_ms == 0:
                     await anyio.sleep(self.poll_interval)
+
+    async def _recreate_group(self, why: str) -> None:
+        """The group is gone: Redis lost its data (restarted empty, ``FLUSHALL``). Create it
+        again, from the stream's start, and let the engine alert and audit."""
+        try:
+            created = await self.stream.ensure_group()
+        except Exception as exc:  # noqa: BLE001
+            if not is_redis_failure(exc):
+                raise
+            log.warning("could not create the intents group again (%s); retrying in 1 s", exc)
+            await anyio.sleep(1.0)
+            return
+        if created:
+            # Hold the intents (they wait in the stream) until the audit has adopted what the
+            # venue holds, rather than refusing them as "paused".
+            log.warning("intents group created again; reading resumes after the audit")
+            await self.engine.redis_lost_data(why)
 
     async def _reclaim_stalled(self, tg: anyio.abc.TaskGroup) -> None:
         """Take again entries left pending too long: read by a consumer that died (another
@@ -143,13 +168,16 @@ class IntentIntake:
                 entries = await self.stream.reclaim(
                     self.consumer, min_idle_ms=int(self.reclaim_after * 1000), count=BATCH
                 )
-            except REDIS_CONNECTION_ERRORS as exc:
+                for entry in entries:
+                    log.warning("intent entry %s was pending for over %.0f s; taking it again", entry.entry_id,
+                                self.reclaim_after)
+                    await self._take(tg, entry)
+            except IntentGroupMissing:
+                continue  # the read loop sees it too, and creates the group again
+            except Exception as exc:  # noqa: BLE001
+                if not is_redis_failure(exc):
+                    raise
                 log.warning("could not reclaim stalled intents (%s)", exc)
-                continue
-            for entry in entries:
-                log.warning("intent entry %s was pending for over %.0f s; taking it again", entry.entry_id,
-                            self.reclaim_after)
-                await self._take(tg, entry)
 
     async def _read(self, tg: anyio.abc.TaskGroup, start: str) -> int:
         entries = await self.stream.read(
@@ -193,5 +221,14 @@ class IntentIntake:
         await self._ack(entry_id)
 
     async def _ack(self, entry_id: str) -> None:
-        await self.stream.ack(entry_id)
+        """Acknowledge the entry; if Redis cannot take it, it stays pending and is reclaimed
+        later (harmless: an intent id already handled is not executed again)."""
+        try:
+            await self.stream.ack(entry_id)
+        except Exception as exc:  # noqa: BLE001
+            if not is_redis_failure(exc):
+                raise
+            log.warning("could not acknowledge intent entry %s (%s); it stays pending and is taken again "
+                        "after %.0f s", entry_id, exc, self.reclaim_after)
+            return
         self.acked += 1

@@ -13,7 +13,8 @@ directly; what they count is posguard's:
   back" path at all.
 
 plus ``positions_unprotected`` (records open without a confirmed stop), ``stream_connected
-{topic}``, ``actor_restarts_total``, ``audit_findings_total{kind}`` and ``safe_mode``.
+{topic}``, ``actor_restarts_total``, ``audit_findings_total{kind}``, ``safe_mode`` and
+``event_loop_lag_seconds`` (how late the last short sleep woke: a busy process, not Redis).
 The endpoint binds to 127.0.0.1 unless configured otherwise (config.toml, [metrics]).
 """
 
@@ -49,6 +50,9 @@ class Metrics:
         self.restarts = Counter("actor_restarts", "Symbol actors restarted after a failure", registry=r)
         self.findings = Counter("audit_findings", "Audit findings, by kind", ["kind"], registry=r)
         self.safe_mode = Gauge("safe_mode", "1 while posguard is in safe mode (no new entries)", registry=r)
+        self.event_loop_lag = Gauge("event_loop_lag_seconds",
+                                    "How late the event loop woke the last probe sleep (a busy process, not Redis)",
+                                    registry=r)
         self._unprotected: set[str] = set()
 
     def on_transition(self, record: PositionRecord, note: str) -> None:

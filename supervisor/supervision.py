@@ -9,8 +9,9 @@ accepted; protection, closes and the audit go on. Safe mode is shown in Redis
 in the log, and is left only by an operator (``posguard safe-mode off``), because a crash loop
 does not fix itself.
 
-Separately, entries are *paused* while Redis is unreachable (nothing can be written ahead);
-that pause lifts by itself once Redis answers again and an audit has run.
+Separately, entries are *paused* while Redis is unreachable or refuses writes (nothing can be
+written ahead), and after Redis lost its data until a full audit has run; those pauses lift by
+themselves (`posguard.supervisor.watchdog`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class EntryGate:
         self.safe_mode_since = ""
         self.safe_mode_since_ms = 0
         """When safe mode began (wall clock, ms): an operator's "off" counts only if later."""
-        self.paused: dict[str, str] = {}  # cause -> reason (e.g. "redis": "Redis unreachable")
+        self.paused: dict[str, str] = {}  # cause -> reason (e.g. "redis": "Redis unreachable or refusing writes")
 
     @property
     def safe_mode(self) -> bool:

@@ -3,12 +3,17 @@
 The stream and group names are part of posguard's interface (README, "Intents"). An entry is
 acknowledged only once its intent is owned (written ahead); until then it stays pending, so a
 crash leaves it to be delivered again.
+
+A missing group (``NOGROUP``; or a blocked read cut short because the stream was deleted,
+``UNBLOCKED``) means Redis lost its data (restarted empty, ``FLUSHALL``): the reads raise
+`IntentGroupMissing`, and `ensure_group` says whether it had to create the group again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import coredis.exceptions
@@ -17,10 +22,28 @@ import msgspec
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.keys import Keys
 
-__all__ = ["GROUP", "IntentStream", "StreamEntry"]
+__all__ = ["GROUP", "IntentGroupMissing", "IntentStream", "StreamEntry"]
 
 GROUP = "posguard"
 """The consumer group every posguard process of an account reads the intents stream in."""
+
+
+class IntentGroupMissing(Exception):
+    """The intents stream or its consumer group is gone: Redis lost its data (or someone
+    deleted the key). The remedy is `IntentStream.ensure_group`, then a full audit."""
+
+
+_GROUP_GONE = (coredis.exceptions.UnblockedError, coredis.exceptions.StreamConsumerGroupError)
+
+
+@contextlib.contextmanager
+def _group_gone_is_missing(key: str) -> Iterator[None]:
+    try:
+        yield
+    except coredis.exceptions.StreamDuplicateConsumerGroupError:
+        raise
+    except _GROUP_GONE as exc:
+        raise IntentGroupMissing(f"consumer group {GROUP!r} of {key} is gone ({exc})") from exc
 
 
 class StreamEntry(msgspec.Struct, frozen=True):
@@ -39,23 +62,29 @@ class IntentStream:
         self.client = client
         self.keys = Keys(account)
 
-    async def ensure_group(self) -> None:
-        """Create the stream and its consumer group if either is missing (from the start)."""
-        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
+    async def ensure_group(self) -> bool:
+        """Create the stream and its consumer group if either is missing, reading from the
+        start (entries added since a loss are not skipped). True if it had to create it."""
+        try:
             await self.client.xgroup_create(self.keys.intents, GROUP, identifier="0", mkstream=True)
+        except coredis.exceptions.StreamDuplicateConsumerGroupError:
+            return False
+        return True
 
     async def read(self, consumer: str, start: str, *, count: int, block_ms: int | None) -> list[StreamEntry]:
         """``start`` ``">"`` reads new entries; ``"0"`` this consumer's pending ones."""
-        reply = await self.client.xreadgroup(
-            GROUP, consumer, {self.keys.intents: start}, count=count, block=block_ms
-        )
+        with _group_gone_is_missing(self.keys.intents):
+            reply = await self.client.xreadgroup(
+                GROUP, consumer, {self.keys.intents: start}, count=count, block=block_ms
+            )
         return _entries(next(iter(reply.values()), ())) if reply else []
 
     async def reclaim(self, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         """Take over entries pending longer than ``min_idle_ms`` in any consumer."""
-        _next, entries, *_ = await self.client.xautoclaim(
-            self.keys.intents, GROUP, consumer, min_idle_ms, "0-0", count=count
-        )
+        with _group_gone_is_missing(self.keys.intents):
+            _next, entries, *_ = await self.client.xautoclaim(
+                self.keys.intents, GROUP, consumer, min_idle_ms, "0-0", count=count
+            )
         return _entries(entries)
 
     async def ack(self, entry_id: str) -> None:
