@@ -31,7 +31,7 @@ from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Order, Position, closing_side
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
-__all__ = ["Resume", "assess", "carry_out", "covered_qty", "follow_venue", "reconcile_symbol", "repair"]
+__all__ = ["Resume", "assess", "carry_out", "covered_qty", "guards", "follow_venue", "reconcile_symbol", "repair"]
 
 log = logging.getLogger("posguard.audit")
 actor_log = logging.getLogger("posguard.actor")
@@ -40,12 +40,16 @@ Resume = Callable[[], Awaitable[None]]
 """The symbol's actor resuming its in-flight step: an ``in_flight`` finding's repair."""
 
 
+def guards(stop: Order, position: Position) -> bool:
+    """Whether an armed stop order would close (part of) this position."""
+    return stop.kind == "stop" and stop.status == "open" and stop.side == closing_side(position.side)
+
+
 def covered_qty(position: Position, stops: list[Order]) -> float:
     """How much of the position a stop would close: all of it with a position-held stop."""
     if position.stop_price is not None:
         return position.size
-    side = closing_side(position.side)
-    return sum(o.qty for o in stops if o.kind == "stop" and o.status == "open" and o.side == side)
+    return sum(o.qty for o in stops if guards(o, position))
 
 
 def assess(
@@ -61,6 +65,8 @@ def assess(
     live = record is not None and record.state.is_live
     stem = record.client_order_id.rsplit("-", 1)[0] if live and record is not None else None
     for stop in stops:
+        if position is not None and not live and guards(stop, position):
+            continue  # it holds a position about to be adopted: cancelled once the new stop is live
         if ids.is_ours(stop.client_order_id) and stop.client_order_id.rsplit("-", 1)[0] != stem:
             findings.append(Finding(
                 symbol=symbol, kind="stale_stop", stop_client_order_id=stop.client_order_id,
