@@ -7,28 +7,41 @@ from typing import Annotated
 import msgspec
 
 from posguard.streams.backoff import Backoff
-from posguard.streams.units import Seconds
 
 __all__ = ["ActorSettings", "ProtectionSettings", "VerificationSettings"]
 
+# Ceilings on the deadlines that "protected within a bounded time" (I2) rests on: past these an
+# entry, a stop or a close waits so long that the bound means nothing.
+PushDeadline = Annotated[float, msgspec.Meta(gt=0, le=60)]
+HardDeadline = Annotated[float, msgspec.Meta(gt=0, le=600)]
+LookupGrace = Annotated[float, msgspec.Meta(gt=0, le=300)]
+StopConfirmDeadline = Annotated[float, msgspec.Meta(gt=0, le=60)]
+StopDeadline = Annotated[float, msgspec.Meta(gt=0, le=120)]
+
 
 class VerificationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    push_deadline: Seconds = 2.0
+    push_deadline: PushDeadline = 2.0
     """How long to wait for pushed evidence of a fill before asking over REST."""
-    hard_deadline: Seconds = 60.0
+    hard_deadline: HardDeadline = 60.0
     """After this, an entry without evidence is `unverified`: protected and handed to the audit."""
-    lookup_grace: Seconds = 5.0
+    lookup_grace: LookupGrace = 5.0
     """After a lost response, how long the venue must keep saying "unknown order" before
     the order is sent again (under the same client order id)."""
     backoff: Backoff = Backoff(initial=0.25, maximum=5.0)
 
+    def __post_init__(self) -> None:
+        # "field: why" is how a config error names the key (supervisor.config._explain).
+        if self.push_deadline >= self.hard_deadline:
+            raise ValueError(f"push_deadline: {self.push_deadline} is not below hard_deadline {self.hard_deadline};"
+                             " REST would never be asked before the entry is given up as unverified")
+
 
 class ProtectionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    stop_confirm_deadline: Seconds = 3.0
+    stop_confirm_deadline: StopConfirmDeadline = 3.0
     """How long an attached stop may stay unconfirmed before a separate stop is placed."""
     stop_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5
     """Stop placements tried before the position is closed instead (emergency close)."""
-    stop_deadline: Seconds = 15.0
+    stop_deadline: StopDeadline = 15.0
     """How long one stop placement (or one close order) may take, lookups included."""
     stop_backoff: Backoff = Backoff(initial=0.5, maximum=5.0)
     close_backoff: Backoff = Backoff(initial=1.0, maximum=30.0)

@@ -18,12 +18,23 @@ import msgspec
 __all__ = ["Backoff", "Deadline", "sleep_within"]
 
 
+Delay = Annotated[float, msgspec.Meta(ge=0.01, le=600)]
+"""A retry delay read from the config: at least 10 ms (no hot loop against the venue or
+Redis), at most 10 minutes (a retry that waits longer is a retry that stopped)."""
+
+
 class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    initial: Annotated[float, msgspec.Meta(gt=0)] = 0.25
-    maximum: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    initial: Delay = 0.25
+    maximum: Delay = 5.0
+    multiplier: Annotated[float, msgspec.Meta(ge=1, le=10)] = 2.0
     jitter: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.2
     """Each delay is scaled by a uniform factor in ``[1 - jitter, 1 + jitter]``."""
+
+    def __post_init__(self) -> None:
+        # "field: why" is how a config error names the key (supervisor.config._explain).
+        if self.initial > self.maximum:
+            raise ValueError(f"initial: {self.initial} is more than maximum {self.maximum};"
+                             " the first delay may not exceed the cap")
 
     def delays(self, rng: random.Random) -> Iterator[float]:
         delay = self.initial

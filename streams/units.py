@@ -1,8 +1,9 @@
 """Units shared by every settings struct, so a duration means the same thing everywhere.
 
 A duration of zero or less is always a mistake in a timeout, a deadline or an interval (it
-would spin, or never wait), so the type itself refuses it: a config file that says
-``push_deadline = 0`` stops posguard with the key's path instead of making it busy-loop.
+would spin, or never wait), and so is an endless one, so the type itself refuses both: a
+config file that says ``push_deadline = 0`` or ``hard_deadline = inf`` stops posguard with the
+key's path instead of making it busy-loop or wait forever.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["Seconds"]
+__all__ = ["ONE_DAY", "Seconds"]
 
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
-"""A positive duration in seconds."""
+ONE_DAY = 86_400.0
+
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=ONE_DAY)]
+"""A positive, finite duration in seconds (``inf`` would be a wait that never ends)."""
+

@@ -142,17 +142,19 @@ def _configure_logging(config: Config, args: argparse.Namespace) -> None:
     from urllib.parse import urlsplit
 
     secrets.append(urlsplit(config.redis.url).password or "")
+    if config.redis.password_env:
+        secrets.append(os.environ.get(config.redis.password_env, ""))
     configure_logging(level, config.log.format, secrets)
 
 
 def _run(config: Config) -> int:
-    from posguard.supervisor.config import load_secrets
+    from posguard.supervisor.config import load_secrets, redis_connection
     from posguard.supervisor.service import run_service
 
     if not config.redis.url:
         raise ConfigError("redis.url: 'posguard run' needs a Redis that outlives it (set redis.url)")
     secrets = load_secrets(config)
-    return anyio.run(run_service, config, secrets, config.redis.url, backend="asyncio")
+    return anyio.run(run_service, config, secrets, redis_connection(config), backend="asyncio")
 
 
 def _demo(config: Config, args: argparse.Namespace) -> int:
@@ -168,7 +170,9 @@ def _demo(config: Config, args: argparse.Namespace) -> int:
             raise ConfigError(f"demo option: {exc}") from None
         config = msgspec.structs.replace(config, demo=demo)
     if config.redis.url:
-        return anyio.run(run_demo, config, config.redis.url, args.venue, backend="asyncio")
+        from posguard.supervisor.config import redis_connection
+
+        return anyio.run(run_demo, config, redis_connection(config), args.venue, backend="asyncio")
     server = start_redis_server()
     try:
         code = anyio.run(run_demo, config, server.url, args.venue, backend="asyncio")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from posguard.actors.store.client import RedisConnection, TlsOptions
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
-from posguard.streams.units import Seconds
 from posguard.supervisor.risk import RiskLimits
 from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
@@ -35,6 +37,7 @@ __all__ = [
     "load_config",
     "load_secrets",
     "parse_config",
+    "redis_connection",
 ]
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -60,10 +63,19 @@ class VenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
+    password_env: str = ""
+    """Name of an environment variable holding the Redis password (instead of the URL's)."""
+    ssl_ca_certs: str = ""
+    """For rediss://: a CA bundle (file or directory) to trust instead of the system's."""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    """For rediss://: a client certificate and its key, if the server asks for one."""
+    tls_insecure_skip_verify: bool = False
+    """For rediss://: check neither the certificate nor the hostname (logged as a warning)."""
 
 
 class StreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    stale_after: Seconds = 15.0
+    stale_after: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
 
 
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -107,6 +119,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 _MSGSPEC_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
+_FIELD_RULE = re.compile(r"^(?P<field>[a-z_]+): (?P<what>.*)$", re.DOTALL)
+"""A settings struct's own cross-field rule (its ``__post_init__``) says ``field: why``."""
 
 
 def _explain(error: msgspec.ValidationError | msgspec.DecodeError, source: str) -> ConfigError:
@@ -121,6 +135,10 @@ def _explain(error: msgspec.ValidationError | msgspec.DecodeError, source: str) 
         if any(word in field.lower() for word in SECRET_WORDS):
             hint = " (secrets are never read from the file: set them in the environment, see venue.api_key_env)"
         return ConfigError(f"{source}: {key}: unknown key{hint}")
+    rule = _FIELD_RULE.match(what)
+    if rule:
+        field = rule.group("field")
+        return ConfigError(f"{source}: {path + '.' if path else ''}{field}: {rule.group('what')}")
     what = what[0].lower() + what[1:] if what else what
     choices = _choices_at(path)
     if choices:
@@ -157,18 +175,64 @@ def load_config(path: Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     config = parse_config(text, str(path))
-    check_config(config)
+    try:
+        check_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config
 
 
 def check_config(config: Config) -> None:
     """What a key's type cannot say: whether the URLs are usable. The venue's are judged by
     the adapter's own rule (`ccxt_venue_config`), so there is one rule, not two that drift;
-    the built-in fake venue uses no URLs."""
+    the built-in fake venue uses no URLs. (Ranges and cross-field rules live with the settings
+    structs themselves, so a struct built in code obeys them too.)"""
     if config.venue.kind != "fake":
         ccxt_venue_config(config)
-    if config.redis.url and not re.match(r"^(redis|rediss|unix)://", config.redis.url):
+    _check_redis(config.redis)
+
+
+_TLS_KEYS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "tls_insecure_skip_verify")
+
+
+def _check_redis(redis: RedisConfig) -> None:
+    """The Redis URL and its TLS and password options agree with each other."""
+    if redis.url and not re.match(r"^(redis|rediss|unix)://", redis.url):
         raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
+    parts = urlsplit(redis.url)
+    if any(name.startswith("ssl_") for name, _value in parse_qsl(parts.query)):
+        raise ConfigError("redis.url: TLS options do not go in the URL; use redis.ssl_ca_certs,"
+                          " redis.ssl_certfile / ssl_keyfile or redis.tls_insecure_skip_verify")
+    if parts.scheme != "rediss":
+        for key in _TLS_KEYS:
+            if getattr(redis, key):
+                raise ConfigError(f"redis.{key}: only used with TLS; make redis.url a rediss:// URL")
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        where = getattr(redis, key)
+        if where and not os.path.exists(where):
+            raise ConfigError(f"redis.{key}: no such file or directory: {where}")
+    if redis.ssl_keyfile and not redis.ssl_certfile:
+        raise ConfigError("redis.ssl_keyfile: set redis.ssl_certfile too (the client certificate)")
+    if redis.password_env and parts.password:
+        raise ConfigError("redis.password_env: redis.url carries a password too; keep one (the environment's)")
+
+
+def redis_connection(config: Config, environ: Mapping[str, str] | None = None) -> RedisConnection:
+    """How to reach the configured Redis: the URL, the password from ``redis.password_env``
+    (when set; never from the file), and the TLS options."""
+    redis = config.redis
+    password = None
+    if redis.password_env:
+        env = os.environ if environ is None else environ
+        password = env.get(redis.password_env, "")
+        if not password:
+            raise ConfigError(
+                f"redis.password_env: environment variable {redis.password_env} is not set; export it with"
+                " the Redis password (or clear redis.password_env)"
+            )
+    tls = TlsOptions(ca_certs=redis.ssl_ca_certs, certfile=redis.ssl_certfile, keyfile=redis.ssl_keyfile,
+                     insecure_skip_verify=redis.tls_insecure_skip_verify)
+    return RedisConnection(url=redis.url, password=password, tls=tls)
 
 
 def ccxt_venue_config(config: Config) -> CcxtVenueConfig:

@@ -23,7 +23,7 @@ import msgspec
 
 from posguard.actors.intents import CloseIntent, OpenIntent
 from posguard.actors.records import PositionRecord, State
-from posguard.actors.store.client import RedisClient, open_redis, redact_url
+from posguard.actors.store.client import RedisClient, RedisConnection, as_connection, open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.keys import delete_account_keys
 from posguard.actors.store.positions import RedisStore
@@ -146,7 +146,7 @@ async def open_demo_venue(config: Config, kind: str) -> AsyncIterator[DemoVenue]
         yield view
 
 
-async def run_demo(config: Config, redis_url: str, venue_kind: str = "fake", *, out=print) -> int:  # noqa: ANN001
+async def run_demo(config: Config, redis: RedisConnection | str, venue_kind: str = "fake", *, out=print) -> int:  # noqa: ANN001
     """Run the demo; returns the process exit code (1 if any position was left unprotected)."""
     settings = msgspec.structs.replace(config.actor_settings(), account=DEMO_ACCOUNT)
     symbols = list(DEFAULT_MARKETS)[: config.demo.symbols]
@@ -157,7 +157,8 @@ async def run_demo(config: Config, redis_url: str, venue_kind: str = "fake", *, 
         if record.state is State.PROTECTED and record.client_order_id not in protected_at:
             protected_at[record.client_order_id] = anyio.current_time()
 
-    async with open_redis(redis_url) as client:
+    redis = as_connection(redis)
+    async with open_redis(redis) as client:
         await _clear_demo_keys(client, out)
         async with open_demo_venue(config, venue_kind) as view, anyio.create_task_group() as tg:
             engine = Engine(
@@ -174,7 +175,7 @@ async def run_demo(config: Config, redis_url: str, venue_kind: str = "fake", *, 
             if not await engine.streams_ready():
                 out("warning: the venue's streams did not come up; entries will be verified over REST")
             out(f"posguard demo: {config.demo.positions} positions over {len(symbols)} symbols "
-                f"on {view.description} (seed {config.demo.seed}), Redis at {redact_url(redis_url)}")
+                f"on {view.description} (seed {config.demo.seed}), Redis at {redact_url(redis.url)}")
             out(f"venue faults: {view.faults}")
             counter = iter(range(1, config.demo.positions + 1))
             started = anyio.current_time()

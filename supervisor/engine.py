@@ -37,10 +37,11 @@ from posguard.supervisor.actor_registry import ActorRegistry
 from posguard.supervisor.admission import Admission
 from posguard.supervisor.audit import Auditor, AuditReport
 from posguard.supervisor.audit_schedule import AuditSchedule
+from posguard.supervisor.config import ConfigError
 from posguard.supervisor.logs import log_transition
 from posguard.supervisor.loop_lag import LoopLagProbe
 from posguard.supervisor.metrics import Metrics
-from posguard.supervisor.risk import RiskLimits
+from posguard.supervisor.risk import RiskLimits, not_markets
 from posguard.supervisor.routing import EventRouter
 from posguard.supervisor.supervision import AuditSettings, EntryGate, SupervisorSettings
 from posguard.supervisor.watchdog import RedisWatchdog, publish_health
@@ -106,6 +107,7 @@ class Engine:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load markets, start the streams, resume every live record, audit, serve intents."""
         self.rules.update(await self._load_markets())
+        self._check_configured_symbols()
         send, receive = anyio.create_memory_object_stream[VenueEvent](STREAM_BUFFER)
         async with anyio.create_task_group() as tg:
             self._task_group = tg
@@ -135,6 +137,17 @@ class Engine:
             log.warning("stopping with steps in flight on %s; they resume from Redis at the next start", busy)
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
+
+    def _check_configured_symbols(self) -> None:
+        """Symbols named in ``[risk]`` must be markets of this venue; a start-up refusal, not
+        a silent "every intent for it is refused" later."""
+        unknown = not_markets(self.risk, self.rules)
+        if unknown:
+            key = "risk.allowed_symbols" if unknown[0] in self.risk.allowed_symbols else "risk.max_qty"
+            raise ConfigError(
+                f"{key}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a market of"
+                f" {self.venue.name} (use the ccxt unified form of a linear perpetual, e.g. BTC/USDT:USDT)"
+            )
 
     async def _load_markets(self) -> dict[str, MarketRules]:
         """Markets are needed before any intent can be checked; keep asking until they come."""

@@ -20,13 +20,19 @@ The endpoint binds to 127.0.0.1 unless configured otherwise (config.toml, [metri
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 from posguard.actors.findings import Finding
 from posguard.actors.records import PositionRecord, State
 from posguard.streams.ingestion.evidence import EvidenceBoard
 
-__all__ = ["LAG_BUCKETS", "Metrics", "UNPROTECTED_STATES"]
+__all__ = ["LAG_BUCKETS", "Metrics", "UNPROTECTED_STATES", "is_loopback"]
+
+log = logging.getLogger("posguard.metrics")
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 UNPROTECTED_STATES = frozenset({State.OPEN, State.EMERGENCY_CLOSING})
@@ -89,6 +95,23 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, port: int, bind: str) -> None:
-        """Start the HTTP endpoint (a daemon thread) on ``bind:port``."""
-        start_http_server(port, addr=bind, registry=self.registry)
+    def serve(self, port: int, bind: str) -> WSGIServer:
+        """Start the HTTP endpoint (a daemon thread) on ``bind:port``; returns the server (its
+        ``shutdown`` stops it). A bind other machines can reach is allowed (a Prometheus on
+        another host) but said at start, since the metrics name symbols and positions."""
+        server, _thread = start_http_server(port, addr=bind, registry=self.registry)
+        log.warning("metrics on http://%s:%d/metrics", bind, port)
+        if not is_loopback(bind):
+            log.warning("metrics.bind = %s: the metrics endpoint is reachable from other machines, without"
+                        " authentication; bind 127.0.0.1 unless a firewall limits who can reach port %d", bind, port)
+        return server
+
+
+def is_loopback(bind: str) -> bool:
+    """Whether ``bind`` (an address or a host name) only listens on this machine."""
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False

@@ -21,7 +21,7 @@ from posguard.actors.store.health import Health, OperatorRequests
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS
-from posguard.supervisor.config import Config
+from posguard.supervisor.config import Config, redis_connection
 
 __all__ = ["ALIVE_WITHIN_MS", "Out", "audit", "events", "safe_mode_off", "status", "submit_and_follow"]
 
@@ -52,7 +52,7 @@ def _alive(health: Health) -> bool:
 
 
 async def status(config: Config, out: Out = print) -> int:
-    async with open_redis(config.redis.url) as client:
+    async with open_redis(redis_connection(config)) as client:
         console = OperatorConsole(client, config.account.name)
         records = await console.records()
         health = await console.health()
@@ -86,7 +86,7 @@ async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: 
     from posguard.supervisor.audit import Auditor
     from posguard.supervisor.service import open_venue
 
-    async with open_redis(config.redis.url) as client:
+    async with open_redis(redis_connection(config)) as client:
         console = OperatorConsole(client, config.account.name)
         health = await console.health()
         if not dry_run and _alive(health):
@@ -147,7 +147,7 @@ async def _audit_by_the_running_process(console: OperatorConsole, out: Out) -> i
 
 
 async def events(config: Config, stream: str, *, count: int, follow: bool, out: Out = print) -> int:
-    async with open_redis(config.redis.url) as client:
+    async with open_redis(redis_connection(config)) as client:
         async for entry in OperatorConsole(client, config.account.name).tail(stream, count=count, follow=follow):
             out(_entry_line(entry))
     return EXIT_OK
@@ -160,7 +160,7 @@ def _entry_line(entry: StreamEntry) -> str:
 
 
 async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: float, out: Out = print) -> int:
-    async with open_redis(config.redis.url) as client:
+    async with open_redis(redis_connection(config)) as client:
         intents = IntentStream(client, config.account.name)
         if not _alive(await OperatorConsole(client, config.account.name).health()):
             out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
@@ -182,7 +182,7 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
 
 
 async def safe_mode_off(config: Config, out: Out = print) -> int:
-    async with open_redis(config.redis.url) as client:
+    async with open_redis(redis_connection(config)) as client:
         await OperatorConsole(client, config.account.name).request(
             OperatorRequests(safe_mode_off_requested_ms=int(time.time() * 1000))
         )

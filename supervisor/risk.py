@@ -9,23 +9,26 @@ stop on the wrong side of the market is refused by the venue itself: nothing ope
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated
 
 import msgspec
 
 from posguard.actors.intents import IntentRefused, OpenIntent
 
-__all__ = ["Fraction", "RiskLimits", "check_open_positions", "check_priced", "check_static"]
+__all__ = ["Fraction", "Limit", "RiskLimits", "check_open_positions", "check_priced", "check_static", "not_markets"]
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+Limit = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+"""A size or notional limit: finite (``inf`` is not "no limit"; 0 is)."""
 
 
 class RiskLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     allowed_symbols: list[str] = []
     """Symbols intents may open (ccxt unified form); empty: any linear perpetual the venue lists."""
-    max_qty: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = {}
+    max_qty: dict[str, Annotated[float, msgspec.Meta(gt=0, le=1e15)]] = {}
     """Per symbol, the largest quantity one intent may open."""
-    max_notional: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    max_notional: Limit = 0.0
     """Largest qty x last price (in the settle currency, USDT) one intent may open; 0: no limit."""
     max_open_positions: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Most live positions the account may hold at once; 0: no limit."""
@@ -34,9 +37,23 @@ class RiskLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_stop_distance: Fraction = 0.0
     """Farthest a stop may be from the last price, as a fraction; 0: no bound."""
 
+    def __post_init__(self) -> None:
+        # "field: why" is how a config error names the key (supervisor.config._explain).
+        if self.min_stop_distance and self.max_stop_distance and self.min_stop_distance > self.max_stop_distance:
+            raise ValueError(f"min_stop_distance: {self.min_stop_distance} is more than max_stop_distance"
+                             f" {self.max_stop_distance}; no stop could satisfy both")
+
     @property
     def needs_price(self) -> bool:
         return bool(self.max_notional or self.min_stop_distance or self.max_stop_distance)
+
+
+def not_markets(limits: RiskLimits, markets: Collection[str]) -> list[str]:
+    """The configured symbols (``allowed_symbols``, ``max_qty``) the venue does not list: a
+    typo there would refuse every intent for the symbol meant, or cap one that never trades.
+    Checked once the markets are loaded, at start-up."""
+    named = [*limits.allowed_symbols, *limits.max_qty]
+    return sorted({symbol for symbol in named if symbol not in markets}, key=named.index)
 
 
 def check_static(intent: OpenIntent, limits: RiskLimits) -> None:

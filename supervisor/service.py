@@ -17,12 +17,12 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from posguard.actors.store.client import open_redis, redact_url
+from posguard.actors.store.client import RedisConnection, as_connection, open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.protocol import Venue
-from posguard.supervisor.config import Config
+from posguard.supervisor.config import Config, ConfigError
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import IntentIntake
 from posguard.supervisor.metrics import Metrics
@@ -50,14 +50,34 @@ async def open_venue(config: Config, credentials: ApiCredentials | None) -> Asyn
         await venue.aclose()
 
 
-async def run_service(config: Config, credentials: ApiCredentials | None, redis_url: str) -> int:
+async def run_service(config: Config, credentials: ApiCredentials | None, redis: RedisConnection | str) -> int:
+    """Run until a signal. A configuration the venue refuses at start (``risk`` symbols that
+    are no market) is raised as the one `ConfigError`, not inside the task groups' wrapping,
+    so the command line can say it in one line with exit code 2."""
+    try:
+        return await _serve(config, credentials, as_connection(redis))
+    except BaseExceptionGroup as group:
+        refused = _first(group, ConfigError)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
+def _first(group: BaseExceptionGroup, kind: type[ConfigError]) -> ConfigError | None:
+    for inner in group.exceptions:
+        found = _first(inner, kind) if isinstance(inner, BaseExceptionGroup) else inner
+        if isinstance(found, kind):
+            return found
+    return None
+
+
+async def _serve(config: Config, credentials: ApiCredentials | None, redis: RedisConnection) -> int:
     account = config.account.name
-    log.warning("posguard run: account %s, venue %s, Redis %s", account, config.venue.kind, redact_url(redis_url))
-    async with open_venue(config, credentials) as venue, open_redis(redis_url) as client:
+    log.warning("posguard run: account %s, venue %s, Redis %s", account, config.venue.kind, redact_url(redis.url))
+    async with open_venue(config, credentials) as venue, open_redis(redis) as client:
         metrics = Metrics(venue.name)
         if config.metrics.port:
             metrics.serve(config.metrics.port, config.metrics.bind)
-            log.warning("metrics on http://%s:%d/metrics", config.metrics.bind, config.metrics.port)
         engine = Engine(
             venue=venue,
             store=RedisStore(client, account),

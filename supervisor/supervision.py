@@ -27,6 +27,7 @@ import msgspec
 from posguard.actors.records import utc_now
 from posguard.actors.store.health import HealthStatus, OperatorRequests
 from posguard.streams.backoff import Backoff
+from posguard.streams.units import ONE_DAY
 
 __all__ = ["AuditSettings", "EntryGate", "RestartTracker", "SupervisorSettings"]
 
@@ -37,17 +38,19 @@ class SupervisorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     restart_backoff: Backoff = Backoff(initial=0.5, maximum=30.0)
     max_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5
     """More restarts than this within `restart_window` seconds enter safe mode."""
-    restart_window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    restart_window: Annotated[float, msgspec.Meta(gt=0, le=ONE_DAY)] = 60.0
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     """On SIGINT/SIGTERM, seconds to let in-flight steps finish before stopping them."""
-    redis_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    """How often Redis is pinged; entries pause while it does not answer."""
+    redis_check_interval: Annotated[float, msgspec.Meta(ge=0.1, le=60)] = 1.0
+    """How often Redis is pinged; entries pause while it does not answer. At least 0.1 s (no
+    busy loop), at most 60 s (a lost Redis must pause entries soon)."""
 
 
 class AuditSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
     """Seconds between periodic audits (there is also one at start-up, after any actor crash
-    and after any stream reconnect)."""
+    and after any stream reconnect). At least 1 s: every audit is several REST calls, and a
+    venue bans a client that floods it; at most an hour, so I6 "converge" has a bound."""
 
 
 class RestartTracker:
