@@ -9,12 +9,13 @@ from typing import Literal
 
 import msgspec
 
+from posguard.actors.records import RecordDefect
 from posguard.streams.venue.events import Position
 
 __all__ = ["Finding", "FindingKind"]
 
 FindingKind = Literal[
-    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop"
+    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop", "bad_record"
 ]
 
 
@@ -27,3 +28,5 @@ class Finding(msgspec.Struct, kw_only=True):
     """What was done about it (or, in a dry run, what would be)."""
     position: Position | None = None
     stop_client_order_id: str = ""
+    defect: RecordDefect | None = None
+    """For ``bad_record``: which field of the symbol's hash does not parse, and its value."""

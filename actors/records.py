@@ -7,21 +7,29 @@ operator can read it with ``redis-cli HGETALL``. Empty string means "not known y
 from __future__ import annotations
 
 import enum
+import math
+import re
 import time
+import types
+import typing
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from posguard.streams.venue.events import OrderSide
 
 __all__ = [
+    "BadRecord",
     "EvidenceSource",
     "IN_FLIGHT_STATES",
     "PositionRecord",
+    "RecordDefect",
     "State",
     "StopSource",
     "TERMINAL_STATES",
+    "decode_record",
     "utc_now",
 ]
 
@@ -94,15 +102,130 @@ class PositionRecord(msgspec.Struct, kw_only=True):
         }
 
     @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> PositionRecord:
-        # Empty text means "unknown": leave the field at its default rather than parse "".
-        present = {k: v for k, v in fields.items() if v != "" or k in _TEXT_FIELDS}
-        return msgspec.convert(present, cls, strict=False)
+    def from_fields(cls, fields: dict[str, str], *, symbol: str | None = None) -> PositionRecord:
+        """The record a hash holds; `BadRecord` if it is not usable (see `decode_record`)."""
+        return decode_record(fields, symbol=symbol)
 
 
-_TEXT_FIELDS = frozenset(
-    f.name for f in msgspec.structs.fields(PositionRecord) if f.type is str or f.name in {"evidence", "stop_source"}
-)
+class RecordDefect(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a position hash is not a usable record: the first field that does not parse."""
+
+    symbol: str
+    """The symbol the hash is stored under (its key), whatever its own fields say."""
+    field: str
+    """The field that does not parse; empty when the hash as a whole is unusable."""
+    value: str
+    """The field's text as stored, shortened to `SHOWN_VALUE_CHARS` for logs and alerts."""
+    reason: str
+    key: str = ""
+    """The Redis key of the hash (set by the store, which owns key names)."""
+
+    def describe(self) -> str:
+        where = self.key or f"the record of {self.symbol}"
+        if not self.field:
+            return f"{where}: {self.reason}"
+        return f"{where}: field {self.field} = {self.value!r}: {self.reason}"
+
+
+class BadRecord(ValueError):
+    """A position hash that is not a usable record. Its symbol is quarantined: the hash is left
+    as it is for a person, intents are refused, and the venue's position is guarded."""
+
+    def __init__(self, defect: RecordDefect) -> None:
+        super().__init__(defect.describe())
+        self.defect = defect
+
+
+SHOWN_VALUE_CHARS = 80
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_INTEGER = re.compile(r"\d+")
+_TIMESTAMPS = frozenset({"created_at", "updated_at", "filled_at", "protected_at", "closed_at"})
+_NEVER_EMPTY = frozenset({"symbol", "intent_id", "client_order_id"})
+
+
+def _parse_field(name: str, kind: Any, text: str, required: bool) -> Any:
+    """One field's value from its text, exactly as `PositionRecord.to_fields` writes it.
+
+    Raises ValueError with the reason. No stripping, no lenient parsing: text posguard did not
+    write is not guessed at.
+    """
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        if text == "":
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is str:
+        if name in _NEVER_EMPTY and text == "":
+            raise ValueError("must not be empty")
+        if name in _TIMESTAMPS and text != "":
+            try:
+                stamp = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError("not an ISO 8601 timestamp") from None
+            if stamp.tzinfo is None:
+                raise ValueError("a timestamp without its UTC offset")
+        return text
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        allowed = [m.value for m in kind]
+    else:
+        allowed = list(typing.get_args(kind)) if typing.get_origin(kind) is Literal else None
+    if allowed is not None:
+        if text not in allowed:
+            raise ValueError(f"not one of {', '.join(repr(a) for a in allowed)}")
+        return kind(text) if isinstance(kind, type) else text
+    if text == "" and not required:
+        return msgspec.NODEFAULT  # empty means "not known yet": the default
+    if kind is int:
+        if not _INTEGER.fullmatch(text):
+            raise ValueError("not a whole number >= 0 (digits only)")
+        return int(text)
+    if kind is float:
+        if not _DECIMAL.fullmatch(text):
+            raise ValueError("not a decimal number (digits, one '.', an optional exponent; no spaces)")
+        value = float(text)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("not a finite number >= 0")
+        return value
+    raise AssertionError(f"PositionRecord.{name}: no parser for {kind!r}")  # pragma: no cover
+
+
+def decode_record(fields: Mapping[str, str | bytes], *, symbol: str | None = None) -> PositionRecord:
+    """The one decision of what a usable position record is; raises `BadRecord` otherwise.
+
+    Strict on purpose: a field that does not parse exactly as posguard writes it (a stray
+    space, an unknown state, an empty required number) makes the whole record unusable,
+    because acting on a guessed value could mean a wrong size, side or stop on the venue.
+    ``symbol`` is the symbol of the key the hash was read from; the record must agree.
+    Fields posguard does not know are ignored; a missing optional field takes its default.
+    """
+    values: dict[str, Any] = {}
+    for info in msgspec.structs.fields(PositionRecord):
+        required = info.required
+        text = fields.get(info.name)
+        if text is None:
+            if required:
+                raise _bad(fields, symbol, info.name, "<missing>", "the field is missing")
+            continue
+        if not isinstance(text, str):  # bytes that are not UTF-8 (the client could not decode them)
+            raise _bad(fields, symbol, info.name, repr(text), "not UTF-8 text")
+        try:
+            value = _parse_field(info.name, _FIELD_TYPES[info.name], text, required)
+        except ValueError as exc:
+            raise _bad(fields, symbol, info.name, text, str(exc)) from None
+        if value is not msgspec.NODEFAULT:
+            values[info.name] = value
+    if symbol is not None and values["symbol"] != symbol:
+        raise _bad(fields, symbol, "symbol", values["symbol"], f"not the symbol of its key ({symbol})")
+    return PositionRecord(**values)
+
+
+def _bad(fields: Mapping[str, str | bytes], symbol: str | None, name: str, text: str, reason: str) -> BadRecord:
+    shown = text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS] + f"... ({len(text)} chars)"
+    own = fields.get("symbol", "")
+    own_symbol = (own if isinstance(own, str) else repr(own))[:SHOWN_VALUE_CHARS]
+    return BadRecord(RecordDefect(symbol=symbol or own_symbol, field=name, value=shown, reason=reason))
+
+
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(PositionRecord)
 
 
 def utc_now() -> str:

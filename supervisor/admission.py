@@ -84,7 +84,9 @@ class Admission:
                 intent = msgspec.structs.replace(intent, stop_price=stop)
             check_priced(intent, price, self.risk)
         if self.risk.max_open_positions:
-            live = sum(1 for r in await self.store.list_records() if r.state.is_live)
+            scan = await self.store.read_records()
+            # An unusable record may stand for an open position: it counts as one.
+            live = sum(1 for r in scan.usable if r.state.is_live) + len(scan.bad)
             check_open_positions(live, self.risk)
         return intent
 

@@ -58,18 +58,20 @@ class Auditor:
         started = anyio.current_time()
         positions = await self.venue.fetch_positions()
         orders = await self.venue.fetch_open_orders()
-        records = {r.symbol: r for r in await self.store.list_records()}
+        scan = await self.store.read_records()  # each hash decoded on its own: one bad one stops nothing
+        records = {r.symbol: r for r in scan.usable}
+        defects = {d.symbol: d for d in scan.bad}
         by_symbol: dict[str, Position] = {p.symbol: p for p in positions}
         stops: dict[str, list[Order]] = defaultdict(list)
         for order in orders:
             if order.kind == "stop":
                 stops[order.symbol].append(order)
-        symbols = set(by_symbol) | set(stops) | {s for s, r in records.items() if r.state.is_live}
+        symbols = set(by_symbol) | set(stops) | set(defects) | {s for s, r in records.items() if r.state.is_live}
         findings: list[Finding] = []
         for symbol in sorted(symbols):
             findings += assess(
                 symbol, records.get(symbol), by_symbol.get(symbol), stops.get(symbol, []),
-                actor_busy=self.actor_busy(symbol),
+                actor_busy=self.actor_busy(symbol), defect=defects.get(symbol),
             )
         if dry_run:
             for finding in findings:
@@ -79,7 +81,7 @@ class Auditor:
             await self._repair_all(findings)
         self.runs += 1
         report = AuditReport(
-            dry_run=dry_run, positions=len(positions), records=len(records), findings=findings,
+            dry_run=dry_run, positions=len(positions), records=len(records) + len(defects), findings=findings,
             seconds=anyio.current_time() - started,
         )
         level = logging.WARNING if findings else logging.INFO

@@ -54,17 +54,22 @@ def _alive(health: Health) -> bool:
 async def status(config: Config, out: Out = print) -> int:
     async with open_redis(redis_connection(config)) as client:
         console = OperatorConsole(client, config.account.name)
-        records = await console.records()
+        scan = await console.records()
         health = await console.health()
+    records = scan.usable
     now = datetime.now(UTC)
     out(f"account {config.account.name}: {len(records)} position records "
-        f"({sum(r.state.is_live for r in records)} live)")
+        f"({sum(r.state.is_live for r in records)} live)"
+        + (f", {len(scan.bad)} bad (quarantined)" if scan.bad else ""))
     if records:
         rows = [["SYMBOL", "STATE", "SIDE", "FILLED", "ENTRY", "STOP", "STOP VIA", "AGE", "REASON"]]
         for r in records:
             rows.append([r.symbol, str(r.state), r.side, f"{r.filled_qty:g}", f"{r.entry_price:g}",
                          f"{r.stop_price:g}", r.stop_source or "-", _age(r.updated_at, now), r.reason[:60]])
         _table(rows, out)
+    for defect in scan.bad:
+        out(f"bad record {defect.describe()}; quarantined: intents for {defect.symbol} are refused and its venue"
+            " position is guarded until a person fixes or deletes the hash")
     out("")
     process = "alive" if _alive(health) else "not seen in the last 5 s"
     status = health.status

@@ -28,6 +28,7 @@ from posguard.actors.lifecycle.entry import open_position
 from posguard.actors.lifecycle.mailbox import MailboxFull, MailboxItem, Nudge, Repair, Ticket
 from posguard.actors.lifecycle.replies import answer_intent
 from posguard.actors.lifecycle.statistics import ActorStatistics
+from posguard.actors.records import RecordDefect
 from posguard.streams.venue.errors import VenueUnavailable
 
 __all__ = ["SymbolActor"]
@@ -47,6 +48,8 @@ class SymbolActor:
         self._nudge_pending = False
         self._ticket: Ticket | None = None
         self.busy = False
+        self.alerted_defect: RecordDefect | None = None
+        """The bad record this actor last raised an alert for: one alert per defect."""
 
     def statistics(self) -> ActorStatistics:
         """Where the actor stands now: what is queued, and whether it is working or waiting."""
@@ -120,7 +123,9 @@ class SymbolActor:
 
     async def _repair(self, item: Repair) -> None:
         try:
-            item.outcome = await repairs.carry_out(self.ctx, item.finding, self.resume)
+            item.outcome = await repairs.carry_out(self.ctx, item.finding, self.resume, alerted=self.alerted_defect)
+            if item.finding.kind == "bad_record":
+                self.alerted_defect = item.finding.defect
             item.finding.action = item.outcome
             await self.ctx.store.append_audit(item.finding)
         finally:

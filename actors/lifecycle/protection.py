@@ -35,6 +35,7 @@ __all__ = [
     "confirm_attached_stop",
     "emergency_close",
     "exits_since_entry",
+    "orphan_stop_price",
     "place_stop",
     "protect",
     "read_position",
@@ -93,6 +94,15 @@ async def exits_since_entry(ctx: ActorContext, record: PositionRecord, *, ask_re
             log.warning("%s: could not read executions: %s", record.symbol, exc)
     unique = {e.exec_id: e for e in executions}
     return sum(e.qty for e in unique.values() if e.side == side and e.client_order_id != record.client_order_id)
+
+
+def orphan_stop_price(ctx: ActorContext, position: Position) -> float:
+    """The stop for a position posguard did not open (an orphan, a quarantined symbol's):
+    `ProtectionSettings.orphan_stop_distance` from its entry price, on the venue's tick."""
+    distance = ctx.settings.protection.orphan_stop_distance
+    raw_stop = position.entry_price * (1 - distance if position.side == "long" else 1 + distance)
+    rules = ctx.rules.get(position.symbol)
+    return rules.round_price(raw_stop) if rules is not None else raw_stop
 
 
 async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> StopResult:

@@ -13,7 +13,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.lifecycle.closing import drive_close
 from posguard.actors.lifecycle.entry import drive_entry
 from posguard.actors.lifecycle.replies import nobody_waiting, settle_reply
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import BadRecord, PositionRecord, State
 
 __all__ = ["answer_interrupted", "resume"]
 
@@ -26,7 +26,13 @@ async def resume(ctx: ActorContext, symbol: str) -> None:
     An entry that may have been sent is looked up by its client order id before anything
     new happens; a close in flight is driven on (its orders are reduce-only).
     """
-    record = await ctx.store.load_record(symbol)
+    try:
+        record = await ctx.store.load_record(symbol)
+    except BadRecord as exc:
+        # Nothing can be resumed from a record that cannot be read; the audit quarantines
+        # the symbol and guards its venue position.
+        log.error("%s: not resuming: %s", symbol, exc)
+        return
     if record is None or record.state.is_terminal:
         return
     log.info("%s: resuming record in state %s (intent %s)", symbol, record.state, record.intent_id)

@@ -21,10 +21,18 @@ import anyio
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
+from posguard.actors.lifecycle import quarantine
 from posguard.actors.lifecycle.closing import settle_closed_externally
-from posguard.actors.lifecycle.protection import emergency_close, exits_since_entry, place_stop, protect, read_position
+from posguard.actors.lifecycle.protection import (
+    emergency_close,
+    exits_since_entry,
+    orphan_stop_price,
+    place_stop,
+    protect,
+    read_position,
+)
 from posguard.actors.orders import cancel_leftover_stops
-from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
+from posguard.actors.records import IN_FLIGHT_STATES, BadRecord, PositionRecord, RecordDefect, State, utc_now
 from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import VenueUnavailable
@@ -59,20 +67,46 @@ def assess(
     stops: list[Order],
     *,
     actor_busy: bool,
+    defect: RecordDefect | None = None,
 ) -> list[Finding]:
-    """What is wrong with one symbol, from one snapshot. No I/O, no repairs."""
-    findings: list[Finding] = []
+    """What is wrong with one symbol, from one snapshot. No I/O, no repairs.
+
+    ``defect``: the symbol's hash is not a usable record (``record`` is then None). Its
+    symbol is quarantined: one ``bad_record`` finding, and none of its stops is called stale
+    (whatever the unreadable record placed keeps guarding its position).
+    """
+    if defect is not None:
+        return [quarantine.assess_quarantined(symbol, defect, position, covered_qty(position, stops) if position else 0.0)]
     live = record is not None and record.state.is_live
-    stem = record.client_order_id.rsplit("-", 1)[0] if live and record is not None else None
+    stale = _stale_stops(symbol, record if live else None, position, stops)
+    stale_ids = {f.stop_client_order_id for f in stale}
+    # A stale stop is about to be cancelled, so it covers nothing; and it is cancelled only
+    # after the repairs before it (a new stop placed first, never the other way round).
+    return _state_findings(symbol, record, position, [s for s in stops if s.client_order_id not in stale_ids],
+                           actor_busy=actor_busy) + stale
+
+
+def _stale_stops(symbol: str, owner: PositionRecord | None, position: Position | None,
+                 stops: list[Order]) -> list[Finding]:
+    """Our stops that no live record owns (``owner``: the live record, if any)."""
+    stem = owner.client_order_id.rsplit("-", 1)[0] if owner is not None else None
+    stale = []
     for stop in stops:
-        if position is not None and not live and guards(stop, position):
+        if position is not None and owner is None and guards(stop, position):
             continue  # it holds a position about to be adopted: cancelled once the new stop is live
         if ids.is_ours(stop.client_order_id) and stop.client_order_id.rsplit("-", 1)[0] != stem:
-            findings.append(Finding(
+            stale.append(Finding(
                 symbol=symbol, kind="stale_stop", stop_client_order_id=stop.client_order_id,
                 seen=f"stop {stop.client_order_id} armed, but no live record owns it",
                 action="cancel it",
             ))
+    return stale
+
+
+def _state_findings(symbol: str, record: PositionRecord | None, position: Position | None, stops: list[Order],
+                    *, actor_busy: bool) -> list[Finding]:
+    findings: list[Finding] = []
+    live = record is not None and record.state.is_live
     if position is not None and not live:
         # A lagging list can still show the position a record has since closed: only a
         # position that changed after the record settled contradicts it.
@@ -116,7 +150,10 @@ def assess(
 
 async def repair(ctx: ActorContext, finding: Finding) -> str:
     """Carry out one finding; returns what was done. Runs inside the symbol's actor."""
-    record = await ctx.store.load_record(finding.symbol)
+    try:
+        record = await ctx.store.load_record(finding.symbol)
+    except BadRecord as exc:
+        return f"not repaired: the record became unusable ({exc}); the next audit quarantines it"
     match finding.kind:
         case "stale_stop":
             try:
@@ -128,7 +165,7 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
             assert finding.position is not None
             if record is not None and record.state.is_live:
                 return "a live record appeared meanwhile; nothing to adopt"
-            return await _adopt(ctx, finding.position, ctx.settings.protection.orphan_stop_distance)
+            return await _adopt(ctx, finding.position)
         case _ if record is None or not record.state.is_live:
             return f"record is {record.state if record else 'gone'} now; nothing to do"
         case "size_mismatch":
@@ -150,24 +187,35 @@ async def reconcile_symbol(ctx: ActorContext, symbol: str, resume: Resume) -> li
     """This symbol's own audit: one look at the venue, then the repairs it calls for."""
     positions = await ctx.venue.fetch_positions()
     stops = [o for o in await ctx.venue.fetch_open_orders(symbol) if o.kind == "stop"]
-    record = await ctx.store.load_record(symbol)
+    try:
+        record, defect = await ctx.store.load_record(symbol), None
+    except BadRecord as exc:
+        record, defect = None, exc.defect
     position = next((p for p in positions if p.symbol == symbol), None)
-    findings = assess(symbol, record, position, stops, actor_busy=False)
+    findings = assess(symbol, record, position, stops, actor_busy=False, defect=defect)
     for finding in findings:
         if finding.kind == "in_flight":
             await resume()
             finding.action = "resumed"
+        elif finding.kind == "bad_record":
+            finding.action = await quarantine.guard(ctx, finding, alert=True)
         else:
             finding.action = await repair(ctx, finding)
         await ctx.store.append_audit(finding)
     return findings
 
 
-async def carry_out(ctx: ActorContext, finding: Finding, resume: Resume) -> str:
-    """An audit finding handed to the symbol's actor; returns what was done."""
+async def carry_out(ctx: ActorContext, finding: Finding, resume: Resume, *, alerted: RecordDefect | None = None) -> str:
+    """An audit finding handed to the symbol's actor; returns what was done.
+
+    ``alerted``: the bad record this actor already raised an alert for (one alert per
+    defect, not one per audit).
+    """
     if finding.kind == "in_flight":
         await resume()
         return "resumed: the entry was looked up and driven on"
+    if finding.kind == "bad_record":
+        return await quarantine.guard(ctx, finding, alert=finding.defect != alerted)
     return await repair(ctx, finding)
 
 
@@ -177,7 +225,10 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
     Only executions prove a stop-out or liquidation (I1); a flat push without them
     changes nothing here, and the audit looks again later.
     """
-    record = await ctx.store.load_record(symbol)
+    try:
+        record = await ctx.store.load_record(symbol)
+    except BadRecord:
+        return  # quarantined: the audit guards the venue's position
     if record is None or record.state not in (State.OPEN, State.PROTECTED, State.UNVERIFIED):
         return
     if read_position(ctx.board.position(symbol), record) != "flat":
@@ -191,10 +242,8 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
                           symbol, exits, held)
 
 
-async def _adopt(ctx: ActorContext, position: Position, distance: float) -> str:
-    rules = ctx.rules.get(position.symbol)
-    raw_stop = position.entry_price * (1 - distance if position.side == "long" else 1 + distance)
-    stop = rules.round_price(raw_stop) if rules is not None else raw_stop
+async def _adopt(ctx: ActorContext, position: Position) -> str:
+    stop = orphan_stop_price(ctx, position)
     intent_id = f"adopt-{position.ts_ms}"
     record = PositionRecord(
         symbol=position.symbol,

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
 from posguard.actors.intents import Intent, IntentRecord
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import BadRecord, PositionRecord, State
 
-__all__ = ["IntentConflict", "IntentStep", "Owned", "answer_intent", "nobody_waiting", "settle_reply"]
+__all__ = ["IntentConflict", "bad_record_refusal", "IntentStep", "Owned", "answer_intent", "nobody_waiting", "settle_reply"]
 
 log = logging.getLogger("posguard.actor")
 
@@ -47,10 +47,18 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
         record = await step()
     except IntentConflict as exc:
         reply.status, reply.reason = "rejected", str(exc)
+    except BadRecord as exc:
+        reply.status, reply.reason = "rejected", bad_record_refusal(exc)
     else:
         settle_reply(reply, record)
     await store.save_intent(reply)
     return reply
+
+
+def bad_record_refusal(error: BadRecord) -> str:
+    """Why an intent for a quarantined symbol is refused, and what the operator does about it."""
+    return (f"refused: the position record is unusable ({error}); it is quarantined: fix the field or delete"
+            " the hash (see posguard status), then send the intent again")
 
 
 def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from posguard.actors.records import PositionRecord
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.health import Health, OperatorRequests, decode_health, encode_fields
 from posguard.actors.store.intent_stream import StreamEntry
 from posguard.actors.store.keys import Keys
+from posguard.actors.store.positions import RecordScan, read_position_hashes
 
 __all__ = ["TAILABLE_STREAMS", "OperatorConsole"]
 
@@ -27,9 +27,9 @@ class OperatorConsole:
         self.client = client
         self.keys = Keys(account)
 
-    async def records(self) -> list[PositionRecord]:
-        symbols = sorted(await self.client.smembers(self.keys.positions))
-        return [PositionRecord.from_fields(dict(await self.client.hgetall(self.keys.position(s)))) for s in symbols]
+    async def records(self) -> RecordScan:
+        """Every position record, and every hash that is not a usable one (shown, not fatal)."""
+        return await read_position_hashes(self.client, self.keys)
 
     async def health(self) -> Health:
         return decode_health(dict(await self.client.hgetall(self.keys.health)))

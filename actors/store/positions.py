@@ -10,29 +10,62 @@ from __future__ import annotations
 from typing import Protocol
 
 import coredis
+import coredis.exceptions
 import msgspec
 from coredis.tokens import PureToken
 
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
-from posguard.actors.records import PositionRecord, utc_now
+from posguard.actors.records import BadRecord, PositionRecord, RecordDefect, decode_record, utc_now
 from posguard.actors.store.health import Health, HealthStatus, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
-__all__ = ["JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RedisStore", "Store"]
+__all__ = ["JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordScan", "RedisStore", "Store", "decode_hash"]
 
 JOURNAL_MAXLEN = 1_000_000
 REPLY_TTL_SECONDS = 86_400
 
 
+class RecordScan(msgspec.Struct, kw_only=True):
+    """Every position hash of the account, each decoded on its own: one bad hash never hides
+    the others."""
+
+    usable: list[PositionRecord]
+    bad: list[RecordDefect]
+
+
+def decode_hash(keys: Keys, symbol: str, fields: dict[str, str]) -> PositionRecord:
+    """The record stored under ``symbol``'s key; `BadRecord` (naming the key) if unusable."""
+    try:
+        return decode_record(fields, symbol=symbol)
+    except BadRecord as exc:
+        raise BadRecord(msgspec.structs.replace(exc.defect, key=keys.position(symbol))) from None
+
+
+def not_a_hash(keys: Keys, symbol: str) -> BadRecord:
+    """A record key that holds another Redis type (a hand-typed SET or LPUSH): unusable too."""
+    return BadRecord(RecordDefect(symbol=symbol, key=keys.position(symbol), field="", value="",
+                                  reason="not a hash: the key holds another Redis type (see TYPE)"))
+
+
 class Store(Protocol):
-    async def load_record(self, symbol: str) -> PositionRecord | None: ...
+    async def load_record(self, symbol: str) -> PositionRecord | None:
+        """The symbol's record, None if it has none; `BadRecord` if its hash is unusable."""
+        ...
 
     async def save_record(self, record: PositionRecord, note: str = "") -> None:
         """Persist the record and journal the transition, atomically."""
         ...
 
-    async def list_records(self) -> list[PositionRecord]: ...
+    async def append_journal(self, record: PositionRecord, note: str = "") -> None:
+        """Journal a step without writing the record's hash (a quarantined symbol's guard)."""
+        ...
+
+    async def list_records(self) -> list[PositionRecord]:
+        """Every usable record (the unusable ones are in `read_records`)."""
+        ...
+
+    async def read_records(self) -> RecordScan: ...
 
     async def load_intent(self, intent_id: str) -> IntentRecord | None: ...
 
@@ -55,13 +88,26 @@ class RedisStore:
         self.keys = Keys(account)
 
     async def load_record(self, symbol: str) -> PositionRecord | None:
-        fields = await self.client.hgetall(self.keys.position(symbol))
-        return PositionRecord.from_fields(dict(fields)) if fields else None
+        try:
+            fields = await self.client.hgetall(self.keys.position(symbol))
+        except coredis.exceptions.WrongTypeError:
+            raise not_a_hash(self.keys, symbol) from None
+        return decode_hash(self.keys, symbol, dict(fields)) if fields else None
 
     async def save_record(self, record: PositionRecord, note: str = "") -> None:
         record.updated_at = utc_now()
         if not record.created_at:
             record.created_at = record.updated_at
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.position(record.symbol), record.to_fields())
+            pipe.sadd(self.keys.positions, [record.symbol])
+            self._journal(pipe, record, note)
+
+    async def append_journal(self, record: PositionRecord, note: str = "") -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._journal(pipe, record, note)
+
+    def _journal(self, pipe: coredis.patterns.pipeline.Pipeline[str], record: PositionRecord, note: str) -> None:
         entry = {
             "symbol": record.symbol,
             "state": str(record.state),
@@ -71,29 +117,19 @@ class RedisStore:
             "stop_price": str(record.stop_price),
             "note": note or record.reason,
         }
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.position(record.symbol), record.to_fields())
-            pipe.sadd(self.keys.positions, [record.symbol])
-            pipe.xadd(
-                self.keys.journal,
-                entry,
-                trim_strategy=PureToken.MAXLEN,
-                trim_operator=PureToken.APPROXIMATELY,
-                threshold=JOURNAL_MAXLEN,
-            )
+        pipe.xadd(
+            self.keys.journal,
+            entry,
+            trim_strategy=PureToken.MAXLEN,
+            trim_operator=PureToken.APPROXIMATELY,
+            threshold=JOURNAL_MAXLEN,
+        )
 
     async def list_records(self) -> list[PositionRecord]:
-        symbols = sorted(await self.client.smembers(self.keys.positions))
-        if not symbols:
-            return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            replies = [pipe.hgetall(self.keys.position(symbol)) for symbol in symbols]
-        records = []
-        for reply in replies:
-            fields = await reply
-            if fields:
-                records.append(PositionRecord.from_fields(dict(fields)))
-        return records
+        return (await self.read_records()).usable
+
+    async def read_records(self) -> RecordScan:
+        return await read_position_hashes(self.client, self.keys)
 
     async def load_intent(self, intent_id: str) -> IntentRecord | None:
         fields = await self.client.hgetall(self.keys.intent(intent_id))
@@ -140,3 +176,24 @@ class RedisStore:
 
     async def read_health(self) -> Health:
         return decode_health(dict(await self.client.hgetall(self.keys.health)))
+
+
+async def read_position_hashes(client: coredis.Redis[str], keys: Keys) -> RecordScan:
+    """Every position hash of the account (one pipeline), each decoded on its own."""
+    scan = RecordScan(usable=[], bad=[])
+    # A member that is not text (a hand-written SADD) names no record posguard could have written.
+    symbols = sorted(s for s in await client.smembers(keys.positions) if isinstance(s, str))
+    if not symbols:
+        return scan
+    async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+        replies = [pipe.hgetall(keys.position(symbol)) for symbol in symbols]
+    for symbol, reply in zip(symbols, replies, strict=True):
+        try:
+            fields = await reply
+            if fields:
+                scan.usable.append(decode_hash(keys, symbol, dict(fields)))
+        except coredis.exceptions.WrongTypeError:
+            scan.bad.append(not_a_hash(keys, symbol).defect)
+        except BadRecord as exc:
+            scan.bad.append(exc.defect)
+    return scan

@@ -96,4 +96,5 @@ class PrivateStream:
                 try:
                     await sink.send(event)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    self._sinks.remove(sink)
+                    if sink in self._sinks:  # its subscriber may have left (and removed it) meanwhile
+                        self._sinks.remove(sink)
