@@ -69,7 +69,8 @@ async def run_service(config: Config, credentials: ApiCredentials | None, redis_
             metrics=metrics,
             stale_after=config.streams.stale_after,
         )
-        intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")
+        intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}",
+                              max_age=config.intents.max_age)
         async with anyio.create_task_group() as tg:
             await tg.start(engine.run)
             await tg.start(intake.run)
