@@ -7,6 +7,7 @@ else: the symbol's position record is left as it was.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -23,12 +24,20 @@ __all__ = [
     "IntentRecord",
     "IntentRefused",
     "IntentStatus",
+    "FINAL_STATUSES",
+    "MAX_STOP_DISTANCE",
     "OpenIntent",
     "check_common",
     "check_open",
+    "duplicate_of",
+    "stale_reason",
 ]
 
-INTENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+INTENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""What an intent id may be; always used with ``fullmatch`` (``$`` would let ``nl1\\n`` pass)."""
+
+MAX_STOP_DISTANCE = 0.5
+"""A stop more than half the price away protects nothing: ``stop_distance`` must be below it."""
 
 
 class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, tag="open"):
@@ -40,17 +49,24 @@ class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, tag="open"):
     side: OrderSide
     qty: float
     stop_price: float = 0.0
-    stop_distance: float = 0.0
+    stop_distance: float | None = None
+    expires_ms: int = 0
+    """Epoch ms after which the intent must not start (`stale_reason`); 0: no limit."""
 
 
 class CloseIntent(msgspec.Struct, frozen=True, kw_only=True, tag="close"):
     intent_id: str
     symbol: str
+    expires_ms: int = 0
 
 
 Intent = OpenIntent | CloseIntent
 
-IntentStatus = Literal["accepted", "rejected", "done", "failed"]
+IntentStatus = Literal["accepted", "rejected", "stale", "done", "failed", "duplicate"]
+"""``duplicate`` is only ever a reply (the intent record keeps the first answer)."""
+
+FINAL_STATUSES: frozenset[str] = frozenset({"rejected", "stale", "done"})
+"""An intent with one of these answers was handled: the same id is never run again."""
 
 
 class IntentRecord(msgspec.Struct, kw_only=True):
@@ -79,39 +95,77 @@ class IntentRefused(ValueError):
 
 
 def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
-    """Validate and round an open intent; returns it with the quantity rounded to the step."""
+    """Validate and round an open intent; returns it with the quantity rounded to the step.
+
+    Every number is checked for being finite and in range *before* any arithmetic on it:
+    ``inf`` or ``1e308`` would otherwise overflow the rounding (and a refusal that names the
+    field is what the sender needs). Each refusal starts with the field's name.
+    """
     check_common(intent.intent_id, intent.symbol, rules)
     market = rules[intent.symbol]
-    if not intent.qty > 0:
-        raise IntentRefused(f"qty must be a positive number, got {intent.qty!r}")
+    _finite_positive("qty", intent.qty)
+    if intent.qty > market.largest_qty:
+        limit = f"the venue's maximum order size {market.max_qty:g}" if market.max_qty else "any plausible order size"
+        raise IntentRefused(f"qty: {intent.qty:g} is above {limit} for {intent.symbol}")
     qty = market.round_qty(intent.qty)
     if qty < market.min_qty:
         raise IntentRefused(
-            f"qty {intent.qty} is below the venue's minimum {market.min_qty} for {intent.symbol}"
+            f"qty: {intent.qty} is below the venue's minimum {market.min_qty} for {intent.symbol}"
             f" (step {market.qty_step})"
         )
-    if intent.stop_price and intent.stop_distance:
+    if intent.stop_price and intent.stop_distance is not None:
         raise IntentRefused("stop_price, stop_distance: give one of them, not both")
-    if intent.stop_distance:
-        if not 0 < intent.stop_distance < 0.5:
-            raise IntentRefused(f"stop_distance must be a fraction between 0 and 0.5, got {intent.stop_distance!r}")
+    if intent.stop_distance is not None:
+        distance = intent.stop_distance
+        if not (math.isfinite(distance) and 0 < distance < MAX_STOP_DISTANCE):
+            raise IntentRefused(
+                f"stop_distance: must be a fraction between 0 and {MAX_STOP_DISTANCE} (0.02 = 2 %), got {distance!r}"
+            )
         return msgspec.structs.replace(intent, qty=qty)
-    if not intent.stop_price > 0:
-        raise IntentRefused(
-            f"stop_price must be a positive price, got {intent.stop_price!r}"
-            " (or give stop_distance: posguard never opens without a stop)"
-        )
+    _finite_positive("stop_price", intent.stop_price, " (or give stop_distance: posguard never opens without a stop)")
+    if intent.stop_price > market.largest_price:
+        raise IntentRefused(f"stop_price: {intent.stop_price:g} is not a plausible price for {intent.symbol}")
     stop = market.round_price(intent.stop_price)
     return msgspec.structs.replace(intent, qty=qty, stop_price=stop)
 
 
+def _finite_positive(name: str, value: float, hint: str = "") -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise IntentRefused(f"{name}: must be a finite positive number, got {value!r}{hint}")
+
+
 def check_common(intent_id: str, symbol: str, rules: dict[str, MarketRules]) -> None:
-    if not INTENT_ID_PATTERN.match(intent_id):
+    if not INTENT_ID_PATTERN.fullmatch(intent_id):
         raise IntentRefused(
-            f"intent_id {intent_id!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'"
+            f"intent_id: {intent_id!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'"
         )
     if symbol not in rules:
         raise IntentRefused(
-            f"unknown symbol {symbol!r}: not a linear perpetual on this venue"
+            f"symbol: unknown symbol {symbol!r}: not a linear perpetual on this venue"
             " (use the ccxt unified form, e.g. BTC/USDT:USDT)"
         )
+
+
+def stale_reason(intent: Intent, now_ms: int) -> str:
+    """Why the intent must not start any more, or "" if it may. The one rule for staleness:
+    an intent past its ``expires_ms`` (given by the sender, or set from the configured maximum
+    age when it arrived) is refused before anything is sent."""
+    if intent.expires_ms and now_ms > intent.expires_ms:
+        late = (now_ms - intent.expires_ms) / 1000
+        return f"stale: expires_ms {intent.expires_ms} passed {late:.1f} s ago; nothing was sent (send a new intent)"
+    return ""
+
+
+def duplicate_of(first: IntentRecord) -> IntentRecord:
+    """The reply to an intent id sent again after it was handled: it points at the first answer
+    (its outcome and client order id) and says it was not run again."""
+    detail = f" ({first.reason})" if first.reason else ""
+    return IntentRecord(
+        intent_id=first.intent_id,
+        action=first.action,
+        symbol=first.symbol,
+        status="duplicate",
+        reason=f"already handled: {first.status}{detail}; not executed again (the first answer stays in its intent record)",
+        outcome=first.outcome,
+        client_order_id=first.client_order_id,
+    )

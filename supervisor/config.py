@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DemoConfig",
+    "IntentsConfig",
     "LogConfig",
     "MetricsConfig",
     "RedisConfig",
@@ -78,6 +79,12 @@ class StreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stale_after: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
 
 
+class IntentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_age: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    """Seconds an open intent without ``expires_ms`` may wait after Redis received it; an
+    older one is refused as ``stale`` before anything is sent (at most a day)."""
+
+
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -105,6 +112,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     supervisor: SupervisorSettings = SupervisorSettings()
     audit: AuditSettings = AuditSettings()
     risk: RiskLimits = RiskLimits()
+    intents: IntentsConfig = IntentsConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     demo: DemoConfig = DemoConfig()

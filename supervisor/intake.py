@@ -6,13 +6,18 @@
 Fields (all plain text): ``intent_id`` (1-64 of letters, digits, ``_ - . :``; the
 idempotency key), ``action`` (``open`` or ``close``), ``symbol`` (ccxt unified, e.g.
 ``BTC/USDT:USDT``); for ``open`` also ``side`` (``buy``/``sell``), ``qty`` and either
-``stop_price`` or ``stop_distance`` (a fraction of the last price). ``take_profit`` is refused
-(not supported).
+``stop_price`` or ``stop_distance`` (a fraction of the last price); optionally ``expires_ms``
+(epoch ms after which it must not start). ``take_profit`` is refused (not supported).
 
 Each entry is read through the consumer group ``posguard`` and validated on arrival; a bad one
 gets a rejection naming the field and touches nothing else. An entry is acknowledged only once
 its actor owns it (the intent is written ahead in Redis); a crash before that leaves it pending,
-and it is delivered again at the next start. An intent id already handled is not executed again.
+and it is delivered again at the next start. An intent id already handled is not executed again
+(it is answered ``duplicate``). An open without ``expires_ms`` expires ``max_age`` seconds after
+Redis received it (its entry id). Nothing one entry does can stop the intake: any error while
+handling it that is not Redis being unreachable becomes a ``rejected`` reply ("internal
+error"), an alert and a traceback in the log, and the entry is acknowledged. The stream is
+trimmed every ``trim_interval`` seconds (`IntentStream.trim`: never a pending or unread entry).
 Replies: ``BLPOP posguard:{acct}:reply:<intent_id>`` (README, "Intents").
 """
 
@@ -26,17 +31,31 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
+from posguard.actors.intents import FINAL_STATUSES, INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import Ticket
+from posguard.actors.lifecycle.replies import answer_duplicate
 from posguard.actors.store.client import RedisClient, is_redis_failure
-from posguard.actors.store.intent_stream import IntentGroupMissing, IntentStream, StreamEntry
+from posguard.actors.store.intent_stream import KEEP_ENTRIES, IntentGroupMissing, IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine
 
-__all__ = ["BATCH", "BadIntent", "IntentFields", "IntentIntake", "parse_intent"]
+__all__ = [
+    "BATCH",
+    "DEFAULT_MAX_AGE",
+    "TRIM_INTERVAL",
+    "BadIntent",
+    "IntentFields",
+    "IntentIntake",
+    "arrival_ms",
+    "parse_intent",
+]
 
 log = logging.getLogger("posguard.intake")
 
 BATCH = 100
+DEFAULT_MAX_AGE = 60.0
+"""Seconds an open without ``expires_ms`` may wait after Redis received it (``intents.max_age``)."""
+TRIM_INTERVAL = 60.0
+"""Seconds between trims of the intents stream."""
 
 
 class IntentFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -48,6 +67,7 @@ class IntentFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_price: float | None = None
     stop_distance: float | None = None
     take_profit: float | None = None
+    expires_ms: int | None = None
 
 
 class BadIntent(ValueError):
@@ -57,7 +77,13 @@ class BadIntent(ValueError):
 _PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<field>[^`]*)`)?$")
 
 
-def parse_intent(fields: dict[str, str]) -> Intent:
+def parse_intent(fields: dict[str, str], *, arrived_ms: int = 0, max_age: float = 0.0) -> Intent:
+    """The entry's fields as an intent, or `BadIntent` naming the field.
+
+    The expiry: the sender's ``expires_ms`` if given; otherwise, for an open, ``arrived_ms``
+    (when Redis received the entry) plus ``max_age`` seconds. A close gets no default expiry:
+    closing late still only reduces risk.
+    """
     try:
         raw = msgspec.convert(fields, IntentFields, strict=False)
     except msgspec.ValidationError as exc:
@@ -70,25 +96,37 @@ def parse_intent(fields: dict[str, str]) -> Intent:
         if missing:
             raise BadIntent(f"{missing.group(1)}: required field missing") from None
         raise BadIntent(f"{field or 'intent'}: {what[0].lower() + what[1:]}") from None
-    if not INTENT_ID_PATTERN.match(raw.intent_id):
+    if not INTENT_ID_PATTERN.fullmatch(raw.intent_id):
         raise BadIntent("intent_id: must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+    if raw.expires_ms is not None and raw.expires_ms <= 0:
+        raise BadIntent(f"expires_ms: must be a time in epoch milliseconds, got {raw.expires_ms}")
     if raw.take_profit is not None:
         raise BadIntent("take_profit: not supported (posguard manages entries, stop-losses and closes)")
     if raw.action == "close":
         extra = [n for n in ("side", "qty", "stop_price", "stop_distance") if getattr(raw, n) is not None]
         if extra:
             raise BadIntent(f"{extra[0]}: not allowed on a close intent")
-        return CloseIntent(intent_id=raw.intent_id, symbol=raw.symbol)
+        return CloseIntent(intent_id=raw.intent_id, symbol=raw.symbol, expires_ms=raw.expires_ms or 0)
     for name in ("side", "qty"):
         if getattr(raw, name) is None:
             raise BadIntent(f"{name}: required for an open intent")
     if raw.stop_price is None and raw.stop_distance is None:
         raise BadIntent("stop_price: required for an open intent (or stop_distance); posguard never opens bare")
+    if raw.stop_price is not None and raw.stop_distance is not None:
+        raise BadIntent("stop_price, stop_distance: give one of them, not both")
     assert raw.side is not None and raw.qty is not None
+    expires_ms = raw.expires_ms or (arrived_ms + int(max_age * 1000) if arrived_ms and max_age else 0)
     return OpenIntent(
         intent_id=raw.intent_id, symbol=raw.symbol, side=raw.side, qty=raw.qty,
-        stop_price=raw.stop_price or 0.0, stop_distance=raw.stop_distance or 0.0,
+        stop_price=raw.stop_price if raw.stop_price is not None else 0.0, stop_distance=raw.stop_distance,
+        expires_ms=expires_ms,
     )
+
+
+def arrival_ms(entry_id: str) -> int:
+    """When Redis received a stream entry: the ms part of its id (Redis' clock)."""
+    ms, _, _ = entry_id.partition("-")
+    return int(ms) if ms.isdigit() else 0
 
 
 class IntentIntake:
@@ -104,6 +142,9 @@ class IntentIntake:
         block_ms: int = 1000,
         poll_interval: float = 0.05,
         reclaim_after: float = 120.0,
+        max_age: float = DEFAULT_MAX_AGE,
+        trim_interval: float = TRIM_INTERVAL,
+        keep_entries: int = KEEP_ENTRIES,
     ) -> None:
         self.stream = IntentStream(client, account)
         self.engine = engine
@@ -113,8 +154,14 @@ class IntentIntake:
         self.poll_interval = poll_interval
         self.reclaim_after = reclaim_after
         """Seconds an entry may stay pending (read, not owned) before it is taken again."""
+        self.max_age = max_age
+        """Seconds an open without ``expires_ms`` may wait after it reached Redis."""
+        self.trim_interval = trim_interval
+        self.keep_entries = keep_entries
+        """Handled entries the stream keeps (`IntentStream.trim`)."""
         self.received = 0
         self.acked = 0
+        self.internal_errors = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Read until the engine stops. A Redis that does not answer or refuses is waited out
@@ -124,6 +171,7 @@ class IntentIntake:
         async with anyio.create_task_group() as tg:
             task_status.started()
             tg.start_soon(self._reclaim_stalled, tg)
+            tg.start_soon(self._trim_periodically)
             start = "0"  # first what this consumer had read but not acknowledged before a crash
             while not self.engine.stopping:
                 try:
@@ -179,6 +227,18 @@ class IntentIntake:
                     raise
                 log.warning("could not reclaim stalled intents (%s)", exc)
 
+    async def _trim_periodically(self) -> None:
+        """Keep the stream bounded. Housekeeping: no error here may stop the intake."""
+        while True:
+            await anyio.sleep(self.trim_interval)
+            try:
+                dropped = await self.stream.trim(keep=self.keep_entries)
+            except Exception as exc:  # noqa: BLE001 - retried at the next interval
+                log.warning("could not trim the intents stream (%s); trying again in %.0f s", exc, self.trim_interval)
+                continue
+            if dropped:
+                log.info("trimmed %d handled entries from the intents stream", dropped)
+
     async def _read(self, tg: anyio.abc.TaskGroup, start: str) -> int:
         entries = await self.stream.read(
             self.consumer, start, count=BATCH, block_ms=self.block_ms if start == ">" and self.block_ms else None
@@ -189,19 +249,52 @@ class IntentIntake:
         return len(entries)
 
     async def _take(self, tg: anyio.abc.TaskGroup, entry: StreamEntry) -> None:
+        """Handle one entry. Whatever goes wrong with it stays with it: Redis being unreachable
+        leaves it pending (it is read again); any other error answers it ``rejected``."""
+        try:
+            await self._handle(tg, entry)
+        except Exception as exc:
+            if is_redis_failure(exc):
+                raise
+            await self._internal_error(entry, exc)
+
+    async def _handle(self, tg: anyio.abc.TaskGroup, entry: StreamEntry) -> None:
         entry_id, fields = entry.entry_id, entry.fields
         try:
-            intent = parse_intent(fields)
+            intent = parse_intent(fields, arrived_ms=arrival_ms(entry_id), max_age=self.max_age)
         except BadIntent as exc:
             await self._reject_malformed(entry_id, fields, str(exc))
             return
         previous = await self.engine.store.load_intent(intent.intent_id)
-        if previous is not None and previous.status in ("done", "rejected"):
-            log.info("intent %s already %s; ignoring the duplicate", intent.intent_id, previous.status)
+        if previous is not None and previous.status in FINAL_STATUSES:
+            await answer_duplicate(self.engine.store, previous)
             await self._ack(entry_id)
             return
         ticket = await self.engine.submit(intent)
         tg.start_soon(self._ack_when_owned, entry_id, ticket)
+
+    async def _internal_error(self, entry: StreamEntry, exc: Exception) -> None:
+        """A bug met while handling one entry: answer it, tell a person, acknowledge it."""
+        self.internal_errors += 1
+        fields = entry.fields
+        intent_id = fields.get("intent_id", "")
+        if not INTENT_ID_PATTERN.fullmatch(intent_id):
+            intent_id = f"invalid-{entry.entry_id}"
+        symbol = fields.get("symbol", "")[:64]
+        message = (f"intent {intent_id} (entry {entry.entry_id}): internal error {type(exc).__name__};"
+                   " refused, nothing sent; the traceback is in posguard's log")
+        log.error("%s", message, exc_info=exc)
+        await self.engine.ctx.alert(symbol, message)
+        try:
+            await self.engine.store.save_intent(IntentRecord(
+                intent_id=intent_id, action=fields.get("action", "")[:16], symbol=symbol, status="rejected",
+                reason=f"internal error ({type(exc).__name__}): nothing was sent; tell the operator (see posguard's log)",
+            ))
+        except Exception as failed:
+            if is_redis_failure(failed):
+                raise  # left pending: answered when Redis is back
+            log.exception("could not record the refusal of %s", intent_id)
+        await self._ack(entry.entry_id)
 
     async def _ack_when_owned(self, entry_id: str, ticket: Ticket) -> None:
         await ticket.owned.wait()
@@ -211,7 +304,7 @@ class IntentIntake:
 
     async def _reject_malformed(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
         intent_id = fields.get("intent_id", "")
-        if not INTENT_ID_PATTERN.match(intent_id):
+        if not INTENT_ID_PATTERN.fullmatch(intent_id):
             intent_id = f"invalid-{entry_id}"  # still a key a client can find
         log.warning("intent %s refused: %s", intent_id, reason)
         await self.engine.store.save_intent(IntentRecord(

@@ -180,8 +180,8 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
                 out(f"{reply['status']} {detail}".rstrip())
                 if reply["status"] == "done":
                     return EXIT_OK
-                if reply["status"] in ("rejected", "failed"):
-                    return EXIT_REFUSED
+                if reply["status"] in ("rejected", "failed", "stale", "duplicate"):
+                    return EXIT_REFUSED  # duplicate: handled before under this id, not run again
         out(f"no final answer within {timeout:.0f} s (see: posguard events --stream journal)")
         return EXIT_NO_ANSWER
 

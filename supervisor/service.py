@@ -89,7 +89,8 @@ async def _serve(config: Config, credentials: ApiCredentials | None, redis: Redi
             metrics=metrics,
             stale_after=config.streams.stale_after,
         )
-        intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")
+        intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}",
+                              max_age=config.intents.max_age)
         async with anyio.create_task_group() as tg:
             await tg.start(engine.run)
             await tg.start(intake.run)

@@ -60,6 +60,7 @@ async def test_markets_are_usdt_perpetuals_with_the_market_order_minimum() -> No
         assert set(rules) == {BTC, ETH}  # not the USDC perpetual, not the quarterly
         assert (rules[BTC].qty_step, rules[BTC].min_qty, rules[BTC].price_tick, rules[BTC].min_notional) == (0.001, 0.001, 0.1, 100.0)
         assert rules[ETH].min_qty == 0.002  # MARKET_LOT_SIZE is stricter than LOT_SIZE
+        assert rules[BTC].max_qty == 120.0  # MARKET_LOT_SIZE's maxQty, smaller than LOT_SIZE's 1000
         assert [(m, p) for m, p, _, _ in replay.seen] == [("GET", "/fapi/v1/exchangeInfo"), ("GET", "/fapi/v1/time")]
 
 

@@ -33,6 +33,10 @@ async def test_markets_are_usdt_linear_perpetuals_loaded_once() -> None:
         assert set(rules) == {f"{b}/USDT:USDT" for b in ("BTC", "ETH", "SOL", "XRP", "AVL", "DOGE", "LINK", "BNB")}
         btc = rules[BTC]
         assert (btc.qty_step, btc.min_qty, btc.price_tick, btc.min_notional) == (0.001, 0.001, 0.1, 5.0)
+        assert btc.max_qty == 500.0, "the venue's maximum order size (lotSizeFilter.maxOrderQty) is known"
+        from posguard.streams.simulated import DEFAULT_MARKETS
+
+        assert {s: r.max_qty for s, r in rules.items()} == {s: r.max_qty for s, (_, r) in DEFAULT_MARKETS.items()}
         # One server-time call (the clock offset) and the linear instruments (trading and
         # pre-launch pages): nothing else, however often markets are asked for.
         assert emu.truth()["requests"] == {"GET /v5/market/time": 1, "GET /v5/market/instruments-info": 2}

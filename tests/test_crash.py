@@ -65,6 +65,9 @@ lookup_grace = 2.0
 shutdown_grace = 10.0
 [audit]
 interval = 3.0
+[intents]
+# Intents here may wait through many kills: staleness is not what this test is about.
+max_age = 3600.0
 """)
     return path
 

@@ -310,7 +310,7 @@ async def test_close_with_no_live_position_is_refused_and_sends_nothing(clock: I
         ("symbol", "NOPE/USDT:USDT", "unknown symbol"),
         ("qty", 0.001, "below the venue's minimum"),
         ("qty", -1.0, "positive"),
-        ("stop_price", 0.0, "stop_price must be a positive"),
+        ("stop_price", 0.0, "stop_price: must be a finite positive"),
         ("intent_id", "bad id with spaces", "intent_id"),
     ],
 )

@@ -1,21 +1,34 @@
 """An intent's answer: written ``accepted`` before its step runs, final once the step ends.
 
 The reply in Redis is how whoever sent the intent (``posguard open/close``, a bot reading
-the reply list) learns the outcome; a redelivered intent that already has a final answer is
-answered from it and not run again. A step also says when the intent is *owned*: its first
+the reply list) learns the outcome; an intent id that already has a final answer is not run
+again and is answered ``duplicate``, pointing at that answer; an intent past its expiry is
+answered ``stale`` before anything is written ahead or sent. A step also says when the intent is *owned*: its first
 record write is in Redis, so a crash is recovered from there and a queue may forget it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
-from posguard.actors.intents import Intent, IntentRecord
+from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, stale_reason
 from posguard.actors.records import BadRecord, PositionRecord, State
+from posguard.actors.store.positions import Store
 
-__all__ = ["IntentConflict", "bad_record_refusal", "IntentStep", "Owned", "answer_intent", "nobody_waiting", "settle_reply"]
+__all__ = [
+    "IntentConflict",
+    "IntentStep",
+    "Owned",
+    "answer_duplicate",
+    "answer_intent",
+    "bad_record_refusal",
+    "nobody_waiting",
+    "settle_reply",
+    "wall_clock_ms",
+]
 
 log = logging.getLogger("posguard.actor")
 
@@ -38,9 +51,17 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
     """Write the intent ahead as ``accepted``, run its step, then write its final answer."""
     store = ctx.store
     previous = await store.load_intent(intent.intent_id)
-    if previous is not None and previous.status != "accepted":
-        log.info("%s: intent %s already handled (%s); not repeating it", symbol, intent.intent_id, previous.status)
+    if previous is not None and previous.status in FINAL_STATUSES:
+        await answer_duplicate(ctx.store, previous)
         return previous
+    if previous is None:  # not begun yet (an accepted one may have sent its order: carry on)
+        stale = stale_reason(intent, wall_clock_ms())
+        if stale:
+            log.warning("%s: intent %s refused: %s", symbol, intent.intent_id, stale)
+            reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="stale",
+                                 reason=stale)
+            await store.save_intent(reply)
+            return reply
     reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="accepted")
     await store.save_intent(reply)
     try:
@@ -59,6 +80,19 @@ def bad_record_refusal(error: BadRecord) -> str:
     """Why an intent for a quarantined symbol is refused, and what the operator does about it."""
     return (f"refused: the position record is unusable ({error}); it is quarantined: fix the field or delete"
             " the hash (see posguard status), then send the intent again")
+
+
+def wall_clock_ms() -> int:
+    """Epoch ms on this host: the clock ``expires_ms`` is compared with (senders, Redis and
+    posguard are assumed to agree within about a second, as NTP keeps them)."""
+    return int(time.time() * 1000)
+
+
+async def answer_duplicate(store: Store, first: IntentRecord) -> None:
+    """An intent id sent again after it was handled: reply ``duplicate`` (so a client blocked
+    on the reply list is answered), keep the first answer in the intent record, run nothing."""
+    log.info("intent %s already handled (%s); answering duplicate", first.intent_id, first.status)
+    await store.push_reply(duplicate_of(first))
 
 
 def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:

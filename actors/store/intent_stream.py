@@ -7,6 +7,8 @@ crash leaves it to be delivered again.
 A missing group (``NOGROUP``; or a blocked read cut short because the stream was deleted,
 ``UNBLOCKED``) means Redis lost its data (restarted empty, ``FLUSHALL``): the reads raise
 `IntentGroupMissing`, and `ensure_group` says whether it had to create the group again.
+`IntentStream.trim` keeps the stream bounded without ever dropping an entry the group has not
+read or still holds pending.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from typing import Any
 
 import coredis.exceptions
 import msgspec
+from coredis.tokens import PureToken
 
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.keys import Keys
 
-__all__ = ["GROUP", "IntentGroupMissing", "IntentStream", "StreamEntry"]
+__all__ = ["GROUP", "KEEP_ENTRIES", "IntentGroupMissing", "IntentStream", "StreamEntry"]
 
 GROUP = "posguard"
 """The consumer group every posguard process of an account reads the intents stream in."""
+
+KEEP_ENTRIES = 10_000
+"""Handled entries the stream keeps as history (``posguard events --stream intents``)."""
 
 
 class IntentGroupMissing(Exception):
@@ -51,6 +57,12 @@ class StreamEntry(msgspec.Struct, frozen=True):
 
     entry_id: str
     fields: dict[str, str]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (ms, sequence)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _entries(raw: Any) -> list[StreamEntry]:
@@ -89,6 +101,36 @@ class IntentStream:
 
     async def ack(self, entry_id: str) -> None:
         await self.client.xack(self.keys.intents, GROUP, [entry_id])
+
+    async def trim(self, *, keep: int = KEEP_ENTRIES) -> int:
+        """Drop handled entries, keeping about the newest ``keep``; returns how many went.
+
+        Never an entry the group has not read yet (newer than its last-delivered id) nor one
+        still pending (read, not acknowledged): when nothing is pending and fewer than
+        ``keep`` entries are unread, the newest ``keep`` stay (MAXLEN); otherwise everything
+        older than the oldest pending or unread entry goes (MINID), which may leave less
+        history but never loses work. A stream without the group is left alone.
+        """
+        key = self.keys.intents
+        group = next((g for g in await self.client.xinfo_groups(key) if g.get("name") == GROUP), None)
+        if group is None:
+            return 0
+        pending = int(group.get("pending") or 0)
+        lag = group.get("lag")  # entries not delivered yet; Redis >= 7.0, None when unknown
+        if pending == 0 and lag is not None and int(lag) <= keep:
+            return await self.client.xtrim(key, trim_strategy=PureToken.MAXLEN, threshold=keep,
+                                           trim_operator=PureToken.EQUAL)
+        floor = str(group.get("last-delivered-id") or "0-0")
+        if pending:
+            oldest = (await self.client.xpending(key, GROUP)).minimum_identifier
+            if oldest and _id_key(oldest) < _id_key(floor):
+                floor = oldest
+        return await self.client.xtrim(key, trim_strategy=PureToken.MINID, threshold=floor,  # type: ignore[arg-type]
+                                       trim_operator=PureToken.EQUAL)
+
+    async def entries(self, *, count: int | None = None) -> list[StreamEntry]:
+        """The stream's entries, oldest first (all of them, or the first ``count``)."""
+        return _entries(await self.client.xrange(self.keys.intents, "-", "+", count=count))
 
     async def add(self, fields: dict[str, str]) -> str:
         """Append an intent, as a strategy would (the operator's ``open``/``close``)."""

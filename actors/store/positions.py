@@ -20,10 +20,16 @@ from posguard.actors.records import BadRecord, PositionRecord, RecordDefect, dec
 from posguard.actors.store.health import Health, HealthStatus, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
-__all__ = ["JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordScan", "RedisStore", "Store", "decode_hash"]
+__all__ = [
+    "INTENT_TTL_SECONDS", "JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordScan", "RedisStore", "Store", "decode_hash",
+]
 
 JOURNAL_MAXLEN = 1_000_000
 REPLY_TTL_SECONDS = 86_400
+"""An intent's reply list lives a day after its last reply (README, "Intents")."""
+INTENT_TTL_SECONDS = 7 * 86_400
+"""An intent record lives a week after its last change: that long, its id is recognised as
+already handled (a duplicate); after that the id may be used again (README, "Intents")."""
 
 
 class RecordScan(msgspec.Struct, kw_only=True):
@@ -70,6 +76,10 @@ class Store(Protocol):
     async def load_intent(self, intent_id: str) -> IntentRecord | None: ...
 
     async def save_intent(self, intent: IntentRecord) -> None: ...
+
+    async def push_reply(self, reply: IntentRecord) -> None:
+        """Append a reply to the intent's reply list only, leaving its intent record as it is."""
+        ...
 
     async def append_alert(self, symbol: str, message: str) -> None: ...
 
@@ -139,9 +149,18 @@ class RedisStore:
         """Write the intent's record and push the change to its reply list, atomically."""
         intent.updated_at = utc_now()
         reply_key = self.keys.reply(intent.intent_id)
+        intent_key = self.keys.intent(intent.intent_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.intent(intent.intent_id), intent.to_fields())
+            pipe.hset(intent_key, intent.to_fields())
+            pipe.expire(intent_key, INTENT_TTL_SECONDS)
             pipe.rpush(reply_key, [msgspec.json.encode(intent).decode()])
+            pipe.expire(reply_key, REPLY_TTL_SECONDS)
+
+    async def push_reply(self, reply: IntentRecord) -> None:
+        reply.updated_at = utc_now()
+        reply_key = self.keys.reply(reply.intent_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(reply_key, [msgspec.json.encode(reply).decode()])
             pipe.expire(reply_key, REPLY_TTL_SECONDS)
 
     async def append_alert(self, symbol: str, message: str) -> None:

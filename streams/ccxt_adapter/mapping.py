@@ -54,7 +54,12 @@ def market_rules(market: CcxtDict) -> MarketRules:
     ]
     min_qty = max([float(m) for m in minimums if m] or [step])
     min_notional = float((limits.get("cost") or {}).get("min") or 0.0)
-    return MarketRules(symbol=market["symbol"], qty_step=step, min_qty=min_qty, price_tick=tick, min_notional=min_notional)
+    # posguard sends market orders: the smaller of the two maxima binds (Bybit: lotSizeFilter.maxOrderQty;
+    # Binance: LOT_SIZE and MARKET_LOT_SIZE maxQty).
+    maximums = [float(m) for m in ((limits.get(kind) or {}).get("max") for kind in ("amount", "market")) if m]
+    max_qty = min(maximums) if maximums else 0.0
+    return MarketRules(symbol=market["symbol"], qty_step=step, min_qty=min_qty, price_tick=tick,
+                       min_notional=min_notional, max_qty=max_qty)
 
 
 def _positive(value: object, name: str, market: CcxtDict) -> float:
