@@ -41,6 +41,7 @@ SYMBOLS = {"BTC/USDT:USDT": ("BTCUSDT", 0.01, 60_000.0), "ETH/USDT:USDT": ("ETHU
            "SOL/USDT:USDT": ("SOLUSDT", 1.0, 150.0)}
 KILLS = int(os.environ.get("POSGUARD_CRASH_KILLS", "24"))
 LOG = Path(os.environ.get("POSGUARD_CRASH_LOG", "/dev/null"))
+FAILPOINT_WAIT = 30.0  # seconds a failpoint run may take to reach its entry order
 UNPROTECTED_BOUND = 10.0  # seconds: restart + start-up audit, with room for a loaded machine
 
 
@@ -157,12 +158,12 @@ async def test_sigkill_at_random_moments_then_venue_and_redis_agree(redis_url: s
         for run in range(KILLS):
             failpoints = "entry_sent" if run % 4 == 3 else ""
             process = await start_posguard(config, failpoints)
-            for _ in range(rng.randint(1, 3)):
+            for n in range(rng.randint(1, 3)):
                 symbol = rng.choice(list(SYMBOLS))
                 _bybit, qty, price = SYMBOLS[symbol]
                 intent_id = f"c{next_id}"
                 next_id += 1
-                if rng.random() < 0.6:
+                if rng.random() < 0.6 or (failpoints and n == 0):  # a failpoint run needs an entry to send
                     side = rng.choice(["buy", "sell"])
                     stop = price * (0.97 if side == "buy" else 1.03)
                     fields = {"intent_id": intent_id, "action": "open", "symbol": symbol, "side": side,
@@ -174,7 +175,9 @@ async def test_sigkill_at_random_moments_then_venue_and_redis_agree(redis_url: s
             if rng.random() < 0.15:  # the market gaps through someone's stop
                 bybit_symbol, _qty, price = SYMBOLS[rng.choice(list(SYMBOLS))]
                 emu.engine.set_price(bybit_symbol, price * rng.choice([0.95, 1.05]))
-            with anyio.move_on_after(rng.uniform(0.3, 4.0)):
+            # A failpoint run ends when its entry is sent (the process kills itself there); a
+            # loaded machine may take seconds to get that far, so wait for the event, not a guess.
+            with anyio.move_on_after(FAILPOINT_WAIT if failpoints else rng.uniform(0.3, 4.0)):
                 await process.wait()
             if process.returncode is None:
                 process.send_signal(signal.SIGKILL)
