@@ -17,19 +17,26 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from posguard.actors.store.client import open_redis, redact_url
+from posguard.actors.store.client import RedisClient, open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
+from posguard.actors.store.health import HealthStatus
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.protocol import Venue
-from posguard.supervisor.config import Config
-from posguard.supervisor.engine import Engine
+from posguard.supervisor.config import Config, credentials_hint
+from posguard.supervisor.engine import Engine, venue_label
 from posguard.supervisor.intake import IntentIntake
 from posguard.supervisor.metrics import Metrics
+from posguard.supervisor.startup import check_credentials, check_redis, serve_metrics
 
-__all__ = ["open_venue", "run_service"]
+__all__ = ["SIMULATED_VENUE_WARNING", "open_venue", "run_service"]
 
 log = logging.getLogger("posguard.service")
+
+SIMULATED_VENUE_WARNING = (
+    "SIMULATED VENUE (--simulated-venue): no order reaches any exchange; every position, fill and stop"
+    " exists only inside this process and is gone when it stops. Never point real strategies at it."
+)
 
 
 @asynccontextmanager
@@ -51,32 +58,46 @@ async def open_venue(config: Config, credentials: ApiCredentials | None) -> Asyn
 
 
 async def run_service(config: Config, credentials: ApiCredentials | None, redis_url: str) -> int:
+    """Check Redis, the metrics port and the API credentials, in that order, then serve.
+    Which venue `run` may use is decided before this (`check_run_venue`)."""
     account = config.account.name
-    log.warning("posguard run: account %s, venue %s, Redis %s", account, config.venue.kind, redact_url(redis_url))
-    async with open_venue(config, credentials) as venue, open_redis(redis_url) as client:
-        metrics = Metrics(venue.name)
-        if config.metrics.port:
-            metrics.serve(config.metrics.port, config.metrics.bind)
-            log.warning("metrics on http://%s:%d/metrics", config.metrics.bind, config.metrics.port)
-        engine = Engine(
-            venue=venue,
-            store=RedisStore(client, account),
-            cache=RedisEventCache(client, account),
-            settings=config.actor_settings(),
-            supervisor=config.supervisor,
-            audit=config.audit,
-            risk=config.risk,
-            metrics=metrics,
-            stale_after=config.streams.stale_after,
-        )
-        intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")
-        async with anyio.create_task_group() as tg:
-            await tg.start(engine.run)
-            await tg.start(intake.run)
-            tg.start_soon(_stop_on_signal, engine, tg.cancel_scope)
-            log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.stream.keys.intents)
+    label = venue_label(config.venue.kind)
+    log.warning("posguard run: account %s, venue %s, Redis %s", account, label, redact_url(redis_url))
+    if label == "simulated":
+        log.critical(SIMULATED_VENUE_WARNING)
+    async with open_redis(redis_url) as client:
+        await check_redis(client, config)
+        metrics = Metrics(config.venue.kind)
+        serve_metrics(metrics, config)
+        async with open_venue(config, credentials) as venue:
+            await check_credentials(venue, config)
+            await _serve(config, venue, client, metrics, label)
     log.warning("posguard stopped")
     return 0
+
+
+async def _serve(config: Config, venue: Venue, client: RedisClient, metrics: Metrics, label: str) -> None:
+    account = config.account.name
+    store = RedisStore(client, account)
+    await store.publish_status(HealthStatus(venue=label))
+    engine = Engine(
+        venue=venue,
+        store=store,
+        cache=RedisEventCache(client, account),
+        settings=config.actor_settings(),
+        supervisor=config.supervisor,
+        audit=config.audit,
+        risk=config.risk,
+        metrics=metrics,
+        stale_after=config.streams.stale_after,
+        credentials_hint=credentials_hint(config),
+    )
+    intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.run)
+        await tg.start(intake.run)
+        tg.start_soon(_stop_on_signal, engine, tg.cancel_scope)
+        log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.stream.keys.intents)
 
 
 async def _stop_on_signal(engine: Engine, scope: anyio.CancelScope) -> None:

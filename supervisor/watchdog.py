@@ -57,6 +57,7 @@ class RedisWatchdog:
         metrics: Metrics,
         board: EvidenceBoard,
         audit_now: Callable[[], Awaitable[AuditReport | None]],
+        venue_label: str = "",
     ) -> None:
         self.store = store
         self.gate = gate
@@ -64,6 +65,8 @@ class RedisWatchdog:
         self.metrics = metrics
         self.board = board
         self.audit_now = audit_now
+        self.venue_label = venue_label
+        """Shown with every heartbeat (the health hash's ``venue``)."""
         self._ticks = 0
         self._unanswered = 0
 
@@ -101,5 +104,6 @@ class RedisWatchdog:
                 report = await self.audit_now()
                 if report is not None:
                     await self.store.publish_status(HealthStatus(audit_done=requested))
-            await self.store.publish_status(HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid()))
+            await self.store.publish_status(HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid(),
+                                                          venue=self.venue_label or None))
             self._ticks += 1

@@ -13,7 +13,15 @@ from urllib.parse import urlsplit, urlunsplit
 import coredis
 import coredis.exceptions
 
-__all__ = ["REDIS_CONNECTION_ERRORS", "RedisClient", "is_redis_failure", "open_redis", "redact_url"]
+__all__ = [
+    "REDIS_CONNECTION_ERRORS",
+    "RedisClient",
+    "is_redis_failure",
+    "is_redis_refusal",
+    "open_redis",
+    "ping",
+    "redact_url",
+]
 
 RedisClient = coredis.Redis[str]
 """The client every store object is built on; callers outside the store only pass it along."""
@@ -43,3 +51,15 @@ async def open_redis(url: str) -> AsyncIterator[RedisClient]:
 def is_redis_failure(exc: BaseException) -> bool:
     """Whether ``exc`` means Redis could not be reached (as opposed to a bug of ours)."""
     return isinstance(exc, (*REDIS_CONNECTION_ERRORS, TimeoutError, OSError))
+
+
+def is_redis_refusal(exc: BaseException) -> bool:
+    """Whether Redis answered but refused us: a wrong user or password (``WRONGPASS``), none
+    given where one is needed (``NOAUTH``), or an ACL user without the permission (``NOPERM``).
+    Waiting does not fix these; the configuration (``redis.url``) does."""
+    return isinstance(exc, (coredis.exceptions.AuthenticationError, coredis.exceptions.AuthorizationError))
+
+
+async def ping(client: RedisClient) -> None:
+    """One round trip: raises what connecting or authenticating raises."""
+    await client.ping()
