@@ -99,7 +99,7 @@ class AuditSchedule:
 
     async def _on_credentials_refused(self, exc: VenueAuthFailed) -> None:
         first = not self.credentials_refused
-        reason = f"the venue refuses the API credentials ({exc}); {self.credentials_hint}"
+        reason = f"API credentials refused ({exc}); {self.credentials_hint}"
         self.gate.paused[CREDENTIALS_CAUSE] = reason
         if not first:
             log.warning("audit: the venue still refuses the API credentials")

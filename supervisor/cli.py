@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ import anyio
 
 from posguard.supervisor.config import Config, ConfigError, load_config
 from posguard.supervisor.redis_server import RedisServerMissing, start_redis_server
-from posguard.supervisor.startup import ServiceUnavailable
+from posguard.supervisor.startup import ServiceUnavailable, innermost
 
 __all__ = ["build_parser", "main"]
 
@@ -175,7 +176,26 @@ def _run(config: Config, *, simulated_venue: bool) -> int:
         raise ConfigError("redis.url: 'posguard run' needs a Redis that outlives it (set redis.url)")
     check_run_venue(config, simulated_venue=simulated_venue)
     secrets = load_secrets(config)
-    return _run_async(config, lambda: run_service(config, secrets, config.redis.url))
+    previous = signal.signal(signal.SIGTERM, _stopped_before_start)
+    try:
+        return _run_async(config, lambda: run_service(config, secrets, config.redis.url))
+    except BaseException as exc:
+        if not isinstance(innermost(exc), _StoppedBeforeStart):
+            raise
+        print("posguard: stopped (SIGTERM) before it had started", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _StoppedBeforeStart(SystemExit):
+    """SIGTERM before the service listens for it (it does from its first moment in the event
+    loop): nothing was started, so stopping is clean (exit 0), as documented. A `SystemExit`
+    because asyncio swallows other exceptions raised inside its callbacks."""
+
+
+def _stopped_before_start(signum: int, frame: object) -> None:
+    raise _StoppedBeforeStart()
 
 
 def _demo(config: Config, args: argparse.Namespace) -> int:

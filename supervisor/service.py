@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.abc
 
 from posguard.actors.store.client import RedisClient, open_redis, redact_url
 from posguard.actors.store.event_cache import RedisEventCache
@@ -65,18 +66,23 @@ async def run_service(config: Config, credentials: ApiCredentials | None, redis_
     log.warning("posguard run: account %s, venue %s, Redis %s", account, label, redact_url(redis_url))
     if label == "simulated":
         log.critical(SIMULATED_VENUE_WARNING)
-    async with open_redis(redis_url) as client:
-        await check_redis(client, config)
-        metrics = Metrics(config.venue.kind)
-        serve_metrics(metrics, config)
-        async with open_venue(config, credentials) as venue:
-            await check_credentials(venue, config)
-            await _serve(config, venue, client, metrics, label)
+    engines: list[Engine] = []
+    async with anyio.create_task_group() as tg:
+        # Signals first: a SIGTERM during the start-up checks stops posguard cleanly too.
+        await tg.start(_stop_on_signal, engines, tg.cancel_scope)
+        async with open_redis(redis_url) as client:
+            await check_redis(client, config)
+            metrics = Metrics(config.venue.kind)
+            serve_metrics(metrics, config)
+            async with open_venue(config, credentials) as venue:
+                await check_credentials(venue, config)
+                await _serve(config, venue, client, metrics, label, engines)
     log.warning("posguard stopped")
     return 0
 
 
-async def _serve(config: Config, venue: Venue, client: RedisClient, metrics: Metrics, label: str) -> None:
+async def _serve(config: Config, venue: Venue, client: RedisClient, metrics: Metrics, label: str,
+                 engines: list[Engine]) -> None:
     account = config.account.name
     store = RedisStore(client, account)
     await store.publish_status(HealthStatus(venue=label))
@@ -93,17 +99,21 @@ async def _serve(config: Config, venue: Venue, client: RedisClient, metrics: Met
         credentials_hint=credentials_hint(config),
     )
     intake = IntentIntake(client, engine, account=account, consumer=f"{socket.gethostname()}-{account}")
+    engines.append(engine)
     async with anyio.create_task_group() as tg:
         await tg.start(engine.run)
         await tg.start(intake.run)
-        tg.start_soon(_stop_on_signal, engine, tg.cancel_scope)
         log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.stream.keys.intents)
 
 
-async def _stop_on_signal(engine: Engine, scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(engines: list[Engine], scope: anyio.CancelScope, *,
+                          task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """On SIGINT/SIGTERM: let the engine (once there is one) stop gracefully, then end."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.warning("%s received: stopping gracefully", signal.Signals(signum).name)
-            await engine.stop()
+            for engine in engines:
+                await engine.stop()
             scope.cancel()
             return

@@ -23,7 +23,13 @@ import random
 
 import anyio
 
-from posguard.actors.store.client import RedisClient, is_redis_failure, is_redis_refusal, ping, redact_url
+from posguard.actors.store.client import (
+    REDIS_CONNECTION_ERRORS,
+    RedisClient,
+    is_redis_refusal,
+    ping,
+    redact_url,
+)
 from posguard.streams.backoff import Backoff
 from posguard.streams.venue.errors import VenueAuthFailed, VenueUnavailable
 from posguard.streams.venue.protocol import Venue
@@ -70,10 +76,14 @@ def explain_start_failure(exc: BaseException, config: Config) -> BaseException:
         return ServiceUnavailable(f"{leaf}; {credentials_hint(config)}")
     if is_redis_refusal(leaf):
         return ConfigError(f"redis.url: Redis at {url} refused us ({leaf}); fix the user and password in redis.url")
-    if is_redis_failure(leaf):
-        return ServiceUnavailable(f"Redis at {url} is unreachable ({leaf or type(leaf).__name__}): "
-                                  "start it, or fix redis.url")
+    if isinstance(leaf, REDIS_CONNECTION_ERRORS):
+        return _redis_unreachable(leaf, url)
     return leaf
+
+
+def _redis_unreachable(leaf: BaseException, url: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"Redis at {url} is unreachable ({leaf or type(leaf).__name__}): "
+                                  "start it, or fix redis.url")
 
 
 async def check_redis(client: RedisClient, config: Config) -> None:
@@ -82,7 +92,10 @@ async def check_redis(client: RedisClient, config: Config) -> None:
     try:
         with anyio.fail_after(REDIS_CHECK_TIMEOUT):
             await ping(client)
-    except BaseException as exc:  # noqa: BLE001 - coredis raises groups from its own task group
+    except Exception as exc:  # noqa: BLE001 - coredis raises groups from its own task group
+        leaf = innermost(exc)
+        if isinstance(leaf, (TimeoutError, OSError)):  # here, and only here, these are Redis's
+            raise _redis_unreachable(leaf, redact_url(config.redis.url)) from None
         raise explain_start_failure(exc, config) from None
 
 

@@ -166,3 +166,36 @@ async def test_metrics_port_in_use_exits_2_in_one_line(redis_url: str, tmp_path:
             code, lines = await run_posguard(config)
     assert code == 2
     assert_one_clean_line(lines, starts="posguard: ", names="metrics.port")
+
+
+async def test_sigterm_during_the_start_up_checks_stops_cleanly(redis_url: str, tmp_path: Path) -> None:
+    """Documented: SIGTERM stops `posguard run` with exit code 0, also while it is still
+    checking its services at start (here: a venue that accepts connections and never answers)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(f"""
+[venue]
+kind = "bybit"
+testnet = false
+rest_url = "http://127.0.0.1:{port}"
+ws_url = "ws://127.0.0.1:{port}"
+[redis]
+url = "{redis_url}"
+""")
+        log = tmp_path / "stderr.log"
+        env = dict(os.environ, POSGUARD_API_KEY="k" * 12, POSGUARD_API_SECRET="s" * 12)
+        process = await anyio.open_process(
+            [sys.executable, "-m", "posguard", "--config", str(config), "run"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        )
+        with anyio.fail_after(60):  # ccxt gives up on the silent venue after its timeout
+            while "checking the API credentials: the venue did not answer" not in log.read_text():
+                await anyio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            code = await process.wait()
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
