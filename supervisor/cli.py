@@ -1,22 +1,27 @@
 """The `posguard` command.
 
 Exit codes: 0 success; 1 finished but something was refused or found wrong (an intent
-rejected or failed, a demo position left unprotected); 2 invalid configuration or arguments;
-3 a required program or service is missing (redis-server, Redis unreachable); 4 no answer in
-time (open/close/audit waiting on a posguard that is not running); 130 interrupted.
+rejected or failed, a demo position left unprotected); 2 invalid configuration or arguments
+(including a wrong Redis password, a metrics port in use, ``run`` without a real venue);
+3 a required program or service is missing or refuses us (redis-server, Redis unreachable,
+the venue refusing the API credentials); 4 no answer in time (open/close/audit waiting on a
+posguard that is not running); 130 interrupted. Each failure is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 
 from posguard.supervisor.config import Config, ConfigError, load_config
 from posguard.supervisor.redis_server import RedisServerMissing, start_redis_server
+from posguard.supervisor.startup import ServiceUnavailable, innermost
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "local Bybit emulator (shipped with posguard)")
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
 
-    commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
+    run = commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
+    run.add_argument("--simulated-venue", action="store_true",
+                     help="trade on the built-in simulated venue instead of [venue] kind (a rehearsal: no order"
+                          " reaches any exchange); without it, run refuses a config that names no real venue")
     commands.add_parser("status", help="every position record, stream health and safe mode")
     audit = commands.add_parser("audit", help="reconcile the venue with Redis now")
     audit.add_argument("--dry-run", action="store_true", help="report what would be repaired, change nothing")
@@ -83,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(config, args)
         if args.command == "run":
-            return _run(config)
+            return _run(config, simulated_venue=args.simulated_venue)
         return _operator(config, args)
     except ConfigError as exc:
         print(f"posguard: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except RedisServerMissing as exc:
+    except (RedisServerMissing, ServiceUnavailable) as exc:
         print(f"posguard: {exc}", file=sys.stderr)
         return EXIT_MISSING
     except KeyboardInterrupt:
@@ -109,21 +117,36 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError(f"redis.url: 'posguard {args.command}' reads the Redis that posguard run uses (set redis.url)")
     match args.command:
         case "status":
-            return anyio.run(operator.status, config, backend="asyncio")
+            return _run_async(config, lambda: operator.status(config))
         case "audit":
             secrets = load_secrets(config)
-            return anyio.run(lambda: operator.audit(config, secrets, dry_run=args.dry_run), backend="asyncio")
+            return _run_async(config, lambda: operator.audit(config, secrets, dry_run=args.dry_run))
         case "events":
-            return anyio.run(lambda: operator.events(config, args.stream, count=args.count, follow=args.follow),
-                             backend="asyncio")
+            return _run_async(config, lambda: operator.events(config, args.stream, count=args.count,
+                                                              follow=args.follow))
         case "safe-mode":
-            return anyio.run(operator.safe_mode_off, config, backend="asyncio")
+            return _run_async(config, lambda: operator.safe_mode_off(config))
     intent_id = args.intent_id or f"cli-{uuid.uuid4().hex[:12]}"
     fields = {"intent_id": intent_id, "action": args.command, "symbol": args.symbol}
     if args.command == "open":
         fields |= {"side": args.side, "qty": repr(args.qty)}
         fields |= {"stop_price": repr(args.stop_price)} if args.stop_price else {"stop_distance": repr(args.stop_distance)}
-    return anyio.run(lambda: operator.submit_and_follow(config, fields, timeout=args.timeout), backend="asyncio")
+    return _run_async(config, lambda: operator.submit_and_follow(config, fields, timeout=args.timeout))
+
+
+def _run_async(config: Config, call: Callable[[], Awaitable[int]]) -> int:
+    """``call`` on asyncio; a failure anyio wrapped in exception groups comes out as the one
+    error inside, turned into a one-line `ConfigError`/`ServiceUnavailable` where it is a known
+    start-up failure (Redis down or refusing us, the venue refusing the credentials)."""
+    from posguard.supervisor.startup import explain_start_failure
+
+    try:
+        return anyio.run(call, backend="asyncio")
+    except Exception as exc:  # noqa: BLE001 - re-raised unless explained
+        explained = explain_start_failure(exc, config)
+        if explained is exc:
+            raise
+        raise explained from None
 
 
 def _configure_logging(config: Config, args: argparse.Namespace) -> None:
@@ -147,14 +170,34 @@ def _configure_logging(config: Config, args: argparse.Namespace) -> None:
     configure_logging(level, config.log.format, secrets)
 
 
-def _run(config: Config) -> int:
-    from posguard.supervisor.config import load_secrets, redis_connection
+def _run(config: Config, *, simulated_venue: bool) -> int:
+    from posguard.supervisor.config import check_run_venue, load_secrets, redis_connection
     from posguard.supervisor.service import run_service
 
     if not config.redis.url:
         raise ConfigError("redis.url: 'posguard run' needs a Redis that outlives it (set redis.url)")
+    check_run_venue(config, simulated_venue=simulated_venue)
     secrets = load_secrets(config)
-    return anyio.run(run_service, config, secrets, redis_connection(config), backend="asyncio")
+    previous = signal.signal(signal.SIGTERM, _stopped_before_start)
+    try:
+        return _run_async(config, lambda: run_service(config, secrets, redis_connection(config)))
+    except BaseException as exc:
+        if not isinstance(innermost(exc), _StoppedBeforeStart):
+            raise
+        print("posguard: stopped (SIGTERM) before it had started", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _StoppedBeforeStart(SystemExit):
+    """SIGTERM before the service listens for it (it does from its first moment in the event
+    loop): nothing was started, so stopping is clean (exit 0), as documented. A `SystemExit`
+    because asyncio swallows other exceptions raised inside its callbacks."""
+
+
+def _stopped_before_start(signum: int, frame: object) -> None:
+    raise _StoppedBeforeStart()
 
 
 def _demo(config: Config, args: argparse.Namespace) -> int:
@@ -172,7 +215,7 @@ def _demo(config: Config, args: argparse.Namespace) -> int:
     if config.redis.url:
         from posguard.supervisor.config import redis_connection
 
-        return anyio.run(run_demo, config, redis_connection(config), args.venue, backend="asyncio")
+        return _run_async(config, lambda: run_demo(config, redis_connection(config), args.venue))
     server = start_redis_server()
     try:
         code = anyio.run(run_demo, config, server.url, args.venue, backend="asyncio")

@@ -35,6 +35,8 @@ __all__ = [
     "VenueConfig",
     "ccxt_venue_config",
     "check_config",
+    "check_run_venue",
+    "credentials_hint",
     "load_config",
     "load_secrets",
     "parse_config",
@@ -260,6 +262,30 @@ def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
         )
     except ConfigRefused as exc:
         raise ConfigError(f"venue.{exc.key}: {exc.reason}") from None
+
+
+def check_run_venue(config: Config, *, simulated_venue: bool) -> None:
+    """`posguard run` takes real intents from a real stream, so it never falls back to the
+    simulated venue (whose positions exist nowhere): ``venue.kind`` must name a real exchange,
+    or the operator asks for the simulation in so many words (``--simulated-venue``)."""
+    kind = config.venue.kind
+    if kind == "fake" and not simulated_venue:
+        raise ConfigError(
+            "venue.kind: 'posguard run' needs a real venue: set [venue] kind = \"bybit\" or \"binanceusdm\""
+            " (to rehearse on the built-in simulated venue, where no order reaches any exchange,"
+            " pass --simulated-venue)"
+        )
+    if kind != "fake" and simulated_venue:
+        raise ConfigError(f"venue.kind: is {kind!r} but --simulated-venue was given: remove one of the two")
+
+
+def credentials_hint(config: Config) -> str:
+    """What an operator fixes when the venue refuses the API credentials (names only, never
+    the values)."""
+    venue = config.venue
+    return (f"check the environment variables {venue.api_key_env} and {venue.api_secret_env}"
+            " (venue.api_key_env / venue.api_secret_env): the key may be wrong, revoked, expired,"
+            f" lack trading permission or belong to another environment (venue.testnet = {str(venue.testnet).lower()})")
 
 
 def load_secrets(config: Config, environ: dict[str, str] | None = None) -> ApiCredentials | None:

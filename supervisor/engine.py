@@ -46,11 +46,17 @@ from posguard.supervisor.routing import EventRouter
 from posguard.supervisor.supervision import AuditSettings, EntryGate, SupervisorSettings
 from posguard.supervisor.watchdog import RedisWatchdog, publish_health
 
-__all__ = ["STREAM_BUFFER", "Engine"]
+__all__ = ["STREAM_BUFFER", "Engine", "venue_label"]
 
 log = logging.getLogger("posguard.engine")
 
 STREAM_BUFFER = 65_536
+
+
+def venue_label(venue_name: str) -> str:
+    """What the health hash's ``venue`` field shows: the exchange, or ``simulated`` for the
+    built-in simulated venue (`FakeVenue`, named ``fake``), so nobody mistakes it for one."""
+    return "simulated" if venue_name == "fake" else venue_name
 
 
 class Engine:
@@ -68,6 +74,7 @@ class Engine:
         stale_after: float = 15.0,
         rng: random.Random | None = None,
         observers: Sequence[TransitionObserver] = (),
+        credentials_hint: str = "check the API key and secret",
     ) -> None:
         self.venue = venue
         self.store = store
@@ -91,11 +98,13 @@ class Engine:
         self.actors = ActorRegistry(ctx=self.ctx, settings=self.supervision, gate=self.gate, metrics=self.metrics,
                                     request_audit=self.request_audit)
         self.auditor = Auditor(venue, store, self.actors.get_or_start, self.actors.is_busy)
-        self.audits = AuditSchedule(auditor=self.auditor, settings=self.audit_settings, metrics=self.metrics)
+        self.audits = AuditSchedule(auditor=self.auditor, settings=self.audit_settings, metrics=self.metrics,
+                                    gate=self.gate, store=store, credentials_hint=credentials_hint, rng=self.ctx.rng)
         self.admission = Admission(venue=venue, store=store, rules=self.rules, risk=self.risk, gate=self.gate,
                                    actors=self.actors)
         self.watchdog = RedisWatchdog(store=store, gate=self.gate, settings=self.supervision, metrics=self.metrics,
-                                      board=self.board, audit_now=self.audit_now)
+                                      board=self.board, audit_now=self.audit_now,
+                                      venue_label=venue_label(venue.name))
         self.loop_lag = LoopLagProbe(self.metrics)
         self.router = EventRouter(self.actors, self.request_audit)
         self.ingestor = Ingestor(self.board, cache, listeners=[self.router.route])

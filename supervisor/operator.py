@@ -74,6 +74,7 @@ async def status(config: Config, out: Out = print) -> int:
     process = "alive" if _alive(health) else "not seen in the last 5 s"
     status = health.status
     out(f"posguard run: {process}" + (f" (pid {status.pid})" if status.pid else ""))
+    out(_venue_line(status.venue))
     for topic in TOPICS:
         stream = health.stream(topic)
         connected = {True: "yes", False: "no", None: "unknown"}[stream.connected]
@@ -85,6 +86,13 @@ async def status(config: Config, out: Out = print) -> int:
     if status.entries_paused:
         out(f"entries paused: {status.entries_paused}")
     return EXIT_OK
+
+
+def _venue_line(venue: str | None) -> str:
+    if venue == "simulated":
+        return ("venue: SIMULATED (posguard run --simulated-venue): no order reaches any exchange;"
+                " these positions exist only inside that process")
+    return f"venue: {venue or 'unknown'}"
 
 
 async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: bool, out: Out = print) -> int:

@@ -81,6 +81,7 @@ class RedisWatchdog:
         metrics: Metrics,
         board: EvidenceBoard,
         audit_now: Callable[[], Awaitable[AuditReport | None]],
+        venue_label: str = "",
     ) -> None:
         self.store = store
         self.gate = gate
@@ -88,6 +89,8 @@ class RedisWatchdog:
         self.metrics = metrics
         self.board = board
         self.audit_now = audit_now
+        self.venue_label = venue_label
+        """Shown with every heartbeat (the health hash's ``venue``)."""
         self._ticks = 0
         self._unanswered = 0
         self._heartbeat_written = False
@@ -139,7 +142,8 @@ class RedisWatchdog:
         health = await call_within_loop_time(self.timeout, self.store.read_health)
         if self._heartbeat_written and health.status.heartbeat_ms is None:
             self.data_lost("the health hash, with this process's heartbeat, is gone")
-        heartbeat = HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid())
+        heartbeat = HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid(),
+                                 venue=self.venue_label or None)
         await call_within_loop_time(self.timeout, lambda: self.store.publish_status(heartbeat))
         self._heartbeat_written = True
         if UNREACHABLE in self.gate.paused or DATA_LOST in self.gate.paused:

@@ -34,7 +34,9 @@ __all__ = [
     "TlsOptions",
     "as_connection",
     "is_redis_failure",
+    "is_redis_refusal",
     "open_redis",
+    "ping",
     "redact_url",
     "tls_context",
 ]
@@ -159,3 +161,15 @@ def is_redis_failure(exc: BaseException) -> bool:
         message = _PIPELINE_PREFIX.sub("", str(exc.args[0]), count=1)
         return message.split(" ", 1)[0] in REFUSAL_CODES
     return False
+
+
+def is_redis_refusal(exc: BaseException) -> bool:
+    """Whether Redis answered but refused us: a wrong user or password (``WRONGPASS``), none
+    given where one is needed (``NOAUTH``), or an ACL user without the permission (``NOPERM``).
+    Waiting does not fix these; the configuration (``redis.url``) does."""
+    return isinstance(exc, (coredis.exceptions.AuthenticationError, coredis.exceptions.AuthorizationError))
+
+
+async def ping(client: RedisClient) -> None:
+    """One round trip: raises what connecting or authenticating raises."""
+    await client.ping()

@@ -60,6 +60,10 @@ class HealthStatus(msgspec.Struct, frozen=True, kw_only=True):
     entries_paused: str | None = None
     heartbeat_ms: int | None = None
     pid: int | None = None
+    venue: str | None = None
+    """The venue the process trades on: ``bybit``, ``binanceusdm``, or ``simulated`` (the
+    built-in simulated venue, only with ``posguard run --simulated-venue``: no order reaches
+    any exchange). Rewritten with every heartbeat so that ``posguard status`` always shows it."""
     audit_started: int | None = None
     """The ``audit_requested`` value the process has started working on."""
     audit_done: int | None = None

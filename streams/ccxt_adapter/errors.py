@@ -55,6 +55,12 @@ _BYBIT_CODES: dict[str, type[VenueError]] = {
     "10006": RateLimited,  # too many visits
     "10018": RateLimited,  # IP rate limit
     "10429": RateLimited,  # system level frequency protection
+    # Refused credentials (https://bybit-exchange.github.io/docs/v5/error): nothing was done.
+    "10003": VenueAuthFailed,  # API key is invalid
+    "10004": VenueAuthFailed,  # error sign: the secret does not match the key
+    "10005": VenueAuthFailed,  # permission denied for this API key
+    "10010": VenueAuthFailed,  # request IP not among the key's bound IPs
+    "33004": VenueAuthFailed,  # API key has expired
 }
 _BINANCE_CODES: dict[str, type[VenueError]] = {
     "-4116": DuplicateClientOrderId,  # ClientOrderId is duplicated
@@ -79,6 +85,10 @@ _BINANCE_CODES: dict[str, type[VenueError]] = {
     "-4005": OrderRejected,  # quantity greater than max quantity
     "-4015": OrderRejected,  # client order id is not valid
     "-2027": OrderRejected,  # exceeded the maximum allowable position at current leverage
+    # Refused credentials (https://developers.binance.com/docs/derivatives/usds-margined-futures/error-code).
+    "-2014": VenueAuthFailed,  # API-key format invalid
+    "-2015": VenueAuthFailed,  # invalid API-key, IP, or permissions for action
+    "-1022": VenueAuthFailed,  # signature for this request is not valid: the secret does not match
 }
 _CLOCK_CODES = {"bybit": {"10002"}, "binanceusdm": {"-1021"}}
 _CODE_TABLES = {"bybit": _BYBIT_CODES, "binanceusdm": _BINANCE_CODES}
@@ -165,6 +175,8 @@ def translate(
         return DuplicateClientOrderId(client_order_id)
     if kind is not None and issubclass(kind, OrderRejected):
         return kind(detail, code=code)
+    if kind is VenueAuthFailed:
+        return _credentials_refused(detail)
     if kind is not None:
         return kind(detail)
     return _by_ccxt_class(exc, detail, code)
@@ -177,15 +189,18 @@ def _by_ccxt_class(exc: BaseException, detail: str, code: str) -> VenueError:
         return RateLimited(detail)
     if isinstance(exc, ccxt.NetworkError):  # timeouts, 5xx, connection errors, invalid nonce
         return VenueUnavailable(detail)
-    if isinstance(exc, ccxt.AuthenticationError):
-        return VenueAuthFailed(
-            f"{detail}: the venue refused the API credentials; check the key and secret"
-            " (and that they belong to this environment: live, testnet or demo)"
-        )
+    if isinstance(exc, ccxt.AuthenticationError):  # PermissionDenied, AccountSuspended too
+        return _credentials_refused(detail)
     if isinstance(exc, (ccxt.InvalidOrder, ccxt.InsufficientFunds, ccxt.BadRequest, ccxt.OperationRejected,
                         ccxt.ArgumentsRequired, ccxt.NotSupported)):
         return OrderRejected(detail, code=code)
     return VenueUnavailable(detail)
+
+
+def _credentials_refused(detail: str) -> VenueAuthFailed:
+    """The one wording of a credentials refusal; the supervisor adds which environment
+    variables hold the key (the adapter does not know them)."""
+    return VenueAuthFailed(f"{detail}: the venue refused the API credentials")
 
 
 def clock_rejected(exc: BaseException, exchange: str) -> bool:

@@ -9,6 +9,9 @@ what it gets into one of these, and the actor decides from the class alone:
 * `OrderRejected`: the venue refused the request; nothing was placed. Final. Two refusals
   change what the actor does next and have their own subclasses: `StopWouldTrigger` and
   `NothingToReduce`.
+* `VenueAuthFailed`: the venue refused the API credentials (wrong key or secret, revoked,
+  expired, missing permission or IP binding). Nothing was done, and retrying will not help
+  until an operator fixes the key; the supervisor refuses entries meanwhile.
 * `DuplicateClientOrderId`: an order with that client order id already exists, so an
   earlier attempt did reach the venue. Look it up; never send it again under a new id.
 """

@@ -1,8 +1,8 @@
 """Bybit V5 REST, as much of it as ccxt calls for linear perpetuals.
 
 Public: ``/v5/market/time``, ``/v5/market/instruments-info``, ``/v5/market/tickers``. Private (the ``X-BAPI-API-KEY``
-header must carry the emulator's key and a signature header must be present; the signature
-itself is not checked): ``/v5/order/create``, ``/v5/order/cancel``, ``/v5/order/realtime``,
+header must carry the emulator's key, else retCode 10003, and ``X-BAPI-SIGN`` must be the
+request's signature with the emulator's secret, else 10004, as on Bybit: see `signatures`): ``/v5/order/create``, ``/v5/order/cancel``, ``/v5/order/realtime``,
 ``/v5/order/history``, ``/v5/execution/list``, ``/v5/position/list``. Any other path answers
 retCode 10017 "route not found", so an unexpected ccxt call shows up as an error in tests.
 
@@ -25,6 +25,7 @@ from aiohttp import web
 from posguard.streams.emulators.bybit.engine import Engine, VenueReject, now_ms
 from posguard.streams.emulators.bybit.faults import take_scripted
 from posguard.streams.emulators.bybit.payloads import execution_payload
+from posguard.streams.emulators.bybit.signatures import rest_signature, signature_matches
 
 __all__ = ["BybitRest", "Handler", "PRIVATE_PREFIXES", "SEVEN_DAYS_MS", "WRITE_PATHS", "answer"]
 
@@ -40,9 +41,10 @@ def answer(result: dict[str, Any], code: int = 0, message: str = "OK") -> web.Re
 
 
 class BybitRest:
-    def __init__(self, engine: Engine, api_key: str, rng: random.Random) -> None:
+    def __init__(self, engine: Engine, api_key: str, rng: random.Random, api_secret: str) -> None:
         self.engine = engine
         self.api_key = api_key
+        self.api_secret = api_secret
         self.rng = rng
         self.requests: Counter[str] = Counter()
 
@@ -75,7 +77,7 @@ class BybitRest:
         if path.startswith(PRIVATE_PREFIXES):
             if request.headers.get("X-BAPI-API-KEY") != self.api_key:
                 return answer({}, 10003, "API key is invalid.")
-            if not request.headers.get("X-BAPI-SIGN") or not request.headers.get("X-BAPI-TIMESTAMP"):
+            if not await self._signed(request):
                 return answer({}, 10004, "Error sign, please check your signature generation algorithm.")
         if request.match_info.http_exception is not None:
             return answer({}, 10017, f"Route not found: {request.method} {path}")
@@ -90,6 +92,15 @@ class BybitRest:
                 request.transport.close()  # the client sees the connection die mid-request
             return web.Response(status=504, text="<html><body>504 Gateway Time-out</body></html>")
         return response
+
+    async def _signed(self, request: web.Request) -> bool:
+        sent, timestamp = request.headers.get("X-BAPI-SIGN", ""), request.headers.get("X-BAPI-TIMESTAMP", "")
+        if not sent or not timestamp:
+            return False
+        payload = await request.read() if request.method == "POST" else request.query_string.encode()
+        expected = rest_signature(self.api_secret, timestamp=timestamp, api_key=self.api_key,
+                                  recv_window=request.headers.get("X-BAPI-RECV-WINDOW", ""), payload=payload)
+        return signature_matches(sent, expected)
 
     # -- public ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class EmulatorServer:
         self,
         *,
         api_key: str = DEFAULT_API_KEY,
+        api_secret: str = DEFAULT_API_SECRET,
         seed: int = 0,
         faults: Faults | None = None,
         instruments: tuple[Instrument, ...] = DEFAULT_INSTRUMENTS,
@@ -41,8 +42,8 @@ class EmulatorServer:
     ) -> None:
         rng = random.Random(seed)
         self.engine = Engine(instruments=instruments, balance=balance, faults=faults)
-        self.rest = BybitRest(self.engine, api_key, rng)
-        self.hub = PrivateHub(self.engine, api_key, rng)
+        self.rest = BybitRest(self.engine, api_key, rng, api_secret)
+        self.hub = PrivateHub(self.engine, api_key, rng, api_secret)
         self.app = web.Application(middlewares=[self.rest.middleware])
         self.rest.routes(self.app)
         self.app.router.add_get("/v5/private", self.hub.handle)
@@ -94,11 +95,11 @@ async def running_emulator(**kwargs: Any) -> AsyncIterator[EmulatorServer]:
         await server.stop()
 
 
-async def serve_forever(port: int, *, api_key: str, seed: int) -> None:
-    server = EmulatorServer(api_key=api_key, seed=seed)
+async def serve_forever(port: int, *, api_key: str, seed: int, api_secret: str = DEFAULT_API_SECRET) -> None:
+    server = EmulatorServer(api_key=api_key, api_secret=api_secret, seed=seed)
     await server.start(port)
     print(f"Bybit V5 emulator on {server.rest_url} (REST) and {server.ws_url}/v5/private (private WS)")
-    print(f"API key: {api_key!r} (any secret, any signature); control API: {server.rest_url}/_control/truth")
+    print(f"API key: {api_key!r}, secret: {api_secret!r} (requests must be signed with it, as on Bybit); control API: {server.rest_url}/_control/truth")
     try:
         await asyncio.Event().wait()
     finally:

@@ -4,7 +4,8 @@ Speaks the documented message shapes: ``{"op": "auth", "args": [key, expires, si
 answered with ``{"success": true, "op": "auth", ...}``; ``{"op": "ping"}`` with
 ``{"op": "pong", "args": [ms]}``; ``{"op": "subscribe", "args": ["order", ...]}`` with an
 acknowledgement (``req_id`` echoed when sent); then ``{"topic": "order", "creationTime": ms,
-"data": [...]}`` for every change. The signature is accepted as is; the API key must match
+"data": [...]}`` for every change. The signature must be made with the emulator's secret
+(`signatures`), the API key must match
 and ``expires`` must lie in the future, as on Bybit.
 
 Faults: per-topic push delay and drop probability, forced disconnects, refused handshakes,
@@ -24,6 +25,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from posguard.streams.emulators.bybit.engine import Engine, now_ms
+from posguard.streams.emulators.bybit.signatures import signature_matches, ws_signature
 
 __all__ = ["Connection", "PrivateHub", "TOPICS"]
 
@@ -54,9 +56,10 @@ class Connection:
 
 
 class PrivateHub:
-    def __init__(self, engine: Engine, api_key: str, rng: random.Random) -> None:
+    def __init__(self, engine: Engine, api_key: str, rng: random.Random, api_secret: str) -> None:
         self.engine = engine
         self.api_key = api_key
+        self.api_secret = api_secret
         self.rng = rng
         self.connections: set[Connection] = set()
         self.connects = 0
@@ -147,6 +150,6 @@ class PrivateHub:
                 return False, "Params Error: expires is in the past"
         except (TypeError, ValueError):
             return False, "Params Error"
-        if not signature:
+        if not isinstance(signature, str) or not signature_matches(signature, ws_signature(self.api_secret, str(expires))):
             return False, "Invalid sign"
         return True, ""
