@@ -5,6 +5,7 @@ reachable from other machines is allowed, and said."""
 from __future__ import annotations
 
 import logging
+import re
 
 import anyio
 import pytest
@@ -15,6 +16,7 @@ from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.redis_server import free_port
 from posguard.supervisor.risk import RiskLimits
 from posguard.supervisor.service import run_service
+from posguard.supervisor.startup import explain_start_failure
 from tests.clock import IOAwareMockClock
 from tests.support import open_intent, running_engine
 
@@ -52,9 +54,13 @@ async def test_allowed_symbols_that_are_markets_start_normally(clock: IOAwareMoc
 
 @pytest.mark.asyncio_backend
 async def test_posguard_run_with_an_unknown_allowed_symbol_raises_one_config_error(redis_url: str) -> None:
+    """The one error the command line reports (exit 2), out of the task groups' wrapping."""
     config = parse_config('[risk]\nallowed_symbols = ["NOPE/USDT:USDT"]\n')
-    with pytest.raises(ConfigError, match=r"^risk\.allowed_symbols: NOPE/USDT:USDT"), anyio.fail_after(60):
+    with pytest.raises(BaseException) as raised, anyio.fail_after(60):
         await run_service(config, None, redis_url)
+    explained = explain_start_failure(raised.value, config)
+    assert isinstance(explained, ConfigError)
+    assert re.match(r"^risk\.allowed_symbols: NOPE/USDT:USDT", str(explained))
 
 
 def test_a_metrics_bind_beyond_loopback_is_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
