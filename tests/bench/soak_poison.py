@@ -317,6 +317,10 @@ async def main(args: argparse.Namespace) -> int:
         (soak_server.server if soak_server else server).stop()
 
     statuses = Counter(r.get("status") for r in soak.final.values())
+    by_kind: dict[str, Counter[str]] = {"good": Counter(), "poison": Counter()}
+    for intent_id, reply in soak.final.items():
+        by_kind["good" if soak.kind[intent_id] == "good" else "poison"][reply.get("status", "?")] += 1
+    poison_done = by_kind["poison"]["done"]
     poison = [i for i, k in soak.kind.items() if k != "good" and i in soak.sent]
     entry_orders = Counter(o["order_link_id"] for o in truth["orders"] if o["order_link_id"].endswith("-e"))
     poison_orders = [i for i in poison if ids.entry_id(ACCOUNT, i) in entry_orders]
@@ -328,6 +332,8 @@ async def main(args: argparse.Namespace) -> int:
         ["  re-sent duplicates of handled ids", str(sum(1 for k in soak.kind.values() if k.startswith("duplicate")))],
         ["disruptions", ", ".join(w for _t, w in soak.disruptions)],
         ["final replies", ", ".join(f"{s} {n}" for s, n in sorted(statuses.items()))],
+        ["  to good intents", ", ".join(f"{s} {n}" for s, n in sorted(by_kind["good"].items()))],
+        ["  to poison intents", ", ".join(f"{s} {n}" for s, n in sorted(by_kind["poison"].items()))],
         ["intents re-sent after no answer", str(soak.resends)],
         ["intents with no final reply", str(len(unanswered))],
         ["poison intents that reached the venue", str(len(poison_orders))],
@@ -343,9 +349,13 @@ async def main(args: argparse.Namespace) -> int:
     ]
     print_table(f"soak: {args.intents} intents, poison {args.poison:.0%}, seed {args.seed} ({machine()}); log {log}",
                 ["", ""], rows)
+    refusals = Counter(reply.get("reason", "")[:70] for i, reply in soak.final.items()
+                       if soak.kind[i] == "good" and reply.get("status") != "done")
+    for reason, n in refusals.most_common(5):
+        print(f"  good intent refused x{n}: {reason}")
     for problem in problems:
         print("  disagreement:", problem)
-    failed = bool(soak.exits or unanswered or poison_orders or problems or stop_code != 0
+    failed = bool(soak.exits or unanswered or poison_orders or poison_done or problems or stop_code != 0
                   or max(entry_orders.values(), default=0) > 1 or unprotected(truth))
     print("RESULT:", "FAILED" if failed else "ok")
     return 1 if failed else 0
