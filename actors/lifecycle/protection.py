@@ -39,6 +39,7 @@ __all__ = [
     "place_stop",
     "protect",
     "read_position",
+    "record_for_venue_position",
 ]
 
 log = logging.getLogger("posguard.actor")
@@ -103,6 +104,26 @@ def orphan_stop_price(ctx: ActorContext, position: Position) -> float:
     raw_stop = position.entry_price * (1 - distance if position.side == "long" else 1 + distance)
     rules = ctx.rules.get(position.symbol)
     return rules.round_price(raw_stop) if rules is not None else raw_stop
+
+
+def record_for_venue_position(ctx: ActorContext, position: Position, *, intent_id: str, stop_price: float,
+                              reason: str, filled_at: str = "") -> PositionRecord:
+    """A record for a position the venue holds that posguard did not open through an intent
+    (an orphan adopted by the audit, a quarantined symbol's guard): what the venue shows."""
+    return PositionRecord(
+        symbol=position.symbol,
+        intent_id=intent_id,
+        state=State.OPEN,
+        side="buy" if position.side == "long" else "sell",
+        qty=position.size,
+        filled_qty=position.size,
+        entry_price=position.entry_price,
+        stop_price=stop_price,
+        client_order_id=ids.entry_id(ctx.account, intent_id),
+        reason=reason,
+        sent_ms=position.ts_ms,
+        filled_at=filled_at,
+    )
 
 
 async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> StopResult:

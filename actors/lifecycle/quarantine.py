@@ -18,11 +18,10 @@ from typing import Any
 
 import anyio
 
-from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
-from posguard.actors.lifecycle.protection import orphan_stop_price, protect
-from posguard.actors.records import BadRecord, PositionRecord, RecordDefect, State
+from posguard.actors.lifecycle.protection import orphan_stop_price, protect, record_for_venue_position
+from posguard.actors.records import BadRecord, PositionRecord, RecordDefect
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.events import Position
 from posguard.streams.venue.markets import QTY_TOLERANCE
@@ -59,19 +58,9 @@ async def guard(ctx: ActorContext, finding: Finding, *, alert: bool) -> str:
     position = finding.position
     if position is None:
         return "left as it is for a person; nothing to protect"
-    intent_id = f"quarantine-{position.ts_ms}"
-    guard_record = PositionRecord(
-        symbol=position.symbol,
-        intent_id=intent_id,
-        state=State.OPEN,
-        side="buy" if position.side == "long" else "sell",
-        qty=position.size,
-        filled_qty=position.size,
-        entry_price=position.entry_price,
-        stop_price=orphan_stop_price(ctx, position),
-        client_order_id=ids.entry_id(ctx.account, intent_id),
+    guard_record = record_for_venue_position(
+        ctx, position, intent_id=f"quarantine-{position.ts_ms}", stop_price=orphan_stop_price(ctx, position),
         reason=f"guarding a venue position whose record is unusable ({defect.key})",
-        sent_ms=position.ts_ms,
     )
     guard_ctx = dataclasses.replace(ctx, store=_JournalOnly(ctx.store), observers=[])
     await guard_ctx.save(guard_record, f"quarantine: guarding {position.side} {position.size} (record unusable)")

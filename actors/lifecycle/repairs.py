@@ -30,6 +30,7 @@ from posguard.actors.lifecycle.protection import (
     place_stop,
     protect,
     read_position,
+    record_for_venue_position,
 )
 from posguard.actors.orders import cancel_leftover_stops
 from posguard.actors.records import IN_FLIGHT_STATES, BadRecord, PositionRecord, RecordDefect, State, utc_now
@@ -243,21 +244,10 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
 
 
 async def _adopt(ctx: ActorContext, position: Position) -> str:
-    stop = orphan_stop_price(ctx, position)
-    intent_id = f"adopt-{position.ts_ms}"
-    record = PositionRecord(
-        symbol=position.symbol,
-        intent_id=intent_id,
-        state=State.OPEN,
-        side="buy" if position.side == "long" else "sell",
-        qty=position.size,
-        filled_qty=position.size,
-        entry_price=position.entry_price,
-        stop_price=position.stop_price or stop,
-        client_order_id=ids.entry_id(ctx.account, intent_id),
-        reason="adopted by the audit: the venue held a position Redis did not know",
-        sent_ms=position.ts_ms,
-        filled_at=utc_now(),
+    record = record_for_venue_position(
+        ctx, position, intent_id=f"adopt-{position.ts_ms}",
+        stop_price=position.stop_price or orphan_stop_price(ctx, position),
+        reason="adopted by the audit: the venue held a position Redis did not know", filled_at=utc_now(),
     )
     await ctx.save(record, "audit: orphan adopted")
     await ctx.alert(position.symbol, f"orphan position adopted: {position.side} {position.size}")
