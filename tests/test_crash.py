@@ -31,6 +31,7 @@ from posguard.actors import ids
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
+from posguard.streams.emulators.bybit.client import run_config
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
@@ -46,16 +47,7 @@ UNPROTECTED_BOUND = 10.0  # seconds: restart + start-up audit, with room for a l
 
 
 def write_config(path: Path, emu: EmulatorServer, redis_url: str) -> Path:
-    path.write_text(f"""
-[account]
-name = "{ACCOUNT}"
-[venue]
-kind = "bybit"
-testnet = false
-rest_url = "{emu.rest_url}"
-ws_url = "{emu.ws_url}"
-[redis]
-url = "{redis_url}"
+    path.write_text(run_config(emu, redis_url, ACCOUNT, """
 [streams]
 stale_after = 5.0
 [verification]
@@ -69,7 +61,7 @@ interval = 3.0
 [intents]
 # Intents here may wait through many kills: staleness is not what this test is about.
 max_age = 3600.0
-""")
+"""))
     return path
 
 

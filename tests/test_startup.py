@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from posguard.streams.emulators.bybit import DEFAULT_API_KEY, DEFAULT_API_SECRET, EmulatorServer, running_emulator
+from posguard.streams.emulators.bybit.client import run_config
 from posguard.supervisor.redis_server import free_port
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
@@ -29,18 +30,7 @@ ACCOUNT = "startup"
 
 
 def bybit_config(path: Path, emu: EmulatorServer, redis_url: str, extra: str = "") -> Path:
-    path.write_text(f"""
-[account]
-name = "{ACCOUNT}"
-[venue]
-kind = "bybit"
-testnet = false
-rest_url = "{emu.rest_url}"
-ws_url = "{emu.ws_url}"
-[redis]
-url = "{redis_url}"
-{extra}
-""")
+    path.write_text(run_config(emu, redis_url, ACCOUNT, extra))
     return path
 
 

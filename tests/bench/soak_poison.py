@@ -35,6 +35,7 @@ from posguard.actors import ids
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
+from posguard.streams.emulators.bybit.client import run_config
 from posguard.supervisor.redis_server import PrivateRedisServer, restart_redis_server, start_redis_server
 from tests.bench.common import machine, print_table
 
@@ -81,23 +82,14 @@ def poison_kinds(now_ms: int) -> dict[str, dict[str, str]]:
 
 
 def write_config(path: Path, emu: EmulatorServer, redis_url: str) -> Path:
-    path.write_text(f"""
-[account]
-name = "{ACCOUNT}"
-[venue]
-kind = "bybit"
-testnet = false
-rest_url = "{emu.rest_url}"
-ws_url = "{emu.ws_url}"
-[redis]
-url = "{redis_url}"
+    path.write_text(run_config(emu, redis_url, ACCOUNT, """
 [verification]
 push_deadline = 1.0
 hard_deadline = 20.0
 lookup_grace = 2.0
 [audit]
 interval = 5.0
-""")
+"""))
     return path
 
 

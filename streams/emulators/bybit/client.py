@@ -15,7 +15,7 @@ from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit.server import DEFAULT_API_KEY, DEFAULT_API_SECRET, EmulatorServer
 
-__all__ = ["FAST_STREAMS", "bybit_venue", "emulator_config"]
+__all__ = ["FAST_STREAMS", "bybit_venue", "emulator_config", "run_config"]
 
 FAST_STREAMS = {
     "heartbeat_interval": 0.2,
@@ -53,3 +53,20 @@ async def bybit_venue(
         await venue.aclose()
 
 
+
+
+def run_config(emu: EmulatorServer, redis_url: str, account: str, extra: str = "") -> str:
+    """A config.toml for ``posguard run`` against ``emu`` (API key ``emulator-key``, secret
+    ``emulator-secret`` in the environment): the start of a rehearsal."""
+    return f"""
+[account]
+name = "{account}"
+[venue]
+kind = "bybit"
+testnet = false
+rest_url = "{emu.rest_url}"
+ws_url = "{emu.ws_url}"
+[redis]
+url = "{redis_url}"
+{extra}
+"""
