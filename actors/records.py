@@ -12,7 +12,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -143,49 +143,71 @@ _TIMESTAMPS = frozenset({"created_at", "updated_at", "filled_at", "protected_at"
 _NEVER_EMPTY = frozenset({"symbol", "intent_id", "client_order_id"})
 
 
-def _parse_field(name: str, kind: Any, text: str, required: bool) -> Any:
-    """One field's value from its text, exactly as `PositionRecord.to_fields` writes it.
+def _field_parser(name: str, kind: Any, required: bool) -> Callable[[str], Any]:
+    """How one field's value is read from its text, exactly as `PositionRecord.to_fields`
+    writes it (built once per field: decoding runs for every record at every audit).
 
-    Raises ValueError with the reason. No stripping, no lenient parsing: text posguard did not
-    write is not guessed at.
+    The parser raises ValueError with the reason. No stripping, no lenient parsing: text
+    posguard did not write is not guessed at.
     """
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        if text == "":
-            return None
+    optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+    if optional:
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if kind is str:
-        if name in _NEVER_EMPTY and text == "":
-            raise ValueError("must not be empty")
-        if name in _TIMESTAMPS and text != "":
-            try:
-                stamp = datetime.fromisoformat(text)
-            except ValueError:
-                raise ValueError("not an ISO 8601 timestamp") from None
-            if stamp.tzinfo is None:
-                raise ValueError("a timestamp without its UTC offset")
-        return text
+        never_empty, timestamp = name in _NEVER_EMPTY, name in _TIMESTAMPS
+
+        def parse_text(text: str) -> Any:
+            if never_empty and text == "":
+                raise ValueError("must not be empty")
+            if timestamp and text != "":
+                try:
+                    stamp = datetime.fromisoformat(text)
+                except ValueError:
+                    raise ValueError("not an ISO 8601 timestamp") from None
+                if stamp.tzinfo is None:
+                    raise ValueError("a timestamp without its UTC offset")
+            return text
+
+        return _or_none(parse_text) if optional else parse_text
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        allowed = [m.value for m in kind]
+        allowed: list[Any] | None = [m.value for m in kind]
+        convert: Callable[[str], Any] = kind
     else:
         allowed = list(typing.get_args(kind)) if typing.get_origin(kind) is Literal else None
+        convert = str
     if allowed is not None:
-        if text not in allowed:
-            raise ValueError(f"not one of {', '.join(repr(a) for a in allowed)}")
-        return kind(text) if isinstance(kind, type) else text
-    if text == "" and not required:
-        return msgspec.NODEFAULT  # empty means "not known yet": the default
+        members, listed = frozenset(allowed), ", ".join(repr(a) for a in allowed)
+
+        def parse_choice(text: str) -> Any:
+            if text not in members:
+                raise ValueError(f"not one of {listed}")
+            return convert(text)
+
+        return _or_none(parse_choice) if optional else parse_choice
     if kind is int:
-        if not _INTEGER.fullmatch(text):
-            raise ValueError("not a whole number >= 0 (digits only)")
-        return int(text)
-    if kind is float:
-        if not _DECIMAL.fullmatch(text):
-            raise ValueError("not a decimal number (digits, one '.', an optional exponent; no spaces)")
-        value = float(text)
-        if not math.isfinite(value) or value < 0:
-            raise ValueError("not a finite number >= 0")
-        return value
-    raise AssertionError(f"PositionRecord.{name}: no parser for {kind!r}")  # pragma: no cover
+        def parse_number(text: str) -> Any:
+            if not _INTEGER.fullmatch(text):
+                raise ValueError("not a whole number >= 0 (digits only)")
+            return int(text)
+    elif kind is float:
+        def parse_number(text: str) -> Any:
+            if not _DECIMAL.fullmatch(text):
+                raise ValueError("not a decimal number (digits, one '.', an optional exponent; no spaces)")
+            value = float(text)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError("not a finite number >= 0")
+            return value
+    else:  # pragma: no cover
+        raise AssertionError(f"PositionRecord.{name}: no parser for {kind!r}")
+    if optional:
+        return _or_none(parse_number)
+    if not required:
+        return lambda text: msgspec.NODEFAULT if text == "" else parse_number(text)  # empty: not known yet
+    return parse_number
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: None if text == "" else parse(text)
 
 
 def decode_record(fields: Mapping[str, str | bytes], *, symbol: str | None = None) -> PositionRecord:
@@ -198,21 +220,20 @@ def decode_record(fields: Mapping[str, str | bytes], *, symbol: str | None = Non
     Fields posguard does not know are ignored; a missing optional field takes its default.
     """
     values: dict[str, Any] = {}
-    for info in msgspec.structs.fields(PositionRecord):
-        required = info.required
-        text = fields.get(info.name)
+    for name, required, parse in _PARSERS:
+        text = fields.get(name)
         if text is None:
             if required:
-                raise _bad(fields, symbol, info.name, "<missing>", "the field is missing")
+                raise _bad(fields, symbol, name, "<missing>", "the field is missing")
             continue
         if not isinstance(text, str):  # bytes that are not UTF-8 (the client could not decode them)
-            raise _bad(fields, symbol, info.name, repr(text), "not UTF-8 text")
+            raise _bad(fields, symbol, name, repr(text), "not UTF-8 text")
         try:
-            value = _parse_field(info.name, _FIELD_TYPES[info.name], text, required)
+            value = parse(text)
         except ValueError as exc:
-            raise _bad(fields, symbol, info.name, text, str(exc)) from None
+            raise _bad(fields, symbol, name, text, str(exc)) from None
         if value is not msgspec.NODEFAULT:
-            values[info.name] = value
+            values[name] = value
     if symbol is not None and values["symbol"] != symbol:
         raise _bad(fields, symbol, "symbol", values["symbol"], f"not the symbol of its key ({symbol})")
     return PositionRecord(**values)
@@ -226,6 +247,10 @@ def _bad(fields: Mapping[str, str | bytes], symbol: str | None, name: str, text:
 
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(PositionRecord)
+_PARSERS: list[tuple[str, bool, Callable[[str], Any]]] = [
+    (info.name, info.required, _field_parser(info.name, _FIELD_TYPES[info.name], info.required))
+    for info in msgspec.structs.fields(PositionRecord)
+]
 
 
 def utc_now() -> str:
