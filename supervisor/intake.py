@@ -161,6 +161,8 @@ class IntentIntake:
         """Handled entries the stream keeps (`IntentStream.trim`)."""
         self.received = 0
         self.acked = 0
+        self.read_failures = 0
+        """Reads of the stream that Redis did not answer or refused (retried each second)."""
         self.internal_errors = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -182,6 +184,7 @@ class IntentIntake:
                 except Exception as exc:  # noqa: BLE001 - sorted by the one rule just below
                     if not is_redis_failure(exc):
                         raise
+                    self.read_failures += 1
                     log.warning("intents stream unreadable (%s: %s); retrying in 1 s", type(exc).__name__, exc)
                     await anyio.sleep(1.0)
                     continue

@@ -257,3 +257,41 @@ async def test_an_open_that_went_stale_waiting_in_the_mailbox_is_not_sent(
 def test_a_malformed_expiry_is_refused_naming_the_field() -> None:
     with pytest.raises(BadIntent, match="^expires_ms:"):
         parse_intent({"intent_id": "x", "action": "close", "symbol": "BTC/USDT:USDT", "expires_ms": "soon"})
+
+
+# -- found by a hostile session: bytes and keys of the wrong type ----------------------------
+
+
+def _redis_cli_raw(redis_url: str, command: bytes) -> None:
+    """A command with bytes that are not UTF-8, as ``printf ... | redis-cli`` sends them."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    result = subprocess.run(["redis-cli", "-h", host, "-p", port], input=command, capture_output=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+
+
+async def test_fields_that_are_not_utf8_are_refused_and_the_intake_goes_on(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        key = KEYS.intents.encode()
+        _redis_cli_raw(redis_url, b'XADD ' + key + b' * intent_id "\\xff\\xfe" action close symbol BTC/USDT:USDT\n')
+        _redis_cli_raw(redis_url, b'XADD ' + key + b' * intent_id bytes-2 action open symbol "\\xff" side buy'
+                                  b' qty 0.01 stop_price 58800\n')
+        xadd(redis_url, intent_id="good-after-bytes", **BTC_OPEN)
+        assert (await final_reply(engine, "good-after-bytes"))["outcome"] == "protected"
+        assert (await final_reply(engine, "bytes-2"))["status"] == "rejected"
+        await _wait_acked(intake, 3)
+        assert redis_cli(redis_url, "XPENDING", KEYS.intents, GROUP).splitlines()[0] == "0"
+        assert venue.calls["create_order"] == 1
+
+
+async def test_an_intents_key_of_the_wrong_type_stops_nothing(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        redis_cli(redis_url, "DEL", KEYS.intents)
+        redis_cli(redis_url, "SET", KEYS.intents, "oops")
+        with anyio.fail_after(30):
+            while intake.read_failures < 2:  # the reads fail with WRONGTYPE, and are retried
+                await anyio.sleep(0.05)
+        redis_cli(redis_url, "DEL", KEYS.intents)
+        xadd(redis_url, intent_id="good-after-wrongtype", **BTC_OPEN)
+        assert (await final_reply(engine, "good-after-wrongtype"))["outcome"] == "protected"

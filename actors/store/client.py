@@ -55,6 +55,7 @@ REDIS_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.AuthorizationError,  # NOPERM
     coredis.exceptions.ClusterDownError,
     coredis.exceptions.TryAgainError,
+    coredis.exceptions.WrongTypeError,  # WRONGTYPE: a key of ours holds another type (hand-edited)
     TimeoutError,
     OSError,
 )

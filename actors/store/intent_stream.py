@@ -65,8 +65,17 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _text(value: str | bytes) -> str:
+    """A field as text. Bytes that are not UTF-8 (the client could not decode them) become
+    their escaped form, which no validation accepts: refused, never a crash."""
+    return value if isinstance(value, str) else value.decode("utf-8", errors="backslashreplace")
+
+
 def _entries(raw: Any) -> list[StreamEntry]:
-    return [StreamEntry(entry.identifier, dict(entry.field_values)) for entry in raw]
+    return [
+        StreamEntry(_text(entry.identifier), {_text(k): _text(v) for k, v in entry.field_values.items()})
+        for entry in raw
+    ]
 
 
 class IntentStream:
