@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--dry-run", action="store_true", help="report what would be repaired, change nothing")
     events = commands.add_parser("events", help="show (and follow) a Redis stream")
     events.add_argument("--stream", choices=["journal", "audit", "alerts", "events", "intents"], default="journal")
-    events.add_argument("--count", type=int, default=20, help="how many recent entries to show first")
+    events.add_argument("--count", type=_bounded(int, 1, 100_000), default=20,
+                        help="how many recent entries to show first (1-100000)")
     events.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     open_ = commands.add_parser("open", help="send an open intent and follow it to its outcome")
     open_.add_argument("symbol", help="ccxt unified symbol, e.g. BTC/USDT:USDT")
@@ -65,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("symbol")
     for sub in (open_, close):
         sub.add_argument("--intent-id", help="idempotency key (default: generated)")
-        sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the outcome")
+        sub.add_argument("--timeout", type=_bounded(float, 1.0, 86_400.0), default=120.0,
+                         help="seconds to wait for the outcome (1-86400)")
     safe = commands.add_parser("safe-mode", help="leave safe mode (after fixing what caused it)")
     safe.add_argument("action", choices=["off"])
     emulator = commands.add_parser(
@@ -76,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_emulator_arguments(emulator)
     return parser
+
+
+def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], int | float]:
+    """An argparse type: a finite number in [low, high], else a usage error (exit 2) before
+    anything is sent."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (low <= value <= high):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}-{high:g}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("posguard: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``posguard status | head -1``): what it read is all it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:
         print(f"posguard: cannot reach a service: {exc}", file=sys.stderr)
         return EXIT_MISSING
@@ -150,8 +173,6 @@ def _run_async(config: Config, call: Callable[[], Awaitable[int]]) -> int:
 
 
 def _configure_logging(config: Config, args: argparse.Namespace) -> None:
-    import os
-
     from posguard.supervisor.logs import configure_logging
 
     level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[

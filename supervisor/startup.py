@@ -70,8 +70,8 @@ def explain_start_failure(exc: BaseException, config: Config) -> BaseException:
     what this module recognises, otherwise the innermost error itself."""
     leaf = innermost(exc)
     url = redact_url(config.redis.url)
-    if isinstance(leaf, (ConfigError, ServiceUnavailable)):
-        return leaf
+    if isinstance(leaf, (ConfigError, ServiceUnavailable, BrokenPipeError)):
+        return leaf  # a broken pipe is our reader leaving (``| head``), not Redis
     if isinstance(leaf, VenueAuthFailed):
         return ServiceUnavailable(f"{leaf}; {credentials_hint(config)}")
     if is_redis_refusal(leaf):

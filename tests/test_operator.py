@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.redis_server import free_port
 from tests.clock import IOAwareMockClock
 from tests.support import open_intent, running_engine, wait_streams_healthy
+from tests.test_intents import redis_cli
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ["atomic_operation_failures_total", "position_verification_lag_seconds", "rollback_attempts_total",
@@ -150,3 +153,38 @@ async def test_readme_redis_schema_matches_what_the_demo_writes(redis_url: str) 
         assert f"`{field}`" in readme, f"position field {field} not documented"
     for field in journal[0].field_values:
         assert field in readme.split("| `posguard:{acct}:journal` |")[1].split("\n")[0], f"journal field {field}"
+
+
+# -- found by a hostile session ---------------------------------------------------------------
+
+
+def _config_file(tmp_path: Path, redis_url: str) -> Path:
+    path = tmp_path / "ops.toml"
+    path.write_text(f'[redis]\nurl = "{redis_url}"\n[account]\nname = "ops"\n')
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["open", "BTC/USDT:USDT", "buy", "0.01", "--stop-price", "58800", "--timeout", "nan"],
+    ["open", "BTC/USDT:USDT", "buy", "0.01", "--stop-price", "58800", "--timeout", "-1"],
+    ["close", "BTC/USDT:USDT", "--timeout", "0"],
+    ["events", "--count", "0"],
+    ["events", "--count", "99999999999999999999"],
+])
+def test_a_bad_argument_is_a_usage_error_and_sends_nothing(argv: list[str], tmp_path: Path, redis_url: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "posguard", "--config", str(_config_file(tmp_path, redis_url)),
+                             *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and ("outside" in result.stderr or "not a number" in result.stderr)
+    assert redis_cli(redis_url, "EXISTS", Keys("ops").intents) == "0", "nothing may be sent before the check"
+
+
+def test_a_reader_that_leaves_early_is_not_a_redis_outage(tmp_path: Path, redis_url: str) -> None:
+    """``posguard status | head -1``: the pipe closes, which is no reason to blame Redis."""
+    process = subprocess.Popen([sys.executable, "-m", "posguard", "--config", str(_config_file(tmp_path, redis_url)),
+                                "status"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before posguard writes its first line
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0, stderr
+    assert "unreachable" not in stderr and "Traceback" not in stderr
