@@ -210,6 +210,23 @@ async def test_trimming_the_intents_stream_never_drops_a_pending_or_unread_entry
         assert [e.entry_id for e in await stream.entries()] == ids[-3:], "all handled: the newest 3 kept"
 
 
+async def test_one_pending_entry_never_trims_the_history_below_what_is_kept(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Found by a hostile session: with any entry pending, everything older than it went,
+    whatever ``keep`` said (3,000 intents left 1,955 of the documented 10,000)."""
+    async with open_redis(redis_url) as client:
+        stream = IntentStream(client, ACCOUNT)
+        await stream.ensure_group()
+        ids = [await stream.add({"intent_id": f"h-{n}", "action": "close", "symbol": "BTC/USDT:USDT"})
+               for n in range(25)]
+        for entry in await stream.read("c1", ">", count=100, block_ms=None):
+            if entry.entry_id != ids[20]:
+                await stream.ack(entry.entry_id)
+        await stream.trim(keep=10)
+        assert [e.entry_id for e in await stream.entries()] == ids[15:], "the newest 10 stay, pending or not"
+
+
 async def test_the_intake_trims_the_intents_stream_as_it_goes(clock: IOAwareMockClock, redis_url: str) -> None:
     async with with_intake(redis_url, clock) as (venue, engine, intake):
         intake.keep_entries = 2

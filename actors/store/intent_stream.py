@@ -112,25 +112,27 @@ class IntentStream:
         await self.client.xack(self.keys.intents, GROUP, [entry_id])
 
     async def trim(self, *, keep: int = KEEP_ENTRIES) -> int:
-        """Drop handled entries, keeping about the newest ``keep``; returns how many went.
+        """Drop handled entries beyond the newest ``keep``; returns how many went.
 
         Never an entry the group has not read yet (newer than its last-delivered id) nor one
-        still pending (read, not acknowledged): when nothing is pending and fewer than
-        ``keep`` entries are unread, the newest ``keep`` stay (MAXLEN); otherwise everything
-        older than the oldest pending or unread entry goes (MINID), which may leave less
-        history but never loses work. A stream without the group is left alone.
+        still pending (read, not acknowledged): the cut (MINID) is the oldest of the ``keep``-th
+        newest entry, the oldest pending one and the last delivered one, so a pending entry
+        may keep more than ``keep`` but never fewer. A stream without the group is left alone.
         """
         key = self.keys.intents
         group = next((g for g in await self.client.xinfo_groups(key) if g.get("name") == GROUP), None)
         if group is None:
             return 0
-        pending = int(group.get("pending") or 0)
-        lag = group.get("lag")  # entries not delivered yet; Redis >= 7.0, None when unknown
-        if pending == 0 and lag is not None and int(lag) <= keep:
-            return await self.client.xtrim(key, trim_strategy=PureToken.MAXLEN, threshold=keep,
-                                           trim_operator=PureToken.EQUAL)
-        floor = str(group.get("last-delivered-id") or "0-0")
-        if pending:
+        length = await self.client.xlen(key)
+        if length <= keep:
+            return 0
+        # The entries beyond the newest ``keep``, and the first one to keep (the last read here).
+        beyond = await self.client.xrange(key, "-", "+", count=length - keep + 1)
+        floor = beyond[-1].identifier
+        delivered = str(group.get("last-delivered-id") or "0-0")
+        if _id_key(delivered) < _id_key(floor):
+            floor = delivered
+        if int(group.get("pending") or 0):
             oldest = (await self.client.xpending(key, GROUP)).minimum_identifier
             if oldest and _id_key(oldest) < _id_key(floor):
                 floor = oldest

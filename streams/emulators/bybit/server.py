@@ -98,7 +98,9 @@ async def running_emulator(**kwargs: Any) -> AsyncIterator[EmulatorServer]:
 async def serve_forever(port: int, *, api_key: str, seed: int, api_secret: str = DEFAULT_API_SECRET) -> None:
     server = EmulatorServer(api_key=api_key, api_secret=api_secret, seed=seed)
     await server.start(port)
-    print(f"Bybit V5 emulator on {server.rest_url} (REST) and {server.ws_url}/v5/private (private WS)")
+    print(f"Bybit V5 emulator on {server.rest_url} (REST) and {server.ws_url}/v5/private (private WS);"
+          f' point posguard at it with venue.rest_url = "{server.rest_url}", venue.ws_url = "{server.ws_url}"',
+          flush=True)
     print(f"API key: {api_key!r}, secret: {api_secret!r} (requests must be signed with it, as on Bybit); control API: {server.rest_url}/_control/truth")
     try:
         await asyncio.Event().wait()
