@@ -177,12 +177,17 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
         intents = IntentStream(client, config.account.name)
         if not _alive(await OperatorConsole(client, config.account.name).health()):
             out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
+        # Replies already in the list answer an earlier use of this id, not this one.
+        earlier = await intents.replies_waiting(fields["intent_id"])
         await intents.add(fields)
         out(f"intent {fields['intent_id']} sent")
         with anyio.move_on_after(timeout):
             while True:
                 reply = await intents.next_reply(fields["intent_id"], timeout_s=1)
                 if reply is None:
+                    continue
+                if earlier:
+                    earlier -= 1
                     continue
                 detail = " ".join(f"{k}={reply[k]}" for k in ("outcome", "reason", "client_order_id") if reply.get(k))
                 out(f"{reply['status']} {detail}".rstrip())

@@ -189,3 +189,42 @@ url = "{redis_url}"
             code = await process.wait()
     assert code == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+async def test_open_with_an_id_already_used_reports_the_duplicate_not_the_old_replies(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Found by a hostile session: replies a strategy left unread under an id were printed as
+    the outcome of ``posguard open --intent-id`` with that id (exit 0, for a position that was
+    never opened)."""
+    import coredis
+
+    from posguard.actors.store.keys import Keys
+
+    keys = Keys(ACCOUNT)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[account]\nname = "{ACCOUNT}"\n[redis]\nurl = "{redis_url}"\n')
+    process = await anyio.open_process(
+        [sys.executable, "-m", "posguard", "--config", str(config), "run", "--simulated-venue"],
+        cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+            await client.xadd(keys.intents, {"intent_id": "rr1", "action": "open", "symbol": "ETH/USDT:USDT",
+                                             "side": "buy", "qty": "0.1", "stop_price": "2900"})
+            with anyio.fail_after(60):
+                while '"done"' not in "".join(await client.lrange(keys.reply("rr1"), 0, -1)):
+                    await anyio.sleep(0.1)
+        again = await anyio.run_process(
+            [sys.executable, "-m", "posguard", "--config", str(config), "open", "BTC/USDT:USDT", "buy", "0.01",
+             "--stop-price", "58800", "--intent-id", "rr1", "--timeout", "30"],
+            cwd=REPO, env=dict(os.environ), check=False)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await process.wait()
+    printed = again.stdout.decode()
+    assert again.returncode == 1, printed
+    lines = printed.splitlines()
+    assert any(line.startswith("duplicate ") for line in lines), printed
+    assert not any(line.startswith(("accepted", "done")) for line in lines), "an earlier use's replies shown"

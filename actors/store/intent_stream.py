@@ -147,6 +147,10 @@ class IntentStream:
         """Append an intent, as a strategy would (the operator's ``open``/``close``)."""
         return await self.client.xadd(self.keys.intents, fields)
 
+    async def replies_waiting(self, intent_id: str) -> int:
+        """How many replies the intent's list holds now (ones another client left unread)."""
+        return await self.client.llen(self.keys.reply(intent_id))
+
     async def next_reply(self, intent_id: str, *, timeout_s: int) -> dict[str, Any] | None:
         """The intent's next reply (``BLPOP`` on its reply list), or None after ``timeout_s``."""
         popped = await self.client.blpop([self.keys.reply(intent_id)], timeout=timeout_s)
