@@ -18,7 +18,7 @@ import anyio
 import msgspec
 
 from posguard.actors.store.client import is_redis_failure
-from posguard.actors.store.health import HealthStatus
+from posguard.actors.store.health import HealthStatus, StreamHealth
 from posguard.actors.store.positions import Store
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.supervisor.audit import AuditReport
@@ -172,6 +172,12 @@ class RedisWatchdog:
         report = await self.audit_now()
         if report is None:
             return
+        if self._data_lost:
+            # The stream fields went with the data; the ingestor writes them only on a change.
+            await self.store.publish_streams({
+                topic: StreamHealth(connected=connected, reason="shown again after Redis lost its data")
+                for topic, (connected, _since) in self.board.health().items()
+            })
         self._data_lost = ""
         self._data_recovered.set()
         self.gate.paused.pop(UNREACHABLE, None)

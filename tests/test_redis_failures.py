@@ -152,6 +152,9 @@ async def test_flushall_recreates_the_group_adopts_what_the_venue_holds_and_entr
         assert record is not None and "adopted" in record.reason, "the venue's position is known again"
         alerts = redis_cli(server, "XRANGE", KEYS.alerts, "-", "+")
         assert "Redis lost its data" in alerts, alerts
+        health = await engine.store.read_health()
+        assert all(health.stream(topic).connected for topic in ("positions", "orders", "executions")), \
+            "the streams' state is shown again, not 'unknown' until the next reconnect"
 
         xadd_open(server, "after-flush", "ETH/USDT:USDT", "0.1", "2940")
         assert (await final_status(engine, "after-flush"))[:2] == ("done", "protected")

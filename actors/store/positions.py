@@ -17,7 +17,7 @@ from coredis.tokens import PureToken
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
 from posguard.actors.records import BadRecord, PositionRecord, RecordDefect, decode_record, utc_now
-from posguard.actors.store.health import Health, HealthStatus, decode_health, encode_fields
+from posguard.actors.store.health import Health, HealthStatus, StreamHealth, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
 __all__ = [
@@ -87,6 +87,10 @@ class Store(Protocol):
 
     async def publish_status(self, status: HealthStatus) -> None:
         """Write the status fields of the health hash that ``status`` sets (never a request)."""
+        ...
+
+    async def publish_streams(self, streams: dict[str, StreamHealth]) -> None:
+        """Write the per-topic stream fields of the health hash."""
         ...
 
     async def read_health(self) -> Health: ...
@@ -190,6 +194,11 @@ class RedisStore:
 
     async def publish_status(self, status: HealthStatus) -> None:
         fields = encode_fields(status)
+        if fields:
+            await self.client.hset(self.keys.health, fields)
+
+    async def publish_streams(self, streams: dict[str, StreamHealth]) -> None:
+        fields = {k: v for topic, stream in streams.items() for k, v in encode_fields(stream, topic=topic).items()}
         if fields:
             await self.client.hset(self.keys.health, fields)
 
