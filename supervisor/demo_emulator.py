@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit.client import bybit_venue
 from posguard.streams.emulators.bybit.server import EmulatorServer, running_emulator
-from posguard.streams.venue.markets import QTY_TOLERANCE
+from posguard.streams.emulators.bybit.truth import unprotected
 from posguard.supervisor.config import Config
 
 __all__ = ["EmulatorDemoVenue", "open_emulator_demo_venue"]
@@ -44,23 +43,11 @@ class EmulatorDemoVenue:
         times = [e["time_ms"] for e in self.emu.truth()["executions"] if e["order_link_id"] == client_order_id]
         return min(times) / 1000 - self._epoch_offset if times else None
 
-    def _unprotected(self, truth: dict[str, Any]) -> list[str]:
-        bare = []
-        for symbol, position in truth["positions"].items():
-            if position["stop_loss"]:
-                continue
-            closing = "Sell" if position["side"] == "Buy" else "Buy"
-            covered = sum(o["qty"] for o in truth["orders"] if o["symbol"] == symbol and o["side"] == closing
-                          and o["status"] == "Untriggered" and o["reduce_only"])
-            if covered < position["size"] - QTY_TOLERANCE:
-                bare.append(symbol)
-        return bare
-
     async def watch(self) -> None:
         """Sample the emulator's truth every 20 ms for stretches without a stop."""
         while True:
             now = anyio.current_time()
-            bare = set(self._unprotected(self.emu.truth()))
+            bare = set(unprotected(self.emu.truth()))
             for symbol in list(self._since):
                 if symbol not in bare:
                     self._windows.append((symbol, now - self._since.pop(symbol)))
@@ -69,7 +56,7 @@ class EmulatorDemoVenue:
             await anyio.sleep(0.02)
 
     def unprotected_now(self) -> list[str]:
-        return self._unprotected(self.emu.truth())
+        return unprotected(self.emu.truth())
 
     def unprotected_windows(self) -> list[tuple[str, float]]:
         now = anyio.current_time()

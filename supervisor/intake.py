@@ -47,6 +47,7 @@ __all__ = [
     "IntentIntake",
     "arrival_ms",
     "parse_intent",
+    "reply_id",
 ]
 
 log = logging.getLogger("posguard.intake")
@@ -127,6 +128,13 @@ def arrival_ms(entry_id: str) -> int:
     """When Redis received a stream entry: the ms part of its id (Redis' clock)."""
     ms, _, _ = entry_id.partition("-")
     return int(ms) if ms.isdigit() else 0
+
+
+def reply_id(fields: dict[str, str], entry_id: str) -> str:
+    """The id a refused entry is answered under: its own when well-formed, otherwise
+    ``invalid-<entry id>``, which the client that sent it can find (XADD returned the id)."""
+    intent_id = fields.get("intent_id", "")
+    return intent_id if INTENT_ID_PATTERN.fullmatch(intent_id) else f"invalid-{entry_id}"
 
 
 class IntentIntake:
@@ -280,9 +288,7 @@ class IntentIntake:
         """A bug met while handling one entry: answer it, tell a person, acknowledge it."""
         self.internal_errors += 1
         fields = entry.fields
-        intent_id = fields.get("intent_id", "")
-        if not INTENT_ID_PATTERN.fullmatch(intent_id):
-            intent_id = f"invalid-{entry.entry_id}"
+        intent_id = reply_id(fields, entry.entry_id)
         symbol = fields.get("symbol", "")[:64]
         message = (f"intent {intent_id} (entry {entry.entry_id}): internal error {type(exc).__name__};"
                    " refused, nothing sent; the traceback is in posguard's log")
@@ -306,9 +312,7 @@ class IntentIntake:
         await self._ack(entry_id)
 
     async def _reject_malformed(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
-        intent_id = fields.get("intent_id", "")
-        if not INTENT_ID_PATTERN.fullmatch(intent_id):
-            intent_id = f"invalid-{entry_id}"  # still a key a client can find
+        intent_id = reply_id(fields, entry_id)
         log.warning("intent %s refused: %s", intent_id, reason)
         await self.engine.store.save_intent(IntentRecord(
             intent_id=intent_id, action=fields.get("action", "")[:16], symbol=fields.get("symbol", "")[:64],

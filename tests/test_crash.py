@@ -32,6 +32,7 @@ from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
 from posguard.streams.emulators.bybit.client import run_config
+from posguard.streams.emulators.bybit.truth import is_protected
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
@@ -63,18 +64,6 @@ interval = 3.0
 max_age = 3600.0
 """))
     return path
-
-
-def is_protected(truth: dict, bybit_symbol: str) -> bool:
-    position = truth["positions"].get(bybit_symbol)
-    if position is None or position["stop_loss"]:
-        return True
-    closing = "Sell" if position["side"] == "Buy" else "Buy"
-    covered = sum(
-        o["qty"] for o in truth["orders"]
-        if o["symbol"] == bybit_symbol and o["status"] == "Untriggered" and o["reduce_only"] and o["side"] == closing
-    )
-    return covered >= position["size"] - 1e-9
 
 
 class ExposureMonitor:

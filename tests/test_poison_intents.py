@@ -236,6 +236,8 @@ async def test_the_intake_trims_the_intents_stream_as_it_goes(clock: IOAwareMock
         with anyio.fail_after(3 * intake.trim_interval):
             while int(redis_cli(redis_url, "XLEN", KEYS.intents)) > 2:
                 await anyio.sleep(1)
+        left = redis_cli(redis_url, "XRANGE", KEYS.intents, "-", "+")
+        assert "trim-5" in left and "trim-4" in left and "trim-3" not in left, "the newest two are kept"
 
 
 async def test_a_stale_open_is_refused_as_stale_before_anything_is_sent(

@@ -36,6 +36,7 @@ from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
 from posguard.streams.emulators.bybit.client import run_config
+from posguard.streams.emulators.bybit.truth import unprotected
 from posguard.supervisor.redis_server import PrivateRedisServer, restart_redis_server, start_redis_server
 from tests.bench.common import machine, print_table
 
@@ -91,19 +92,6 @@ lookup_grace = 2.0
 interval = 5.0
 """))
     return path
-
-
-def unprotected(truth: dict) -> list[str]:
-    bare = []
-    for bybit_symbol, position in truth["positions"].items():
-        if position["stop_loss"]:
-            continue
-        closing = "Sell" if position["side"] == "Buy" else "Buy"
-        covered = sum(o["qty"] for o in truth["orders"] if o["symbol"] == bybit_symbol and o["side"] == closing
-                      and o["status"] == "Untriggered" and o["reduce_only"])
-        if covered < position["size"] - 1e-9:
-            bare.append(bybit_symbol)
-    return bare
 
 
 async def disagreements(emu: EmulatorServer, client: coredis.Redis[str]) -> list[str]:

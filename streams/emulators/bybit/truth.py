@@ -1,0 +1,29 @@
+"""Reading the emulator's ground truth (``EmulatorServer.truth()``): which positions are
+bare. One rule for the demo, the crash test and the soak, so they judge alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from posguard.streams.venue.markets import QTY_TOLERANCE
+
+__all__ = ["is_protected", "unprotected"]
+
+
+def is_protected(truth: dict[str, Any], bybit_symbol: str) -> bool:
+    """No position, a stop held by the position, or untriggered reduce-only stop orders on the
+    closing side covering its whole size."""
+    position = truth["positions"].get(bybit_symbol)
+    if position is None or position["stop_loss"]:
+        return True
+    closing = "Sell" if position["side"] == "Buy" else "Buy"
+    covered = sum(
+        o["qty"] for o in truth["orders"]
+        if o["symbol"] == bybit_symbol and o["side"] == closing and o["status"] == "Untriggered" and o["reduce_only"]
+    )
+    return covered >= position["size"] - QTY_TOLERANCE
+
+
+def unprotected(truth: dict[str, Any]) -> list[str]:
+    """The Bybit symbols whose position has no stop covering it."""
+    return [symbol for symbol in truth["positions"] if not is_protected(truth, symbol)]
