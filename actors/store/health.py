@@ -127,17 +127,16 @@ def _parse(kind: type, text: str) -> Any:
 
 
 def _decode(struct: type[msgspec.Struct], raw: dict[str, str], prefix: str = "") -> Any:
-    hints = {name: t for name, t in zip(struct.__struct_fields__, _field_kinds(struct), strict=True)}
-    values = {name: _parse(kind, raw[prefix + name]) for name, kind in hints.items() if prefix + name in raw}
-    return struct(**values)
+    return struct(**{
+        field.name: _parse(_kind(field.type), raw[prefix + field.name])
+        for field in msgspec.structs.fields(struct)
+        if prefix + field.name in raw
+    })
 
 
-def _field_kinds(struct: type[msgspec.Struct]) -> list[type]:
-    kinds = []
-    for field in msgspec.structs.fields(struct):
-        args = getattr(field.type, "__args__", (field.type,))
-        kinds.append(next(a for a in args if a is not type(None)))
-    return kinds
+def _kind(annotation: Any) -> type:
+    """``bool | None`` -> ``bool``: every field of the schema is optional."""
+    return next(a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None))
 
 
 def decode_health(raw: dict[str, str]) -> Health:
