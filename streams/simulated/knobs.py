@@ -50,6 +50,9 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     """Probability that an entry order is rejected (insufficient margin)."""
     partial_fill_rate: float = 0.0
     """Probability that a market entry fills only partly; the rest is cancelled."""
+    split_fill_after: Lag | None = None
+    """When set, a market entry fills in two halves, the second this long after the first
+    (a thin book): the order is ``partially_filled`` in between, and the position grows."""
     attached_stop_missing_rate: float = 0.0
     """Probability that a stop-loss attached to an entry is silently not set."""
     stop_reject_rate: float = 0.0

@@ -180,12 +180,29 @@ class MatchingEngine:
         if self._knobs.partial_fill_rate and rng.random() < self._knobs.partial_fill_rate:
             qty = max(rules.min_qty, rules.round_qty(request.qty * rng.uniform(0.2, 0.8)))
             status = "cancelled" if qty < request.qty else "filled"
+        split = self._knobs.split_fill_after
+        if split is not None and status == "filled" and qty >= 2 * rules.min_qty:
+            first = max(rules.min_qty, rules.round_qty(qty / 2))
+            order = final("partially_filled", first, price)
+            self._record_order(order, rng)
+            self._fill_open(request, first, price, order_id, rng)
+            self._scheduler.schedule(split.sample(rng), lambda: self._fill_second_part(request, order, qty - first, rng))
+            return order
         order = final(status, qty, price)
         self._record_order(order, rng)
         self._fill_open(request, qty, price, order_id, rng)
         return order
 
-    def _fill_open(self, request: OrderRequest, qty: float, price: float, order_id: str, rng: random.Random) -> None:
+    def _fill_second_part(self, request: OrderRequest, first: Order, qty: float, rng: random.Random) -> None:
+        """The rest of a split entry (`FaultKnobs.split_fill_after`), at the price of the moment."""
+        price = self.prices[request.symbol]
+        avg = ((first.avg_price or price) * first.filled + price * qty) / (first.filled + qty)
+        self._record_order(msgspec.structs.replace(
+            first, status="filled", filled=first.filled + qty, avg_price=avg, ts_ms=self._clock.now_ms()), rng)
+        self._fill_open(request, qty, price, first.order_id, rng, first_part=False)
+
+    def _fill_open(self, request: OrderRequest, qty: float, price: float, order_id: str, rng: random.Random,
+                   *, first_part: bool = True) -> None:
         symbol = request.symbol
         side: PositionSide = "long" if request.side == "buy" else "short"
         position = self.truth.position(symbol)
@@ -209,6 +226,8 @@ class MatchingEngine:
             Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, ts_ms=self._clock.now_ms()),
             rng,
         )
+        if not first_part:
+            return
         self.truth.entries_filled[symbol] += 1
         if self._knobs.stop_out_rate and rng.random() < self._knobs.stop_out_rate:
             self._scheduler.schedule(self._knobs.stop_out_delay.sample(rng), lambda: self._stop_out(symbol))
