@@ -134,6 +134,8 @@ class Dialect:
 
     exchange_id: str
     supports_attached_stop: bool
+    unknown_order_is_final: bool
+    """See `Venue.unknown_order_is_final`."""
     executions_need_symbol: bool
     """True when the venue lists executions one symbol at a time."""
 
@@ -188,6 +190,7 @@ class BybitDialect(Dialect):
 
     exchange_id = "bybit"
     supports_attached_stop = True
+    unknown_order_is_final = True
     executions_need_symbol = False
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
@@ -290,6 +293,7 @@ class BinanceUsdmDialect(Dialect):
 
     exchange_id = "binanceusdm"
     supports_attached_stop = False
+    unknown_order_is_final = False  # "does not exist" for tens of seconds after creation (issue 14)
     executions_need_symbol = True
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:

@@ -101,6 +101,10 @@ class CcxtVenue:
     def supports_attached_stop(self) -> bool:
         return self._dialect.supports_attached_stop
 
+    @property
+    def unknown_order_is_final(self) -> bool:
+        return self._dialect.unknown_order_is_final
+
     def now_ms(self) -> int:
         return int(self._exchange.milliseconds() - (self._exchange.options.get("timeDifference") or 0))
 

@@ -127,6 +127,12 @@ class FakeVenue:
     def supports_attached_stop(self) -> bool:
         return self._supports_attached_stop
 
+    @property
+    def unknown_order_is_final(self) -> bool:
+        """Bybit-like (ids never reused) by default; Binance-like with
+        `FaultKnobs.reject_duplicate_client_ids` off."""
+        return self._knobs.reject_duplicate_client_ids
+
     async def __aenter__(self) -> FakeVenue:
         self._clock.start()
         self._task_group = anyio.create_task_group()

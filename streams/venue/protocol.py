@@ -58,6 +58,14 @@ class Venue(Protocol):
         """True when `OrderRequest.stop_loss` is honoured at the fill (the position's stop)."""
         ...
 
+    @property
+    def unknown_order_is_final(self) -> bool:
+        """True when an order the venue has kept calling unknown (`fetch_order` None, both its
+        open and history books) for `VerificationSettings.lookup_grace`, with no fill and no
+        position, can be taken as never placed. Bybit: yes (every orderLinkId is kept).
+        Binance: no (fresh orders read "does not exist" for tens of seconds; issue 14)."""
+        ...
+
     def now_ms(self) -> int:
         """The venue's clock in ms, as well as it is known here: the timebase of ``ts_ms``
         fields and of `fetch_executions`'s ``since_ms``."""
