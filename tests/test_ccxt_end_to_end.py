@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 
-from posguard.actors.intents import OpenIntent
+from posguard.actors.intents import CloseIntent, OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit import EmulatorServer, ScriptedFailure, running_emulator
 from posguard.supervisor.engine import Engine
+from posguard.supervisor.supervision import AuditSettings
 from tests.emulator_fixtures import bybit_venue, loopback_network_only  # noqa: F401
 from tests.support import running_engine
 
@@ -52,9 +54,11 @@ class Watch:
 
 
 @asynccontextmanager
-async def system(redis_url: str, **venue_overrides: object) -> AsyncIterator[tuple[EmulatorServer, CcxtVenue, Engine, Watch]]:
+async def system(
+    redis_url: str, engine_options: dict[str, Any] | None = None, **venue_overrides: object
+) -> AsyncIterator[tuple[EmulatorServer, CcxtVenue, Engine, Watch]]:
     async with running_emulator() as emu, bybit_venue(emu, **venue_overrides) as venue, running_engine(
-        redis_url, venue, None, settings=ActorSettings(account="e2e")
+        redis_url, venue, None, settings=ActorSettings(account="e2e"), **(engine_options or {})
     ) as engine:
         watch = Watch(emu)
         engine.ctx.observers.append(watch)
@@ -139,3 +143,35 @@ async def test_a_stop_triggered_by_a_price_jump_is_recorded_closed_externally(re
         assert record is not None and record.state is State.CLOSED_EXTERNALLY
         assert emu.truth()["positions"] == {}
         assert [e["order_link_id"] for e in emu.truth()["executions"]] == [record.client_order_id, ""]
+
+
+async def test_a_close_after_audits_read_a_lagging_list_of_a_two_part_fill_closes_the_whole_position(
+    redis_url: str,
+) -> None:
+    """Issue 13, defect 1, on the wire: the entry fills in two parts 5 s apart, the position
+    list lags 6 s, the audit runs every second (and sees only the first part). The close
+    closes the venue's whole position, and the record says `closed` only once it is flat."""
+    async with system(redis_url, {"audit": AuditSettings(interval=1.0)}) as (emu, _venue, engine, watch):
+        emu.faults.split_fill_after = 5.0
+        emu.faults.position_list_lag = 6.0
+        opened = await (await engine.submit(open_btc("e2e-two-parts", qty=0.02))).wait()
+        assert opened.outcome == "protected"
+        assert emu.truth()["positions"]["BTCUSDT"]["size"] == 0.02
+        audits = engine.auditor.runs
+        with anyio.fail_after(30):
+            while engine.auditor.runs < audits + 3:  # at least one of them saw the list's 0.01
+                await anyio.sleep(0.2)
+        record = await engine.store.load_record(BTC)
+        assert record is not None and record.filled_qty == 0.02, "a lagging list never shrinks the record"
+
+        closed = await (await engine.submit(CloseIntent(intent_id="e2e-two-parts-close", symbol=BTC))).wait()
+
+        assert emu.truth()["positions"] == {}, f"the close left {emu.truth()['positions']} open"
+        assert closed.outcome == "closed"
+        audits = engine.auditor.runs
+        with anyio.fail_after(30):
+            while engine.auditor.runs < audits + 7:  # past the list's lag: nothing is adopted
+                await anyio.sleep(0.2)
+        record = await engine.store.load_record(BTC)
+        assert record is not None and record.state is State.CLOSED and record.intent_id == "e2e-two-parts"
+        assert watch.violations == []

@@ -1,6 +1,7 @@
 """The emulator's matching engine: one Bybit UTA account trading linear contracts, one-way mode.
 
-It is small and truthful: market orders fill completely at the current price; positions
+It is small and truthful: market orders fill completely at the current price (or in two
+halves, with `Faults.split_fill_after`); positions
 average their entry; reduce-only orders only ever reduce (a quantity above the position is
 cut to it, a reduce-only order with nothing to reduce is refused); a stop-loss attached to an
 entry becomes the position's stop; conditional orders trigger when the price crosses them;
@@ -12,6 +13,7 @@ becomes visible to REST lists after that list's lag (see `posguard.streams.emula
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -217,8 +219,19 @@ class Engine:
             return order
         self._check_entry(instrument, order, price)
         self._accept(order)
+        step = Decimal(instrument.step)
+        half = float((Decimal(str(qty)) / 2 // step) * step)
+        if self.faults.split_fill_after > 0 and not reduce_only and half >= float(instrument.min_qty):
+            self._execute(order, price, qty=half)
+            asyncio.get_running_loop().call_later(self.faults.split_fill_after, self._fill_rest, order)
+            return order
         self._execute(order, price)
         return order
+
+    def _fill_rest(self, order: EmuOrder) -> None:
+        """The second half of a split entry (`Faults.split_fill_after`), at the price of the moment."""
+        if order.status == "PartiallyFilled":
+            self._execute(order, self.prices[order.symbol])
 
     def cancel_order(self, body: dict[str, Any]) -> EmuOrder:
         order = self._find(body.get("orderId"), body.get("orderLinkId"))
@@ -287,10 +300,11 @@ class Engine:
             self.link_ids[order.link_id] = order.order_id
         self._order_changed(order)
 
-    def _execute(self, order: EmuOrder, price: float, exec_type: str = "Trade") -> None:
-        """Fill ``order`` completely at ``price`` against the one-way position."""
+    def _execute(self, order: EmuOrder, price: float, exec_type: str = "Trade", *, qty: float | None = None) -> None:
+        """Fill ``qty`` of ``order`` (all that is left by default) at ``price`` against the
+        one-way position."""
         position = self.positions.setdefault(order.symbol, EmuPosition(symbol=order.symbol, created_ms=now_ms()))
-        qty = order.qty
+        qty = round(order.qty - order.cum_qty, 12) if qty is None else qty
         closed = 0.0
         if position.side and position.side != order.side:
             closed = min(qty, position.size)
@@ -313,13 +327,13 @@ class Engine:
         seq = next(self._seq)
         position.updated_ms = ts
         position.seq = seq
-        order.cum_qty = qty
-        order.cum_value = qty * price
-        order.status = "Filled"
+        order.cum_qty = round(order.cum_qty + qty, 12)
+        order.cum_value += qty * price
+        order.status = "Filled" if order.cum_qty >= order.qty else "PartiallyFilled"
         order.updated_ms = ts
         execution = EmuExecution(
             exec_id=str(uuid.uuid4()), order=order, side=order.side, price=price, qty=qty, exec_type=exec_type,
-            time_ms=ts, closed_size=closed, leaves_qty=0.0, seq=seq,
+            time_ms=ts, closed_size=closed, leaves_qty=round(order.qty - order.cum_qty, 12), seq=seq,
         )
         self.executions.append(execution)
         self._order_changed(order)

@@ -35,6 +35,9 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Seconds before an order change shows in ``/v5/order/realtime`` and ``/history``."""
     execution_list_lag: float = 0.0
     """Seconds before a fill shows in ``/v5/execution/list``."""
+    split_fill_after: float = 0.0
+    """When > 0, a market entry fills in two halves, the second this many seconds after the
+    first (a thin book): the order is ``PartiallyFilled`` in between and the position grows."""
     push_delay: dict[WsTopic, float] = msgspec.field(default_factory=dict)
     """Per private topic: seconds between the change and its WebSocket push."""
     push_drop: dict[WsTopic, float] = msgspec.field(default_factory=dict)
