@@ -23,6 +23,7 @@ from typing import Literal
 
 import msgspec
 
+from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord, State
 from posguard.streams.venue.errors import VenueUnavailable
@@ -95,24 +96,23 @@ def proven_gone(
     """Whether the evidence proves the venue's position for ``record`` gone, and by what.
 
     ``position``: the freshest snapshot of the symbol known (None: none; absence proves
-    nothing). ``closes``: our own close orders, as last seen (their fills count as exits even
-    before their executions are listed). ``refused_ms``: venue time at which the venue refused
-    our reduce-only order for having nothing to reduce (0: it did not).
+    nothing). ``closes``: our own close orders as last seen: their fills count even before
+    their executions are listed, and executions of ours (`ids` role ``close``, any attempt)
+    count as ours. ``refused_ms``: venue time at which the venue refused our reduce-only order
+    for having nothing to reduce (0: it did not).
     """
-    executions = list(executions)
+    after = _after_entry(record, executions)
     closes = [c for c in closes if c.filled > QTY_TOLERANCE]
-    by_close: dict[str, float] = {}
-    for execution in _after_entry(record, executions).values():
-        for close in closes:
-            if execution.order_id == close.order_id or execution.client_order_id == close.client_order_id:
-                by_close[close.order_id] = by_close.get(close.order_id, 0.0) + execution.qty
-    ours_listed = sum(by_close.values())
-    ours = sum(max(c.filled, by_close.get(c.order_id, 0.0)) for c in closes)
-    exits = exit_qty(record, executions) - ours_listed + ours
-    held = max(record.filled_qty or record.qty, entry_qty(record, executions))
-    last_close_ms = max((c.ts_ms for c in closes), default=0)
-    last_close_ms = max([last_close_ms] + [e.ts_ms for e in executions
-                                           if any(e.order_id == c.order_id for c in closes)])
+    close_ids = {c.client_order_id for c in closes}
+    our_fills = [e for e in after.values()
+                 if e.client_order_id in close_ids or any(ids.same_intent(e.client_order_id, c, role="close")
+                                                          for c in close_ids)]
+    listed = {c: sum(e.qty for e in our_fills if e.client_order_id == c) for c in close_ids}
+    unlisted = sum(max(0.0, c.filled - listed[c.client_order_id]) for c in closes)
+    ours = sum(e.qty for e in our_fills) + unlisted
+    exits = exit_qty(record, after.values()) + unlisted
+    held = max(record.filled_qty or record.qty, entry_qty(record, after.values()))
+    last_close_ms = max([c.ts_ms for c in closes] + [e.ts_ms for e in our_fills], default=0)
 
     def gone(by: GoneBy, flat_ms: int) -> Gone:
         return Gone(by=by, held=held, exits=exits, ours=ours, flat_ms=flat_ms)
@@ -122,19 +122,20 @@ def proven_gone(
     if position is not None and not position.is_open and last_close_ms and position.ts_ms >= last_close_ms:
         return gone("flat_after_close", position.ts_ms)
     if exits >= held - QTY_TOLERANCE:
-        exit_side = closing_side(position_side_of(record.side))
-        last_exit_ms = max((e.ts_ms for e in _after_entry(record, executions).values()
-                            if e.side == exit_side and e.client_order_id != record.client_order_id),
-                           default=last_close_ms)
+        side = closing_side(position_side_of(record.side))
+        last_exit_ms = max((e.ts_ms for e in after.values()
+                            if e.side == side and e.client_order_id != record.client_order_id), default=0)
         return gone("exits", max(last_exit_ms, last_close_ms))
     return None
 
 
 def outlives(record: PositionRecord, position: Position) -> bool:
-    """Whether a venue position contradicts a record that is no longer live: it changed
-    after the venue was last proven flat (an older snapshot is a lagging list showing what
-    the record's proof already ended). Without a timestamp it always does."""
-    return position.ts_ms == 0 or position.ts_ms > record.flat_ms
+    """Whether a venue position contradicts a record that is no longer live: it changed at
+    or after the moment the venue was last proven flat (our close's own fill moves the
+    position at that very ms, so a snapshot of that ms showing a size is what the close left).
+    An older snapshot is a lagging list showing what the proof already ended. Without a
+    timestamp, or without any proof, it always does."""
+    return position.ts_ms == 0 or position.ts_ms >= record.flat_ms
 
 
 async def prove_gone(

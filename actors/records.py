@@ -119,6 +119,8 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     client_order_id: str
     order_id: str = ""
     filled_qty: float = 0.0
+    """What the entry filled, by proven fills (order state, executions); a smaller position
+    snapshot never lowers it (a lagging list), a larger one raises it."""
     entry_price: float = 0.0
     evidence: EvidenceSource = ""
     stop_source: StopSource = ""
@@ -130,6 +132,9 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     rest_calls: int = 0  # REST calls this lifecycle made (the push path makes none)
     sent_ms: int = 0  # venue clock (ms) just before the entry order was sent
     settled_ms: int = 0  # venue clock (ms) when the record reached a terminal state
+    flat_ms: int = 0
+    """Venue clock (ms) at which the venue was last proven flat on this symbol (`actors.proof`);
+    a snapshot older than this that shows a position is lag. 0: never proven."""
     sent_to_verified_ms: float | None = None  # local clock: order sent -> fill evidence in hand
     sent_to_protected_ms: float | None = None  # local clock: order sent -> stop confirmed live
     created_at: str = ""

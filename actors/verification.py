@@ -23,11 +23,12 @@ import anyio
 import msgspec
 
 from posguard.actors.context import ActorContext
+from posguard.actors.proof import exit_qty
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline
 from posguard.streams.ingestion.evidence import newer_order
 from posguard.streams.venue.errors import VenueUnavailable
-from posguard.streams.venue.events import Execution, Order, Position, closing_side, position_side_of
+from posguard.streams.venue.events import Execution, Order, Position, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
 __all__ = [
@@ -86,10 +87,10 @@ class EntryEvidence:
         self.record = record
         self.order: Order | None = None
         self.fills: dict[str, Execution] = {}
-        self.exits: dict[str, Execution] = {}
+        self.others: dict[str, Execution] = {}
+        """Fills on the symbol since the entry was sent that are not the entry's (`exit_qty`)."""
         self.position: Position | None = None
         self.source: Source = "push"
-        self._exit_side = closing_side(position_side_of(record.side))
 
     def take_order(self, order: Order | None, source: Source) -> None:
         if order is None:
@@ -108,8 +109,8 @@ class EntryEvidence:
                 if execution.exec_id not in self.fills:
                     self.fills[execution.exec_id] = execution
                     self.source = source
-            elif execution.side == self._exit_side:
-                self.exits.setdefault(execution.exec_id, execution)
+            else:
+                self.others.setdefault(execution.exec_id, execution)
 
     def take_position(self, position: Position | None, source: Source) -> None:
         """Only a position on our side, seen after we sent, says anything about our fill."""
@@ -144,7 +145,7 @@ class EntryEvidence:
         return max(by_order, by_fills, min(by_position, self.record.qty))
 
     def exit_qty(self) -> float:
-        return sum(e.qty for e in self.exits.values())
+        return exit_qty(self.record, self.others.values())
 
     def avg_price(self) -> float:
         if self.order is not None and self.order.avg_price:

@@ -78,7 +78,7 @@ def check(record: PositionRecord | None, position: Position | None, stops: list[
         if holds(record, position):
             assert "not_visible" not in kinds, "never ended while the venue holds the position"
     if position is not None and position.is_open and not live:
-        proven_flat_later = record is not None and 0 < position.ts_ms <= record.flat_ms
+        proven_flat_later = record is not None and 0 < position.ts_ms < record.flat_ms
         assert "orphan" in kinds or proven_flat_later, "a position with no live record is adopted"
     placed_first = {"orphan", "unprotected"} & set(kinds)
     stale = {f.stop_client_order_id for f in findings if f.kind == "stale_stop"}

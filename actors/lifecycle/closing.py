@@ -1,18 +1,19 @@
-"""Closing a position with reduce-only market orders, until the venue shows it closed.
+"""Closing a position with reduce-only market orders, until the venue is proven flat.
 
 Used for requested closes and for emergency closes (when no stop could be placed). Each
 attempt has its own client order id, and every attempt is reduce-only, so a retry after a
 lost response can never open or enlarge a position: at worst the venue refuses it with
 `NothingToReduce`, which is the venue's own word that nothing is left.
 
-Also the other ways a position's record ends: a close intent driven to the end, and a
-position proven closed by the venue itself (a stop or a liquidation, I1).
+A close closes the venue's whole position, not the record's idea of it: each order is sized
+from the freshest evidence, and the record says closed only on proof (`posguard.actors.proof`):
+exits summing to the size held, or a flat position seen after our close's fill. Also the one
+writer of every other proven end (a stop or a liquidation, I1): `settle_closed`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import anyio
 
@@ -21,15 +22,15 @@ from posguard.actors.context import ActorContext
 from posguard.actors.intents import CloseIntent
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import cancel_leftover_stops, look_up, send_once
+from posguard.actors.proof import Gone, prove_gone
 from posguard.actors.records import CLOSING_STATES, IN_FLIGHT_STATES, PositionRecord, State
 from posguard.streams.backoff import Deadline, sleep_within
-from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueUnavailable
+from posguard.streams.venue.errors import NothingToReduce, OrderRejected
 from posguard.streams.venue.events import Order, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = [
-    "CloseOutcome",
     "EMERGENCY_SUFFIX",
     "close_key",
     "close_on_request",
@@ -41,7 +42,6 @@ __all__ = [
 
 log = logging.getLogger("posguard.actor")
 
-CloseOutcome = Literal["closed", "nothing_to_reduce"]
 EMERGENCY_SUFFIX = ":emergency"
 
 
@@ -63,13 +63,11 @@ async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, 
 
 
 async def drive_close(ctx: ActorContext, record: PositionRecord) -> PositionRecord:
-    """From a closing state to closed: reduce-only orders, then the stops left armed are
-    cancelled. Also how a close cut short by a restart is finished."""
-    qty = record.filled_qty if record.filled_qty > 0 else record.qty
+    """From a closing state to closed: reduce-only orders until the venue is proven flat.
+    Also how a close cut short by a restart is finished."""
     key = close_key(record)
-    outcome = await close_position(ctx, record, id_key=key, qty=qty)
-    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-    await settle_closed(ctx, record, outcome, "emergency close" if key != record.close_intent_id else "closed on request")
+    gone = await close_position(ctx, record, id_key=key, qty=record.filled_qty or record.qty)
+    await settle_closed(ctx, record, gone, "emergency close" if key != record.close_intent_id else "closed on request")
     return record
 
 
@@ -79,47 +77,90 @@ def close_key(record: PositionRecord) -> str:
     return record.close_intent_id or record.intent_id + EMERGENCY_SUFFIX
 
 
-async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, qty: float) -> CloseOutcome:
-    """Reduce the position by ``qty`` until the venue shows it done. Never gives up.
+async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, qty: float) -> Gone:
+    """Close the venue's whole position: reduce-only orders until `prove_gone` proves it flat.
+    Never gives up.
 
-    ``id_key`` (an intent id) seeds the close orders' client order ids. After
-    `ProtectionSettings.close_alert_after` failed attempts the record goes `unverified`
-    and an alert is raised; the attempts go on with backoff.
+    ``qty`` is the size the caller knows of; each order is sized from the freshest evidence
+    (`_size_to_close`), never just from it, because the record may know less than the venue
+    holds (a fill still arriving, a list that lagged). ``id_key`` (an intent id) seeds the
+    orders' client order ids. After `ProtectionSettings.close_alert_after` failed attempts the
+    record goes `close_failing` and an alert is raised; the attempts go on with backoff.
     """
     settings = ctx.settings.protection
     delays = settings.close_backoff.delays(ctx.rng)
     side = closing_side(position_side_of(record.side))
-    remaining = qty
+    closes: list[Order] = []
     failures = 0
     attempt = 0
     while True:
+        size = _size_to_close(ctx, record, qty, closes)
         coid = ids.close_id(ctx.account, id_key, attempt)
+        attempt += 1
         record.close_client_order_id = coid
-        await ctx.save(record, f"sending reduce-only close {coid} for {remaining}")
-        request = OrderRequest(symbol=record.symbol, side=side, qty=remaining, client_order_id=coid, reduce_only=True)
+        await ctx.save(record, f"sending reduce-only close {coid} for {size}")
+        request = OrderRequest(symbol=record.symbol, side=side, qty=size, client_order_id=coid, reduce_only=True)
         deadline = Deadline(settings.stop_deadline)
         try:
             order = await send_once(ctx, record, coid, lambda: ctx.venue.create_order(request), deadline)
             if order is not None and not order.is_final:
                 order = await _until_final(ctx, record, coid, deadline)
         except NothingToReduce:
-            return "nothing_to_reduce"
+            gone = await prove_gone(ctx, record, ask_rest=True, closes=closes, refused_ms=ctx.venue.now_ms())
+            assert gone is not None  # the venue's refusal is proof by itself
+            return gone
         except OrderRejected as exc:
             log.error("%s: close %s rejected: %s", record.symbol, coid, exc.reason)
             order = None
         if order is not None and order.filled > QTY_TOLERANCE:
-            remaining -= order.filled
-            if remaining <= QTY_TOLERANCE:
-                return "closed"
-            attempt += 1
+            closes.append(order)
+            gone = await _proof_after_fill(ctx, record, closes)
+            if gone is not None:
+                return gone
+            log.warning("%s: close %s filled %s, but the venue is not proven flat; closing what is left",
+                        record.symbol, coid, order.filled)
             continue
         failures += 1
-        attempt += 1
         if failures == settings.close_alert_after and record.state is not State.CLOSE_FAILING:
             record.transition(State.CLOSE_FAILING, f"could not close after {failures} attempts; still trying")
             await ctx.save(record)
             await ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
         await anyio.sleep(next(delays))
+
+
+def _size_to_close(ctx: ActorContext, record: PositionRecord, known: float, closes: list[Order]) -> float:
+    """What the next reduce-only order asks for, from the freshest evidence: a position pushed
+    after our last close fill, else what is held less what our closes filled. A reduce-only
+    order is cut to the position, so asking too much is harmless; asking too little is what
+    left positions open (issue 13, defect 1). Within the venue's minimum and maximum."""
+    filled = sum(c.filled for c in closes)
+    held = max(known, record.filled_qty)
+    pushed = ctx.board.position(record.symbol)
+    since = max((c.ts_ms for c in closes), default=record.sent_ms)
+    if pushed is not None and pushed.is_open and pushed.side == position_side_of(record.side) and pushed.ts_ms >= since:
+        size = pushed.size if closes else max(pushed.size, held)
+    else:
+        size = held - filled
+    rules = ctx.rules.get(record.symbol)
+    if rules is None:
+        return max(size, QTY_TOLERANCE)
+    return min(max(rules.round_qty(size), rules.min_qty), rules.largest_qty)
+
+
+async def _proof_after_fill(ctx: ActorContext, record: PositionRecord, closes: list[Order]) -> Gone | None:
+    """After a close order filled: proven flat by the exits, or by a flat position pushed after
+    the fill (waited for up to `ProtectionSettings.stop_confirm_deadline`, then the venue's
+    execution list is read)."""
+    gone = await prove_gone(ctx, record, ask_rest=False, closes=closes)
+    deadline = Deadline(ctx.settings.protection.stop_confirm_deadline)
+    while gone is None and not deadline.passed and ctx.board.is_healthy():
+        pushed = ctx.board.position(record.symbol)
+        if pushed is not None and pushed.is_open and pushed.ts_ms >= closes[-1].ts_ms:
+            return None  # the venue shows more left: close it
+        with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
+            await ctx.board.wait_for_change(record.symbol)
+        gone = await prove_gone(ctx, record, ask_rest=False, closes=closes)
+    return gone or await prove_gone(ctx, record, ask_rest=True, closes=closes)
 
 
 async def _until_final(ctx: ActorContext, record: PositionRecord, coid: str, deadline: Deadline) -> Order | None:
@@ -133,36 +174,24 @@ async def _until_final(ctx: ActorContext, record: PositionRecord, coid: str, dea
             return order
 
 
-async def settle_closed(ctx: ActorContext, record: PositionRecord, outcome: CloseOutcome, why: str) -> None:
-    """Record the end of a position after a close, with the evidence that ended it.
-
-    ``closed``: our close filled. ``nothing_to_reduce``: the venue refused our reduce-only
-    order because it holds nothing: flat, by the venue's own check. Whether something else
-    closed it first (a stop, a liquidation) is read from the executions, for the record.
-    """
-    if outcome == "closed":
-        record.transition(State.CLOSED, why)
-    else:
-        exits = await _exits_since(ctx, record)
-        ended = State.CLOSED_EXTERNALLY if exits >= record.filled_qty - QTY_TOLERANCE > 0 else State.CLOSED
-        record.transition(ended, f"{why}: venue holds no position (exits seen: {exits})")
+async def settle_closed(ctx: ActorContext, record: PositionRecord, gone: Gone, why: str) -> None:
+    """The one writer of a record's end once its position is proven gone (`prove_gone`): our
+    close, the venue's stop or liquidation, whichever the proof shows. The stops left armed
+    are cancelled after the write (a crash between leaves them to the audit's stale stops)."""
+    record.flat_ms = max(record.flat_ms, gone.flat_ms)
+    record.transition(gone.state, f"{why}: {gone.describe()}")
     await ctx.save(record)
+    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
     ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id)
 
 
-async def settle_closed_externally(ctx: ActorContext, record: PositionRecord, reason: str) -> None:
-    """Proven filled and closed by the venue: record it and cancel any stop left armed."""
-    record.transition(State.CLOSED_EXTERNALLY, reason)
-    await ctx.save(record)
-    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-    ctx.board.forget(record.client_order_id, record.stop_client_order_id)
-
-
-async def _exits_since(ctx: ActorContext, record: PositionRecord) -> float:
-    side = closing_side(position_side_of(record.side))
-    try:
-        ctx.count_rest(record, "fetch_executions")
-        executions = await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
-    except VenueUnavailable:
-        executions = ctx.board.executions(record.symbol, record.sent_ms)
-    return sum(e.qty for e in executions if e.side == side and e.client_order_id != record.client_order_id)
+async def settle_closed_externally(ctx: ActorContext, record: PositionRecord, why: str) -> bool:
+    """A stop or a liquidation was seen closing the position: the record ends only if
+    `prove_gone` proves it (the venue's execution list asked too). False: not proven, the
+    record stays live and the audit looks again."""
+    gone = await prove_gone(ctx, record, ask_rest=True)
+    if gone is None:
+        log.warning("%s: %s, but the exits do not prove the position gone; left to the audit", record.symbol, why)
+        return False
+    await settle_closed(ctx, record, gone, why)
+    return True

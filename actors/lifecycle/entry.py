@@ -47,6 +47,7 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
             stop_price=intent.stop_price,
             client_order_id=ids.entry_id(ctx.account, intent.intent_id),
             stop_source="attached" if ctx.venue.supports_attached_stop else "",
+            flat_ms=current.flat_ms if current is not None else 0,  # the symbol's last proof of flat
         )
     if record.state.is_terminal:
         return record
@@ -118,7 +119,7 @@ async def settle_entry(
                 ctx, record, f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
             )
         case Filled():
-            record.filled_qty = verdict.open_qty
+            record.filled_qty = verdict.filled_qty  # the entry's proven fills; exits are counted apart
             record.entry_price = verdict.avg_price
             record.evidence = verdict.source
             record.sent_to_verified_ms = elapsed_ms

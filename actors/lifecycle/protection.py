@@ -21,11 +21,11 @@ from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.lifecycle.closing import close_key, close_position, settle_closed
 from posguard.actors.orders import send_once
+from posguard.actors.proof import prove_gone
 from posguard.actors.records import CLOSING_STATES, PositionRecord, State, utc_now
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
-from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import StopRequest
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "StopResult",
     "confirm_attached_stop",
     "emergency_close",
-    "exits_since_entry",
     "orphan_stop_price",
     "place_stop",
     "protect",
@@ -81,20 +80,6 @@ async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen:
         except VenueUnavailable as exc:
             log.warning("%s: could not read positions to confirm the attached stop: %s", record.symbol, exc)
     return view
-
-
-async def exits_since_entry(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) -> float:
-    """Quantity closed by fills that are not our entry (a stop, a liquidation), since it was sent."""
-    side = closing_side(position_side_of(record.side))
-    executions = ctx.board.executions(record.symbol, record.sent_ms)
-    if ask_rest:
-        try:
-            ctx.count_rest(record, "fetch_executions")
-            executions = executions + await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
-        except VenueUnavailable as exc:
-            log.warning("%s: could not read executions: %s", record.symbol, exc)
-    unique = {e.exec_id: e for e in executions}
-    return sum(e.qty for e in unique.values() if e.side == side and e.client_order_id != record.client_order_id)
 
 
 def orphan_stop_price(ctx: ActorContext, position: Position) -> float:
@@ -173,7 +158,7 @@ async def protect(
         view = read_position(seen or ctx.board.position(record.symbol), record)
     if view == "flat" or (view != "stop_on" and ctx.board.executions(record.symbol, record.sent_ms)):
         # The venue says it is gone, or fills arrived since: look for the proof (I1).
-        if await exits_since_entry(ctx, record, ask_rest=view == "flat") >= qty - QTY_TOLERANCE:
+        if await prove_gone(ctx, record, ask_rest=view == "flat") is not None:
             return "closed_externally"
     if view != "stop_on":
         if record.stop_source == "attached":

@@ -22,10 +22,9 @@ from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import quarantine
-from posguard.actors.lifecycle.closing import settle_closed_externally
+from posguard.actors.lifecycle.closing import settle_closed, settle_closed_externally
 from posguard.actors.lifecycle.protection import (
     emergency_close,
-    exits_since_entry,
     orphan_stop_price,
     place_stop,
     protect,
@@ -33,6 +32,7 @@ from posguard.actors.lifecycle.protection import (
     record_for_venue_position,
 )
 from posguard.actors.orders import cancel_leftover_stops
+from posguard.actors.proof import entry_qty, outlives, prove_gone
 from posguard.actors.records import IN_FLIGHT_STATES, BadRecord, PositionRecord, RecordDefect, State, utc_now
 from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
 from posguard.streams.backoff import Deadline
@@ -83,8 +83,15 @@ def assess(
     stale_ids = {f.stop_client_order_id for f in stale}
     # A stale stop is about to be cancelled, so it covers nothing; and it is cancelled only
     # after the repairs before it (a new stop placed first, never the other way round).
-    return _state_findings(symbol, record, position, [s for s in stops if s.client_order_id not in stale_ids],
-                           actor_busy=actor_busy) + stale
+    kept = [s for s in stops if s.client_order_id not in stale_ids]
+    findings = _state_findings(symbol, record, position, kept, actor_busy=actor_busy)
+    if position is not None and position.stop_price is None and not any(guards(s, position) for s in kept) \
+            and not {"orphan", "unprotected"} & {f.kind for f in findings}:
+        # Nothing else guards the position and nothing places a stop first (the actor is
+        # mid-step): the stale stops that guard it stay until something does.
+        guarding = {s.client_order_id for s in stops if guards(s, position)}
+        stale = [f for f in stale if f.stop_client_order_id not in guarding]
+    return findings + stale
 
 
 def _stale_stops(symbol: str, owner: PositionRecord | None, position: Position | None,
@@ -109,9 +116,9 @@ def _state_findings(symbol: str, record: PositionRecord | None, position: Positi
     findings: list[Finding] = []
     live = record is not None and record.state.is_live
     if position is not None and not live:
-        # A lagging list can still show the position a record has since closed: only a
-        # position that changed after the record settled contradicts it.
-        if record is None or position.ts_ms == 0 or position.ts_ms > record.settled_ms:
+        # A lagging list can still show the position a record has since proven gone: only a
+        # position that changed after that proof contradicts it; without a proof, any does.
+        if record is None or outlives(record, position):
             was = f"record says {record.state}" if record is not None else "no record"
             findings.append(Finding(
                 symbol=symbol, kind="orphan", position=position,
@@ -138,10 +145,12 @@ def _state_findings(symbol: str, record: PositionRecord | None, position: Positi
                                     seen=f"record {record.state}, venue lists no position",
                                     action="close the record only if executions prove the exit"))
         return findings
-    if abs(position.size - record.filled_qty) > QTY_TOLERANCE:
+    if position.size > record.filled_qty + QTY_TOLERANCE:
+        # Only upwards: a smaller size is a lagging list (or exits, which the executions
+        # prove and `prove_gone` counts); it never lowers the record's proven fills.
         findings.append(Finding(symbol=symbol, kind="size_mismatch", position=position,
                                 seen=f"venue size {position.size}, record filled_qty {record.filled_qty}",
-                                action="take the venue's size"))
+                                action="take the venue's larger size"))
     if covered_qty(position, stops) < position.size - QTY_TOLERANCE:
         findings.append(Finding(symbol=symbol, kind="unprotected", position=position,
                                 seen=f"venue position {position.size} covered by stops for {covered_qty(position, stops)}",
@@ -171,6 +180,8 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
             return f"record is {record.state if record else 'gone'} now; nothing to do"
         case "size_mismatch":
             assert finding.position is not None
+            if finding.position.size <= record.filled_qty:
+                return "the record already holds at least the venue's size; nothing to do"
             record.filled_qty = finding.position.size
             await ctx.save(record, f"audit: size taken from the venue ({finding.position.size})")
             return "record updated"
@@ -234,13 +245,11 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
         return
     if read_position(ctx.board.position(symbol), record) != "flat":
         return
-    held = record.filled_qty or record.qty
-    exits = await exits_since_entry(ctx, record, ask_rest=True)
-    if exits >= held - QTY_TOLERANCE:
-        await settle_closed_externally(ctx, record, f"closed by the venue (stop or liquidation): exits {exits}")
+    gone = await prove_gone(ctx, record, ask_rest=True)
+    if gone is not None:
+        await settle_closed(ctx, record, gone, "closed by the venue (stop or liquidation)")
     else:
-        actor_log.warning("%s: venue pushed flat but executions show only %s of %s closed; leaving it to the audit",
-                          symbol, exits, held)
+        actor_log.warning("%s: venue pushed flat but the executions do not prove it; leaving it to the audit", symbol)
 
 
 async def _adopt(ctx: ActorContext, position: Position) -> str:
@@ -287,28 +296,54 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
             await ctx.save(record)
             await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
             return "resolved: never filled"
-        case ClosedExternally(filled_qty=filled, exit_qty=exits):
+        case ClosedExternally(filled_qty=filled):
             record.filled_qty = filled
-            record.transition(State.CLOSED_EXTERNALLY, f"audit: filled {filled}, closed by the venue (exits {exits})")
-            await ctx.save(record)
-            await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-            return "resolved: filled and closed by the venue"
+            if await settle_closed_externally(ctx, record, f"audit: filled {filled}, closed by the venue"):
+                return "resolved: filled and closed by the venue"
+            return "the executions do not prove the exit yet; stays unverified and protected"
         case Filled():
-            record.filled_qty, record.entry_price = verdict.open_qty, verdict.avg_price
+            record.filled_qty, record.entry_price = verdict.filled_qty, verdict.avg_price
             record.evidence = "rest"
             settled = State.PROTECTED if record.stop_client_order_id or record.stop_source else State.OPEN
             record.transition(settled, "audit: fill confirmed from order history")
             await ctx.save(record)
             return f"resolved: filled {verdict.open_qty}; {record.state}"
+    if await _never_reached(ctx, record, evidence):
+        grace = ctx.settings.verification.lookup_grace
+        record.transition(State.REJECTED, f"audit: never reached the venue: {record.client_order_id} still unknown"
+                                          f" (open and history) over {grace:g} s after it was sent, no fill, no position")
+        await ctx.save(record)
+        await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
+        return "resolved: the entry never reached the venue; its stray stop cancelled"
     return "still no evidence either way; stays unverified and protected"
 
 
+async def _never_reached(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> bool:
+    """The venue's own word, given after `VerificationSettings.lookup_grace` from the send,
+    that it has no such order, no fill of it and no position: the entry never reached it.
+    Only where that word is final (`Venue.unknown_order_is_final`: not Binance, issue 14).
+    A venue that cannot answer proves nothing. A fill seen later makes the audit adopt it."""
+    grace_ms = ctx.settings.verification.lookup_grace * 1000
+    if not ctx.venue.unknown_order_is_final or ctx.venue.now_ms() - record.sent_ms < grace_ms:
+        return False
+    if evidence.order is not None or evidence.fills or (evidence.position is not None and evidence.position.is_open):
+        return False
+    try:
+        ctx.count_rest(record, "fetch_order")
+        if await ctx.venue.fetch_order(record.symbol, record.client_order_id) is not None:
+            return False
+        ctx.count_rest(record, "fetch_executions")
+        if entry_qty(record, await ctx.venue.fetch_executions(record.symbol, record.sent_ms)) > 0:
+            return False
+        ctx.count_rest(record, "fetch_positions")
+        return not any(p.symbol == record.symbol and p.is_open for p in await ctx.venue.fetch_positions())
+    except VenueUnavailable:
+        return False
+
+
 async def _prove_gone(ctx: ActorContext, record: PositionRecord) -> str:
-    held = record.filled_qty or record.qty
-    exits = await exits_since_entry(ctx, record, ask_rest=True)
-    if exits < held - QTY_TOLERANCE:
-        return f"executions show {exits} of {held} closed; left open (the list may lag)"
-    record.transition(State.CLOSED_EXTERNALLY, f"audit: closed by the venue (exits {exits})")
-    await ctx.save(record)
-    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-    return "closed_externally (executions prove the exit)"
+    gone = await prove_gone(ctx, record, ask_rest=True)
+    if gone is None:
+        return "the executions do not prove the exit; left open (the list may lag)"
+    await settle_closed(ctx, record, gone, "audit: closed by the venue")
+    return f"{record.state} ({gone.describe()})"
