@@ -8,12 +8,15 @@ venue's ground truth, and I1 checked at every transition.
 from __future__ import annotations
 
 import anyio
+import pytest
 
 from posguard.actors import ids
 from posguard.actors.intents import CloseIntent
+from posguard.actors.proof import outlives, proven_gone
 from posguard.actors.records import PositionRecord, State
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
-from posguard.streams.venue.protocol import StopRequest
+from posguard.streams.venue.events import Execution, Order, Position
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.supervision import AuditSettings
 from tests.clock import IOAwareMockClock
@@ -77,27 +80,34 @@ async def test_a_close_after_an_audit_read_a_lagging_list_closes_the_venues_whol
         assert venue.truth.open_stops(SYMBOL) == []
 
 
+async def stray_unverified_entry(engine: Engine, venue: FakeVenue, intent_id: str) -> tuple[PositionRecord, str]:
+    """What a REST outage through the whole entry leaves: the send and every lookup failed,
+    verification gave up, protection armed a reduce-only stop. Nothing reached the venue."""
+    intent = open_intent(intent_id, symbol=SYMBOL)
+    stray = ids.stop_id(ACCOUNT, intent.intent_id, 1)
+    await venue.place_stop(StopRequest(symbol=SYMBOL, side="sell", qty=intent.qty, stop_price=intent.stop_price,
+                                       client_order_id=stray))
+    record = PositionRecord(
+        symbol=SYMBOL, intent_id=intent.intent_id, state=State.UNVERIFIED, side="buy", qty=intent.qty,
+        stop_price=intent.stop_price, client_order_id=ids.entry_id(ACCOUNT, intent.intent_id),
+        stop_source="order", stop_client_order_id=stray, stop_attempts=1, sent_ms=venue.now_ms() - 1,
+        reason="no evidence of the entry order's fate by the verification deadline",
+    )
+    await engine.store.save_record(record)
+    return record, stray
+
+
 async def test_an_entry_that_never_reached_the_venue_is_settled_rejected_and_its_stray_stop_cancelled(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
-    """Defect 8: the entry's send and every lookup failed (a REST outage), the record went
-    `unverified` with a reduce-only stop armed. Once the venue answers again it does not know
-    the client order id, lists no position and no fill: the entry never reached it."""
+    """Defect 8: once the venue answers again it does not know the client order id, lists no
+    position and no fill: the entry never reached it. A late fill of it is adopted."""
     knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS})
     async with FakeVenue(seed=132, knobs=knobs) as venue, running_engine(
         redis_url, venue, clock, audit=AuditSettings(interval=1000.0)
     ) as engine:
         await wait_streams_healthy(engine)
-        intent = open_intent("never-sent", symbol=SYMBOL)
-        stray = ids.stop_id(ACCOUNT, intent.intent_id, 1)
-        await venue.place_stop(StopRequest(symbol=SYMBOL, side="sell", qty=intent.qty, stop_price=intent.stop_price,
-                                           client_order_id=stray))
-        await engine.store.save_record(PositionRecord(
-            symbol=SYMBOL, intent_id=intent.intent_id, state=State.UNVERIFIED, side="buy", qty=intent.qty,
-            stop_price=intent.stop_price, client_order_id=ids.entry_id(ACCOUNT, intent.intent_id),
-            stop_source="order", stop_client_order_id=stray, stop_attempts=1, sent_ms=venue.now_ms() - 1,
-            reason="no evidence of the entry order's fate by the verification deadline",
-        ))
+        record, stray = await stray_unverified_entry(engine, venue, "never-sent")
         # Within the lookup grace "unknown" may still be the venue's lag: nothing is concluded.
         report = await engine.audit_now()
         assert report is not None and [f.kind for f in report.findings] == ["unverified"]
@@ -107,8 +117,84 @@ async def test_an_entry_that_never_reached_the_venue_is_settled_rejected_and_its
         await anyio.sleep(engine.ctx.settings.verification.lookup_grace + 1)
         report = await engine.audit_now()
 
-        record = await engine.store.load_record(SYMBOL)
-        assert record.state is State.REJECTED, record
-        assert "never reached the venue" in record.reason
+        settled = await engine.store.load_record(SYMBOL)
+        assert settled.state is State.REJECTED, settled
+        assert "never reached the venue" in settled.reason
         assert venue.truth.orders[stray].status == "cancelled", "the stray stop is cancelled"
         assert venue.truth.position(SYMBOL) is None and venue.truth.entries_filled[SYMBOL] == 0
+
+        # Any later evidence of it (the venue's gateway delivered it after all): adopted.
+        await venue.create_order(OrderRequest(symbol=SYMBOL, side="buy", qty=record.qty,
+                                              client_order_id=record.client_order_id))
+        report = await engine.audit_now()
+        assert report is not None and [f.kind for f in report.findings] == ["orphan"]
+        assert (await engine.store.load_record(SYMBOL)).state is State.PROTECTED
+        assert venue.truth.is_protected(SYMBOL)
+
+
+async def test_where_unknown_is_not_final_the_entry_stays_unverified_and_protected(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Binance-like ids (reusable, "does not exist" for a while): unknown proves nothing."""
+    knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, reject_duplicate_client_ids=False)
+    async with FakeVenue(seed=133, knobs=knobs) as venue, running_engine(
+        redis_url, venue, clock, audit=AuditSettings(interval=1000.0)
+    ) as engine:
+        await wait_streams_healthy(engine)
+        _record, stray = await stray_unverified_entry(engine, venue, "maybe-sent")
+        await anyio.sleep(engine.ctx.settings.verification.lookup_grace + 1)
+        await engine.audit_now()
+        assert (await engine.store.load_record(SYMBOL)).state is State.UNVERIFIED
+        assert venue.truth.orders[stray].status == "open"
+
+
+# -- the proof, as a pure rule --------------------------------------------------------------
+
+RECORD = PositionRecord(symbol=SYMBOL, intent_id="p", state=State.CLOSING, side="buy", qty=2.0, filled_qty=2.0,
+                        stop_price=140.0, client_order_id=ids.entry_id(ACCOUNT, "p"), sent_ms=100)
+CLOSE_ID = ids.close_id(ACCOUNT, "p-close", 0)
+
+
+def fill(exec_id: str, coid: str, side: str, qty: float, ts: int) -> Execution:
+    return Execution(symbol=SYMBOL, exec_id=exec_id, order_id=f"o-{coid}", client_order_id=coid, side=side,  # type: ignore[arg-type]
+                     qty=qty, price=150.0, ts_ms=ts)
+
+
+def close_order(qty: float, ts: int) -> Order:
+    return Order(symbol=SYMBOL, order_id=f"o-{CLOSE_ID}", client_order_id=CLOSE_ID, side="sell", kind="market",
+                 qty=qty, filled=qty, avg_price=150.0, status="filled", reduce_only=True, stop_price=None, ts_ms=ts)
+
+
+def flat(ts: int) -> Position:
+    return Position(symbol=SYMBOL, side="flat", size=0.0, entry_price=0.0, stop_price=None, ts_ms=ts)
+
+
+def test_a_close_of_part_of_what_is_held_proves_nothing() -> None:
+    entry = [fill("x1", RECORD.client_order_id, "buy", 1.0, 101), fill("x2", RECORD.client_order_id, "buy", 1.0, 105)]
+    assert proven_gone(RECORD, entry, None, closes=[close_order(1.0, 110)]) is None
+    lagging = Position(symbol=SYMBOL, side="long", size=1.0, entry_price=150.0, stop_price=None, ts_ms=101)
+    assert proven_gone(RECORD, entry, lagging, closes=[close_order(1.0, 110)]) is None
+
+
+def test_exits_summing_to_the_held_size_prove_it_and_say_whose() -> None:
+    ours = proven_gone(RECORD, [fill("x3", CLOSE_ID, "sell", 2.0, 110)], None, closes=[close_order(2.0, 110)])
+    assert ours is not None and (ours.by, ours.state, ours.flat_ms) == ("exits", State.CLOSED, 110)
+    stop_out = proven_gone(RECORD, [fill("x4", ids.stop_id(ACCOUNT, "p", 1), "sell", 2.0, 120)], None)
+    assert stop_out is not None and (stop_out.state, stop_out.flat_ms) == (State.CLOSED_EXTERNALLY, 120)
+    seen_twice = [fill("x5", "", "sell", 1.0, 120)] * 2
+    assert proven_gone(RECORD, seen_twice, None) is None, "a fill seen twice counts once"
+
+
+def test_a_flat_snapshot_proves_it_only_when_taken_after_our_close_filled() -> None:
+    assert proven_gone(RECORD, [], flat(109), closes=[close_order(1.0, 110)]) is None
+    gone = proven_gone(RECORD, [], flat(110), closes=[close_order(1.0, 110)])
+    assert gone is not None and (gone.by, gone.flat_ms, gone.state) == ("flat_after_close", 110, State.CLOSED)
+    assert proven_gone(RECORD, [], flat(200)) is None, "flat without a close of ours needs the executions (I1)"
+
+
+@pytest.mark.parametrize(("ts", "adopted"), [(0, True), (105, False), (110, True), (200, True)])
+def test_a_position_outlives_a_record_unless_the_proof_of_flat_is_newer(ts: int, adopted: bool) -> None:
+    record = PositionRecord(**{**{f: getattr(RECORD, f) for f in RECORD.__struct_fields__},
+                               "state": State.CLOSED, "flat_ms": 110})
+    snapshot = Position(symbol=SYMBOL, side="long", size=1.0, entry_price=150.0, stop_price=None, ts_ms=ts)
+    assert outlives(record, snapshot) is adopted
