@@ -26,11 +26,24 @@ import msgspec
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord, State
+from posguard.streams.ingestion.evidence import newer_order
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, Position, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
-__all__ = ["Gone", "GoneBy", "entry_qty", "exit_qty", "outlives", "prove_gone", "proven_gone"]
+__all__ = [
+    "Gone",
+    "GoneBy",
+    "Known",
+    "Ledger",
+    "entry_qty",
+    "exit_qty",
+    "known",
+    "ledger",
+    "outlives",
+    "prove_gone",
+    "proven_gone",
+]
 
 log = logging.getLogger("posguard.actor")
 
@@ -85,47 +98,77 @@ def entry_qty(record: PositionRecord, executions: Iterable[Execution]) -> float:
     return sum(e.qty for e in _after_entry(record, executions).values() if e.client_order_id == record.client_order_id)
 
 
+class Ledger(msgspec.Struct, frozen=True, kw_only=True):
+    """What the executions (and our close orders) say was held and closed, counted once."""
+
+    held: float
+    """The record's size, or the entry's own fills if more: a snapshot never lowers it."""
+    exits: float
+    """Closed since the entry was sent by fills that are not the entry's."""
+    ours: float
+    """Of ``exits``, what our own close orders filled."""
+    last_exit_ms: int
+    last_close_ms: int
+    """Venue time of our close's last fill (0: none)."""
+
+    @property
+    def open_qty(self) -> float:
+        """What the evidence says is still held (0 once the exits cover it)."""
+        return max(0.0, self.held - self.exits)
+
+
+def ledger(record: PositionRecord, executions: Iterable[Execution], closes: Iterable[Order] = (),
+           entry: Order | None = None) -> Ledger:
+    """Held and closed, from the executions since the entry was sent, the entry order's own
+    state (``entry``: its fill may be listed before its executions) and our close orders as
+    last seen: a close's fill counts even before its executions are listed, and executions
+    of our closes (`ids` role ``close``, any attempt) count as ours."""
+    after = _after_entry(record, executions)
+    closes = [c for c in closes if c.filled > QTY_TOLERANCE]
+    close_ids = {c.client_order_id for c in closes}
+    our_fills = [e for e in after.values()
+                 if any(ids.same_intent(e.client_order_id, c, role="close") for c in close_ids)]
+    unlisted = sum(max(0.0, c.filled - sum(e.qty for e in our_fills if e.client_order_id == c.client_order_id))
+                   for c in closes)
+    side = closing_side(position_side_of(record.side))
+    return Ledger(
+        held=max(record.filled_qty or record.qty, entry_qty(record, after.values()),
+                 entry.filled if entry is not None and entry.client_order_id == record.client_order_id else 0.0),
+        exits=exit_qty(record, after.values()) + unlisted,
+        ours=sum(e.qty for e in our_fills) + unlisted,
+        last_exit_ms=max((e.ts_ms for e in after.values()
+                          if e.side == side and e.client_order_id != record.client_order_id), default=0),
+        last_close_ms=max([c.ts_ms for c in closes] + [e.ts_ms for e in our_fills], default=0),
+    )
+
+
 def proven_gone(
     record: PositionRecord,
     executions: Iterable[Execution],
     position: Position | None,
     *,
     closes: Iterable[Order] = (),
+    entry: Order | None = None,
     refused_ms: int = 0,
 ) -> Gone | None:
     """Whether the evidence proves the venue's position for ``record`` gone, and by what.
 
     ``position``: the freshest snapshot of the symbol known (None: none; absence proves
-    nothing). ``closes``: our own close orders as last seen: their fills count even before
-    their executions are listed, and executions of ours (`ids` role ``close``, any attempt)
-    count as ours. ``refused_ms``: venue time at which the venue refused our reduce-only order
-    for having nothing to reduce (0: it did not).
+    nothing). ``closes``, ``entry``: our close orders and the entry order as last seen (see
+    `ledger`). ``refused_ms``: venue time at which the venue refused our reduce-only order for
+    having nothing to reduce (0: it did not).
     """
-    after = _after_entry(record, executions)
-    closes = [c for c in closes if c.filled > QTY_TOLERANCE]
-    close_ids = {c.client_order_id for c in closes}
-    our_fills = [e for e in after.values()
-                 if e.client_order_id in close_ids or any(ids.same_intent(e.client_order_id, c, role="close")
-                                                          for c in close_ids)]
-    listed = {c: sum(e.qty for e in our_fills if e.client_order_id == c) for c in close_ids}
-    unlisted = sum(max(0.0, c.filled - listed[c.client_order_id]) for c in closes)
-    ours = sum(e.qty for e in our_fills) + unlisted
-    exits = exit_qty(record, after.values()) + unlisted
-    held = max(record.filled_qty or record.qty, entry_qty(record, after.values()))
-    last_close_ms = max([c.ts_ms for c in closes] + [e.ts_ms for e in our_fills], default=0)
+    book = ledger(record, executions, closes, entry)
 
     def gone(by: GoneBy, flat_ms: int) -> Gone:
-        return Gone(by=by, held=held, exits=exits, ours=ours, flat_ms=flat_ms)
+        return Gone(by=by, held=book.held, exits=book.exits, ours=book.ours, flat_ms=flat_ms)
 
     if refused_ms:
         return gone("nothing_to_reduce", refused_ms)
-    if position is not None and not position.is_open and last_close_ms and position.ts_ms >= last_close_ms:
+    if position is not None and not position.is_open and book.last_close_ms and position.ts_ms >= book.last_close_ms:
         return gone("flat_after_close", position.ts_ms)
-    if exits >= held - QTY_TOLERANCE:
-        side = closing_side(position_side_of(record.side))
-        last_exit_ms = max((e.ts_ms for e in after.values()
-                            if e.side == side and e.client_order_id != record.client_order_id), default=0)
-        return gone("exits", max(last_exit_ms, last_close_ms))
+    if book.exits >= book.held - QTY_TOLERANCE:
+        return gone("exits", max(book.last_exit_ms, book.last_close_ms))
     return None
 
 
@@ -138,6 +181,40 @@ def outlives(record: PositionRecord, position: Position) -> bool:
     return position.ts_ms == 0 or position.ts_ms >= record.flat_ms
 
 
+class Known(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything known of a record's exits at one moment (the input of `proven_gone`)."""
+
+    executions: list[Execution]
+    entry: Order | None
+    position: Position | None
+
+    def proves(self, record: PositionRecord, *, closes: Iterable[Order] = (), refused_ms: int = 0) -> Gone | None:
+        return proven_gone(record, self.executions, self.position, closes=closes, entry=self.entry,
+                           refused_ms=refused_ms)
+
+    def left(self, record: PositionRecord, closes: Iterable[Order] = ()) -> float:
+        """What this evidence says is still open."""
+        return ledger(record, self.executions, closes, self.entry).open_qty
+
+
+async def known(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) -> Known:
+    """What was pushed (fills since the entry was sent, the entry order, the position), and
+    with ``ask_rest`` the venue's execution list and entry order too (a venue that cannot
+    answer adds nothing)."""
+    executions = ctx.board.executions(record.symbol, record.sent_ms)
+    entry = ctx.board.order(record.client_order_id)
+    if ask_rest:
+        try:
+            ctx.count_rest(record, "fetch_executions")
+            executions = executions + await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
+            ctx.count_rest(record, "fetch_order")
+            fetched = await ctx.venue.fetch_order(record.symbol, record.client_order_id)
+            entry = newer_order(entry, fetched) if fetched is not None else entry
+        except VenueUnavailable as exc:
+            log.warning("%s: could not read executions and the entry order: %s", record.symbol, exc)
+    return Known(executions=executions, entry=entry, position=ctx.board.position(record.symbol))
+
+
 async def prove_gone(
     ctx: ActorContext,
     record: PositionRecord,
@@ -146,13 +223,5 @@ async def prove_gone(
     closes: Iterable[Order] = (),
     refused_ms: int = 0,
 ) -> Gone | None:
-    """`proven_gone` on everything known: the pushed executions and position, and (with
-    ``ask_rest``) the venue's execution list."""
-    executions = ctx.board.executions(record.symbol, record.sent_ms)
-    if ask_rest:
-        try:
-            ctx.count_rest(record, "fetch_executions")
-            executions = executions + await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
-        except VenueUnavailable as exc:
-            log.warning("%s: could not read executions: %s", record.symbol, exc)
-    return proven_gone(record, executions, ctx.board.position(record.symbol), closes=closes, refused_ms=refused_ms)
+    """`proven_gone` on everything `known`."""
+    return (await known(ctx, record, ask_rest=ask_rest)).proves(record, closes=closes, refused_ms=refused_ms)

@@ -14,6 +14,7 @@ from posguard.actors import ids
 from posguard.actors.intents import CloseIntent
 from posguard.actors.proof import outlives, proven_gone
 from posguard.actors.records import PositionRecord, State
+from posguard.actors.settings import ActorSettings, VerificationSettings
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.events import Execution, Order, Position
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
@@ -78,6 +79,34 @@ async def test_a_close_after_an_audit_read_a_lagging_list_closes_the_venues_whol
         record = await engine.store.load_record(SYMBOL)
         assert record.state is State.CLOSED and record.intent_id == "two-parts"
         assert venue.truth.open_stops(SYMBOL) == []
+
+
+async def test_a_close_sizes_from_the_executions_when_the_record_knows_less_than_the_venue(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The entry was still filling at the verification deadline (the record's size is a lower
+    bound) and the stream went down before the rest filled: no push says how much is held.
+    The close must not stop at the record's size: the executions say what is left."""
+    knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, split_fill_after=Lag.fixed(5.0))
+    settings = ActorSettings(account=ACCOUNT, verification=VerificationSettings(push_deadline=1.0, hard_deadline=3.0))
+    async with FakeVenue(seed=134, knobs=knobs) as venue, running_engine(
+        redis_url, venue, clock, settings=settings, audit=AuditSettings(interval=1000.0)
+    ) as engine:
+        watch = NeverFalselyGone(venue)
+        engine.ctx.observers.append(watch)
+        await wait_streams_healthy(engine)
+        opened = await (await engine.submit(open_intent("lower-bound", symbol=SYMBOL, qty=2.0))).wait()
+        assert opened.outcome == "protected"
+        assert (await engine.store.load_record(SYMBOL)).filled_qty == 1.0  # still filling at the deadline
+        venue.disconnect()
+        with anyio.fail_after(30):
+            while venue.truth.position(SYMBOL).size < 2.0:  # the rest fills, unpushed
+                await anyio.sleep(0.5)
+
+        closed = await (await engine.submit(CloseIntent(intent_id="lower-bound-close", symbol=SYMBOL))).wait()
+
+        assert venue.truth.position(SYMBOL) is None, f"the close left {venue.truth.position(SYMBOL)} open"
+        assert closed.outcome == "closed" and watch.violations == []
 
 
 async def stray_unverified_entry(engine: Engine, venue: FakeVenue, intent_id: str) -> tuple[PositionRecord, str]:

@@ -22,7 +22,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.intents import CloseIntent
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import cancel_leftover_stops, look_up, send_once
-from posguard.actors.proof import Gone, prove_gone
+from posguard.actors.proof import Gone, known, prove_gone
 from posguard.actors.records import CLOSING_STATES, IN_FLIGHT_STATES, PositionRecord, State
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import NothingToReduce, OrderRejected
@@ -91,10 +91,11 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
     delays = settings.close_backoff.delays(ctx.rng)
     side = closing_side(position_side_of(record.side))
     closes: list[Order] = []
+    left = max(qty, record.filled_qty)
     failures = 0
     attempt = 0
     while True:
-        size = _size_to_close(ctx, record, qty, closes)
+        size = _size_to_close(ctx, record, left, closes)
         coid = ids.close_id(ctx.account, id_key, attempt)
         attempt += 1
         record.close_client_order_id = coid
@@ -114,11 +115,11 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
             order = None
         if order is not None and order.filled > QTY_TOLERANCE:
             closes.append(order)
-            gone = await _proof_after_fill(ctx, record, closes)
+            gone, left = await _proof_after_fill(ctx, record, closes)
             if gone is not None:
                 return gone
-            log.warning("%s: close %s filled %s, but the venue is not proven flat; closing what is left",
-                        record.symbol, coid, order.filled)
+            log.warning("%s: close %s filled %s, but the venue is not proven flat (%s left by the executions);"
+                        " closing what is left", record.symbol, coid, order.filled, left)
             continue
         failures += 1
         if failures == settings.close_alert_after and record.state is not State.CLOSE_FAILING:
@@ -128,39 +129,38 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
         await anyio.sleep(next(delays))
 
 
-def _size_to_close(ctx: ActorContext, record: PositionRecord, known: float, closes: list[Order]) -> float:
+def _size_to_close(ctx: ActorContext, record: PositionRecord, left: float, closes: list[Order]) -> float:
     """What the next reduce-only order asks for, from the freshest evidence: a position pushed
-    after our last close fill, else what is held less what our closes filled. A reduce-only
+    after our last close fill, else what the executions leave open (``left``). A reduce-only
     order is cut to the position, so asking too much is harmless; asking too little is what
     left positions open (issue 13, defect 1). Within the venue's minimum and maximum."""
-    filled = sum(c.filled for c in closes)
-    held = max(known, record.filled_qty)
     pushed = ctx.board.position(record.symbol)
     since = max((c.ts_ms for c in closes), default=record.sent_ms)
+    size = left
     if pushed is not None and pushed.is_open and pushed.side == position_side_of(record.side) and pushed.ts_ms >= since:
-        size = pushed.size if closes else max(pushed.size, held)
-    else:
-        size = held - filled
+        size = pushed.size if closes else max(pushed.size, left)
     rules = ctx.rules.get(record.symbol)
     if rules is None:
         return max(size, QTY_TOLERANCE)
     return min(max(rules.round_qty(size), rules.min_qty), rules.largest_qty)
 
 
-async def _proof_after_fill(ctx: ActorContext, record: PositionRecord, closes: list[Order]) -> Gone | None:
-    """After a close order filled: proven flat by the exits, or by a flat position pushed after
-    the fill (waited for up to `ProtectionSettings.stop_confirm_deadline`, then the venue's
-    execution list is read)."""
-    gone = await prove_gone(ctx, record, ask_rest=False, closes=closes)
+async def _proof_after_fill(ctx: ActorContext, record: PositionRecord, closes: list[Order]) -> tuple[Gone | None, float]:
+    """After a close order filled: the venue's position pushed after the fill, waited for up
+    to `ProtectionSettings.stop_confirm_deadline` (flat proves it; open says what is left);
+    without it, the venue's execution list and entry order, whose exits must sum to what the
+    entry filled (pushed fills alone may miss some). Unproven: what is still open."""
     deadline = Deadline(ctx.settings.protection.stop_confirm_deadline)
-    while gone is None and not deadline.passed and ctx.board.is_healthy():
+    while ctx.board.is_healthy() and not deadline.passed:
         pushed = ctx.board.position(record.symbol)
-        if pushed is not None and pushed.is_open and pushed.ts_ms >= closes[-1].ts_ms:
-            return None  # the venue shows more left: close it
+        if pushed is not None and pushed.ts_ms >= closes[-1].ts_ms:
+            if not pushed.is_open:
+                return (await known(ctx, record, ask_rest=False)).proves(record, closes=closes), 0.0
+            break
         with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
             await ctx.board.wait_for_change(record.symbol)
-        gone = await prove_gone(ctx, record, ask_rest=False, closes=closes)
-    return gone or await prove_gone(ctx, record, ask_rest=True, closes=closes)
+    seen = await known(ctx, record, ask_rest=True)
+    return seen.proves(record, closes=closes), seen.left(record, closes)
 
 
 async def _until_final(ctx: ActorContext, record: PositionRecord, coid: str, deadline: Deadline) -> Order | None:
