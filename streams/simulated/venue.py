@@ -226,7 +226,7 @@ class FakeVenue:
         await self._rest.call("create_order", effect_follows=True)
         rng = self._rng("create", request.client_order_id)
         order = self._engine.market_order(request, rng)
-        await self._rest.half_trip()
+        await self._rest.half_trip("create_order")
         if self._rest.create_response_lost(rng):
             raise VenueUnavailable("create_order: response lost after the order was placed (timeout)")
         return order
@@ -234,13 +234,13 @@ class FakeVenue:
     async def place_stop(self, request: StopRequest) -> Order:
         await self._rest.call("place_stop", effect_follows=True)
         order = self._engine.place_stop(request)
-        await self._rest.half_trip()
+        await self._rest.half_trip("place_stop")
         return order
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
         await self._rest.call("cancel_order", effect_follows=True)
         cancelled = self._engine.cancel(symbol, client_order_id)
-        await self._rest.half_trip()
+        await self._rest.half_trip("cancel_order")
         return cancelled
 
     async def stream(self, sink: ObjectSendStream[VenueEvent]) -> None:

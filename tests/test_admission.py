@@ -1,0 +1,152 @@
+"""Issue 13, defects 5, 6, 9 and 10: what an entry must pass, and where it is checked.
+
+Each test sends intents the way a strategy would (``XADD`` to the intents stream) to a running
+engine and intake on the simulated venue, and judges by the venue's ground truth.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.streams.venue.errors import RateLimited, VenueUnavailable
+from posguard.supervisor.risk import RiskLimits
+from tests.clock import IOAwareMockClock
+from tests.support import running_engine, wait_streams_healthy
+from tests.test_intents import final_reply, with_intake, xadd
+
+FAST_PUSH = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in ("positions", "orders", "executions")})
+SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT")
+STOPS = {"BTC/USDT:USDT": "58800", "ETH/USDT:USDT": "2940", "SOL/USDT:USDT": "147"}
+
+
+# -- defect 5: the open-positions limit under a burst -----------------------------------------
+
+
+async def test_a_burst_of_entries_never_exceeds_max_open_positions(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, intake):
+        for n, symbol in enumerate(SYMBOLS):
+            xadd(redis_url, intent_id=f"burst-{n}", action="open", symbol=symbol, side="buy", qty="0.1",
+                 stop_price=STOPS[symbol])
+        replies = [await final_reply(engine, f"burst-{n}") for n in range(len(SYMBOLS))]
+        assert [r["outcome"] for r in replies].count("protected") == 1, replies
+        refused = [r for r in replies if r["status"] == "rejected"]
+        assert len(refused) == 2 and all("risk.max_open_positions" in r["reason"] for r in refused), replies
+        assert sum(venue.truth.position(s) is not None for s in SYMBOLS) == 1
+        assert engine.admission.slots.statistics().occupied == 1
+
+
+async def test_a_slot_is_freed_when_its_position_is_closed(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, intake):
+        xadd(redis_url, intent_id="first", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
+             stop_price="58800")
+        assert (await final_reply(engine, "first"))["outcome"] == "protected"
+        xadd(redis_url, intent_id="first-close", action="close", symbol="BTC/USDT:USDT")
+        assert (await final_reply(engine, "first-close"))["outcome"] == "closed"
+        assert engine.admission.slots.statistics().occupied == 0
+        xadd(redis_url, intent_id="second", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.1",
+             stop_price="2940")
+        assert (await final_reply(engine, "second"))["outcome"] == "protected"
+
+
+async def test_a_refused_entry_gives_its_slot_back(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, intake):
+        # Refused by the actor (stop on the wrong side of the price), after its slot was reserved.
+        xadd(redis_url, intent_id="wrong-side", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
+             stop_price="61000")
+        assert (await final_reply(engine, "wrong-side"))["status"] == "rejected"
+        assert engine.admission.slots.statistics().occupied == 0
+        xadd(redis_url, intent_id="next", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.1",
+             stop_price="2940")
+        assert (await final_reply(engine, "next"))["outcome"] == "protected"
+
+
+# -- defect 6: the stop's side and the venue's maximum, always checked ------------------------
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["bybit-like", "binance-like"])
+async def test_a_wrong_side_stop_is_rejected_with_no_risk_limit_configured(
+    clock: IOAwareMockClock, redis_url: str, attached: bool
+) -> None:
+    async with FakeVenue(seed=61, knobs=FAST_PUSH, supports_attached_stop=attached) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        await wait_streams_healthy(engine)
+        for intent_id, side, stop in (("long-above", "buy", "61000"), ("short-below", "sell", "59000")):
+            xadd_engine = await engine.submit(_open(intent_id, "BTC/USDT:USDT", side, 0.01, float(stop)))
+            reply = await xadd_engine.wait()
+            assert reply.status == "rejected" and reply.reason.startswith("stop_price:"), reply
+        assert venue.calls["create_order"] == 0 and venue.calls["place_stop"] == 0
+        assert venue.truth.position("BTC/USDT:USDT") is None
+
+
+async def test_a_qty_above_the_venue_maximum_is_rejected_end_to_end(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        xadd(redis_url, intent_id="too-big", action="open", symbol="ETH/USDT:USDT", side="buy", qty="5000.01",
+             stop_price="2940")
+        reply = await final_reply(engine, "too-big")
+        assert reply["status"] == "rejected" and reply["reason"].startswith("qty:"), reply
+        assert "maximum order size 5000" in reply["reason"]
+        assert venue.calls["create_order"] == 0
+
+
+# -- defect 9: no head-of-line blocking, a transient ticker failure is retried -----------------
+
+
+async def test_a_close_is_not_held_behind_another_symbols_slow_price_reads(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        xadd(redis_url, intent_id="b-open", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.1",
+             stop_price="2940")
+        assert (await final_reply(engine, "b-open"))["outcome"] == "protected"
+        venue.knobs.rest_latency_by_method["fetch_price"] = 4.0
+        for n in range(5):
+            xadd(redis_url, intent_id=f"a-open-{n}", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
+                 stop_distance="0.02")
+        sent = anyio.current_time()
+        xadd(redis_url, intent_id="b-close", action="close", symbol="ETH/USDT:USDT")
+        assert (await final_reply(engine, "b-close"))["outcome"] == "closed"
+        answered_after = anyio.current_time() - sent
+        assert answered_after < 4.0, f"the close waited {answered_after:.1f} s (virtual) behind ticker reads"
+        for n in range(5):
+            await final_reply(engine, f"a-open-{n}")
+
+
+async def test_one_transient_ticker_failure_does_not_refuse_a_stop_distance_open(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        venue.fail_next("fetch_price", VenueUnavailable("fetch_price: HTTP 503 service unavailable"),
+                        RateLimited("fetch_price: rate limit exceeded (HTTP 429)"))
+        xadd(redis_url, intent_id="retried", action="open", symbol="SOL/USDT:USDT", side="buy", qty="1",
+             stop_distance="0.02")
+        reply = await final_reply(engine, "retried")
+        assert reply["outcome"] == "protected", reply
+
+
+# -- defect 10: a stop beyond the liquidation price -------------------------------------------
+
+
+async def test_a_stop_beyond_the_estimated_liquidation_price_is_refused(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        # A short at 10x from 60,000 is liquidated near 65,700: a stop at 66,600 never fires.
+        xadd(redis_url, intent_id="past-liq", action="open", symbol="BTC/USDT:USDT", side="sell", qty="0.01",
+             stop_price="66600")
+        reply = await final_reply(engine, "past-liq")
+        assert reply["status"] == "rejected" and reply["reason"].startswith("stop_price:"), reply
+        assert "liquidation" in reply["reason"] and "10x" in reply["reason"], reply
+        assert venue.calls["create_order"] == 0
+        # The same stop inside the liquidation price is fine.
+        xadd(redis_url, intent_id="inside-liq", action="open", symbol="BTC/USDT:USDT", side="sell", qty="0.01",
+             stop_price="63000")
+        assert (await final_reply(engine, "inside-liq"))["outcome"] == "protected"
+
+
+def _open(intent_id: str, symbol: str, side: str, qty: float, stop: float):  # noqa: ANN202
+    from posguard.actors.intents import OpenIntent
+
+    return OpenIntent(intent_id=intent_id, symbol=symbol, side=side, qty=qty, stop_price=stop)  # type: ignore[arg-type]
