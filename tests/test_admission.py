@@ -7,8 +7,10 @@ engine and intake on the simulated venue, and judges by the venue's ground truth
 from __future__ import annotations
 
 import anyio
+import msgspec
 import pytest
 
+from posguard.actors.intents import CloseIntent, OpenIntent
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.errors import RateLimited, VenueUnavailable
 from posguard.supervisor.risk import RiskLimits
@@ -74,8 +76,7 @@ async def test_a_wrong_side_stop_is_rejected_with_no_risk_limit_configured(
     ) as engine:
         await wait_streams_healthy(engine)
         for intent_id, side, stop in (("long-above", "buy", "61000"), ("short-below", "sell", "59000")):
-            xadd_engine = await engine.submit(_open(intent_id, "BTC/USDT:USDT", side, 0.01, float(stop)))
-            reply = await xadd_engine.wait()
+            reply = await (await engine.submit(_open(intent_id, "BTC/USDT:USDT", side, 0.01, float(stop)))).wait()
             assert reply.status == "rejected" and reply.reason.startswith("stop_price:"), reply
         assert venue.calls["create_order"] == 0 and venue.calls["place_stop"] == 0
         assert venue.truth.position("BTC/USDT:USDT") is None
@@ -97,33 +98,34 @@ async def test_a_qty_above_the_venue_maximum_is_rejected_end_to_end(clock: IOAwa
 async def test_a_close_is_not_held_behind_another_symbols_slow_price_reads(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
-    async with with_intake(redis_url, clock) as (venue, engine, intake):
-        xadd(redis_url, intent_id="b-open", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.1",
-             stop_price="2940")
-        assert (await final_reply(engine, "b-open"))["outcome"] == "protected"
-        venue.knobs.rest_latency_by_method["fetch_price"] = 4.0
-        for n in range(5):
-            xadd(redis_url, intent_id=f"a-open-{n}", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
-                 stop_distance="0.02")
+    # Submitted in turn, as the intake hands them over (through the engine: its Redis I/O holds
+    # the mock clock, so virtual time passes only on the venue's timers).
+    knobs = msgspec.structs.replace(FAST_PUSH, rest_latency_by_method={})
+    async with FakeVenue(seed=62, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        assert (await (await engine.submit(_open("b-open", "ETH/USDT:USDT", "buy", 0.1, 2940))).wait()).status == "done"
+        knobs.rest_latency_by_method["fetch_price"] = 4.0
         sent = anyio.current_time()
-        xadd(redis_url, intent_id="b-close", action="close", symbol="ETH/USDT:USDT")
-        assert (await final_reply(engine, "b-close"))["outcome"] == "closed"
+        opens = [await engine.submit(_open(f"a-open-{n}", "BTC/USDT:USDT", "buy", 0.01, 0, distance=0.02))
+                 for n in range(5)]
+        close = await (await engine.submit(CloseIntent(intent_id="b-close", symbol="ETH/USDT:USDT"))).wait()
         answered_after = anyio.current_time() - sent
+        assert close.outcome == "closed", close
         assert answered_after < 4.0, f"the close waited {answered_after:.1f} s (virtual) behind ticker reads"
-        for n in range(5):
-            await final_reply(engine, f"a-open-{n}")
+        assert not opens[0].done.is_set(), "the first open is still waiting on its ticker"
+        outcomes = [(await ticket.wait()).status for ticket in opens]
+        assert outcomes[0] == "done" and venue.truth.entries_filled["BTC/USDT:USDT"] == 1, outcomes
 
 
 async def test_one_transient_ticker_failure_does_not_refuse_a_stop_distance_open(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
-    async with with_intake(redis_url, clock) as (venue, engine, intake):
+    async with FakeVenue(seed=63, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
         venue.fail_next("fetch_price", VenueUnavailable("fetch_price: HTTP 503 service unavailable"),
                         RateLimited("fetch_price: rate limit exceeded (HTTP 429)"))
-        xadd(redis_url, intent_id="retried", action="open", symbol="SOL/USDT:USDT", side="buy", qty="1",
-             stop_distance="0.02")
-        reply = await final_reply(engine, "retried")
-        assert reply["outcome"] == "protected", reply
+        reply = await (await engine.submit(_open("retried", "SOL/USDT:USDT", "buy", 1, 0, distance=0.02))).wait()
+        assert reply.outcome == "protected", reply
 
 
 # -- defect 10: a stop beyond the liquidation price -------------------------------------------
@@ -146,7 +148,7 @@ async def test_a_stop_beyond_the_estimated_liquidation_price_is_refused(
         assert (await final_reply(engine, "inside-liq"))["outcome"] == "protected"
 
 
-def _open(intent_id: str, symbol: str, side: str, qty: float, stop: float):  # noqa: ANN202
-    from posguard.actors.intents import OpenIntent
-
-    return OpenIntent(intent_id=intent_id, symbol=symbol, side=side, qty=qty, stop_price=stop)  # type: ignore[arg-type]
+def _open(intent_id: str, symbol: str, side: str, qty: float, stop: float, *, distance: float | None = None
+          ) -> OpenIntent:
+    return OpenIntent(intent_id=intent_id, symbol=symbol, side=side, qty=qty,  # type: ignore[arg-type]
+                      stop_price=stop, stop_distance=distance)

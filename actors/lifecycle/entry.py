@@ -38,6 +38,7 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
     if current is not None and current.intent_id == intent.intent_id:
         record = current  # a redelivered intent: carry on from where it stood
     else:
+        intent = await ctx.entry_check(intent)  # the market checks: refused before anything is written or sent
         record = PositionRecord(
             symbol=symbol,
             intent_id=intent.intent_id,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
-from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, stale_reason
+from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, IntentRefused, duplicate_of, stale_reason
 from posguard.actors.records import BadRecord, PositionRecord, State
 from posguard.actors.store.positions import Store
 
@@ -66,7 +66,7 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
     await store.save_intent(reply)
     try:
         record = await step()
-    except IntentConflict as exc:
+    except (IntentConflict, IntentRefused) as exc:
         reply.status, reply.reason = "rejected", str(exc)
     except BadRecord as exc:
         reply.status, reply.reason = "rejected", bad_record_refusal(exc)

@@ -172,6 +172,11 @@ class FakeVenue:
         """Move the market; stops the move crosses are triggered at that price."""
         self._engine.set_price(symbol, price)
 
+    def set_leverage(self, symbol: str, leverage: float) -> None:
+        """The account's leverage on ``symbol`` (as if set on the venue's site): where new
+        positions are liquidated (`Position.liq_price`) and what `fetch_leverage` answers."""
+        self._engine.leverage[symbol] = leverage
+
     def liquidate(self, symbol: str) -> None:
         """Close the whole position by liquidation: an execution with no client order id."""
         self._engine.liquidate(symbol)
@@ -203,6 +208,11 @@ class FakeVenue:
         await self._rest.call("fetch_price")
         self._engine.rules_for(symbol)
         return self.prices[symbol]
+
+    async def fetch_leverage(self, symbol: str) -> float | None:
+        await self._rest.call("fetch_leverage")
+        self._engine.rules_for(symbol)
+        return self._engine.leverage[symbol]
 
     async def fetch_positions(self) -> list[Position]:
         await self._rest.call("fetch_positions")
