@@ -152,3 +152,31 @@ def _open(intent_id: str, symbol: str, side: str, qty: float, stop: float, *, di
           ) -> OpenIntent:
     return OpenIntent(intent_id=intent_id, symbol=symbol, side=side, qty=qty,  # type: ignore[arg-type]
                       stop_price=stop, stop_distance=distance)
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["bybit-like", "binance-like"])
+async def test_a_stop_the_venue_shows_beyond_liquidation_after_the_fill_is_tightened(
+    clock: IOAwareMockClock, redis_url: str, attached: bool
+) -> None:
+    async with FakeVenue(seed=64, knobs=FAST_PUSH, supports_attached_stop=attached) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        await wait_streams_healthy(engine)
+        alerts: list[str] = []
+        engine.ctx.alerts.append(lambda symbol, message: alerts.append(message))
+        real_create_order = venue.create_order
+
+        async def market_moves_before_the_fill(request):  # noqa: ANN001, ANN202
+            venue.set_price("BTC/USDT:USDT", 57_000.0)  # a 5 % drop between the check and the fill
+            return await real_create_order(request)
+
+        venue.create_order = market_moves_before_the_fill  # type: ignore[method-assign]
+        # Checked at 60,000 (liquidation near 65,700: the stop is inside); filled at 57,000 the
+        # venue liquidates this short near 62,415, below the stop.
+        reply = await (await engine.submit(_open("moved", "BTC/USDT:USDT", "sell", 0.01, 63_000.0))).wait()
+        assert reply.outcome == "protected", reply
+        record = await engine.store.load_record("BTC/USDT:USDT")
+        liq = venue.truth.position("BTC/USDT:USDT").liq_price
+        assert record.stop_price < liq, (record.stop_price, liq)
+        assert any(o.stop_price == record.stop_price for o in venue.truth.open_stops("BTC/USDT:USDT"))
+        assert any("beyond the venue's liquidation price" in a for a in alerts), alerts
