@@ -13,6 +13,8 @@ import pytest
 from posguard.actors.intents import CloseIntent, OpenIntent
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.errors import RateLimited, VenueUnavailable
+from posguard.streams.venue.events import Order
+from posguard.streams.venue.protocol import OrderRequest
 from posguard.supervisor.risk import RiskLimits
 from tests.clock import IOAwareMockClock
 from tests.support import running_engine, wait_streams_healthy
@@ -27,7 +29,7 @@ STOPS = {"BTC/USDT:USDT": "58800", "ETH/USDT:USDT": "2940", "SOL/USDT:USDT": "14
 
 
 async def test_a_burst_of_entries_never_exceeds_max_open_positions(clock: IOAwareMockClock, redis_url: str) -> None:
-    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, intake):
+    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, _intake):
         for n, symbol in enumerate(SYMBOLS):
             xadd(redis_url, intent_id=f"burst-{n}", action="open", symbol=symbol, side="buy", qty="0.1",
                  stop_price=STOPS[symbol])
@@ -40,7 +42,7 @@ async def test_a_burst_of_entries_never_exceeds_max_open_positions(clock: IOAwar
 
 
 async def test_a_slot_is_freed_when_its_position_is_closed(clock: IOAwareMockClock, redis_url: str) -> None:
-    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, intake):
+    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (_venue, engine, _intake):
         xadd(redis_url, intent_id="first", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
              stop_price="58800")
         assert (await final_reply(engine, "first"))["outcome"] == "protected"
@@ -53,7 +55,7 @@ async def test_a_slot_is_freed_when_its_position_is_closed(clock: IOAwareMockClo
 
 
 async def test_a_refused_entry_gives_its_slot_back(clock: IOAwareMockClock, redis_url: str) -> None:
-    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (venue, engine, intake):
+    async with with_intake(redis_url, clock, risk=RiskLimits(max_open_positions=1)) as (_venue, engine, _intake):
         # Refused by the actor (stop on the wrong side of the price), after its slot was reserved.
         xadd(redis_url, intent_id="wrong-side", action="open", symbol="BTC/USDT:USDT", side="buy", qty="0.01",
              stop_price="61000")
@@ -83,7 +85,7 @@ async def test_a_wrong_side_stop_is_rejected_with_no_risk_limit_configured(
 
 
 async def test_a_qty_above_the_venue_maximum_is_rejected_end_to_end(clock: IOAwareMockClock, redis_url: str) -> None:
-    async with with_intake(redis_url, clock) as (venue, engine, intake):
+    async with with_intake(redis_url, clock) as (venue, engine, _intake):
         xadd(redis_url, intent_id="too-big", action="open", symbol="ETH/USDT:USDT", side="buy", qty="5000.01",
              stop_price="2940")
         reply = await final_reply(engine, "too-big")
@@ -134,7 +136,7 @@ async def test_one_transient_ticker_failure_does_not_refuse_a_stop_distance_open
 async def test_a_stop_beyond_the_estimated_liquidation_price_is_refused(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
-    async with with_intake(redis_url, clock) as (venue, engine, intake):
+    async with with_intake(redis_url, clock) as (venue, engine, _intake):
         # A short at 10x from 60,000 is liquidated near 65,700: a stop at 66,600 never fires.
         xadd(redis_url, intent_id="past-liq", action="open", symbol="BTC/USDT:USDT", side="sell", qty="0.01",
              stop_price="66600")
@@ -166,7 +168,7 @@ async def test_a_stop_the_venue_shows_beyond_liquidation_after_the_fill_is_tight
         engine.ctx.alerts.append(lambda symbol, message: alerts.append(message))
         real_create_order = venue.create_order
 
-        async def market_moves_before_the_fill(request):  # noqa: ANN001, ANN202
+        async def market_moves_before_the_fill(request: OrderRequest) -> Order:
             venue.set_price("BTC/USDT:USDT", 57_000.0)  # a 5 % drop between the check and the fill
             return await real_create_order(request)
 
