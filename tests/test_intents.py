@@ -186,3 +186,32 @@ async def test_an_entry_another_consumer_read_and_never_owned_is_reclaimed(
         assert (await final_reply(engine, "orphaned-entry"))["outcome"] == "protected"
         assert venue.truth.entries_filled["BTC/USDT:USDT"] == 1
         tg.cancel_scope.cancel()
+
+
+async def test_one_intent_id_on_two_symbols_runs_once_and_makes_no_phantom(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Issue 13, defect 4: the same id for ETH and, while that is in flight, for SOL ran twice;
+    both derived the same client order id, so SOL's actor found ETH's order and recorded a
+    `protected` SOL position the venue does not have. The second body is refused instead."""
+    redis_cli(redis_url, "XGROUP", "CREATE", KEYS.intents, "posguard", "0", "MKSTREAM")
+    # Both queued before the intake reads: SOL is handed over while ETH waits in its mailbox.
+    xadd(redis_url, intent_id="twin", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.1",
+         stop_price="2940")
+    xadd(redis_url, intent_id="twin", action="open", symbol="SOL/USDT:USDT", side="buy", qty="1",
+         stop_price="145")
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        with anyio.fail_after(60):
+            while intake.acked < 2:
+                await anyio.sleep(0.05)
+        first = await final_reply(engine, "twin")
+        assert first["outcome"] == "protected", first
+        replies = [json.loads(r) for r in redis_cli(redis_url, "LRANGE", KEYS.reply("twin"), "0", "-1").splitlines()]
+        refusals = [r for r in replies if r["symbol"] == "SOL/USDT:USDT"]
+        assert [r["status"] for r in refusals] == ["rejected"], replies
+        assert "different" in refusals[0]["reason"] and "ETH/USDT:USDT" in refusals[0]["reason"], refusals
+        record = await engine.store.load_intent("twin")
+        assert record is not None and record.symbol == "ETH/USDT:USDT", "the first intent's record is kept"
+        assert await engine.store.load_record("SOL/USDT:USDT") is None, "no phantom SOL position"
+        assert venue.truth.position("SOL/USDT:USDT") is None and venue.truth.entries_filled["ETH/USDT:USDT"] == 1
+        assert venue.calls["create_order"] == 1
