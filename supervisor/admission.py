@@ -14,19 +14,25 @@ import msgspec
 
 from posguard.actors.intents import (
     CloseIntent,
+    ConflictingBody,
+    Duplicate,
     Intent,
     IntentRecord,
     IntentRefused,
     OpenIntent,
-    check_common,
+    action_of,
+    body_of,
     check_open,
+    check_symbol,
 )
 from posguard.actors.lifecycle import MailboxFull, Ticket
+from posguard.actors.lifecycle.replies import answer_refused_repeat
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.actor_registry import ActorRegistry
+from posguard.supervisor.intent_claims import IntentClaims
 from posguard.supervisor.risk import RiskLimits, check_open_positions, check_priced, check_static
 from posguard.supervisor.supervision import EntryGate
 
@@ -54,17 +60,34 @@ class Admission:
         self.risk = risk
         self.gate = gate
         self.actors = actors
+        self.claims = IntentClaims()
 
     async def admit(self, intent: Intent) -> Ticket:
-        """Validate, then queue on the symbol's actor. A refused intent is answered at once."""
+        """Claim the intent's id, validate, then queue on the symbol's actor. A refused intent,
+        and one whose id must not run again, is answered at once."""
+        body = body_of(intent)
+        verdict = self.claims.claim(intent, body, await self.store.load_intent(intent.intent_id))
+        if isinstance(verdict, Duplicate | ConflictingBody):
+            ticket = Ticket(intent, body)
+            ticket.finish(await answer_refused_repeat(self.store, intent, verdict))
+            return ticket
+        try:
+            ticket = await self._check_and_queue(intent, body)
+        except BaseException:
+            self.claims.release(intent.intent_id)
+            raise
+        ticket.on_finish(lambda: self.claims.release(intent.intent_id))
+        return ticket
+
+    async def _check_and_queue(self, intent: Intent, body: str) -> Ticket:
         try:
             if isinstance(intent, OpenIntent):
                 intent = await self.check_entry(intent)
             elif isinstance(intent, CloseIntent):
-                check_common(intent.intent_id, intent.symbol, self.rules)
-            return self.actors.get_or_start(intent.symbol).submit(intent)
+                check_symbol(intent.symbol, self.rules)
+            return self.actors.get_or_start(intent.symbol).submit(intent, body)
         except (IntentRefused, MailboxFull) as exc:
-            return await self.refuse(intent, str(exc))
+            return await self.refuse(intent, str(exc), body)
 
     async def check_entry(self, intent: OpenIntent) -> OpenIntent:
         """Everything an entry must pass before it reaches an actor (I7, risk limits)."""
@@ -90,20 +113,22 @@ class Admission:
             check_open_positions(live, self.risk)
         return intent
 
-    async def refuse(self, intent: Intent, reason: str) -> Ticket:
+    async def refuse(self, intent: Intent, reason: str, body: str = "") -> Ticket:
         """Answer the intent with a `rejected` record, in Redis if it answers."""
         log.warning("intent %s refused: %s", intent.intent_id, reason)
+        body = body or body_of(intent)
         reply = IntentRecord(
             intent_id=intent.intent_id,
-            action="open" if isinstance(intent, OpenIntent) else "close",
+            action=action_of(intent),
             symbol=intent.symbol,
             status="rejected",
             reason=reason,
+            body=body,
         )
         try:
             await self.store.save_intent(reply)
         except Exception as exc:  # noqa: BLE001 - the refusal still reaches the caller
             log.error("could not record the refusal of %s in Redis: %s", intent.intent_id, exc)
-        ticket = Ticket(intent)
+        ticket = Ticket(intent, body)
         ticket.finish(reply)
         return ticket

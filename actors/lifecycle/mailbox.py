@@ -8,7 +8,9 @@ from __future__ import annotations
 import anyio
 
 from posguard.actors.findings import Finding
-from posguard.actors.intents import Intent, IntentRecord
+from collections.abc import Callable
+
+from posguard.actors.intents import Intent, IntentRecord, body_of
 
 __all__ = ["MailboxFull", "MailboxItem", "Nudge", "Repair", "Ticket"]
 
@@ -20,18 +22,32 @@ class MailboxFull(RuntimeError):
 class Ticket:
     """A caller's handle on a submitted intent: wait for `done`, then read `result`."""
 
-    def __init__(self, intent: Intent) -> None:
+    def __init__(self, intent: Intent, body: str = "") -> None:
         self.intent = intent
+        self.body = body or body_of(intent)
+        """What the intent asked as it arrived (`body_of`), before admission rounded its qty or
+        priced its ``stop_distance``: the intent record keeps this one."""
         self.owned = anyio.Event()
         """Set once the actor has written the intent ahead: from then on a crash is
         recovered from Redis, so a queue may forget the intent (acknowledge it)."""
         self.done = anyio.Event()
         self.result: IntentRecord | None = None
+        self._on_finish: list[Callable[[], None]] = []
 
     def finish(self, result: IntentRecord) -> None:
         self.result = result
         self.owned.set()
         self.done.set()
+        for callback in self._on_finish:
+            callback()
+        self._on_finish.clear()
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the intent is finished (at once if it is already)."""
+        if self.done.is_set():
+            callback()
+        else:
+            self._on_finish.append(callback)
 
     async def wait(self) -> IntentRecord:
         await self.done.wait()
