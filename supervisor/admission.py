@@ -3,7 +3,9 @@
 Bad input is refused before anything is created (I7): validation against the venue's market
 rules, then the risk limits; entries are also refused in safe mode or while entries are paused.
 A refused intent is answered at once with a `rejected` intent record; the rest are queued on
-the symbol's actor (I4: one actor per symbol).
+the symbol's actor (I4: one actor per symbol). First of all the intent's id is claimed
+(`IntentClaims`): an id already handled, or held by a different intent, is answered without
+running (`intent_verdict`).
 """
 
 from __future__ import annotations

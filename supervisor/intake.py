@@ -13,7 +13,8 @@ Each entry is read through the consumer group ``posguard`` and validated on arri
 gets a rejection naming the field and touches nothing else. An entry is acknowledged only once
 its actor owns it (the intent is written ahead in Redis); a crash before that leaves it pending,
 and it is delivered again at the next start. An intent id already handled is not executed again
-(it is answered ``duplicate``). An open without ``expires_ms`` expires ``max_age`` seconds after
+(it is answered ``duplicate``), nor one used by a different intent (`intent_verdict`); an entry
+giving a field twice is refused. An open without ``expires_ms`` expires ``max_age`` seconds after
 Redis received it (its entry id). Nothing one entry does can stop the intake: any error while
 handling it that is not Redis being unreachable becomes a ``rejected`` reply ("internal
 error"), an alert and a traceback in the log, and the entry is acknowledged. The stream is
