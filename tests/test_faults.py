@@ -309,14 +309,15 @@ async def test_close_with_no_live_position_is_refused_and_sends_nothing(clock: I
     [
         ("symbol", "NOPE/USDT:USDT", "unknown symbol"),
         ("qty", 0.001, "below the venue's minimum"),
-        ("qty", -1.0, "positive"),
-        ("stop_price", 0.0, "stop_price: must be a finite positive"),
-        ("intent_id", "bad id with spaces", "intent_id"),
+        ("qty", -1.0, "qty: -1.0 is below the venue's minimum"),
+        ("stop_price", 0.0, "stop_price: required"),
     ],
 )
 async def test_bad_intents_are_refused_and_nothing_is_sent(
     clock: IOAwareMockClock, redis_url: str, field: str, value: object, message: str
 ) -> None:
+    """The venue's rules, for an intent built in code. The types' own constraints (an id's
+    pattern, numbers above 0) are checked where an intent is decoded (test_poison_intents)."""
     import msgspec
 
     async with FakeVenue(seed=36) as venue, running_engine(redis_url, venue, clock) as engine:

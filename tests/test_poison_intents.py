@@ -129,8 +129,9 @@ async def test_posguard_open_with_a_huge_stop_price_is_refused_cleanly(
 
 def test_the_intent_id_pattern_must_match_the_whole_id() -> None:
     assert INTENT_ID_PATTERN.fullmatch("nl1") and not INTENT_ID_PATTERN.fullmatch("nl1\n")
-    with pytest.raises(BadIntent, match="^intent_id:"):
-        parse_intent({"intent_id": "nl1\n", "action": "close", "symbol": "BTC/USDT:USDT"})
+    for bad in ("nl1\n", "bad id with spaces", "", "x" * 65):
+        with pytest.raises(BadIntent, match="^intent_id: must be 1-64 characters"):
+            parse_intent({"intent_id": bad, "action": "close", "symbol": "BTC/USDT:USDT"})
 
 
 async def test_an_intent_id_with_a_trailing_newline_is_refused_and_sends_nothing(

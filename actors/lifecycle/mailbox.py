@@ -5,11 +5,11 @@ One mailbox per symbol, served in order, is what makes the actor the symbol's on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from posguard.actors.findings import Finding
-from collections.abc import Callable
-
 from posguard.actors.intents import Intent, IntentRecord, body_of
 
 __all__ = ["MailboxFull", "MailboxItem", "Nudge", "Repair", "Ticket"]
