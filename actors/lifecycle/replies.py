@@ -26,9 +26,10 @@ from posguard.actors.intents import (
     conflict_of,
     duplicate_of,
     intent_verdict,
+    settle_reply,
     stale_reason,
 )
-from posguard.actors.records import BadRecord, PositionRecord, State
+from posguard.actors.records import BadRecord, PositionRecord
 from posguard.actors.store.positions import Store
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "answer_refused_repeat",
     "bad_record_refusal",
     "nobody_waiting",
-    "settle_reply",
     "wall_clock_ms",
 ]
 
@@ -81,15 +81,20 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, body: st
     reply = IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol, status="accepted",
                          body=body)
     await store.save_intent(reply)
+    ctx.await_reply(symbol, reply)
     try:
-        record = await step()
-    except IntentConflict as exc:
-        reply.status, reply.reason = "rejected", str(exc)
-    except BadRecord as exc:
-        reply.status, reply.reason = "rejected", bad_record_refusal(exc)
-    else:
-        settle_reply(reply, record)
-    await store.save_intent(reply)
+        try:
+            record = await step()
+        except IntentConflict as exc:
+            reply.status, reply.reason = "rejected", str(exc)
+        except BadRecord as exc:
+            reply.status, reply.reason = "rejected", bad_record_refusal(exc)
+        else:
+            settle_reply(reply, record)
+    finally:
+        unanswered = ctx.still_awaited(symbol, intent.intent_id) is not None
+    if unanswered:  # the step ended without settling the record (protected, refused): answer now
+        await store.save_intent(reply)
     return reply
 
 
@@ -119,12 +124,3 @@ def wall_clock_ms() -> int:
     """Epoch ms on this host: the clock ``expires_ms`` is compared with (senders, Redis and
     posguard are assumed to agree within about a second, as NTP keeps them)."""
     return int(time.time() * 1000)
-
-
-def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:
-    """Fill in an intent's final answer from the record its step left."""
-    open_ = reply.action == "open"
-    reply.status = "rejected" if record.state is State.REJECTED and open_ else "done"
-    reply.outcome = str(record.state)
-    reply.reason = record.reason
-    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id
