@@ -10,7 +10,7 @@ from collections.abc import Callable
 import anyio
 
 from posguard.actors.findings import Finding
-from posguard.actors.intents import Intent, IntentRecord, body_of
+from posguard.actors.intents import Intent, IntentRecord
 
 __all__ = ["MailboxFull", "MailboxItem", "Nudge", "Repair", "Ticket"]
 
@@ -22,9 +22,9 @@ class MailboxFull(RuntimeError):
 class Ticket:
     """A caller's handle on a submitted intent: wait for `done`, then read `result`."""
 
-    def __init__(self, intent: Intent, body: str = "") -> None:
+    def __init__(self, intent: Intent, body: str) -> None:
         self.intent = intent
-        self.body = body or body_of(intent)
+        self.body = body
         """What the intent asked as it arrived (`body_of`), before admission rounded its qty or
         priced its ``stop_distance``: the intent record keeps this one."""
         self.owned = anyio.Event()
