@@ -29,6 +29,7 @@ from posguard.actors.intents import (
 )
 from posguard.actors.lifecycle import MailboxFull, Ticket
 from posguard.actors.lifecycle.replies import answer_refused_repeat
+from posguard.actors.store.client import is_redis_failure
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.markets import MarketRules
@@ -68,7 +69,15 @@ class Admission:
         """Claim the intent's id, validate, then queue on the symbol's actor. A refused intent,
         and one whose id must not run again, is answered at once."""
         body = body_of(intent)
-        verdict = self.claims.claim(intent, body, await self.store.load_intent(intent.intent_id))
+        try:
+            first = await self.store.load_intent(intent.intent_id)
+        except Exception as exc:
+            if not is_redis_failure(exc):
+                raise
+            return await self.refuse(intent, f"Redis unreachable ({type(exc).__name__}): whether intent id"
+                                     f" {intent.intent_id!r} was used before cannot be read, so nothing was done;"
+                                     " send it again once Redis answers", body)
+        verdict = self.claims.claim(intent, body, first)
         if isinstance(verdict, Duplicate | ConflictingBody):
             ticket = Ticket(intent, body)
             ticket.finish(await answer_refused_repeat(self.store, intent, verdict))
