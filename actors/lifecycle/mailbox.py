@@ -32,22 +32,23 @@ class Ticket:
         recovered from Redis, so a queue may forget the intent (acknowledge it)."""
         self.done = anyio.Event()
         self.result: IntentRecord | None = None
-        self._on_finish: list[Callable[[], None]] = []
+        self._on_finish: list[Callable[[IntentRecord], None]] = []
+
+    def on_finish(self, callback: Callable[[IntentRecord], None]) -> None:
+        """Call ``callback`` with the answer when the intent is answered (at once if it is):
+        for bookkeeping that must not wait on a task (admission's slot)."""
+        if self.result is not None:
+            callback(self.result)
+        else:
+            self._on_finish.append(callback)
 
     def finish(self, result: IntentRecord) -> None:
         self.result = result
         self.owned.set()
         self.done.set()
-        for callback in self._on_finish:
-            callback()
-        self._on_finish.clear()
-
-    def on_finish(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the intent is finished (at once if it is already)."""
-        if self.done.is_set():
-            callback()
-        else:
-            self._on_finish.append(callback)
+        callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            callback(result)
 
     async def wait(self) -> IntentRecord:
         await self.done.wait()

@@ -21,6 +21,7 @@ from posguard.actors.intents import (
     Duplicate,
     Intent,
     IntentRecord,
+    IntentRefused,
     Run,
     action_of,
     conflict_of,
@@ -85,7 +86,7 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, body: st
     try:
         try:
             record = await step()
-        except IntentConflict as exc:
+        except (IntentConflict, IntentRefused) as exc:
             reply.status, reply.reason = "rejected", str(exc)
         except BadRecord as exc:
             reply.status, reply.reason = "rejected", bad_record_refusal(exc)
