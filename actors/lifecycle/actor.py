@@ -169,9 +169,9 @@ class SymbolActor:
         match intent:
             case OpenIntent():
                 return await answer_intent(
-                    ctx, symbol, intent, body, lambda: open_position(ctx, symbol, intent, self._owned)
+                    ctx, symbol, intent, lambda: open_position(ctx, symbol, intent, self._owned), body=body
                 )
             case CloseIntent():
                 return await answer_intent(
-                    ctx, symbol, intent, body, lambda: close_on_request(ctx, symbol, intent, self._owned)
+                    ctx, symbol, intent, lambda: close_on_request(ctx, symbol, intent, self._owned), body=body
                 )

@@ -61,7 +61,9 @@ class IntentConflict(RuntimeError):
     """The intent cannot run in the symbol's current state; nothing was sent."""
 
 
-async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, body: str, step: IntentStep) -> IntentRecord:
+async def answer_intent(
+    ctx: ActorContext, symbol: str, intent: Intent, step: IntentStep, *, body: str
+) -> IntentRecord:
     """Write the intent ahead as ``accepted`` (with the ``body`` it arrived with), run its
     step, then write its final answer; unless `intent_verdict` says it must not run."""
     store = ctx.store
