@@ -182,7 +182,7 @@ async def test_sigkill_at_random_moments_then_venue_and_redis_agree(redis_url: s
         truth = emu.truth()
         entry_orders: dict[str, int] = {}
         for order in truth["orders"]:
-            if order["order_link_id"].endswith("-e"):
+            if ids.is_entry_id(order["order_link_id"]):
                 entry_orders[order["order_link_id"]] = entry_orders.get(order["order_link_id"], 0) + 1
         asked = {ids.entry_id(ACCOUNT, i) for i, action in intents.items() if action == "open"}
         print(f"\ncrash test: {KILLS} SIGKILLs ({failpoint_kills} between 'order sent' and 'record updated'),"

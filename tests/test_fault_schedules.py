@@ -147,10 +147,10 @@ async def run_schedule(seed: int, redis_url: str, clock: IOAwareMockClock, tally
         opens = {s.intent_id: s for steps in plan for s in steps if isinstance(s, OpenIntent)}
         fills: Counter[str] = Counter()
         for execution in venue.truth.executions:
-            if execution.client_order_id.endswith("-e"):
+            if ids.is_entry_id(execution.client_order_id):
                 fills[execution.client_order_id] += execution.qty
         entry_orders = Counter(
-            o.client_order_id for o in venue.truth.orders.values() if o.client_order_id.endswith("-e") and o.filled > 0
+            o.client_order_id for o in venue.truth.orders.values() if ids.is_entry_id(o.client_order_id) and o.filled > 0
         )
         for intent_id, intent in opens.items():
             coid = ids.entry_id(settings.account, intent_id)

@@ -14,8 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
-from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, stale_reason
-from posguard.actors.records import BadRecord, PositionRecord, State
+from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, settle_reply, stale_reason
+from posguard.actors.records import BadRecord, PositionRecord
 from posguard.actors.store.positions import Store
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "answer_intent",
     "bad_record_refusal",
     "nobody_waiting",
-    "settle_reply",
     "wall_clock_ms",
 ]
 
@@ -64,15 +63,20 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
             return reply
     reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="accepted")
     await store.save_intent(reply)
+    ctx.await_reply(symbol, reply)
     try:
-        record = await step()
-    except IntentConflict as exc:
-        reply.status, reply.reason = "rejected", str(exc)
-    except BadRecord as exc:
-        reply.status, reply.reason = "rejected", bad_record_refusal(exc)
-    else:
-        settle_reply(reply, record)
-    await store.save_intent(reply)
+        try:
+            record = await step()
+        except IntentConflict as exc:
+            reply.status, reply.reason = "rejected", str(exc)
+        except BadRecord as exc:
+            reply.status, reply.reason = "rejected", bad_record_refusal(exc)
+        else:
+            settle_reply(reply, record)
+    finally:
+        unanswered = ctx.still_awaited(symbol, intent.intent_id) is not None
+    if unanswered:  # the step ended without settling the record (protected, refused): answer now
+        await store.save_intent(reply)
     return reply
 
 
@@ -94,11 +98,3 @@ async def answer_duplicate(store: Store, first: IntentRecord) -> None:
     log.info("intent %s already handled (%s); answering duplicate", first.intent_id, first.status)
     await store.push_reply(duplicate_of(first))
 
-
-def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:
-    """Fill in an intent's final answer from the record its step left."""
-    open_ = reply.action == "open"
-    reply.status = "rejected" if record.state is State.REJECTED and open_ else "done"
-    reply.outcome = str(record.state)
-    reply.reason = record.reason
-    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id
