@@ -15,7 +15,8 @@ from posguard.streams.venue.events import Position
 __all__ = ["Finding", "FindingKind"]
 
 FindingKind = Literal[
-    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop", "bad_record"
+    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop", "bad_record",
+    "stop_not_filled",
 ]
 
 

@@ -13,7 +13,7 @@ import coredis
 import pytest
 import yaml
 
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.actors.store.keys import Keys
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
@@ -39,7 +39,7 @@ async def prepare(redis_url: str) -> None:
         store = RedisStore(client, "ops")
         await store.save_record(PositionRecord(
             symbol="BTC/USDT:USDT", intent_id="i-1", state=State.PROTECTED, side="buy", qty=0.01, filled_qty=0.01,
-            entry_price=60_000.0, stop_price=58_800.0, client_order_id="pgaaaa-e", stop_source="attached",
+            entry_price=60_000.0, stop_price=58_800.0, client_order_id="pgaaaa-e", protection=Protection.ATTACHED_CONFIRMED,
         ))
         await store.save_record(PositionRecord(
             symbol="ETH/USDT:USDT", intent_id="i-2", state=State.CLOSED, side="sell", qty=0.1, filled_qty=0.1,
