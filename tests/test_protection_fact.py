@@ -10,11 +10,12 @@ was written before anything was confirmed and four places guessed from it and fr
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from posguard.actors import ids
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import recovery, repairs
-from posguard.actors.records import PositionRecord, Protection, State, decode_record, is_protected
+from posguard.actors.records import BadRecord, PositionRecord, Protection, State, decode_record, is_protected
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest
 from posguard.supervisor.supervision import AuditSettings
@@ -107,6 +108,8 @@ def test_records_written_by_the_previous_version_are_read_as_before() -> None:
     assert read(State.OPEN, "") is Protection.NONE
     fields = dict(old, protection="stop_order", stop_source="attached")
     assert decode_record(fields, symbol=SYMBOL).protection is Protection.STOP_ORDER, "the new field wins"
+    with pytest.raises(BadRecord, match="stop_source"):
+        decode_record(dict(old, stop_source="manual"), symbol=SYMBOL)
 
 
 def test_only_a_confirmed_stop_counts_as_protection() -> None:

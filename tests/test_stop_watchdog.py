@@ -56,6 +56,7 @@ async def test_a_stop_past_its_price_that_did_not_fill_is_closed_reduce_only_wit
             while (record := await engine.store.load_record(SYMBOL)).state is not State.CLOSED:
                 await anyio.sleep(0.5)
         assert venue.truth.position(SYMBOL) is None
+        assert venue.truth.open_stops(SYMBOL) == [], "the stop that did not fill is cancelled"
         assert closes and all(ids.is_ours(r.client_order_id) for _, r in closes)
         assert closes[0][0] - crossed_at >= engine.settings.protection.stop_fill_timeout, "closed before the timeout"
         assert any("did not fill" in message for message in alerts), alerts

@@ -32,7 +32,7 @@ from posguard.actors.lifecycle.closing import (
     settle_closed,
     settle_closed_externally,
 )
-from posguard.actors.orders import send_once
+from posguard.actors.orders import cancel_leftover_stops, send_once
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
@@ -293,5 +293,7 @@ async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float)
     await ctx.save(record, f"emergency close: {why}")
     await ctx.alert(record.symbol, f"emergency close: {why}")
     outcome = await close_position(ctx, record, id_key=close_key(record), qty=qty)
+    # A stop of ours may still be armed (one that did not fill, one whose answer was lost).
+    await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
     await settle_closed(ctx, record, outcome, f"emergency close ({why})")
     return ClosedInstead(outcome=outcome)
