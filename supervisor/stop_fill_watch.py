@@ -77,8 +77,7 @@ class StopFillWatch:
             side = "long" if record.side == "buy" else "short"
             finding = Finding(
                 symbol=symbol, kind="stop_not_filled",
-                seen=f"price {price:g} past the {side}'s stop {record.stop_price:g} for {now - since:.0f} s"
-                     " with the position still open",
+                seen=f"price {price:g} past the {side}'s stop {record.stop_price:g} for {now - since:.0f} s",
                 action="close it reduce-only",
             )
             log.error("%s: %s; handing it to the actor to close", symbol, finding.seen)

@@ -18,6 +18,7 @@ from posguard.actors.lifecycle import recovery, repairs
 from posguard.actors.records import BadRecord, PositionRecord, Protection, State, decode_record, is_protected
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest
+from posguard.supervisor.engine import Engine
 from posguard.supervisor.supervision import AuditSettings
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, open_intent, running_engine, wait_streams_healthy
@@ -28,7 +29,7 @@ FAST_PUSH = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS})
 NO_AUDITS = AuditSettings(interval=3600.0)
 
 
-async def unverified_with_a_stop_written_ahead(engine, venue: FakeVenue) -> PositionRecord:  # noqa: ANN001
+async def unverified_with_a_stop_written_ahead(engine: Engine, venue: FakeVenue) -> PositionRecord:
     """The venue holds the entry with no stop; the record is `unverified` and its stop id was
     written ahead, but the process died before that stop reached the venue."""
     intent = open_intent("stop-never-sent", symbol=SYMBOL)

@@ -16,7 +16,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle.protection import describe_outcome, emergency_close, read_position
 from posguard.actors.records import BadRecord, PositionRecord, State, is_protected
-from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.errors import VenueError
 
 __all__ = ["close_unfilled_stop", "is_watched", "market_price", "stop_crossed"]
 
@@ -36,14 +36,14 @@ def stop_crossed(record: PositionRecord, price: float) -> bool:
 async def market_price(ctx: ActorContext, symbol: str) -> float | None:
     """The freshest price there is: the mark price of the venue's last pushed position if it
     is less than half `ProtectionSettings.stop_fill_timeout` old, else one ticker read over
-    REST. None if the venue does not answer (not a price: nothing is decided from it)."""
+    REST. None if the venue gives none (not a price: nothing is decided from it)."""
     pushed = ctx.board.position(symbol)
     max_age_ms = ctx.settings.protection.stop_fill_timeout * 500
     if pushed is not None and pushed.mark_price is not None and ctx.venue.now_ms() - pushed.ts_ms <= max_age_ms:
         return pushed.mark_price
     try:
         return await ctx.venue.fetch_price(symbol)
-    except VenueUnavailable as exc:
+    except VenueError as exc:  # unavailable, refused, a symbol gone: no price this time
         log.warning("%s: no price for the stop-fill watch (%s); looking again next time", symbol, exc)
         return None
 
@@ -63,6 +63,6 @@ async def close_unfilled_stop(ctx: ActorContext, finding: Finding) -> str:
     price = await market_price(ctx, record.symbol)
     if price is None or not stop_crossed(record, price):
         return f"price {price} is no longer past the stop {record.stop_price}; nothing to do"
-    record.reason = f"stop {record.stop_price:g} did not fill: {finding.seen}"
+    record.reason = f"the stop did not fill: {finding.seen}, and the position is not seen closed"
     outcome = await emergency_close(ctx, record, record.filled_qty or record.qty)
     return describe_outcome(outcome)
