@@ -45,8 +45,9 @@ class StopFillWatch:
         if is_watched(record):
             self._records[record.symbol] = record
         elif self._records.pop(record.symbol, None) is not None:
-            for key in [k for k in self._past_since if k[0] == record.symbol]:
-                del self._past_since[key]
+            for times in (self._past_since, self._handed):
+                for key in [k for k in times if k[0] == record.symbol]:
+                    del times[key]
 
     async def run(self) -> None:
         interval = self.ctx.settings.protection.stop_fill_timeout / 2
