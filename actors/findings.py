@@ -31,3 +31,5 @@ class Finding(msgspec.Struct, kw_only=True):
     stop_client_order_id: str = ""
     defect: RecordDefect | None = None
     """For ``bad_record``: which field of the symbol's hash does not parse, and its value."""
+    intent_id: str = ""
+    """For ``stop_not_filled``: whose position it is about (the symbol's record may have moved on)."""

@@ -118,7 +118,7 @@ class Engine:
                                       venue_label=venue_label(venue.name))
         self.loop_lag = LoopLagProbe(self.metrics)
         self.router = EventRouter(self.actors, self.request_audit)
-        self.stop_fill_watch = StopFillWatch(ctx=self.ctx, actors=self.actors)
+        self.stop_fill_watch = StopFillWatch(ctx=self.ctx, actors=self.actors, prices=self.prices)
         self.ctx.observers.append(self.stop_fill_watch.follow)
         self.ingestor = Ingestor(self.board, cache, listeners=[self.router.route])
         self.stopping = False

@@ -3,11 +3,12 @@
 A venue can refuse the market order a stop triggers, or trigger on another price than the one
 that crossed (a spike, freqtrade#12984): the stop stays armed, the position open, the market
 past the stop, and the audit, seeing a stop that covers the position, does nothing. So every
-protected position's price is read every half `ProtectionSettings.stop_fill_timeout`; once
+protected position's price (`PriceReader.latest`: the pushed mark price or a ticker read) is
+read every half `ProtectionSettings.stop_fill_timeout`; once
 it has stayed past the stop for the whole timeout, the symbol's actor is handed a
 ``stop_not_filled`` finding, which closes the position reduce-only and raises an alert
-(`posguard.actors.lifecycle.stop_fill`). Which records are watched, what "past the stop"
-means and which price counts are decided there; this module only keeps time.
+(`posguard.actors.lifecycle.stop_fill`). Which records are watched and what "past the stop"
+means are decided there; this module keeps time.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import anyio
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle.mailbox import Repair
-from posguard.actors.lifecycle.stop_fill import is_watched, market_price, stop_crossed
+from posguard.actors.lifecycle.stop_fill import is_watched, stop_crossed
 from posguard.actors.records import PositionRecord
 from posguard.supervisor.actor_registry import ActorRegistry
+from posguard.supervisor.prices import PriceReader
 
 __all__ = ["StopFillWatch"]
 
@@ -31,9 +33,10 @@ log = logging.getLogger("posguard.engine")
 class StopFillWatch:
     """Keeps, per watched position, since when its price has been past its stop."""
 
-    def __init__(self, *, ctx: ActorContext, actors: ActorRegistry) -> None:
+    def __init__(self, *, ctx: ActorContext, actors: ActorRegistry, prices: PriceReader) -> None:
         self.ctx = ctx
         self.actors = actors
+        self.prices = prices
         self._records: dict[str, PositionRecord] = {}
         """The latest saved record of every watched symbol (fed by `follow`)."""
         self._past_since: dict[tuple[str, str], float] = {}
@@ -64,7 +67,7 @@ class StopFillWatch:
             if handed is not None and not handed.done.is_set():
                 continue  # the actor has it; it decides again when it gets to it
             self._handed.pop(key, None)
-            price = await market_price(self.ctx, symbol)
+            price = await self.prices.latest(symbol)
             if price is None:
                 continue  # no price this time: neither past nor back, so the clock keeps running
             if not stop_crossed(record, price):
@@ -77,7 +80,7 @@ class StopFillWatch:
             del self._past_since[key]
             side = "long" if record.side == "buy" else "short"
             finding = Finding(
-                symbol=symbol, kind="stop_not_filled",
+                symbol=symbol, kind="stop_not_filled", intent_id=record.intent_id,
                 seen=f"price {price:g} past the {side}'s stop {record.stop_price:g} for {now - since:.0f} s",
                 action="close it reduce-only",
             )
