@@ -9,6 +9,7 @@ was written before anything was confirmed and four places guessed from it and fr
 
 from __future__ import annotations
 
+import coredis
 import msgspec
 import pytest
 
@@ -16,6 +17,8 @@ from posguard.actors import ids
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import recovery, repairs
 from posguard.actors.records import BadRecord, PositionRecord, Protection, State, decode_record, is_protected
+from posguard.actors.store.keys import Keys
+from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest
 from posguard.supervisor.engine import Engine
@@ -111,6 +114,25 @@ def test_records_written_by_the_previous_version_are_read_as_before() -> None:
     assert decode_record(fields, symbol=SYMBOL).protection is Protection.STOP_ORDER, "the new field wins"
     with pytest.raises(BadRecord, match="stop_source"):
         decode_record(dict(old, stop_source="manual"), symbol=SYMBOL)
+
+
+async def test_a_record_of_the_previous_version_loses_its_stop_source_at_its_next_write(redis_url: str) -> None:
+    old = PositionRecord(
+        symbol=SYMBOL, intent_id="old-2", state=State.PROTECTED, side="buy", qty=1.0, filled_qty=1.0,
+        entry_price=0.6, stop_price=0.58, client_order_id="pgzzzzzzzzzzzzzzzz-e",
+        protected_at="2026-11-25T07:32:49.689+00:00",
+    ).to_fields()
+    del old["protection"]
+    old["stop_source"] = "attached"
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        store = RedisStore(client, ACCOUNT)
+        key = Keys(ACCOUNT).position(SYMBOL)
+        await client.hset(key, old)
+        record = await store.load_record(SYMBOL)
+        assert record is not None and record.protection is Protection.ATTACHED_CONFIRMED
+        await store.save_record(record, "written by this version")
+        fields = await client.hgetall(key)
+    assert "stop_source" not in fields and fields["protection"] == "attached_confirmed"
 
 
 def test_only_a_confirmed_stop_counts_as_protection() -> None:
