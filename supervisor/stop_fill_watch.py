@@ -70,7 +70,7 @@ class StopFillWatch:
             price = await self.prices.latest(symbol)
             if price is None:
                 continue  # no price this time: neither past nor back, so the clock keeps running
-            if not stop_crossed(record, price):
+            if not stop_crossed(record.side, record.stop_price, price):
                 self._past_since.pop(key, None)
                 continue
             now = anyio.current_time()

@@ -14,6 +14,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle.protection import describe_outcome, emergency_close, read_position
 from posguard.actors.records import BadRecord, PositionRecord, State, is_protected
+from posguard.streams.venue.events import OrderSide
 
 __all__ = ["close_unfilled_stop", "is_watched", "stop_crossed"]
 
@@ -23,9 +24,10 @@ def is_watched(record: PositionRecord) -> bool:
     return record.state in (State.PROTECTED, State.UNVERIFIED) and is_protected(record)
 
 
-def stop_crossed(record: PositionRecord, price: float) -> bool:
-    """Whether the market is at or past the record's stop (the side a stop-out happens on)."""
-    return price <= record.stop_price if record.side == "buy" else price >= record.stop_price
+def stop_crossed(side: OrderSide, stop_price: float, price: float) -> bool:
+    """Whether the market at ``price`` is at or through the stop of an entry on ``side``: a
+    stop that should have fired, or (for an entry not yet sent) one on the wrong side."""
+    return price <= stop_price if side == "buy" else price >= stop_price
 
 
 async def close_unfilled_stop(ctx: ActorContext, finding: Finding) -> str:
