@@ -267,7 +267,7 @@ async def _exit_if_proven(ctx: ActorContext, record: PositionRecord, qty: float,
     exits = await exits_since_entry(ctx, record, ask_rest=ask_rest)
     if exits < qty - QTY_TOLERANCE:
         return None
-    await settle_closed_externally(ctx, record, f"filled, then closed by the venue (exits {exits}) before a stop held it")
+    await settle_closed_externally(ctx, record, f"filled, then closed on the venue by a stop or a liquidation (exits {exits})")
     return ExitedOnVenue(exit_qty=exits)
 
 
