@@ -22,10 +22,11 @@ from typing import Literal
 import anyio
 import msgspec
 
+from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline
-from posguard.streams.ingestion.evidence import newer_order
+from posguard.streams.ingestion.evidence import newer_order, newer_position
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, Position, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
@@ -92,7 +93,7 @@ class EntryEvidence:
         self._exit_side = closing_side(position_side_of(record.side))
 
     def take_order(self, order: Order | None, source: Source) -> None:
-        if order is None:
+        if order is None or not belongs_to(self.record, order):
             return
         merged = newer_order(self.order, order)
         if merged is not self.order:
@@ -102,7 +103,7 @@ class EntryEvidence:
     def take_executions(self, executions: list[Execution], source: Source) -> None:
         coid = self.record.client_order_id
         for execution in executions:
-            if execution.ts_ms < self.record.sent_ms:
+            if execution.ts_ms < self.record.sent_ms or not belongs_to(self.record, execution):
                 continue
             if execution.client_order_id == coid:
                 if execution.exec_id not in self.fills:
@@ -112,10 +113,11 @@ class EntryEvidence:
                 self.exits.setdefault(execution.exec_id, execution)
 
     def take_position(self, position: Position | None, source: Source) -> None:
-        """Only a position on our side, seen after we sent, says anything about our fill."""
-        if position is None or position.ts_ms < self.record.sent_ms:
+        """Only a position of our symbol, seen after we sent, says anything about our fill; of
+        two snapshots the later state counts, whichever arrived last."""
+        if position is None or position.ts_ms < self.record.sent_ms or not belongs_to(self.record, position):
             return
-        if self.position is None or position.ts_ms >= self.position.ts_ms:
+        if newer_position(self.position, position) is position:
             if position.is_open and position.side == position_side_of(self.record.side):
                 if self.filled_qty() <= QTY_TOLERANCE:
                     self.source = source

@@ -29,6 +29,7 @@ from posguard.streams.venue.errors import (
     UnknownSymbol,
 )
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, PositionSide, closing_side
+from posguard.streams.venue.liquidation import DEFAULT_LEVERAGE, estimated_liquidation_price
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 
@@ -54,6 +55,7 @@ class MatchingEngine:
         scheduler: Scheduler,
         stream: PrivateStream,
         views: RestViews,
+        leverage: dict[str, float],
     ) -> None:
         self._knobs = knobs
         self.rules: dict[str, MarketRules] = {symbol: rules for symbol, (_, rules) in markets.items()}
@@ -68,6 +70,10 @@ class MatchingEngine:
         self._stream = stream
         self._views = views
         self._ids = itertools.count(1)
+        self.leverage = leverage
+        """Leverage per symbol (`DEFAULT_LEVERAGE` for symbols not named): what each
+        position's liquidation price is estimated from."""
+        self._position_seqs = itertools.count(1)
 
     # -- what the seam asks for ------------------------------------------------------------
 
@@ -288,6 +294,16 @@ class MatchingEngine:
     # -- bookkeeping: truth, REST views, pushes --------------------------------------------
 
     def _set_position(self, position: Position, rng: random.Random) -> None:
+        """Every position change is stamped here, as a venue stamps it: the mark price it
+        happened at, the liquidation price, and a cross sequence (Bybit's ``seq``) that orders
+        two changes made in one millisecond, which their timestamps cannot."""
+        leverage = self.leverage.get(position.symbol, DEFAULT_LEVERAGE)
+        position = msgspec.structs.replace(
+            position,
+            mark_price=self.prices[position.symbol],
+            liq_price=estimated_liquidation_price(position.side, position.entry_price, leverage),
+            seq=next(self._position_seqs),
+        )
         self.truth.positions[position.symbol] = position
         now = anyio.current_time()
         self._views.add_position(now + self._knobs.position_lag.sample(rng), position)
