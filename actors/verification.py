@@ -4,7 +4,7 @@ The seed bot slept, asked for the position list, found nothing and concluded "no
 Here, "nothing found yet" never decides anything. A verdict is reached only when:
 
 * the order is final with nothing filled                     -> `Rejected`
-* it filled, and executions show the fill closed again       -> `ClosedExternally`
+* its fill is complete, and executions show it closed again -> `ClosedExternally`
 * it filled (order state, executions or a position we see)   -> `Filled`
 * none of the above by the hard deadline                     -> `Unverified` (protect, audit)
 
@@ -174,6 +174,14 @@ class EntryEvidence:
             return None
         exit_qty = self.exit_qty()
         if exit_qty >= filled - QTY_TOLERANCE:
+            if not self.fill_complete():
+                # Exits cover what is known filled, but the order may have filled more after
+                # them (a stop-out between two parts reopens the position): "closed" would be
+                # concluded from the absence of the rest.
+                return Unverified(
+                    f"filled at least {filled} and closed {exit_qty} by the deadline, but the entry order's "
+                    "final fill is unknown: the rest may be open"
+                )
             return ClosedExternally(filled, exit_qty, self.avg_price(), self.source)
         return Filled(
             filled_qty=filled,
