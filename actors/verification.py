@@ -118,9 +118,9 @@ class EntryEvidence:
         if position is None or position.ts_ms < self.record.sent_ms or not belongs_to(self.record, position):
             return
         if newer_position(self.position, position) is position:
-            if position.is_open and position.side == position_side_of(self.record.side):
-                if self.filled_qty() <= QTY_TOLERANCE:
-                    self.source = source
+            ours = position.is_open and position.side == position_side_of(self.record.side)
+            if ours and self.filled_qty() <= QTY_TOLERANCE:
+                self.source = source
             self.position = position
 
     def take_board(self, ctx: ActorContext) -> None:

@@ -30,7 +30,7 @@ from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled
 from posguard.streams.ingestion.evidence import newer_position
 from posguard.streams.venue.events import Execution, Order, Position
 from posguard.streams.venue.markets import QTY_TOLERANCE
-from tests.evidence_scaffolding import COID, ETH, SENT_MS, SOL, entry_record, execution, order, snapshot
+from tests.evidence_scaffolding import ETH, SENT_MS, SOL, entry_record, execution, order, snapshot
 
 QTY_TENTHS = 10
 """The entry asks for 1.0; quantities are drawn in tenths so sums are exact."""
