@@ -7,9 +7,12 @@ them. Neither the board nor an entry's evidence may let an older snapshot replac
 
 from __future__ import annotations
 
+import pytest
+
 from posguard.actors.verification import EntryEvidence
 from posguard.streams.ingestion.evidence import EvidenceBoard, newer_position
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.streams.venue.liquidation import estimated_liquidation_price
 from posguard.streams.venue.protocol import OrderRequest
 from tests.evidence_scaffolding import COID, SOL, board_fed_by, entry_record, snapshot
 
@@ -62,3 +65,24 @@ async def test_on_the_simulated_venue_a_lagging_list_never_overwrites_the_pushed
         evidence.take_position(listed[0], "rest")
         assert evidence.position == pushed
         assert evidence.visible_position() is None
+
+
+async def test_the_simulated_venue_stamps_mark_liquidation_price_and_seq_on_every_change() -> None:
+    btc = "BTC/USDT:USDT"
+    async with FakeVenue(seed=1, leverage={SOL: 5.0}) as venue, board_fed_by(venue) as board:
+        await venue.create_order(OrderRequest(symbol=SOL, side="buy", qty=1.0, client_order_id="pg-stamp-e"))
+        opened = venue.truth.positions[SOL]
+        assert opened.mark_price == 150.0
+        assert opened.liq_price == pytest.approx(150.0 * (1 - 1 / 5 + 0.005)) == estimated_liquidation_price("long", 150.0, 5)
+        venue.set_price(SOL, 151.0)
+        await venue.create_order(OrderRequest(symbol=SOL, side="sell", qty=0.4, client_order_id="pg-stamp-c",
+                                              reduce_only=True))
+        await venue.create_order(OrderRequest(symbol=btc, side="sell", qty=0.01, client_order_id="pg-stamp-b"))
+        reduced, short = venue.truth.positions[SOL], venue.truth.positions[btc]
+
+        assert reduced.seq > opened.seq and reduced.mark_price == 151.0 and reduced.size == pytest.approx(0.6)
+        assert short.liq_price == pytest.approx(60_000.0 * (1 + 1 / 10 - 0.005)), "10x unless told otherwise"
+        assert {p.symbol: p for p in await venue.fetch_positions()} == {SOL: reduced, btc: short}
+        while board.position(btc) != short:
+            await board.wait_for_change(btc)
+        assert board.position(SOL) == reduced, "pushed as listed"
