@@ -50,9 +50,10 @@ def newer_position(current: Position | None, candidate: Position) -> Position:
     Pushes arrive out of order and REST lists lag, so arrival order says nothing. Bybit stamps
     every position change with a cross sequence (``seq``): when both snapshots carry one, it
     decides, whatever their timestamps say (two changes in one millisecond, a REST answer
-    stamped later than the push it lags behind). The timestamp breaks a tie (a trading-stop
-    change keeps the ``seq`` of the last fill) and decides alone when either lacks a ``seq``
-    (Binance has none). On a full tie the candidate wins: it is the same state, heard later.
+    stamped later than the push it lags behind). The timestamp breaks a tie (Bybit: a change
+    of settings keeps the ``seq`` of the last fill) and decides alone when either lacks a
+    ``seq`` (Binance has none). On a full tie the candidate wins: it is the same state, heard
+    later.
     """
     if current is None:
         return candidate
