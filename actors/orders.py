@@ -87,8 +87,8 @@ async def look_up(
 
     Pushed evidence counts as finding it; an order of another symbol (or side) under that id
     is not this record's (`belongs_to`) and counts as not found. With ``absent_after`` (anyio
-    time), an answer of "unknown" given at or after that time returns `ABSENT`. None means no answer settled it
-    by the deadline, which is not evidence that the order does not exist.
+    time), an answer of "unknown" given at or after that time returns `ABSENT`. None means no
+    answer settled it by the deadline, which is not evidence that the order does not exist.
     """
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
