@@ -15,7 +15,8 @@ decision must keep the rules of I1:
 * a terminal verdict is true of the venue: rejected only if nothing filled, closed externally
   only if the position is flat at the end of the story, and never while the newest snapshot
   seen shows the position open with no exit proven;
-* another symbol's evidence changes nothing.
+* another symbol's evidence changes nothing;
+* of one position's snapshots, the newest (by ``seq``) is the one kept, whatever the order.
 """
 
 from __future__ import annotations
@@ -218,6 +219,23 @@ def test_another_symbols_evidence_changes_nothing(data: st.DataObject) -> None:
     alone = verdicts(own, ["push"] * len(own))
     together = verdicts(mixed, ["push"] * len(mixed))
     assert [together[i] for i in own_steps] + [together[-1]] == alone
+
+
+@examples
+@given(data=st.data())
+def test_the_newest_snapshot_wins_whatever_order_the_snapshots_arrive_in(data: st.DataObject) -> None:
+    # One position's history: each change has the next seq, several may share a millisecond.
+    sizes = data.draw(st.lists(st.integers(0, QTY_TENTHS), min_size=1, max_size=8))
+    ts = SENT_MS
+    history = []
+    for seq, size in enumerate(sizes, start=1):
+        ts += data.draw(st.integers(0, 1))
+        history.append(snapshot(size / 10, seq=seq, ts_ms=ts))
+    arrived = data.draw(st.permutations(history + data.draw(st.lists(st.sampled_from(history), max_size=4))))
+    evidence = EntryEvidence(entry_record())
+    for item in arrived:
+        evidence.take_position(item, "push")
+    assert evidence.position == history[-1]
 
 
 def test_exits_covering_a_partial_fill_at_the_deadline_do_not_close_the_entry() -> None:
