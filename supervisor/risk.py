@@ -16,7 +16,9 @@ import msgspec
 
 from posguard.actors.intents import IntentRefused, OpenIntent
 from posguard.actors.lifecycle.stop_fill import stop_crossed
-from posguard.actors.liquidation import beyond_liquidation, estimated_liquidation_price
+from posguard.actors.liquidation import beyond_liquidation
+from posguard.streams.venue.events import position_side_of
+from posguard.streams.venue.liquidation import estimated_liquidation_price
 
 __all__ = ["Fraction", "Limit", "RiskLimits", "check_priced", "check_static", "not_markets"]
 
@@ -77,7 +79,7 @@ def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, levera
     if stop_crossed(intent.side, intent.stop_price, price):
         below = "below" if intent.side == "buy" else "above"
         raise IntentRefused(f"stop_price: {intent.stop_price} must be {below} the last price {price} for a {intent.side}")
-    liq = estimated_liquidation_price(intent.side, price, leverage, limits.maintenance_margin)
+    liq = estimated_liquidation_price(position_side_of(intent.side), price, leverage, limits.maintenance_margin)
     if beyond_liquidation(intent.side, intent.stop_price, liq):
         raise IntentRefused(
             f"stop_price: {intent.stop_price} is beyond the estimated liquidation price {liq:.6g} ({leverage:g}x"

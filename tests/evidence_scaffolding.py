@@ -11,6 +11,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 
 from posguard.actors.context import ActorContext
+from posguard.actors.intents import OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
@@ -62,6 +63,11 @@ def snapshot(size: float, *, seq: int, ts_ms: int = SENT_MS + 5, symbol: str = S
     )
 
 
+async def unchecked(intent: OpenIntent) -> OpenIntent:
+    """The entry check of a context that is given no intents (these tests drive its parts)."""
+    return intent
+
+
 @asynccontextmanager
 async def actor_context(redis_url: str, clock: IOAwareMockClock, venue: FakeVenue) -> AsyncIterator[ActorContext]:
     """What an actor is given, on ``venue`` (entered) and a real Redis, with an empty board."""
@@ -69,7 +75,8 @@ async def actor_context(redis_url: str, clock: IOAwareMockClock, venue: FakeVenu
     async with open_redis(redis_url) as client:
         yield ActorContext(
             venue=venue, store=ClockHeld(RedisStore(client, settings.account), clock),  # type: ignore[arg-type]
-            board=EvidenceBoard(), rules=dict(venue.rules), settings=settings, rng=random.Random(7),
+            board=EvidenceBoard(), rules=dict(venue.rules), settings=settings, entry_check=unchecked,
+            rng=random.Random(7),
         )
 
 

@@ -69,7 +69,8 @@ async def test_on_the_simulated_venue_a_lagging_list_never_overwrites_the_pushed
 
 async def test_the_simulated_venue_stamps_mark_liquidation_price_and_seq_on_every_change() -> None:
     btc = "BTC/USDT:USDT"
-    async with FakeVenue(seed=1, leverage={SOL: 5.0}) as venue, board_fed_by(venue) as board:
+    async with FakeVenue(seed=1) as venue, board_fed_by(venue) as board:
+        venue.set_leverage(SOL, 5.0)
         await venue.create_order(OrderRequest(symbol=SOL, side="buy", qty=1.0, client_order_id="pg-stamp-e"))
         opened = venue.truth.positions[SOL]
         assert opened.mark_price == 150.0

@@ -36,11 +36,6 @@ from posguard.streams.venue.protocol import OrderRequest, StopRequest
 __all__ = ["MatchingEngine"]
 
 
-DEFAULT_LEVERAGE = 10.0
-"""Every symbol's leverage until a test sets another (`FakeVenue.set_leverage`)."""
-MAINTENANCE_MARGIN = 0.005
-"""The maintenance margin rate in the venue's liquidation price (Bybit's lowest tier)."""
-
 class MatchingEngine:
     """The venue's books: prices, rules, and every order, fill and position they produce."""
 
@@ -55,7 +50,6 @@ class MatchingEngine:
         scheduler: Scheduler,
         stream: PrivateStream,
         views: RestViews,
-        leverage: dict[str, float],
     ) -> None:
         self._knobs = knobs
         self.rules: dict[str, MarketRules] = {symbol: rules for symbol, (_, rules) in markets.items()}
@@ -70,9 +64,6 @@ class MatchingEngine:
         self._stream = stream
         self._views = views
         self._ids = itertools.count(1)
-        self.leverage = leverage
-        """Leverage per symbol (`DEFAULT_LEVERAGE` for symbols not named): what each
-        position's liquidation price is estimated from."""
         self._position_seqs = itertools.count(1)
 
     # -- what the seam asks for ------------------------------------------------------------
@@ -219,18 +210,12 @@ class MatchingEngine:
             if not missing:
                 stop = request.stop_loss
         self._set_position(
-            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, mark_price=price,
-                     liq_price=self._liquidation_price(side, entry, symbol), ts_ms=self._clock.now_ms()),
+            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, ts_ms=self._clock.now_ms()),
             rng,
         )
         self.truth.entries_filled[symbol] += 1
         if self._knobs.stop_out_rate and rng.random() < self._knobs.stop_out_rate:
             self._scheduler.schedule(self._knobs.stop_out_delay.sample(rng), lambda: self._stop_out(symbol))
-
-    def _liquidation_price(self, side: PositionSide, entry: float, symbol: str) -> float:
-        """Isolated margin: liquidated once the loss eats the margin less the maintenance margin."""
-        loss = 1 / self.leverage[symbol] - MAINTENANCE_MARGIN
-        return entry * (1 - loss) if side == "long" else entry * (1 + loss)
 
     def _fill_close(self, symbol: str, qty: float, *, order_id: str, client_order_id: str) -> None:
         position = self.truth.position(symbol)
@@ -297,12 +282,11 @@ class MatchingEngine:
         """Every position change is stamped here, as a venue stamps it: the mark price it
         happened at, the liquidation price, and a cross sequence (Bybit's ``seq``) that orders
         two changes made in one millisecond, which their timestamps cannot."""
-        leverage = self.leverage.get(position.symbol, DEFAULT_LEVERAGE)
+        liq_price = None
+        if position.is_open:
+            liq_price = estimated_liquidation_price(position.side, position.entry_price, self.leverage[position.symbol])
         position = msgspec.structs.replace(
-            position,
-            mark_price=self.prices[position.symbol],
-            liq_price=estimated_liquidation_price(position.side, position.entry_price, leverage),
-            seq=next(self._position_seqs),
+            position, mark_price=self.prices[position.symbol], liq_price=liq_price, seq=next(self._position_seqs),
         )
         self.truth.positions[position.symbol] = position
         now = anyio.current_time()

@@ -57,10 +57,7 @@ class FakeVenue:
         knobs: FaultKnobs | None = None,
         markets: dict[str, tuple[float, MarketRules]] | None = None,
         supports_attached_stop: bool = True,
-        leverage: dict[str, float] | None = None,
     ) -> None:
-        """``leverage``: per symbol, for the liquidation price each position reports (10 for
-        symbols not named)."""
         self._knobs = knobs or FaultKnobs()
         markets = markets if markets is not None else DEFAULT_MARKETS
         self._supports_attached_stop = supports_attached_stop
@@ -81,7 +78,6 @@ class FakeVenue:
             scheduler=self._scheduler,
             stream=self._stream,
             views=self._views,
-            leverage=dict(leverage or {}),
         )
         self._disconnects = ScheduledDisconnects(
             knobs=self._knobs, calls=self.calls, rng=rng, scheduler=self._scheduler, stream=self._stream

@@ -86,8 +86,8 @@ def position_payload(position: EmuPosition, instrument: Instrument, mark_price: 
     """
     tick, step = instrument.tick, instrument.step
     value = position.size * position.avg_price
-    side: PositionSide = "long" if position.side == "Buy" else "short" if position.side == "Sell" else "flat"
-    liq_price = estimated_liquidation_price(side, position.avg_price, DEFAULT_LEVERAGE)
+    side: PositionSide = "long" if position.side == "Buy" else "short"
+    liq_price = estimated_liquidation_price(side, position.avg_price, DEFAULT_LEVERAGE) if position.size else None
     return {
         "category": "linear",
         "symbol": position.symbol,
@@ -104,7 +104,7 @@ def position_payload(position: EmuPosition, instrument: Instrument, mark_price: 
         "positionStatus": "Normal",
         "leverage": fmt(DEFAULT_LEVERAGE),
         "markPrice": fmt(mark_price, tick),
-        "liqPrice": fmt(liq_price, tick) if liq_price is not None and position.size else "",
+        "liqPrice": fmt(liq_price, tick) if liq_price is not None else "",
         "bustPrice": "",
         "positionIM": fmt(value / DEFAULT_LEVERAGE),
         "positionMM": fmt(value * MAINTENANCE_MARGIN_RATE),
