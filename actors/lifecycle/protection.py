@@ -35,6 +35,7 @@ from posguard.actors.lifecycle.closing import (
 from posguard.actors.orders import cancel_leftover_stops, send_once
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
 from posguard.streams.backoff import Deadline
+from posguard.streams.ingestion.evidence import newer_position
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
@@ -114,11 +115,18 @@ def read_position(position: Position | None, record: PositionRecord) -> Position
     return "stop_on" if position.stop_price is not None else "stop_off"
 
 
+def freshest_position(ctx: ActorContext, symbol: str, seen: Position | None) -> Position | None:
+    """The later of a snapshot a step saw and the board's (by `newer_position`): the board may
+    have heard of a change (a stop-out, a fill) after the step took its snapshot."""
+    pushed = ctx.board.position(symbol)
+    if seen is None or pushed is None:
+        return seen or pushed
+    return newer_position(pushed, seen)
+
+
 async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen: Position | None) -> PositionView:
     """Wait (push first, then one REST look) for the venue to show the position and its stop."""
-    view = read_position(seen, record)
-    if view == "unknown":
-        view = read_position(ctx.board.position(record.symbol), record)
+    view = read_position(freshest_position(ctx, record.symbol, seen), record)
     deadline = Deadline(ctx.settings.protection.stop_confirm_deadline)
     while view == "unknown" and not deadline.passed and ctx.board.is_healthy():
         with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
@@ -225,7 +233,7 @@ async def protect(
     if record.protection is Protection.ATTACHED_REQUESTED:
         view = await confirm_attached_stop(ctx, record, seen)
     else:
-        view = read_position(seen or ctx.board.position(record.symbol), record)
+        view = read_position(freshest_position(ctx, record.symbol, seen), record)
     if view == "flat" or (view != "stop_on" and ctx.board.executions(record.symbol, record.sent_ms)):
         # The venue says it is gone, or fills arrived since: look for the proof (I1).
         exited = await _exit_if_proven(ctx, record, qty, ask_rest=view == "flat")
