@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from posguard.actors.failpoints import failpoint, record_saved
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
@@ -59,5 +60,6 @@ class ActorContext:
         if record.state.is_terminal and not record.settled_ms:
             record.settled_ms = self.venue.now_ms()
         await self.store.save_record(record, note)
+        failpoint(record_saved(record.state))
         for observer in self.observers:
             observer(record, note)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from posguard.actors.context import ActorContext
+from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.lifecycle.closing import drive_close
 from posguard.actors.lifecycle.entry import drive_entry
 from posguard.actors.lifecycle.replies import nobody_waiting, settle_reply
@@ -58,4 +59,5 @@ async def answer_interrupted(ctx: ActorContext, intent_id: str, record: Position
     if reply is not None and reply.status == "accepted":
         settle_reply(reply, record)
         reply.reason = f"finished after a restart: {reply.reason}" if reply.reason else "finished after a restart"
+        failpoint(before_reply(reply.status))
         await ctx.store.save_intent(reply)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
+from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, stale_reason
 from posguard.actors.records import BadRecord, PositionRecord, State
 from posguard.actors.store.positions import Store
@@ -60,9 +61,11 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
             log.warning("%s: intent %s refused: %s", symbol, intent.intent_id, stale)
             reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="stale",
                                  reason=stale)
+            failpoint(before_reply(reply.status))
             await store.save_intent(reply)
             return reply
     reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="accepted")
+    failpoint(before_reply(reply.status))
     await store.save_intent(reply)
     try:
         record = await step()
@@ -72,6 +75,7 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
         reply.status, reply.reason = "rejected", bad_record_refusal(exc)
     else:
         settle_reply(reply, record)
+    failpoint(before_reply(reply.status))
     await store.save_intent(reply)
     return reply
 
@@ -92,7 +96,9 @@ async def answer_duplicate(store: Store, first: IntentRecord) -> None:
     """An intent id sent again after it was handled: reply ``duplicate`` (so a client blocked
     on the reply list is answered), keep the first answer in the intent record, run nothing."""
     log.info("intent %s already handled (%s); answering duplicate", first.intent_id, first.status)
-    await store.push_reply(duplicate_of(first))
+    reply = duplicate_of(first)
+    failpoint(before_reply(reply.status))
+    await store.push_reply(reply)
 
 
 def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:
