@@ -159,12 +159,15 @@ class Trader:
         self.rng = rng
         self.keys = Keys(ACCOUNT)
         self.intents: dict[str, dict[str, str]] = {}  # intent id -> the fields first sent
+        self.sent_in: dict[str, str] = {}  # intent id -> the run it was first sent in (its failpoint)
+        self.run = ""
         self.reused: list[str] = []
         self._next_id = 0
         self._balance: float | None = None
 
     async def send(self, fields: dict[str, str]) -> str:
         self.intents.setdefault(fields["intent_id"], fields)
+        self.sent_in.setdefault(fields["intent_id"], self.run)
         await self.client.xadd(self.keys.intents, fields)
         return fields["intent_id"]
 
@@ -222,7 +225,10 @@ class Trader:
     async def unanswered(self) -> dict[str, str]:
         """Intents whose intent record has no final status, with what it says."""
         statuses = {i: await self.answer(i) for i in self.intents}
-        return {i: status or "(no intent record)" for i, status in statuses.items() if status not in FINAL_STATUSES}
+        return {
+            i: f"{status or '(no intent record)'}: {self.intents[i]['action']} {self.intents[i]['symbol']}, sent in {self.sent_in[i]}"
+            for i, status in statuses.items() if status not in FINAL_STATUSES
+        }
 
     async def wait_entry_sent(self, symbol: str) -> None:
         """Until the emulator holds an entry order for ``symbol`` (a failpoint run's cue)."""
@@ -375,6 +381,7 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
         reached: Counter[str] = Counter()
         for run in range(KILLS):
             target = TARGETS[(run // 2) % len(TARGETS)] if run % 2 else ""
+            trader.run = f"run {run} ({target or 'random kill'})"
             process = await start_posguard(config, target)
             async with anyio.create_task_group() as run_tg:
                 run_tg.start_soon(SCENARIOS[target] if target else random_intents, trader)

@@ -182,7 +182,7 @@ async def run_schedule(seed: int, redis_url: str, clock: IOAwareMockClock, tally
         parts = Counter(e.client_order_id for e in venue.truth.executions if ids.is_entry_id(e.client_order_id))
         tally["entries filled in parts"] += sum(1 for n in parts.values() if n > 1)
         tally["create_order calls"] += venue.calls["create_order"]
-        assert not violations, f"violated during the run ({context}): {violations}"
+        assert not violations, f"violated during the run: {violations} ({context})"
         records = {r.symbol: r for r in await engine.store.list_records()}
         for symbol, record in records.items():
             assert_never_falsely_closed(record, venue)
@@ -229,16 +229,34 @@ def schedule_seeds() -> list[int]:
     return list(range(int(os.environ.get("POSGUARD_SCHEDULES", "100"))))
 
 
+def what_failed(exc: BaseException) -> str:
+    """A failing schedule's assertion(s), without the knobs (rerun the seed to see them)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(what_failed(inner) for inner in exc.exceptions)
+    if isinstance(exc, AssertionError):
+        return str(exc).split(" (schedule seed ")[0].split("\nassert")[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
 def test_invariants_hold_over_random_fault_schedules(redis_url: str) -> None:
     seeds = schedule_seeds()
     tally: Counter[str] = Counter()
+    failures: dict[int, str] = {}
     started = time.perf_counter()
     for seed in seeds:
         clock = IOAwareMockClock()
-        anyio.run(
-            run_schedule, seed, redis_url, clock, tally, backend="trio", backend_options={"clock": clock.trio_clock}
-        )
+        try:
+            anyio.run(
+                run_schedule, seed, redis_url, clock, tally, backend="trio", backend_options={"clock": clock.trio_clock}
+            )
+        except Exception as exc:  # noqa: BLE001 - every failing seed is reported, not only the first
+            failures[seed] = what_failed(exc)
     print(f"\n{len(seeds)} fault schedules in {time.perf_counter() - started:.0f} s:", dict(sorted(tally.items())))
+    for seed, failure in failures.items():
+        print(f"  seed {seed}: {failure}")
+    assert not failures, f"{len(failures)} of {len(seeds)} schedules failed (rerun one with POSGUARD_SCHEDULE_SEED): " + (
+        "; ".join(f"seed {seed}: {failure}" for seed, failure in list(failures.items())[:5])
+    )
     if len(seeds) >= 100:
         # The schedules must reach the hard cases, or passing them says little.
         for outcome in ("closed_externally", "unverified", "rejected", "protected", "closed"):
