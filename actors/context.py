@@ -8,7 +8,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from posguard.actors.failpoints import failpoint, record_saved
+from posguard.actors.failpoints import before_reply, failpoint, record_saved
+from posguard.actors.intents import IntentRecord, settle_reply
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
@@ -16,12 +17,21 @@ from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 
-__all__ = ["ActorContext", "TransitionObserver"]
+__all__ = ["ActorContext", "AwaitedReply", "TransitionObserver"]
 
 log = logging.getLogger("posguard.alert")
 
 TransitionObserver = Callable[[PositionRecord, str], None]
 """Called after every saved transition with the record and its note (metrics, demo, bench)."""
+
+
+@dataclass
+class AwaitedReply:
+    """An intent answered ``accepted`` whose final answer is not written yet."""
+
+    reply: IntentRecord
+    after_restart: bool = False
+    """Recovery is finishing the step (the run that accepted it is gone)."""
 
 
 @dataclass
@@ -36,6 +46,10 @@ class ActorContext:
     alerts: list[Callable[[str, str], None]] = field(default_factory=list)
     """Called with (symbol, message) when a person must look (metrics, tests, logs)."""
     rest_calls: Counter[str] = field(default_factory=Counter)
+    awaiting: dict[tuple[str, str], AwaitedReply] = field(default_factory=dict)
+    """By (symbol, intent id): intents whose step is running. A record write that settles the
+    record (a terminal state) carries their final answers in its own transaction (`save`), so
+    no crash can leave a settled record with its intent still saying ``accepted``."""
 
     @property
     def account(self) -> str:
@@ -56,10 +70,26 @@ class ActorContext:
         except Exception as exc:  # noqa: BLE001 - an alert must not be lost to a Redis error
             log.error("could not write the alert to Redis (%s); it is in this log only", exc)
 
+    def await_reply(self, symbol: str, reply: IntentRecord, *, after_restart: bool = False) -> None:
+        """``reply`` (status ``accepted``) is answered by the write that settles ``symbol``'s record."""
+        self.awaiting[(symbol, reply.intent_id)] = AwaitedReply(reply, after_restart)
+
+    def still_awaited(self, symbol: str, intent_id: str) -> AwaitedReply | None:
+        """Stop awaiting the intent; what was awaited if no record write has answered it."""
+        return self.awaiting.pop((symbol, intent_id), None)
+
     async def save(self, record: PositionRecord, note: str = "") -> None:
-        if record.state.is_terminal and not record.settled_ms:
-            record.settled_ms = self.venue.now_ms()
-        await self.store.save_record(record, note)
+        replies: list[IntentRecord] = []
+        if record.state.is_terminal:
+            if not record.settled_ms:
+                record.settled_ms = self.venue.now_ms()
+            for intent_id in dict.fromkeys((record.intent_id, record.close_intent_id)):
+                awaited = self.still_awaited(record.symbol, intent_id)
+                if awaited is not None:
+                    replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
+        for reply in replies:  # written with the record, in one transaction
+            failpoint(before_reply(reply.status))
+        await self.store.save_record(record, note, replies=replies)
         failpoint(record_saved(record.state))
         for observer in self.observers:
             observer(record, note)

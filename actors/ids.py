@@ -2,44 +2,105 @@
 
 The same intent always yields the same ids, across retries, restarts and replays (I3). Ids fit
 both Bybit's orderLinkId and Binance's newClientOrderId (at most 36 of ``[A-Za-z0-9_-]``).
-They start with ``pg`` so the audit can tell posguard's orders from anything else on the
-account.
+
+The grammar, built and parsed here only (nowhere else may split an id):
+
+    pg<stem>-e        the entry order of an intent
+    pg<stem>-s<n>     its n-th stop placement attempt
+    pg<stem>-c<n>     its n-th reduce-only close attempt
+
+``<stem>`` is 16 base32 characters of a keyed hash of (account, intent id): every order of one
+intent shares it, which is how the audit tells which record owns a stop. Ids start with ``pg``
+so the audit can tell posguard's orders from anything else on the account.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
+from typing import Literal
 
-__all__ = ["ENTRY_SUFFIX", "PREFIX", "close_id", "entry_id", "is_entry_id", "is_ours", "stop_id"]
+import msgspec
+
+__all__ = [
+    "ClientOrderId",
+    "OrderRole",
+    "PREFIX",
+    "close_id",
+    "entry_id",
+    "is_entry_id",
+    "is_ours",
+    "parse",
+    "same_intent",
+    "stop_id",
+]
 
 PREFIX = "pg"
-ENTRY_SUFFIX = "-e"
+OrderRole = Literal["entry", "stop", "close"]
+_ROLE_LETTER: dict[OrderRole, str] = {"entry": "e", "stop": "s", "close": "c"}
+_ROLE_OF = {letter: role for role, letter in _ROLE_LETTER.items()}
+_GRAMMAR = re.compile(rf"{PREFIX}(?P<stem>[a-z2-7]{{16}})-(?P<letter>[esc])(?P<attempt>\d*)")
 
 
-def _digest(account: str, intent_id: str) -> str:
+class ClientOrderId(msgspec.Struct, frozen=True):
+    """One of posguard's client order ids, taken apart."""
+
+    stem: str
+    """Shared by every order of one intent on one account."""
+    role: OrderRole
+    attempt: int
+    """The stop or close attempt number; 0 for an entry."""
+
+
+def _stem(account: str, intent_id: str) -> str:
     raw = hashlib.blake2b(f"{account}\x00{intent_id}".encode(), digest_size=10).digest()
     return base64.b32encode(raw).decode().lower()
 
 
+def _build(account: str, intent_id: str, role: OrderRole, attempt: int | None) -> str:
+    return f"{PREFIX}{_stem(account, intent_id)}-{_ROLE_LETTER[role]}{'' if attempt is None else attempt}"
+
+
 def entry_id(account: str, intent_id: str) -> str:
-    return f"{PREFIX}{_digest(account, intent_id)}{ENTRY_SUFFIX}"
+    return _build(account, intent_id, "entry", None)
+
+
+def stop_id(account: str, intent_id: str, attempt: int) -> str:
+    """One id per placement attempt: a rejected stop's id is spent on some venues."""
+    return _build(account, intent_id, "stop", attempt)
+
+
+def close_id(account: str, intent_id: str, attempt: int = 0) -> str:
+    return _build(account, intent_id, "close", attempt)
+
+
+def parse(client_order_id: str) -> ClientOrderId | None:
+    """The parts of one of posguard's ids; None for any other id (another tool's, a hand-placed
+    order's, or one that only looks like ours)."""
+    match = _GRAMMAR.fullmatch(client_order_id)
+    if match is None:
+        return None
+    letter, attempt = match.group("letter"), match.group("attempt")
+    if (letter == "e") != (attempt == ""):
+        return None  # an entry has no attempt number; a stop or close always has one
+    return ClientOrderId(stem=match.group("stem"), role=_ROLE_OF[letter], attempt=int(attempt or 0))
+
+
+def is_ours(client_order_id: str) -> bool:
+    return parse(client_order_id) is not None
 
 
 def is_entry_id(client_order_id: str) -> bool:
     """An entry order's id (as opposed to a stop's or a close's): its fills open a position,
     so they never end one."""
-    return client_order_id.endswith(ENTRY_SUFFIX)
+    parsed = parse(client_order_id)
+    return parsed is not None and parsed.role == "entry"
 
 
-def stop_id(account: str, intent_id: str, attempt: int) -> str:
-    """One id per placement attempt: a rejected stop's id is spent on some venues."""
-    return f"{PREFIX}{_digest(account, intent_id)}-s{attempt}"
-
-
-def close_id(account: str, intent_id: str, attempt: int = 0) -> str:
-    return f"{PREFIX}{_digest(account, intent_id)}-c{attempt}"
-
-
-def is_ours(client_order_id: str) -> bool:
-    return client_order_id.startswith(PREFIX) and "-" in client_order_id
+def same_intent(client_order_id: str, other: str, *, role: OrderRole | None = None) -> bool:
+    """Whether two ids are orders of one intent (``role``: and the first is of that role)."""
+    first, second = parse(client_order_id), parse(other)
+    if first is None or second is None or first.stem != second.stem:
+        return False
+    return role is None or first.role == role

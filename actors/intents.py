@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from posguard.actors.records import utc_now
+from posguard.actors.records import PositionRecord, State, utc_now
 from posguard.streams.venue.events import OrderSide
 from posguard.streams.venue.markets import MarketRules
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_common",
     "check_open",
     "duplicate_of",
+    "settle_reply",
     "stale_reason",
 ]
 
@@ -154,6 +155,20 @@ def stale_reason(intent: Intent, now_ms: int) -> str:
         late = (now_ms - intent.expires_ms) / 1000
         return f"stale: expires_ms {intent.expires_ms} passed {late:.1f} s ago; nothing was sent (send a new intent)"
     return ""
+
+
+def settle_reply(reply: IntentRecord, record: PositionRecord, *, after_restart: bool = False) -> IntentRecord:
+    """Fill in an intent's final answer from the record its step left (and return it).
+
+    ``after_restart``: the step was finished by recovery, not by the run that accepted it."""
+    open_ = reply.action == "open"
+    reply.status = "rejected" if record.state is State.REJECTED and open_ else "done"
+    reply.outcome = str(record.state)
+    reply.reason = record.reason
+    if after_restart:
+        reply.reason = f"finished after a restart: {reply.reason}" if reply.reason else "finished after a restart"
+    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id
+    return reply
 
 
 def duplicate_of(first: IntentRecord) -> IntentRecord:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline, sleep_within
@@ -112,7 +113,6 @@ async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadl
     Found by listing open orders (not by remembering ids), so stops from attempts whose
     responses were lost are cancelled too. Returns the ids cancelled.
     """
-    stem = record.client_order_id.rsplit("-", 1)[0]
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
         try:
@@ -120,7 +120,7 @@ async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadl
             orders = await ctx.venue.fetch_open_orders(record.symbol)
             cancelled = []
             for order in orders:
-                if order.kind == "stop" and order.client_order_id.startswith(stem + "-s"):
+                if order.kind == "stop" and ids.same_intent(order.client_order_id, record.client_order_id, role="stop"):
                     ctx.count_rest(record, "cancel_order")
                     await ctx.venue.cancel_order(record.symbol, order.client_order_id)
                     cancelled.append(order.client_order_id)

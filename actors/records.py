@@ -22,14 +22,18 @@ from posguard.streams.venue.events import OrderSide
 
 __all__ = [
     "BadRecord",
+    "CLOSING_STATES",
     "EvidenceSource",
     "IN_FLIGHT_STATES",
+    "InvalidTransition",
     "PositionRecord",
     "RecordDefect",
     "State",
     "StopSource",
     "TERMINAL_STATES",
+    "TRANSITIONS",
     "decode_record",
+    "describe_transitions",
     "utc_now",
 ]
 
@@ -44,6 +48,7 @@ class State(enum.StrEnum):
     PROTECTED = "protected"  # filled and a live stop-loss confirmed
     CLOSING = "closing"  # our reduce-only close is in flight
     EMERGENCY_CLOSING = "emergency_closing"  # no stop could be placed; closing instead
+    CLOSE_FAILING = "close_failing"  # our close keeps failing; still trying; may be open and bare
     UNVERIFIED = "unverified"  # evidence incomplete: treated as possibly open, protected, audited
     CLOSED = "closed"  # flat after our own close, proven
     CLOSED_EXTERNALLY = "closed_externally"  # filled, then closed by a stop/liquidation, proven
@@ -60,6 +65,45 @@ class State(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({State.CLOSED, State.CLOSED_EXTERNALLY, State.REJECTED})
 IN_FLIGHT_STATES = frozenset({State.SUBMITTING, State.SUBMITTED, State.VERIFYING})
+CLOSING_STATES = frozenset({State.CLOSING, State.EMERGENCY_CLOSING, State.CLOSE_FAILING})
+"""A close of ours is under way: after a restart it is driven on as a close, never as an entry."""
+
+_ENDINGS = frozenset({State.CLOSED, State.CLOSED_EXTERNALLY})
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.SUBMITTING: frozenset({State.SUBMITTED, State.VERIFYING, State.REJECTED}),
+    State.SUBMITTED: frozenset({State.VERIFYING}),
+    State.VERIFYING: frozenset({State.OPEN, State.UNVERIFIED, State.REJECTED, State.CLOSED_EXTERNALLY}),
+    State.OPEN: frozenset({State.PROTECTED, State.CLOSING, State.EMERGENCY_CLOSING, State.CLOSED_EXTERNALLY}),
+    State.PROTECTED: frozenset({State.CLOSING, State.EMERGENCY_CLOSING, State.CLOSED_EXTERNALLY}),
+    State.UNVERIFIED: frozenset({State.OPEN, State.PROTECTED, State.CLOSING, State.EMERGENCY_CLOSING,
+                                 State.REJECTED, State.CLOSED_EXTERNALLY}),
+    State.CLOSING: frozenset({State.CLOSE_FAILING} | _ENDINGS),
+    State.EMERGENCY_CLOSING: frozenset({State.CLOSING, State.CLOSE_FAILING} | _ENDINGS),
+    State.CLOSE_FAILING: frozenset({State.CLOSING} | _ENDINGS),
+    State.CLOSED: frozenset(),
+    State.CLOSED_EXTERNALLY: frozenset(),
+    State.REJECTED: frozenset(),
+}
+"""Every state change a record may make, and no other (the README's lifecycle table is rendered
+from this by `describe_transitions`, and a test holds the two equal). A new record starts in
+``submitting`` (an intent's entry) or ``open`` (a position the venue holds that posguard adopts);
+a terminal state is left only by a new record for a new intent."""
+assert set(TRANSITIONS) == set(State)
+
+
+class InvalidTransition(RuntimeError):
+    """A step tried a state change the lifecycle does not allow: a bug, never a venue's doing.
+    Nothing is written; the actor fails and is restarted, and resumes from the record in Redis."""
+
+
+def describe_transitions() -> str:
+    """The transition table as text, one line per state (README, "How it works")."""
+    width = max(len(state) for state in State)
+    lines = []
+    for state, targets in TRANSITIONS.items():
+        ordered = [str(t) for t in State if t in targets]
+        lines.append(f"{state:<{width}} -> {', '.join(ordered) if ordered else '(terminal)'}")
+    return "\n".join(lines)
 
 EvidenceSource = Literal["", "push", "rest"]
 StopSource = Literal["", "attached", "order"]
@@ -93,6 +137,23 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     filled_at: str = ""
     protected_at: str = ""
     closed_at: str = ""
+
+    def transition(self, to: State, reason: str | None = None) -> None:
+        """Change state through the one table of allowed changes (`TRANSITIONS`).
+
+        ``reason`` replaces the record's reason when given. A terminal state stamps
+        ``closed_at``. Raises `InvalidTransition` for a change the table does not list: the
+        record is left as it was.
+        """
+        if to not in TRANSITIONS[self.state]:
+            raise InvalidTransition(
+                f"{self.symbol}: {self.state} -> {to} is not a lifecycle transition (intent {self.intent_id})"
+            )
+        self.state = to
+        if reason is not None:
+            self.reason = reason
+        if to.is_terminal:
+            self.closed_at = utc_now()
 
     def to_fields(self) -> dict[str, str]:
         """Plain-text hash fields: numbers in their shortest exact form, unknown as ''."""

@@ -124,13 +124,21 @@ class Engine:
             tg.start_soon(self.ingestor.run, receive)
             tg.start_soon(self.stream_events, send)
             await publish_health(self.store, self.gate)
-            for record in await self.store.list_records():
-                if record.state.is_live:
-                    self.actors.get_or_start(record.symbol)
+            await self._resume_records()
             tg.start_soon(self.audits.run)
             tg.start_soon(self.watchdog.run)
             tg.start_soon(self.loop_lag.run)
             task_status.started()
+
+    async def _resume_records(self) -> None:
+        """Start the actor of every symbol whose record is live (its step resumes) or whose
+        intents a crash left unanswered (answered from the settled record)."""
+        records = await self.store.list_records()
+        settled = [i for r in records if r.state.is_terminal for i in (r.intent_id, r.close_intent_id) if i]
+        unanswered = await self.store.still_accepted(settled)
+        for record in records:
+            if record.state.is_live or {record.intent_id, record.close_intent_id} & unanswered:
+                self.actors.get_or_start(record.symbol)
 
     async def stop(self) -> None:
         """Graceful shutdown: refuse new intents, let in-flight steps finish (up to the grace

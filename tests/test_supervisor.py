@@ -4,13 +4,14 @@ after a crash. Trio, mock clock, fake venue, real Redis; asserted against the ve
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import pytest
 
 from posguard.actors import ids
-from posguard.actors.intents import CloseIntent
+from posguard.actors.intents import CloseIntent, IntentRecord
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import OperatorRequests
@@ -37,11 +38,11 @@ class CrashingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def save_record(self, record: PositionRecord, note: str = "") -> None:
+    async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
         if self.crash_when is not None and record.state == self.crash_when:
             self.crash_times.append(anyio.current_time())
             raise RuntimeError(f"injected failure saving a {record.state} record")
-        await self._inner.save_record(record, note)
+        await self._inner.save_record(record, note, replies=replies)
 
 
 def supervisor_settings(**kwargs: Any) -> SupervisorSettings:

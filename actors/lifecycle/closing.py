@@ -21,7 +21,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.intents import CloseIntent
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import cancel_leftover_stops, look_up, send_once
-from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
+from posguard.actors.records import CLOSING_STATES, IN_FLIGHT_STATES, PositionRecord, State
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueUnavailable
 from posguard.streams.venue.events import Order, closing_side, position_side_of
@@ -30,6 +30,8 @@ from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = [
     "CloseOutcome",
+    "EMERGENCY_SUFFIX",
+    "close_key",
     "close_on_request",
     "close_position",
     "drive_close",
@@ -40,6 +42,7 @@ __all__ = [
 log = logging.getLogger("posguard.actor")
 
 CloseOutcome = Literal["closed", "nothing_to_reduce"]
+EMERGENCY_SUFFIX = ":emergency"
 
 
 async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, owned: Owned) -> PositionRecord:
@@ -50,7 +53,9 @@ async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, 
         raise IntentConflict(f"{symbol} has no live position to close (record state: {state})")
     if record.state in IN_FLIGHT_STATES:
         raise IntentConflict(f"{symbol}: the entry is still being verified; close it once it settles")
-    record.state = State.CLOSING
+    if record.state in CLOSING_STATES:
+        raise IntentConflict(f"{symbol}: a close is already under way ({record.state}, {record.close_intent_id})")
+    record.transition(State.CLOSING)
     record.close_intent_id = intent.intent_id
     await ctx.save(record, "close requested")
     owned()
@@ -58,12 +63,20 @@ async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, 
 
 
 async def drive_close(ctx: ActorContext, record: PositionRecord) -> PositionRecord:
-    """From ``closing`` to closed: reduce-only orders, then the stops left armed are cancelled."""
+    """From a closing state to closed: reduce-only orders, then the stops left armed are
+    cancelled. Also how a close cut short by a restart is finished."""
     qty = record.filled_qty if record.filled_qty > 0 else record.qty
-    outcome = await close_position(ctx, record, id_key=record.close_intent_id, qty=qty)
+    key = close_key(record)
+    outcome = await close_position(ctx, record, id_key=key, qty=qty)
     await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-    await settle_closed(ctx, record, outcome, "closed on request")
+    await settle_closed(ctx, record, outcome, "emergency close" if key != record.close_intent_id else "closed on request")
     return record
+
+
+def close_key(record: PositionRecord) -> str:
+    """What seeds a close's client order ids: the close intent's id, or, for an emergency close
+    (no stop could be placed), the entry's intent id marked as such."""
+    return record.close_intent_id or record.intent_id + EMERGENCY_SUFFIX
 
 
 async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, qty: float) -> CloseOutcome:
@@ -102,9 +115,8 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
             continue
         failures += 1
         attempt += 1
-        if failures == settings.close_alert_after:
-            record.state = State.UNVERIFIED
-            record.reason = f"could not close after {failures} attempts; still trying"
+        if failures == settings.close_alert_after and record.state is not State.CLOSE_FAILING:
+            record.transition(State.CLOSE_FAILING, f"could not close after {failures} attempts; still trying")
             await ctx.save(record)
             await ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
         await anyio.sleep(next(delays))
@@ -128,23 +140,19 @@ async def settle_closed(ctx: ActorContext, record: PositionRecord, outcome: Clos
     order because it holds nothing: flat, by the venue's own check. Whether something else
     closed it first (a stop, a liquidation) is read from the executions, for the record.
     """
-    record.closed_at = utc_now()
     if outcome == "closed":
-        record.state = State.CLOSED
-        record.reason = why
+        record.transition(State.CLOSED, why)
     else:
         exits = await _exits_since(ctx, record)
-        record.state = State.CLOSED_EXTERNALLY if exits >= record.filled_qty - QTY_TOLERANCE > 0 else State.CLOSED
-        record.reason = f"{why}: venue holds no position (exits seen: {exits})"
+        ended = State.CLOSED_EXTERNALLY if exits >= record.filled_qty - QTY_TOLERANCE > 0 else State.CLOSED
+        record.transition(ended, f"{why}: venue holds no position (exits seen: {exits})")
     await ctx.save(record)
     ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id)
 
 
 async def settle_closed_externally(ctx: ActorContext, record: PositionRecord, reason: str) -> None:
     """Proven filled and closed by the venue: record it and cancel any stop left armed."""
-    record.state = State.CLOSED_EXTERNALLY
-    record.reason = reason
-    record.closed_at = utc_now()
+    record.transition(State.CLOSED_EXTERNALLY, reason)
     await ctx.save(record)
     await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
     ctx.board.forget(record.client_order_id, record.stop_client_order_id)

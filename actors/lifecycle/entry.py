@@ -77,19 +77,18 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
                 Deadline(ctx.settings.verification.hard_deadline), maybe_sent=resumed,
             )
         except OrderRejected as exc:
-            record.state = State.REJECTED
-            record.reason = f"venue rejected the entry: {exc.reason}"
-            record.closed_at = utc_now()
+            record.transition(State.REJECTED, f"venue rejected the entry: {exc.reason}")
             await ctx.save(record)
             return record
         failpoint("entry_sent")
         if order is not None:
             record.order_id = order.order_id
-            record.state = State.SUBMITTED
+            record.transition(State.SUBMITTED)
             await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
     if record.state in IN_FLIGHT_STATES:
-        record.state = State.VERIFYING
-        await ctx.save(record)
+        if record.state is not State.VERIFYING:
+            record.transition(State.VERIFYING)
+            await ctx.save(record)
         verdict = await verify_entry(ctx, record, sent_at)
         await settle_entry(ctx, record, verdict, sent_at)
     elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not record.stop_client_order_id):
@@ -107,10 +106,8 @@ async def settle_entry(
     elapsed_ms = round((anyio.current_time() - sent_at) * 1000, 1)
     match verdict:
         case Rejected(reason=reason, source=source):
-            record.state = State.REJECTED
-            record.reason = reason
             record.evidence = source
-            record.closed_at = utc_now()
+            record.transition(State.REJECTED, reason)
             await ctx.save(record)
             ctx.board.forget(record.client_order_id)
         case ClosedExternally(filled_qty=filled, exit_qty=exit_qty, avg_price=avg, source=source):
@@ -126,14 +123,13 @@ async def settle_entry(
             record.evidence = verdict.source
             record.sent_to_verified_ms = elapsed_ms
             record.filled_at = utc_now()
-            record.state = State.OPEN
+            record.transition(State.OPEN)
             partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
             await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
             if await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at) == "closed_externally":
                 await settle_closed_externally(ctx, record, "filled, then closed by the venue while being protected")
         case Unverified(reason=reason):
-            record.state = State.UNVERIFIED
-            record.reason = reason
+            record.transition(State.UNVERIFIED, reason)
             await ctx.save(record)
             await ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
             await protect(ctx, record, record.qty, None, sent_at)

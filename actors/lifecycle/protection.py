@@ -19,9 +19,9 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
-from posguard.actors.lifecycle.closing import close_position, settle_closed
+from posguard.actors.lifecycle.closing import close_key, close_position, settle_closed
 from posguard.actors.orders import send_once
-from posguard.actors.records import PositionRecord, State, utc_now
+from posguard.actors.records import CLOSING_STATES, PositionRecord, State, utc_now
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
@@ -186,8 +186,8 @@ async def protect(
         record.stop_source = "order"
     record.sent_to_protected_ms = round((anyio.current_time() - sent_at) * 1000, 1)
     record.protected_at = utc_now()
-    if record.state is not State.UNVERIFIED:
-        record.state = State.PROTECTED
+    if record.state is State.OPEN:
+        record.transition(State.PROTECTED)
     await ctx.save(record, f"stop live ({record.stop_source})")
     return "protected"
 
@@ -195,9 +195,10 @@ async def protect(
 async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float) -> ProtectOutcome:
     """No stop could be placed: close the position rather than leave it bare."""
     why = record.reason
-    record.state = State.EMERGENCY_CLOSING
+    if record.state not in CLOSING_STATES:
+        record.transition(State.EMERGENCY_CLOSING)
     await ctx.save(record, f"emergency close: {why}")
     await ctx.alert(record.symbol, f"emergency close: {why}")
-    outcome = await close_position(ctx, record, id_key=record.intent_id + ":emergency", qty=qty)
+    outcome = await close_position(ctx, record, id_key=close_key(record), qty=qty)
     await settle_closed(ctx, record, outcome, f"emergency close ({why})")
     return "closed"

@@ -14,12 +14,14 @@ guard's stop is then cancelled as stale and the record's own protection applies)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
+from posguard.actors.intents import IntentRecord
 from posguard.actors.lifecycle.protection import orphan_stop_price, protect, record_for_venue_position
 from posguard.actors.records import BadRecord, PositionRecord, RecordDefect
 from posguard.actors.store.positions import Store
@@ -79,5 +81,5 @@ class _JournalOnly:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def save_record(self, record: PositionRecord, note: str = "") -> None:
+    async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
         await self._inner.append_journal(record, note)

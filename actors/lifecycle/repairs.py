@@ -90,12 +90,12 @@ def assess(
 def _stale_stops(symbol: str, owner: PositionRecord | None, position: Position | None,
                  stops: list[Order]) -> list[Finding]:
     """Our stops that no live record owns (``owner``: the live record, if any)."""
-    stem = owner.client_order_id.rsplit("-", 1)[0] if owner is not None else None
     stale = []
     for stop in stops:
         if position is not None and owner is None and guards(stop, position):
             continue  # it holds a position about to be adopted: cancelled once the new stop is live
-        if ids.is_ours(stop.client_order_id) and stop.client_order_id.rsplit("-", 1)[0] != stem:
+        owned = owner is not None and ids.same_intent(stop.client_order_id, owner.client_order_id)
+        if ids.is_ours(stop.client_order_id) and not owned:
             stale.append(Finding(
                 symbol=symbol, kind="stale_stop", stop_client_order_id=stop.client_order_id,
                 seen=f"stop {stop.client_order_id} armed, but no live record owns it",
@@ -270,7 +270,7 @@ async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Posi
         return f"no stop could be placed ({record.reason}); closed instead"
     record.stop_source = "order"
     if record.state is State.OPEN:
-        record.state = State.PROTECTED
+        record.transition(State.PROTECTED)
     record.protected_at = utc_now()
     await ctx.save(record, "audit: stop placed")
     return f"stop {record.stop_client_order_id} placed"
@@ -283,21 +283,21 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
     verdict = await ask_over_rest(ctx, record, evidence)
     match verdict:
         case Rejected(reason=reason):
-            record.state, record.reason, record.closed_at = State.REJECTED, f"audit: {reason}", utc_now()
+            record.transition(State.REJECTED, f"audit: {reason}")
             await ctx.save(record)
             await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
             return "resolved: never filled"
         case ClosedExternally(filled_qty=filled, exit_qty=exits):
-            record.state, record.filled_qty, record.closed_at = State.CLOSED_EXTERNALLY, filled, utc_now()
-            record.reason = f"audit: filled {filled}, closed by the venue (exits {exits})"
+            record.filled_qty = filled
+            record.transition(State.CLOSED_EXTERNALLY, f"audit: filled {filled}, closed by the venue (exits {exits})")
             await ctx.save(record)
             await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
             return "resolved: filled and closed by the venue"
         case Filled():
             record.filled_qty, record.entry_price = verdict.open_qty, verdict.avg_price
             record.evidence = "rest"
-            record.state = State.PROTECTED if record.stop_client_order_id or record.stop_source else State.OPEN
-            record.reason = "audit: fill confirmed from order history"
+            settled = State.PROTECTED if record.stop_client_order_id or record.stop_source else State.OPEN
+            record.transition(settled, "audit: fill confirmed from order history")
             await ctx.save(record)
             return f"resolved: filled {verdict.open_qty}; {record.state}"
     return "still no evidence either way; stays unverified and protected"
@@ -308,8 +308,7 @@ async def _prove_gone(ctx: ActorContext, record: PositionRecord) -> str:
     exits = await exits_since_entry(ctx, record, ask_rest=True)
     if exits < held - QTY_TOLERANCE:
         return f"executions show {exits} of {held} closed; left open (the list may lag)"
-    record.state, record.closed_at = State.CLOSED_EXTERNALLY, utc_now()
-    record.reason = f"audit: closed by the venue (exits {exits})"
+    record.transition(State.CLOSED_EXTERNALLY, f"audit: closed by the venue (exits {exits})")
     await ctx.save(record)
     await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
     return "closed_externally (executions prove the exit)"

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import before_reply, failpoint
-from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, stale_reason
-from posguard.actors.records import BadRecord, PositionRecord, State
+from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, settle_reply, stale_reason
+from posguard.actors.records import BadRecord, PositionRecord
 from posguard.actors.store.positions import Store
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "answer_intent",
     "bad_record_refusal",
     "nobody_waiting",
-    "settle_reply",
     "wall_clock_ms",
 ]
 
@@ -67,16 +66,21 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
     reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="accepted")
     failpoint(before_reply(reply.status))
     await store.save_intent(reply)
+    ctx.await_reply(symbol, reply)
     try:
-        record = await step()
-    except IntentConflict as exc:
-        reply.status, reply.reason = "rejected", str(exc)
-    except BadRecord as exc:
-        reply.status, reply.reason = "rejected", bad_record_refusal(exc)
-    else:
-        settle_reply(reply, record)
-    failpoint(before_reply(reply.status))
-    await store.save_intent(reply)
+        try:
+            record = await step()
+        except IntentConflict as exc:
+            reply.status, reply.reason = "rejected", str(exc)
+        except BadRecord as exc:
+            reply.status, reply.reason = "rejected", bad_record_refusal(exc)
+        else:
+            settle_reply(reply, record)
+    finally:
+        unanswered = ctx.still_awaited(symbol, intent.intent_id) is not None
+    if unanswered:  # the step ended without settling the record (protected, refused): answer now
+        failpoint(before_reply(reply.status))
+        await store.save_intent(reply)
     return reply
 
 
@@ -100,11 +104,3 @@ async def answer_duplicate(store: Store, first: IntentRecord) -> None:
     failpoint(before_reply(reply.status))
     await store.push_reply(reply)
 
-
-def settle_reply(reply: IntentRecord, record: PositionRecord) -> None:
-    """Fill in an intent's final answer from the record its step left."""
-    open_ = reply.action == "open"
-    reply.status = "rejected" if record.state is State.REJECTED and open_ else "done"
-    reply.outcome = str(record.state)
-    reply.reason = record.reason
-    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id

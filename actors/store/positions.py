@@ -7,6 +7,7 @@ one MULTI/EXEC, so the journal never disagrees with the record it describes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import coredis
@@ -59,8 +60,9 @@ class Store(Protocol):
         """The symbol's record, None if it has none; `BadRecord` if its hash is unusable."""
         ...
 
-    async def save_record(self, record: PositionRecord, note: str = "") -> None:
-        """Persist the record and journal the transition, atomically."""
+    async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
+        """Persist the record, journal the transition and write ``replies`` (intent answers
+        the write settles), atomically."""
         ...
 
     async def append_journal(self, record: PositionRecord, note: str = "") -> None:
@@ -76,6 +78,10 @@ class Store(Protocol):
     async def load_intent(self, intent_id: str) -> IntentRecord | None: ...
 
     async def save_intent(self, intent: IntentRecord) -> None: ...
+
+    async def still_accepted(self, intent_ids: Sequence[str]) -> set[str]:
+        """Which of these intents are stored as ``accepted`` (begun, never answered)."""
+        ...
 
     async def push_reply(self, reply: IntentRecord) -> None:
         """Append a reply to the intent's reply list only, leaving its intent record as it is."""
@@ -108,7 +114,7 @@ class RedisStore:
             raise not_a_hash(self.keys, symbol) from None
         return decode_hash(self.keys, symbol, dict(fields)) if fields else None
 
-    async def save_record(self, record: PositionRecord, note: str = "") -> None:
+    async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
         record.updated_at = utc_now()
         if not record.created_at:
             record.created_at = record.updated_at
@@ -116,6 +122,8 @@ class RedisStore:
             pipe.hset(self.keys.position(record.symbol), record.to_fields())
             pipe.sadd(self.keys.positions, [record.symbol])
             self._journal(pipe, record, note)
+            for reply in replies:
+                self._intent(pipe, reply)
 
     async def append_journal(self, record: PositionRecord, note: str = "") -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -151,14 +159,25 @@ class RedisStore:
 
     async def save_intent(self, intent: IntentRecord) -> None:
         """Write the intent's record and push the change to its reply list, atomically."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._intent(pipe, intent)
+
+    def _intent(self, pipe: coredis.patterns.pipeline.Pipeline[str], intent: IntentRecord) -> None:
         intent.updated_at = utc_now()
         reply_key = self.keys.reply(intent.intent_id)
         intent_key = self.keys.intent(intent.intent_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(intent_key, intent.to_fields())
-            pipe.expire(intent_key, INTENT_TTL_SECONDS)
-            pipe.rpush(reply_key, [msgspec.json.encode(intent).decode()])
-            pipe.expire(reply_key, REPLY_TTL_SECONDS)
+        pipe.hset(intent_key, intent.to_fields())
+        pipe.expire(intent_key, INTENT_TTL_SECONDS)
+        pipe.rpush(reply_key, [msgspec.json.encode(intent).decode()])
+        pipe.expire(reply_key, REPLY_TTL_SECONDS)
+
+    async def still_accepted(self, intent_ids: Sequence[str]) -> set[str]:
+        if not intent_ids:
+            return set()
+        async with self.client.pipeline(transaction=False) as pipe:
+            statuses = [pipe.hget(self.keys.intent(intent_id), "status") for intent_id in intent_ids]
+        return {intent_id for intent_id, status in zip(intent_ids, statuses, strict=True)
+                if await status == "accepted"}
 
     async def push_reply(self, reply: IntentRecord) -> None:
         reply.updated_at = utc_now()

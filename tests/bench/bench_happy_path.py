@@ -24,11 +24,12 @@ import argparse
 import logging
 import random
 import time
+from collections.abc import Sequence
 
 import anyio
 import coredis
 
-from posguard.actors.intents import OpenIntent
+from posguard.actors.intents import IntentRecord, OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
@@ -65,9 +66,9 @@ class TimedStore(RedisStore):
         super().__init__(client, account)
         self.decided: dict[tuple[str, State], float] = {}
 
-    async def save_record(self, record: PositionRecord, note: str = "") -> None:
+    async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
         self.decided.setdefault((record.symbol, record.state), time.perf_counter())
-        await super().save_record(record, note)
+        await super().save_record(record, note, replies=replies)
 
 
 def knobs(rest_latency: float, push_delay: float) -> FaultKnobs:
