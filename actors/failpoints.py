@@ -8,7 +8,7 @@ each failpoint is one set lookup.
 
 The names, one pattern for every write (built here, so the code and the tests agree):
 
-* ``entry_sent``: the entry order was sent, its record not yet updated;
+* ``entry_sent`` (`ENTRY_SENT`): the entry order was sent, its record not yet updated;
 * ``record_saved:<state>`` (`record_saved`): a position record in ``<state>`` was just
   written to Redis, before anything else happens;
 * ``before_reply:<status>`` (`before_reply`): an intent's reply with ``<status>`` is about to
@@ -21,9 +21,11 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["FAILPOINTS", "before_reply", "failpoint", "record_saved"]
+__all__ = ["ENTRY_SENT", "FAILPOINTS", "before_reply", "failpoint", "record_saved"]
 
 FAILPOINTS = frozenset(filter(None, os.environ.get("POSGUARD_FAILPOINTS", "").split(",")))
+
+ENTRY_SENT = "entry_sent"
 
 
 def record_saved(state: str) -> str:

@@ -5,8 +5,8 @@ emulator (in this test's process, so it outlives every kill), with this test's o
 redis-server. Intents arrive through the Redis intents stream: opens, closes of positions the
 run opened, and intent ids sent again with the same body. Every other run is SIGKILLed at a
 random moment; the runs between kill themselves at a failpoint (`posguard.actors.failpoints`),
-each in turn: right after a record is written in each state, and right before each kind of
-intent reply is written, the windows write-ahead exists for. Each failpoint run sends the
+each in turn: right after an entry order is sent, right after a record is written in each
+state, and right before each kind of intent reply is written, the windows write-ahead exists for. Each failpoint run sends the
 intents (and sets the emulator faults) that lead to its failpoint. It is restarted each time.
 At the end one more run is left to converge and then stopped with SIGTERM (it must exit 0).
 From the emulator's ground truth and Redis:
@@ -36,7 +36,7 @@ import coredis
 import pytest
 
 from posguard.actors import ids
-from posguard.actors.failpoints import before_reply, record_saved
+from posguard.actors.failpoints import ENTRY_SENT, before_reply, record_saved
 from posguard.actors.intents import FINAL_STATUSES
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
@@ -60,8 +60,8 @@ HARD_DEADLINE = 20.0  # verification.hard_deadline in the config below
 CREATE = "/v5/order/create"
 
 REPLY_STATUSES = sorted(FINAL_STATUSES | {"accepted", "duplicate"})
-TARGETS = [record_saved(state) for state in State] + [before_reply(status) for status in REPLY_STATUSES]
-"""Every failpoint a run can kill at: one per record state, one per reply status."""
+TARGETS = [ENTRY_SENT] + [record_saved(state) for state in State] + [before_reply(status) for status in REPLY_STATUSES]
+"""Every failpoint a run can kill at: the entry sent, one per record state, one per reply status."""
 KILLS = int(os.environ.get("POSGUARD_CRASH_KILLS", str(2 * len(TARGETS) + 2)))
 
 
@@ -333,6 +333,7 @@ async def close_keeps_failing(trader: Trader) -> None:
 Scenario = Callable[[Trader], Awaitable[None]]
 
 SCENARIOS: dict[str, Scenario] = {
+    ENTRY_SENT: entry,
     **{record_saved(s): entry for s in ("submitting", "submitted", "verifying", "open", "protected")},
     **{record_saved(s): close for s in ("closing", "closed")},
     record_saved("closed_externally"): gap_through_stop,
