@@ -243,7 +243,7 @@ def test_invariants_hold_over_random_fault_schedules(redis_url: str) -> None:
     tally: Counter[str] = Counter()
     failures: dict[int, str] = {}
     started = time.perf_counter()
-    for seed in seeds:
+    for done, seed in enumerate(seeds, 1):
         clock = IOAwareMockClock()
         try:
             anyio.run(
@@ -251,9 +251,10 @@ def test_invariants_hold_over_random_fault_schedules(redis_url: str) -> None:
             )
         except Exception as exc:  # noqa: BLE001 - every failing seed is reported, not only the first
             failures[seed] = what_failed(exc)
+            print(f"  seed {seed} failed: {failures[seed]}", flush=True)
+        if done % 500 == 0:  # a long run shows how far it got
+            print(f"  {done} schedules in {time.perf_counter() - started:.0f} s, {len(failures)} failing", flush=True)
     print(f"\n{len(seeds)} fault schedules in {time.perf_counter() - started:.0f} s:", dict(sorted(tally.items())))
-    for seed, failure in failures.items():
-        print(f"  seed {seed}: {failure}")
     assert not failures, f"{len(failures)} of {len(seeds)} schedules failed (rerun one with POSGUARD_SCHEDULE_SEED): " + (
         "; ".join(f"seed {seed}: {failure}" for seed, failure in list(failures.items())[:5])
     )
