@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from posguard.actors.failpoints import before_reply, failpoint, record_saved
-from posguard.actors.intents import IntentRecord, settle_reply
+from posguard.actors.intents import IntentRecord, OpenIntent, settle_reply
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
@@ -17,12 +17,16 @@ from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 
-__all__ = ["ActorContext", "AwaitedReply", "TransitionObserver"]
+__all__ = ["ActorContext", "AwaitedReply", "EntryCheck", "TransitionObserver"]
 
 log = logging.getLogger("posguard.alert")
 
 TransitionObserver = Callable[[PositionRecord, str], None]
 """Called after every saved transition with the record and its note (metrics, demo, bench)."""
+
+EntryCheck = Callable[[OpenIntent], Awaitable[OpenIntent]]
+"""The entry checks that need the market (the supervisor's risk rules), run by the actor before
+it writes a new entry ahead: the intent with its stop as a price, or `IntentRefused`."""
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ActorContext:
     board: EvidenceBoard
     rules: dict[str, MarketRules]
     settings: ActorSettings
+    entry_check: EntryCheck
     rng: random.Random = field(default_factory=random.Random)
     observers: list[TransitionObserver] = field(default_factory=list)
     alerts: list[Callable[[str, str], None]] = field(default_factory=list)

@@ -1,14 +1,18 @@
-"""Admission: what an intent must pass before it reaches an actor.
+"""Admission: what an intent must pass before it reaches an actor, and before it is sent.
 
-Bad input is refused before anything is created (I7): validation against the venue's market
-rules, then the risk limits; entries are also refused in safe mode or while entries are paused.
-A refused intent is answered at once with a `rejected` intent record; the rest are queued on
-the symbol's actor (I4: one actor per symbol).
+Bad input is refused before anything is created (I7). At intake, with nothing awaited: the
+venue's market rules, the static risk limits, the entry gate (safe mode, paused entries) and a
+slot under ``risk.max_open_positions`` (`OpenSlots`). A refused intent is answered at once with
+a `rejected` intent record; the rest are queued on the symbol's actor at once (I4), so nothing
+the venue does holds up the intake. The checks that need the market (`priced_entry`: the stop's
+side, the liquidation price, the priced limits) are run by the symbol's actor before it writes
+the entry ahead (issue 13, defect 9): a slow ticker delays that symbol's entries only.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -22,17 +26,57 @@ from posguard.actors.intents import (
     check_open,
 )
 from posguard.actors.lifecycle import MailboxFull, Ticket
+from posguard.actors.store.client import is_redis_failure
 from posguard.actors.store.positions import Store
-from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.markets import MarketRules
-from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.actor_registry import ActorRegistry
-from posguard.supervisor.risk import RiskLimits, check_open_positions, check_priced, check_static
+from posguard.supervisor.open_slots import OpenSlots
+from posguard.supervisor.prices import PriceReader
+from posguard.supervisor.risk import RiskLimits, check_priced, check_static
 from posguard.supervisor.supervision import EntryGate
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "PricedChecks"]
 
 log = logging.getLogger("posguard.engine")
+
+Alert = Callable[[str, str], Awaitable[None]]
+
+
+class PricedChecks:
+    """The entry checks that need the market, run by the symbol's actor (`ActorContext.entry_check`)."""
+
+    def __init__(self, *, prices: PriceReader, rules: dict[str, MarketRules], risk: RiskLimits, alert: Alert) -> None:
+        self.prices = prices
+        self.rules = rules
+        self.risk = risk
+        self.alert = alert
+
+    async def __call__(self, intent: OpenIntent) -> OpenIntent:
+        """The intent with its stop as a price, or `IntentRefused`. A bug met here refuses this
+        intent alone (and alerts): it must not crash the actor into a restart loop."""
+        try:
+            return await self._check(intent)
+        except IntentRefused:
+            raise
+        except Exception as exc:
+            if is_redis_failure(exc):
+                raise
+            message = (f"intent {intent.intent_id}: internal error {type(exc).__name__} in the entry checks;"
+                       " refused, nothing sent; the traceback is in posguard's log")
+            log.error("%s", message, exc_info=exc)
+            await self.alert(intent.symbol, message)
+            raise IntentRefused(f"internal error ({type(exc).__name__}): nothing was sent; tell the operator"
+                                " (see posguard's log)") from None
+
+    async def _check(self, intent: OpenIntent) -> OpenIntent:
+        price = await self.prices.price(intent.symbol)
+        if intent.stop_distance:
+            sign = -1 if intent.side == "buy" else 1
+            stop = self.rules[intent.symbol].round_price(price * (1 + sign * intent.stop_distance))
+            intent = msgspec.structs.replace(intent, stop_price=stop)
+        leverage, leverage_from = await self.prices.leverage(intent.symbol)
+        check_priced(intent, price, self.risk, leverage=leverage, leverage_from=leverage_from)
+        return intent
 
 
 class Admission:
@@ -41,53 +85,44 @@ class Admission:
     def __init__(
         self,
         *,
-        venue: Venue,
         store: Store,
         rules: dict[str, MarketRules],
         risk: RiskLimits,
         gate: EntryGate,
         actors: ActorRegistry,
+        slots: OpenSlots,
     ) -> None:
-        self.venue = venue
         self.store = store
         self.rules = rules
         self.risk = risk
         self.gate = gate
         self.actors = actors
+        self.slots = slots
 
     async def admit(self, intent: Intent) -> Ticket:
         """Validate, then queue on the symbol's actor. A refused intent is answered at once."""
         try:
             if isinstance(intent, OpenIntent):
-                intent = await self.check_entry(intent)
+                intent = self.check_entry(intent)
             elif isinstance(intent, CloseIntent):
                 check_common(intent.intent_id, intent.symbol, self.rules)
-            return self.actors.get_or_start(intent.symbol).submit(intent)
+            ticket = self.actors.get_or_start(intent.symbol).submit(intent)
         except (IntentRefused, MailboxFull) as exc:
+            self.slots.release(intent.intent_id)
             return await self.refuse(intent, str(exc))
+        if isinstance(intent, OpenIntent):
+            ticket.on_finish(lambda _: self.slots.release(intent.intent_id))
+        return ticket
 
-    async def check_entry(self, intent: OpenIntent) -> OpenIntent:
-        """Everything an entry must pass before it reaches an actor (I7, risk limits)."""
+    def check_entry(self, intent: OpenIntent) -> OpenIntent:
+        """What an entry must pass at intake, with nothing awaited (I7, the static limits); the
+        slot it takes is given back when it is answered."""
         intent = check_open(intent, self.rules)
         check_static(intent, self.risk)
         refusal = self.gate.refusal()
         if refusal:
             raise IntentRefused(refusal)
-        if intent.stop_distance or self.risk.needs_price:
-            try:
-                price = await self.venue.fetch_price(intent.symbol)
-            except VenueUnavailable as exc:
-                raise IntentRefused(f"could not read the last price of {intent.symbol} ({exc}); send it again") from None
-            if intent.stop_distance:
-                sign = -1 if intent.side == "buy" else 1
-                stop = self.rules[intent.symbol].round_price(price * (1 + sign * intent.stop_distance))
-                intent = msgspec.structs.replace(intent, stop_price=stop)
-            check_priced(intent, price, self.risk)
-        if self.risk.max_open_positions:
-            scan = await self.store.read_records()
-            # An unusable record may stand for an open position: it counts as one.
-            live = sum(1 for r in scan.usable if r.state.is_live) + len(scan.bad)
-            check_open_positions(live, self.risk)
+        self.slots.reserve(intent.intent_id, intent.symbol)
         return intent
 
     async def refuse(self, intent: Intent, reason: str) -> Ticket:

@@ -34,13 +34,15 @@ from posguard.streams.venue.events import VenueEvent
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.actor_registry import ActorRegistry
-from posguard.supervisor.admission import Admission
+from posguard.supervisor.admission import Admission, PricedChecks
 from posguard.supervisor.audit import Auditor, AuditReport
 from posguard.supervisor.audit_schedule import AuditSchedule
 from posguard.supervisor.config import ConfigError
 from posguard.supervisor.logs import log_transition
 from posguard.supervisor.loop_lag import LoopLagProbe
 from posguard.supervisor.metrics import Metrics
+from posguard.supervisor.open_slots import OpenSlots
+from posguard.supervisor.prices import PriceReader
 from posguard.supervisor.risk import RiskLimits, not_markets
 from posguard.supervisor.routing import EventRouter
 from posguard.supervisor.supervision import AuditSettings, EntryGate, SupervisorSettings
@@ -85,14 +87,21 @@ class Engine:
         self.risk = risk or RiskLimits()
         self.metrics = metrics or Metrics(venue.name)
         self.rules: dict[str, MarketRules] = {}
+        rng = rng or random.Random()
+        self.slots = OpenSlots(self.risk.max_open_positions)
+        self.prices = PriceReader(venue, self.board, max_age=self.risk.price_max_age,
+                                  deadline=self.risk.price_deadline, default_leverage=self.risk.default_leverage,
+                                  backoff=settings.verification.backoff, rng=rng)
         self.ctx = ActorContext(
             venue=venue,
             store=store,
             board=self.board,
             rules=self.rules,
             settings=settings,
-            rng=rng or random.Random(),
-            observers=[self.metrics.on_transition, log_transition, *observers],
+            entry_check=PricedChecks(prices=self.prices, rules=self.rules, risk=self.risk,
+                                     alert=lambda symbol, message: self.ctx.alert(symbol, message)),
+            rng=rng,
+            observers=[self.metrics.on_transition, log_transition, self.slots.on_transition, *observers],
         )
         self.gate = EntryGate()
         self.actors = ActorRegistry(ctx=self.ctx, settings=self.supervision, gate=self.gate, metrics=self.metrics,
@@ -100,8 +109,8 @@ class Engine:
         self.auditor = Auditor(venue, store, self.actors.get_or_start, self.actors.is_busy)
         self.audits = AuditSchedule(auditor=self.auditor, settings=self.audit_settings, metrics=self.metrics,
                                     gate=self.gate, store=store, credentials_hint=credentials_hint, rng=self.ctx.rng)
-        self.admission = Admission(venue=venue, store=store, rules=self.rules, risk=self.risk, gate=self.gate,
-                                   actors=self.actors)
+        self.admission = Admission(store=store, rules=self.rules, risk=self.risk, gate=self.gate,
+                                   actors=self.actors, slots=self.slots)
         self.watchdog = RedisWatchdog(store=store, gate=self.gate, settings=self.supervision, metrics=self.metrics,
                                       board=self.board, audit_now=self.audit_now,
                                       venue_label=venue_label(venue.name))
@@ -131,9 +140,11 @@ class Engine:
             task_status.started()
 
     async def _resume_records(self) -> None:
-        """Start the actor of every symbol whose record is live (its step resumes) or whose
-        intents a crash left unanswered (answered from the settled record)."""
-        records = await self.store.list_records()
+        """Count the open slots, and start the actor of every symbol whose record is live (its
+        step resumes) or whose intents a crash left unanswered (answered from the settled record)."""
+        scan = await self.store.read_records()
+        self.slots.count_existing(scan)
+        records = scan.usable
         settled = [i for r in records if r.state.is_terminal for i in (r.intent_id, r.close_intent_id) if i]
         unanswered = await self.store.still_accepted(settled)
         for record in records:

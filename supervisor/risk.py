@@ -2,9 +2,9 @@
 
 A refused intent is answered with the limit's config key and the numbers, so whoever sent it
 can tell which rule said no. Every limit is off by default (0 or empty) except that a stop is
-always required; the price is fetched only when a configured limit or a stop given as a
-distance needs it, so the default happy path costs no extra REST call. (Without the price, a
-stop on the wrong side of the market is refused by the venue itself: nothing opens.)
+always required, on the right side of the price and inside the liquidation price: those are
+checked on every entry, against the freshest known price (`posguard.supervisor.prices`), by the
+symbol's actor before it writes the entry ahead (so a slow price read holds up no other symbol).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Annotated
 import msgspec
 
 from posguard.actors.intents import IntentRefused, OpenIntent
+from posguard.actors.liquidation import beyond_liquidation, estimated_liquidation_price
 
-__all__ = ["Fraction", "Limit", "RiskLimits", "check_open_positions", "check_priced", "check_static", "not_markets"]
+__all__ = ["Fraction", "Limit", "RiskLimits", "check_priced", "check_static", "not_markets"]
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 Limit = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
@@ -36,16 +37,20 @@ class RiskLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Closest a stop may be to the last price, as a fraction (0.002 = 0.2 %); 0: no bound."""
     max_stop_distance: Fraction = 0.0
     """Farthest a stop may be from the last price, as a fraction; 0: no bound."""
+    price_max_age: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    """Seconds a pushed mark price or a ticker read stays fresh enough to check an entry against."""
+    price_deadline: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    """Seconds an entry's price read is retried (a 5xx, a rate limit) before the entry is refused."""
+    default_leverage: Annotated[float, msgspec.Meta(ge=1, le=200)] = 10.0
+    """Leverage assumed for the liquidation estimate when the venue does not say (`fetch_leverage`)."""
+    maintenance_margin: Annotated[float, msgspec.Meta(ge=0, lt=0.5)] = 0.005
+    """Maintenance margin rate in the liquidation estimate (Bybit's lowest tier: 0.5 %)."""
 
     def __post_init__(self) -> None:
         # "field: why" is how a config error names the key (supervisor.config._explain).
         if self.min_stop_distance and self.max_stop_distance and self.min_stop_distance > self.max_stop_distance:
             raise ValueError(f"min_stop_distance: {self.min_stop_distance} is more than max_stop_distance"
                              f" {self.max_stop_distance}; no stop could satisfy both")
-
-    @property
-    def needs_price(self) -> bool:
-        return bool(self.max_notional or self.min_stop_distance or self.max_stop_distance)
 
 
 def not_markets(limits: RiskLimits, markets: Collection[str]) -> list[str]:
@@ -65,12 +70,20 @@ def check_static(intent: OpenIntent, limits: RiskLimits) -> None:
         raise IntentRefused(f"risk.max_qty: qty {intent.qty} exceeds the limit {cap} for {intent.symbol}")
 
 
-def check_priced(intent: OpenIntent, price: float, limits: RiskLimits) -> None:
-    """The stop on the right side of the market, and the limits that need the last price."""
+def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, leverage: float, leverage_from: str) -> None:
+    """The stop on the right side of the market and inside the liquidation price (estimated
+    from ``leverage``, read from ``leverage_from``), and the limits that need the last price."""
     if intent.side == "buy" and intent.stop_price >= price:
         raise IntentRefused(f"stop_price: {intent.stop_price} must be below the last price {price} for a buy")
     if intent.side == "sell" and intent.stop_price <= price:
         raise IntentRefused(f"stop_price: {intent.stop_price} must be above the last price {price} for a sell")
+    liq = estimated_liquidation_price(intent.side, price, leverage, limits.maintenance_margin)
+    if beyond_liquidation(intent.side, intent.stop_price, liq):
+        raise IntentRefused(
+            f"stop_price: {intent.stop_price} is beyond the estimated liquidation price {liq:.6g} ({leverage:g}x"
+            f" leverage from {leverage_from}, last price {price}): the position would be liquidated before the"
+            " stop fires; move the stop closer or lower the leverage"
+        )
     notional = intent.qty * price
     if limits.max_notional and notional > limits.max_notional:
         raise IntentRefused(
@@ -89,9 +102,3 @@ def check_priced(intent: OpenIntent, price: float, limits: RiskLimits) -> None:
             f" farther than {limits.max_stop_distance:.4%}"
         )
 
-
-def check_open_positions(live: int, limits: RiskLimits) -> None:
-    if limits.max_open_positions and live >= limits.max_open_positions:
-        raise IntentRefused(
-            f"risk.max_open_positions: {live} positions already live, the limit is {limits.max_open_positions}"
-        )

@@ -92,7 +92,9 @@ async def test_seed_lag_of_8s_on_the_position_list_does_not_delay_verification(r
 
         assert reply.outcome == "protected" and record is not None and record.evidence == "push"
         assert record.sent_to_protected_ms is not None and record.sent_to_protected_ms < 2_000
-        assert emu.requests("GET /v5/position/list") == lists_before  # never needed the lagging list
+        # One read, before the entry, for the symbol's leverage (the liquidation check); verification
+        # never needed the lagging list.
+        assert emu.requests("GET /v5/position/list") == lists_before + 1
         assert engine.ctx.rest_calls["fetch_positions"] == 0
         assert emu.truth()["positions"]["BTCUSDT"]["stop_loss"] == 58_800.0
 

@@ -72,7 +72,7 @@ async def test_a_failed_actor_restarts_with_backoff_and_finishes_the_step(
                 await anyio.sleep(0.1)
         times = store.crash_times[:4]
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        assert gaps[2] > gaps[1] > gaps[0] >= 1.0, f"restart backoff should grow: {gaps}"
+        assert gaps[2] > gaps[1] > gaps[0] >= 1.0 - 1e-9, f"restart backoff should grow: {gaps}"  # float clock
         assert record.state is State.PROTECTED
         assert venue.truth.entries_filled[SYMBOL] == 1, "the restarted actor looked the entry up, not resent it"
         assert venue.truth.is_protected(SYMBOL)

@@ -60,6 +60,7 @@ async def test_fill_pushed_before_the_create_order_response_is_not_missed(
     # The response takes 1 s to come back; the fill is pushed 10 ms after it happens.
     knobs = FaultKnobs(
         rest_latency=2.0,
+        rest_latency_by_method={"fetch_price": 0.02, "fetch_leverage": 0.02},  # the checks before the send
         push_delay={t: Lag.fixed(0.01) for t in ("positions", "orders", "executions")},
         position_lag=Lag.fixed(30.0),
     )

@@ -15,6 +15,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import ENTRY_SENT, failpoint
 from posguard.actors.intents import OpenIntent
 from posguard.actors.lifecycle.closing import settle_closed_externally
+from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
 from posguard.actors.lifecycle.protection import protect
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import send_once
@@ -38,6 +39,7 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
     if current is not None and current.intent_id == intent.intent_id:
         record = current  # a redelivered intent: carry on from where it stood
     else:
+        intent = await ctx.entry_check(intent)  # the market checks: refused before anything is written or sent
         record = PositionRecord(
             symbol=symbol,
             intent_id=intent.intent_id,
@@ -126,8 +128,11 @@ async def settle_entry(
             record.transition(State.OPEN)
             partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
             await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
-            if await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at) == "closed_externally":
+            outcome = await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at)
+            if outcome == "closed_externally":
                 await settle_closed_externally(ctx, record, "filled, then closed by the venue while being protected")
+            elif outcome == "protected":
+                await recheck_liquidation(ctx, record, verdict.position_seen)
         case Unverified(reason=reason):
             record.transition(State.UNVERIFIED, reason)
             await ctx.save(record)

@@ -5,6 +5,8 @@ One mailbox per symbol, served in order, is what makes the actor the symbol's on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from posguard.actors.findings import Finding
@@ -27,11 +29,23 @@ class Ticket:
         recovered from Redis, so a queue may forget the intent (acknowledge it)."""
         self.done = anyio.Event()
         self.result: IntentRecord | None = None
+        self._on_finish: list[Callable[[IntentRecord], None]] = []
+
+    def on_finish(self, callback: Callable[[IntentRecord], None]) -> None:
+        """Call ``callback`` with the answer when the intent is answered (at once if it is):
+        for bookkeeping that must not wait on a task (admission's slot)."""
+        if self.result is not None:
+            callback(self.result)
+        else:
+            self._on_finish.append(callback)
 
     def finish(self, result: IntentRecord) -> None:
         self.result = result
         self.owned.set()
         self.done.set()
+        callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            callback(result)
 
     async def wait(self) -> IntentRecord:
         await self.done.wait()

@@ -15,7 +15,15 @@ from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import before_reply, failpoint
-from posguard.actors.intents import FINAL_STATUSES, Intent, IntentRecord, duplicate_of, settle_reply, stale_reason
+from posguard.actors.intents import (
+    FINAL_STATUSES,
+    Intent,
+    IntentRecord,
+    IntentRefused,
+    duplicate_of,
+    settle_reply,
+    stale_reason,
+)
 from posguard.actors.records import BadRecord, PositionRecord
 from posguard.actors.store.positions import Store
 
@@ -70,7 +78,7 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
     try:
         try:
             record = await step()
-        except IntentConflict as exc:
+        except (IntentConflict, IntentRefused) as exc:
             reply.status, reply.reason = "rejected", str(exc)
         except BadRecord as exc:
             reply.status, reply.reason = "rejected", bad_record_refusal(exc)

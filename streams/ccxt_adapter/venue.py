@@ -279,6 +279,19 @@ class CcxtVenue:
             raise VenueUnavailable(f"{self.name}: no last price for {symbol} in the ticker")
         return float(price)
 
+    async def fetch_leverage(self, symbol: str) -> float | None:
+        """ccxt's ``fetch_leverage`` (Bybit: ``leverage`` of ``GET /v5/position/list``); None
+        where ccxt cannot ask this venue or the answer names none (the caller has a default)."""
+        await self._rules_for(symbol)
+        if not self._exchange.has.get("fetchLeverage"):
+            return None
+        answer = await self._call("fetch_leverage", lambda: self._exchange.fetch_leverage(symbol))
+        side_leverage = answer.get("longLeverage") or answer.get("shortLeverage")
+        try:
+            return float(side_leverage) if side_leverage else None
+        except (TypeError, ValueError):
+            return None
+
     async def fetch_positions(self) -> list[Position]:
         raw = await self._call("fetch_positions", lambda: self._dialect.fetch_positions(self._exchange))
         now = self.now_ms()

@@ -23,6 +23,9 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
 
     rest_latency: float = 0.02
     """Round trip of every REST call; the order takes effect halfway through."""
+    rest_latency_by_method: dict[str, float] = msgspec.field(default_factory=dict)
+    """Per REST method (``fetch_price``, ``create_order`` ...), a round trip that replaces
+    `rest_latency` for that method alone: one slow endpoint (a ticker at 4 s) among fast ones."""
     position_lag: Lag = Lag()
     """Fill (or close) to the change showing in `fetch_positions`."""
     order_lag: Lag = Lag()

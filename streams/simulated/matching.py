@@ -35,6 +35,11 @@ from posguard.streams.venue.protocol import OrderRequest, StopRequest
 __all__ = ["MatchingEngine"]
 
 
+DEFAULT_LEVERAGE = 10.0
+"""Every symbol's leverage until a test sets another (`FakeVenue.set_leverage`)."""
+MAINTENANCE_MARGIN = 0.005
+"""The maintenance margin rate in the venue's liquidation price (Bybit's lowest tier)."""
+
 class MatchingEngine:
     """The venue's books: prices, rules, and every order, fill and position they produce."""
 
@@ -53,6 +58,8 @@ class MatchingEngine:
         self._knobs = knobs
         self.rules: dict[str, MarketRules] = {symbol: rules for symbol, (_, rules) in markets.items()}
         self.prices: dict[str, float] = {symbol: price for symbol, (price, _) in markets.items()}
+        self.leverage: dict[str, float] = dict.fromkeys(self.rules, DEFAULT_LEVERAGE)
+        """The account's leverage per symbol (Bybit's ``leverage`` of ``GET /v5/position/list``)."""
         self._supports_attached_stop = supports_attached_stop
         self.truth = GroundTruth()
         self._rng = rng
@@ -242,12 +249,18 @@ class MatchingEngine:
             if not missing:
                 stop = request.stop_loss
         self._set_position(
-            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, ts_ms=self._clock.now_ms()),
+            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, mark_price=price,
+                     liq_price=self._liquidation_price(side, entry, symbol), ts_ms=self._clock.now_ms()),
             rng,
         )
         self.truth.entries_filled[symbol] += 1
         if self._knobs.stop_out_rate and rng.random() < self._knobs.stop_out_rate:
             self._scheduler.schedule(self._knobs.stop_out_delay.sample(rng), lambda: self._stop_out(symbol))
+
+    def _liquidation_price(self, side: PositionSide, entry: float, symbol: str) -> float:
+        """Isolated margin: liquidated once the loss eats the margin less the maintenance margin."""
+        loss = 1 / self.leverage[symbol] - MAINTENANCE_MARGIN
+        return entry * (1 - loss) if side == "long" else entry * (1 + loss)
 
     def _fill_close(self, symbol: str, qty: float, *, order_id: str, client_order_id: str) -> None:
         position = self.truth.position(symbol)

@@ -43,7 +43,7 @@ class RestFaults:
         """
         number = self._calls[method]
         self._calls[method] += 1
-        await (self.half_trip() if effect_follows else anyio.sleep(self._knobs.rest_latency))
+        await (self.half_trip(method) if effect_follows else anyio.sleep(self._latency(method)))
         scripted = self._scripted_failures.get(method)
         if scripted:
             raise scripted.pop(0)
@@ -56,8 +56,11 @@ class RestFaults:
         if roll < self._knobs.rate_limit_rate + self._knobs.rest_error_rate:
             raise VenueUnavailable(f"{method}: HTTP 503 service unavailable")
 
-    async def half_trip(self) -> None:
-        await anyio.sleep(self._knobs.rest_latency / 2)
+    async def half_trip(self, method: str) -> None:
+        await anyio.sleep(self._latency(method) / 2)
+
+    def _latency(self, method: str) -> float:
+        return self._knobs.rest_latency_by_method.get(method, self._knobs.rest_latency)
 
     def create_response_lost(self, rng: random.Random) -> bool:
         """Whether a create-order that took effect loses its response; some losses are the

@@ -172,6 +172,11 @@ class FakeVenue:
         """Move the market; stops the move crosses are triggered at that price."""
         self._engine.set_price(symbol, price)
 
+    def set_leverage(self, symbol: str, leverage: float) -> None:
+        """The account's leverage on ``symbol`` (as if set on the venue's site): where new
+        positions are liquidated (`Position.liq_price`) and what `fetch_leverage` answers."""
+        self._engine.leverage[symbol] = leverage
+
     def liquidate(self, symbol: str) -> None:
         """Close the whole position by liquidation: an execution with no client order id."""
         self._engine.liquidate(symbol)
@@ -204,6 +209,11 @@ class FakeVenue:
         self._engine.rules_for(symbol)
         return self.prices[symbol]
 
+    async def fetch_leverage(self, symbol: str) -> float | None:
+        await self._rest.call("fetch_leverage")
+        self._engine.rules_for(symbol)
+        return self._engine.leverage[symbol]
+
     async def fetch_positions(self) -> list[Position]:
         await self._rest.call("fetch_positions")
         return self._views.positions(anyio.current_time())
@@ -226,7 +236,7 @@ class FakeVenue:
         await self._rest.call("create_order", effect_follows=True)
         rng = self._rng("create", request.client_order_id)
         order = self._engine.market_order(request, rng)
-        await self._rest.half_trip()
+        await self._rest.half_trip("create_order")
         if self._rest.create_response_lost(rng):
             raise VenueUnavailable("create_order: response lost after the order was placed (timeout)")
         return order
@@ -234,13 +244,13 @@ class FakeVenue:
     async def place_stop(self, request: StopRequest) -> Order:
         await self._rest.call("place_stop", effect_follows=True)
         order = self._engine.place_stop(request)
-        await self._rest.half_trip()
+        await self._rest.half_trip("place_stop")
         return order
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
         await self._rest.call("cancel_order", effect_follows=True)
         cancelled = self._engine.cancel(symbol, client_order_id)
-        await self._rest.half_trip()
+        await self._rest.half_trip("cancel_order")
         return cancelled
 
     async def stream(self, sink: ObjectSendStream[VenueEvent]) -> None:

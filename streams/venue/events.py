@@ -79,6 +79,12 @@ class Position(msgspec.Struct, frozen=True, tag="position", kw_only=True):
     size: float
     entry_price: float
     stop_price: float | None
+    mark_price: float | None = None
+    """The venue's mark price when the snapshot was taken (None: not given)."""
+    liq_price: float | None = None
+    """The venue's liquidation price for this position (None: not given or none)."""
+    seq: int = 0
+    """The venue's cross sequence for this snapshot (Bybit ``seq``); 0: not given."""
     ts_ms: int
 
     @property

@@ -71,6 +71,11 @@ class Venue(Protocol):
         """The last traded price: for risk checks and for stops given as a distance."""
         ...
 
+    async def fetch_leverage(self, symbol: str) -> float | None:
+        """The account's leverage on ``symbol`` (the liquidation estimate of an entry); None
+        when the venue does not say."""
+        ...
+
     async def create_order(self, request: OrderRequest) -> Order:
         """Send a market order. Raises `VenueUnavailable` when the outcome is unknown."""
         ...
