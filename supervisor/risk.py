@@ -15,6 +15,7 @@ from typing import Annotated
 import msgspec
 
 from posguard.actors.intents import IntentRefused, OpenIntent
+from posguard.actors.lifecycle.stop_fill import stop_crossed
 from posguard.actors.liquidation import beyond_liquidation, estimated_liquidation_price
 
 __all__ = ["Fraction", "Limit", "RiskLimits", "check_priced", "check_static", "not_markets"]
@@ -73,10 +74,9 @@ def check_static(intent: OpenIntent, limits: RiskLimits) -> None:
 def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, leverage: float, leverage_from: str) -> None:
     """The stop on the right side of the market and inside the liquidation price (estimated
     from ``leverage``, read from ``leverage_from``), and the limits that need the last price."""
-    if intent.side == "buy" and intent.stop_price >= price:
-        raise IntentRefused(f"stop_price: {intent.stop_price} must be below the last price {price} for a buy")
-    if intent.side == "sell" and intent.stop_price <= price:
-        raise IntentRefused(f"stop_price: {intent.stop_price} must be above the last price {price} for a sell")
+    if stop_crossed(intent.side, intent.stop_price, price):
+        below = "below" if intent.side == "buy" else "above"
+        raise IntentRefused(f"stop_price: {intent.stop_price} must be {below} the last price {price} for a {intent.side}")
     liq = estimated_liquidation_price(intent.side, price, leverage, limits.maintenance_margin)
     if beyond_liquidation(intent.side, intent.stop_price, liq):
         raise IntentRefused(

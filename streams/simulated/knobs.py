@@ -66,6 +66,10 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     stop_out_rate: float = 0.0
     """Probability that the price jumps through the stop (or liquidates) right after a fill."""
     stop_out_delay: Lag = Lag.fixed(0.1)
+    stop_fill_fail_rate: float = 0.0
+    """Probability that a stop whose trigger price the market crosses does not fill (the
+    triggered order is refused, or the venue triggers on another price): the stop stays armed
+    and the position stays open. Drawn once per stop, so it keeps failing (freqtrade#12984)."""
     reject_duplicate_client_ids: bool = True
     """Bybit refuses any reused client order id. False models Binance, which accepts a reused
     id once the first order is no longer open: a blind resend could then open twice."""

@@ -296,12 +296,12 @@ class MatchingEngine:
         position = self.truth.position(symbol)
         if position is not None and position.stop_price is not None:
             crossed = price <= position.stop_price if position.side == "long" else price >= position.stop_price
-            if crossed:
+            if crossed and self._stop_fills(f"{symbol}@{position.stop_price}"):
                 self._fill_close(symbol, position.size, order_id=f"tpsl-{next(self._ids)}", client_order_id="")
         for stop in self.truth.open_stops(symbol):
             assert stop.stop_price is not None
             crossed = price <= stop.stop_price if stop.side == "sell" else price >= stop.stop_price
-            if not crossed:
+            if not crossed or not self._stop_fills(stop.client_order_id):
                 continue
             position = self.truth.position(symbol)
             rng = self._rng("trigger", stop.client_order_id)
@@ -314,6 +314,12 @@ class MatchingEngine:
             self._record_order(filled, rng)
             self._fill_close(symbol, qty, order_id=stop.order_id, client_order_id=stop.client_order_id)
         self._update_protection(symbol)
+
+    def _stop_fills(self, stop_key: str) -> bool:
+        """Whether a crossed stop fills, or (`FaultKnobs.stop_fill_fail_rate`) stays armed
+        with the position open; the same stop always draws the same answer."""
+        rate = self._knobs.stop_fill_fail_rate
+        return not rate or self._rng("stop-fill", stop_key).random() >= rate
 
     # -- bookkeeping: truth, REST views, pushes --------------------------------------------
 
