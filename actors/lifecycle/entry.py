@@ -12,7 +12,7 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
-from posguard.actors.failpoints import failpoint
+from posguard.actors.failpoints import ENTRY_SENT, failpoint
 from posguard.actors.intents import OpenIntent
 from posguard.actors.lifecycle.closing import settle_closed_externally
 from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
@@ -82,7 +82,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             record.transition(State.REJECTED, f"venue rejected the entry: {exc.reason}")
             await ctx.save(record)
             return record
-        failpoint("entry_sent")
+        failpoint(ENTRY_SENT)
         if order is not None:
             record.order_id = order.order_id
             record.transition(State.SUBMITTED)

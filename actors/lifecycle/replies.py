@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
+from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import (
     CarryOn,
     ConflictingBody,
@@ -77,12 +78,14 @@ async def answer_intent(
                 log.warning("%s: intent %s refused: %s", symbol, intent.intent_id, stale)
                 reply = IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol,
                                      status="stale", reason=stale, body=body)
+                failpoint(before_reply(reply.status))
                 await store.save_intent(reply)
                 return reply
         case CarryOn():
             pass  # begun before (an accepted one may have sent its order): carry on, never stale
     reply = IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol, status="accepted",
                          body=body)
+    failpoint(before_reply(reply.status))
     await store.save_intent(reply)
     ctx.await_reply(symbol, reply)
     try:
@@ -97,6 +100,7 @@ async def answer_intent(
     finally:
         unanswered = ctx.still_awaited(symbol, intent.intent_id) is not None
     if unanswered:  # the step ended without settling the record (protected, refused): answer now
+        failpoint(before_reply(reply.status))
         await store.save_intent(reply)
     return reply
 
@@ -108,11 +112,14 @@ async def answer_refused_repeat(store: Store, intent: Intent, verdict: Duplicate
     match verdict:
         case Duplicate(first=first):
             log.info("intent %s already handled (%s); answering duplicate", first.intent_id, first.status)
-            await store.push_reply(duplicate_of(first))
+            reply = duplicate_of(first)
+            failpoint(before_reply(reply.status))
+            await store.push_reply(reply)
             return first
         case ConflictingBody(first_body=first_body):
             refusal = conflict_of(intent, first_body)
             log.warning("intent %s refused: %s", intent.intent_id, refusal.reason)
+            failpoint(before_reply(refusal.status))
             await store.push_reply(refusal)
             return refusal
 

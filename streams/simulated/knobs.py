@@ -53,6 +53,12 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     """Probability that an entry order is rejected (insufficient margin)."""
     partial_fill_rate: float = 0.0
     """Probability that a market entry fills only partly; the rest is cancelled."""
+    split_fill_rate: float = 0.0
+    """Probability that a market entry fills in `split_fill_parts` parts spread evenly over
+    `split_fill_over` seconds (a thin book): the order stays ``partially_filled``, and the
+    position grows, part by part (every view lagging as usual)."""
+    split_fill_parts: int = 2
+    split_fill_over: Lag = Lag.fixed(5.0)
     attached_stop_missing_rate: float = 0.0
     """Probability that a stop-loss attached to an entry is silently not set."""
     stop_reject_rate: float = 0.0

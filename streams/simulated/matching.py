@@ -179,6 +179,10 @@ class MatchingEngine:
                     f"stop-loss {request.stop_loss} is on the wrong side of the market {price}",
                     code="fake-sl-side",
                 )
+        if self._knobs.split_fill_rate and rng.random() < self._knobs.split_fill_rate:
+            parts = self._split(rules, request.qty)
+            if len(parts) > 1:
+                return self._fill_in_parts(request, parts, final(status="partially_filled", filled=0.0, avg=None), rng)
         qty = request.qty
         status = "filled"
         if self._knobs.partial_fill_rate and rng.random() < self._knobs.partial_fill_rate:
@@ -188,6 +192,38 @@ class MatchingEngine:
         self._record_order(order, rng)
         self._fill_open(request, qty, price, order_id, rng)
         return order
+
+    def _split(self, rules: MarketRules, qty: float) -> list[float]:
+        """``qty`` in `FaultKnobs.split_fill_parts` parts on the venue's step (one part if
+        a share would be below the minimum)."""
+        count = max(1, self._knobs.split_fill_parts)
+        share = rules.round_qty(qty / count)
+        if share < rules.min_qty:
+            return [qty]
+        return [share] * (count - 1) + [rules.round_qty(qty - share * (count - 1))]
+
+    def _fill_in_parts(self, request: OrderRequest, parts: list[float], order: Order, rng: random.Random) -> Order:
+        """Fill the first part now and the others spread over `FaultKnobs.split_fill_over`;
+        returns the order as it stands after the first part."""
+        spread = self._knobs.split_fill_over.sample(rng)
+
+        def fill(index: int) -> Order:
+            nonlocal order
+            price = self.prices[request.symbol]
+            filled = order.filled + parts[index]
+            avg = ((order.avg_price or 0.0) * order.filled + price * parts[index]) / filled
+            last = index == len(parts) - 1
+            order = msgspec.structs.replace(
+                order, filled=round(filled, 12), avg_price=avg, status="filled" if last else "partially_filled",
+                ts_ms=self._clock.now_ms(),
+            )
+            self._record_order(order, rng)
+            self._fill_open(request, parts[index], price, order.order_id, rng)
+            return order
+
+        for index in range(1, len(parts)):
+            self._scheduler.schedule(spread * index / (len(parts) - 1), lambda index=index: fill(index))
+        return fill(0)
 
     def _fill_open(self, request: OrderRequest, qty: float, price: float, order_id: str, rng: random.Random) -> None:
         symbol = request.symbol
