@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from posguard.actors.failpoints import before_reply, failpoint, record_saved
 from posguard.actors.intents import IntentRecord, OpenIntent, settle_reply
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
@@ -91,6 +92,9 @@ class ActorContext:
                 awaited = self.still_awaited(record.symbol, intent_id)
                 if awaited is not None:
                     replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
+        for reply in replies:  # written with the record, in one transaction
+            failpoint(before_reply(reply.status))
         await self.store.save_record(record, note, replies=replies)
+        failpoint(record_saved(record.state))
         for observer in self.observers:
             observer(record, note)

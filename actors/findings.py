@@ -15,7 +15,8 @@ from posguard.streams.venue.events import Position
 __all__ = ["Finding", "FindingKind"]
 
 FindingKind = Literal[
-    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop", "bad_record"
+    "orphan", "unprotected", "size_mismatch", "unverified", "in_flight", "not_visible", "stale_stop", "bad_record",
+    "stop_not_filled",
 ]
 
 
@@ -30,3 +31,5 @@ class Finding(msgspec.Struct, kw_only=True):
     stop_client_order_id: str = ""
     defect: RecordDefect | None = None
     """For ``bad_record``: which field of the symbol's hash does not parse, and its value."""
+    intent_id: str = ""
+    """For ``stop_not_filled``: whose position it is about (the symbol's record may have moved on)."""

@@ -7,9 +7,8 @@ else: the symbol's position record is left as it was.
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -18,7 +17,10 @@ from posguard.streams.venue.events import OrderSide
 from posguard.streams.venue.markets import MarketRules
 
 __all__ = [
+    "CarryOn",
     "CloseIntent",
+    "ConflictingBody",
+    "Duplicate",
     "INTENT_ID_PATTERN",
     "Intent",
     "IntentRecord",
@@ -27,38 +29,60 @@ __all__ = [
     "FINAL_STATUSES",
     "MAX_STOP_DISTANCE",
     "OpenIntent",
-    "check_common",
+    "Run",
+    "Verdict",
+    "action_of",
+    "body_of",
     "check_open",
+    "check_symbol",
+    "conflict_of",
     "duplicate_of",
+    "intent_verdict",
     "settle_reply",
     "stale_reason",
 ]
 
-INTENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-"""What an intent id may be; always used with ``fullmatch`` (``$`` would let ``nl1\\n`` pass)."""
+_INTENT_ID_REGEX = r"\A[A-Za-z0-9_.:-]{1,64}\Z"
+INTENT_ID_PATTERN = re.compile(_INTENT_ID_REGEX)
+"""What an intent id may be: the whole field (``\\Z``: ``$`` would let ``nl1\\n`` pass)."""
 
 MAX_STOP_DISTANCE = 0.5
 """A stop more than half the price away protects nothing: ``stop_distance`` must be below it."""
 
+# Each field's rule, and its description, which is what a refusal quotes (``qty: must be ...``).
+IntentId = Annotated[str, msgspec.Meta(
+    pattern=_INTENT_ID_REGEX, description="1-64 characters of letters, digits, '_', '-', '.', ':'"
+)]
+Side = Annotated[OrderSide, msgspec.Meta(description="buy or sell")]
+Qty = Annotated[float, msgspec.Meta(gt=0, description="a number of contracts above 0")]
+StopPrice = Annotated[float, msgspec.Meta(gt=0, description="a price above 0")]
+StopDistance = Annotated[float, msgspec.Meta(
+    gt=0, lt=MAX_STOP_DISTANCE, description=f"a fraction between 0 and {MAX_STOP_DISTANCE} (0.02 = 2 %)"
+)]
+ExpiresMs = Annotated[int, msgspec.Meta(gt=0, description="a time in epoch milliseconds")]
 
-class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, tag="open"):
+
+class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="action",
+                 tag="open"):
     """Open a position. The stop is required: an absolute ``stop_price``, or ``stop_distance``
     as a fraction of the last price (0.02 = 2 %), which the engine turns into a price."""
 
-    intent_id: str
+    intent_id: IntentId
     symbol: str
-    side: OrderSide
-    qty: float
-    stop_price: float = 0.0
-    stop_distance: float | None = None
-    expires_ms: int = 0
+    side: Side
+    qty: Qty
+    stop_price: StopPrice = 0.0
+    """0: not given (``stop_distance`` is, or `check_open` refuses the intent)."""
+    stop_distance: StopDistance | None = None
+    expires_ms: ExpiresMs = 0
     """Epoch ms after which the intent must not start (`stale_reason`); 0: no limit."""
 
 
-class CloseIntent(msgspec.Struct, frozen=True, kw_only=True, tag="close"):
-    intent_id: str
+class CloseIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="action",
+                  tag="close"):
+    intent_id: IntentId
     symbol: str
-    expires_ms: int = 0
+    expires_ms: ExpiresMs = 0
 
 
 Intent = OpenIntent | CloseIntent
@@ -80,6 +104,9 @@ class IntentRecord(msgspec.Struct, kw_only=True):
     reason: str = ""
     outcome: str = ""  # the position record's state when the intent finished
     client_order_id: str = ""
+    body: str = ""
+    """What the intent asked (`body_of`), for telling a redelivery from another intent under
+    the same id; "" when not known (an entry that did not decode)."""
     created_at: str = msgspec.field(default_factory=utc_now)
     updated_at: str = msgspec.field(default_factory=utc_now)
 
@@ -96,15 +123,15 @@ class IntentRefused(ValueError):
 
 
 def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
-    """Validate and round an open intent; returns it with the quantity rounded to the step.
+    """Check an open intent against the venue's market rules; returns it with the quantity
+    rounded to the step and the stop price to the tick.
 
-    Every number is checked for being finite and in range *before* any arithmetic on it:
-    ``inf`` or ``1e308`` would otherwise overflow the rounding (and a refusal that names the
-    field is what the sender needs). Each refusal starts with the field's name.
+    The numbers' own ranges (above 0, not nan) are the types' constraints, checked when the
+    intent is decoded; what is left is what depends on the venue: ``inf`` or ``1e308`` fail
+    the maximum before any rounding could overflow. Each refusal starts with the field's name.
     """
-    check_common(intent.intent_id, intent.symbol, rules)
+    check_symbol(intent.symbol, rules)
     market = rules[intent.symbol]
-    _finite_positive("qty", intent.qty)
     if intent.qty > market.largest_qty:
         limit = f"the venue's maximum order size {market.max_qty:g}" if market.max_qty else "any plausible order size"
         raise IntentRefused(f"qty: {intent.qty:g} is above {limit} for {intent.symbol}")
@@ -117,29 +144,16 @@ def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
     if intent.stop_price and intent.stop_distance is not None:
         raise IntentRefused("stop_price, stop_distance: give one of them, not both")
     if intent.stop_distance is not None:
-        distance = intent.stop_distance
-        if not (math.isfinite(distance) and 0 < distance < MAX_STOP_DISTANCE):
-            raise IntentRefused(
-                f"stop_distance: must be a fraction between 0 and {MAX_STOP_DISTANCE} (0.02 = 2 %), got {distance!r}"
-            )
         return msgspec.structs.replace(intent, qty=qty)
-    _finite_positive("stop_price", intent.stop_price, " (or give stop_distance: posguard never opens without a stop)")
+    if not intent.stop_price:
+        raise IntentRefused("stop_price: required for an open intent (or stop_distance); posguard never opens bare")
     if intent.stop_price > market.largest_price:
         raise IntentRefused(f"stop_price: {intent.stop_price:g} is not a plausible price for {intent.symbol}")
     stop = market.round_price(intent.stop_price)
     return msgspec.structs.replace(intent, qty=qty, stop_price=stop)
 
 
-def _finite_positive(name: str, value: float, hint: str = "") -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise IntentRefused(f"{name}: must be a finite positive number, got {value!r}{hint}")
-
-
-def check_common(intent_id: str, symbol: str, rules: dict[str, MarketRules]) -> None:
-    if not INTENT_ID_PATTERN.fullmatch(intent_id):
-        raise IntentRefused(
-            f"intent_id: {intent_id!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'"
-        )
+def check_symbol(symbol: str, rules: dict[str, MarketRules]) -> None:
     if symbol not in rules:
         raise IntentRefused(
             f"symbol: unknown symbol {symbol!r}: not a linear perpetual on this venue"
@@ -171,6 +185,82 @@ def settle_reply(reply: IntentRecord, record: PositionRecord, *, after_restart: 
     return reply
 
 
+def action_of(intent: Intent) -> str:
+    """The intent's ``action`` field: its tag in the union (``open`` or ``close``)."""
+    return str(type(intent).__struct_config__.tag)
+
+
+# -- idempotency: one rule for "may this intent run" ----------------------------------------
+
+
+def body_of(intent: Intent) -> str:
+    """What an intent asks, as plain text (the intent record's ``body``). Two intents under one
+    id are the same intent only if this is equal: their client order ids are equal (derived
+    from the id), so a second body would find the first one's orders (issue 13, defect 4).
+    Taken from the intent as it arrived, before rounding or pricing a ``stop_distance``, so
+    that a redelivered entry always has the body it had the first time."""
+    if isinstance(intent, CloseIntent):
+        return f"{action_of(intent)} {intent.symbol}"
+    stop = f"stop_distance {intent.stop_distance!r}" if intent.stop_distance is not None else (
+        f"stop_price {intent.stop_price!r}")
+    return f"{action_of(intent)} {intent.symbol} {intent.side} qty {intent.qty!r} {stop}"
+
+
+class Run(msgspec.Struct, frozen=True, tag=True):
+    """Never begun: it may start (if it is not stale)."""
+
+
+class CarryOn(msgspec.Struct, frozen=True, tag=True):
+    """Begun under this body (accepted, or being handed to its actor): carry it on, however
+    old it is; its order may already be on the venue, and looking it up is the way on."""
+
+
+class Duplicate(msgspec.Struct, frozen=True, tag=True):
+    """Handled already: answered ``duplicate``, pointing at ``first``; nothing runs."""
+
+    first: IntentRecord
+
+
+class ConflictingBody(msgspec.Struct, frozen=True, tag=True):
+    """The id belongs to another intent (``first_body``): refused, nothing runs, and the first
+    intent's record is left as it is."""
+
+    first_body: str
+
+
+Verdict = Run | CarryOn | Duplicate | ConflictingBody
+
+
+def intent_verdict(body: str, first: IntentRecord | None, in_flight: str = "") -> Verdict:
+    """The one rule for an intent id seen again (the intake before the hand-off, the actor
+    before it writes the intent ahead). ``first``: the id's intent record in Redis;
+    ``in_flight``: the body the id was handed over with and not finished yet, which Redis may
+    not show yet (the intent can wait in its actor's mailbox before anything is written)."""
+    first_body = in_flight or (first.body if first is not None else "")
+    if first_body and first_body != body:
+        return ConflictingBody(first_body=first_body)
+    if first is not None and first.status in FINAL_STATUSES:
+        return Duplicate(first=first)
+    if first is not None or in_flight:
+        return CarryOn()
+    return Run()
+
+
+def conflict_of(intent: Intent, first_body: str) -> IntentRecord:
+    """The reply to an intent under an id that another intent holds: refused; the first
+    intent's record is not touched (this is only pushed to the reply list)."""
+    body = body_of(intent)
+    return IntentRecord(
+        intent_id=intent.intent_id,
+        action=action_of(intent),
+        symbol=intent.symbol,
+        status="rejected",
+        reason=(f"intent_id: {intent.intent_id!r} is already used by a different intent ({first_body}); this one"
+                f" ({body}) was not executed, nothing was sent: send it under a new intent_id"),
+        body=body,
+    )
+
+
 def duplicate_of(first: IntentRecord) -> IntentRecord:
     """The reply to an intent id sent again after it was handled: it points at the first answer
     (its outcome and client order id) and says it was not run again."""
@@ -183,4 +273,5 @@ def duplicate_of(first: IntentRecord) -> IntentRecord:
         reason=f"already handled: {first.status}{detail}; not executed again (the first answer stays in its intent record)",
         outcome=first.outcome,
         client_order_id=first.client_order_id,
+        body=first.body,
     )

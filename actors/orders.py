@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from posguard.actors import ids
+from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline, sleep_within
@@ -60,7 +61,7 @@ async def send_once(
                 return answer
             log.warning("%s: the venue does not know %s; sending it again under the same id", record.symbol, client_order_id)
         pushed = ctx.board.order(client_order_id)
-        if pushed is not None:
+        if pushed is not None and belongs_to(record, pushed):
             return pushed
         try:
             ctx.count_rest(record, "send")
@@ -84,14 +85,15 @@ async def look_up(
 ) -> Order | Absent | None:
     """Ask for an order by client order id until it is found or the deadline passes.
 
-    Pushed evidence counts as finding it. With ``absent_after`` (anyio time), an answer of
-    "unknown" given at or after that time returns `ABSENT`. None means no answer settled it
-    by the deadline, which is not evidence that the order does not exist.
+    Pushed evidence counts as finding it; an order of another symbol (or side) under that id
+    is not this record's (`belongs_to`) and counts as not found. With ``absent_after`` (anyio
+    time), an answer of "unknown" given at or after that time returns `ABSENT`. None means no
+    answer settled it by the deadline, which is not evidence that the order does not exist.
     """
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
         pushed = ctx.board.order(client_order_id)
-        if pushed is not None:
+        if pushed is not None and belongs_to(record, pushed):
             return pushed
         try:
             ctx.count_rest(record, "fetch_order")
@@ -99,7 +101,7 @@ async def look_up(
         except VenueUnavailable:
             pass
         else:
-            if found is not None:
+            if found is not None and belongs_to(record, found):
                 return found
             if absent_after is not None and anyio.current_time() >= absent_after:
                 return ABSENT

@@ -27,13 +27,15 @@ __all__ = [
     "IN_FLIGHT_STATES",
     "InvalidTransition",
     "PositionRecord",
+    "Protection",
+    "RETIRED_FIELDS",
     "RecordDefect",
     "State",
-    "StopSource",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "decode_record",
     "describe_transitions",
+    "is_protected",
     "utc_now",
 ]
 
@@ -106,7 +108,22 @@ def describe_transitions() -> str:
     return "\n".join(lines)
 
 EvidenceSource = Literal["", "push", "rest"]
-StopSource = Literal["", "attached", "order"]
+
+
+class Protection(enum.StrEnum):
+    """What is known about the position's stop-loss: the one stored fact that "is this
+    position protected" is read from (`is_protected`). Set only by the step that learned it."""
+
+    NONE = "none"  # no stop known to be live (none asked for, or the one asked for is gone)
+    ATTACHED_REQUESTED = "attached_requested"  # the entry was sent with a stop attached; not yet seen
+    ATTACHED_CONFIRMED = "attached_confirmed"  # the venue's position shows a stop of its own
+    STOP_ORDER = "stop_order"  # a separate reduce-only stop order the venue answered as armed
+
+
+def is_protected(record: PositionRecord) -> bool:
+    """Whether a live stop is known to guard the record's position: the venue showed it. A stop
+    asked for (attached to the entry, or an order id written ahead) is not protection yet."""
+    return record.protection in (Protection.ATTACHED_CONFIRMED, Protection.STOP_ORDER)
 
 
 class PositionRecord(msgspec.Struct, kw_only=True):
@@ -123,7 +140,7 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     snapshot never lowers it (a lagging list), a larger one raises it."""
     entry_price: float = 0.0
     evidence: EvidenceSource = ""
-    stop_source: StopSource = ""
+    protection: Protection = Protection.NONE
     stop_client_order_id: str = ""
     stop_attempts: int = 0
     close_client_order_id: str = ""
@@ -302,7 +319,29 @@ def decode_record(fields: Mapping[str, str | bytes], *, symbol: str | None = Non
             values[name] = value
     if symbol is not None and values["symbol"] != symbol:
         raise _bad(fields, symbol, "symbol", values["symbol"], f"not the symbol of its key ({symbol})")
+    if "protection" not in fields:
+        values["protection"] = _protection_before_the_field(fields, symbol, confirmed=bool(values.get("protected_at")))
     return PositionRecord(**values)
+
+
+RETIRED_FIELDS = ("stop_source",)
+"""Fields an earlier version wrote and this one only reads (the store removes them on write)."""
+_STOP_SOURCES = {"": Protection.NONE, "attached": Protection.ATTACHED_REQUESTED, "order": Protection.STOP_ORDER}
+
+
+def _protection_before_the_field(fields: Mapping[str, str | bytes], symbol: str | None, *,
+                                 confirmed: bool) -> Protection:
+    """A record written before `protection` existed, read as that version read it: its
+    ``stop_source`` said ``attached`` from the moment the entry was sent, and only a set
+    ``protected_at`` told that the attached stop had been seen on the venue."""
+    text = fields.get("stop_source", "")
+    if not isinstance(text, str) or text not in _STOP_SOURCES:
+        raise _bad(fields, symbol, "stop_source", text if isinstance(text, str) else repr(text),
+                   "not one of '', 'attached', 'order'")
+    protection = _STOP_SOURCES[text]
+    if protection is Protection.ATTACHED_REQUESTED and confirmed:
+        return Protection.ATTACHED_CONFIRMED
+    return protection
 
 
 def _bad(fields: Mapping[str, str | bytes], symbol: str | None, name: str, text: str, reason: str) -> BadRecord:

@@ -17,6 +17,7 @@ HardDeadline = Annotated[float, msgspec.Meta(gt=0, le=600)]
 LookupGrace = Annotated[float, msgspec.Meta(gt=0, le=300)]
 StopConfirmDeadline = Annotated[float, msgspec.Meta(gt=0, le=60)]
 StopDeadline = Annotated[float, msgspec.Meta(gt=0, le=120)]
+StopFillTimeout = Annotated[float, msgspec.Meta(ge=1, le=600)]
 
 
 class VerificationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +51,10 @@ class ProtectionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """Failed close attempts before the record goes `unverified` and an alert is raised."""
     orphan_stop_distance: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.02
     """Stop distance, as a fraction of the entry price, for positions the audit adopts."""
+    stop_fill_timeout: StopFillTimeout = 10.0
+    """How long the market may stay past a protected position's stop with the position still
+    open before the stop is given up as not filling and the position closed reduce-only.
+    Below 1 s a stop that is simply filling would be raced; above 600 s the bound means nothing."""
 
 
 class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,7 +4,7 @@ The seed bot slept, asked for the position list, found nothing and concluded "no
 Here, "nothing found yet" never decides anything. A verdict is reached only when:
 
 * the order is final with nothing filled                     -> `Rejected`
-* it filled, and executions show the fill closed again       -> `ClosedExternally`
+* its fill is complete, and executions show it closed again -> `ClosedExternally`
 * it filled (order state, executions or a position we see)   -> `Filled`
 * none of the above by the hard deadline                     -> `Unverified` (protect, audit)
 
@@ -22,11 +22,12 @@ from typing import Literal
 import anyio
 import msgspec
 
+from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.proof import exit_qty
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline
-from posguard.streams.ingestion.evidence import newer_order
+from posguard.streams.ingestion.evidence import newer_order, newer_position
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, Position, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
@@ -87,13 +88,13 @@ class EntryEvidence:
         self.record = record
         self.order: Order | None = None
         self.fills: dict[str, Execution] = {}
-        self.others: dict[str, Execution] = {}
-        """Fills on the symbol since the entry was sent that are not the entry's (`exit_qty`)."""
+        self.exits: dict[str, Execution] = {}
+        """Fills on the symbol since the entry was sent that are not the entry's (`exit_qty` counts the closing side)."""
         self.position: Position | None = None
         self.source: Source = "push"
 
     def take_order(self, order: Order | None, source: Source) -> None:
-        if order is None:
+        if order is None or not belongs_to(self.record, order):
             return
         merged = newer_order(self.order, order)
         if merged is not self.order:
@@ -103,23 +104,24 @@ class EntryEvidence:
     def take_executions(self, executions: list[Execution], source: Source) -> None:
         coid = self.record.client_order_id
         for execution in executions:
-            if execution.ts_ms < self.record.sent_ms:
+            if execution.ts_ms < self.record.sent_ms or not belongs_to(self.record, execution):
                 continue
             if execution.client_order_id == coid:
                 if execution.exec_id not in self.fills:
                     self.fills[execution.exec_id] = execution
                     self.source = source
             else:
-                self.others.setdefault(execution.exec_id, execution)
+                self.exits.setdefault(execution.exec_id, execution)
 
     def take_position(self, position: Position | None, source: Source) -> None:
-        """Only a position on our side, seen after we sent, says anything about our fill."""
-        if position is None or position.ts_ms < self.record.sent_ms:
+        """Only a position of our symbol, seen after we sent, says anything about our fill; of
+        two snapshots the later state counts, whichever arrived last."""
+        if position is None or position.ts_ms < self.record.sent_ms or not belongs_to(self.record, position):
             return
-        if self.position is None or position.ts_ms >= self.position.ts_ms:
-            if position.is_open and position.side == position_side_of(self.record.side):
-                if self.filled_qty() <= QTY_TOLERANCE:
-                    self.source = source
+        if newer_position(self.position, position) is position:
+            ours = position.is_open and position.side == position_side_of(self.record.side)
+            if ours and self.filled_qty() <= QTY_TOLERANCE:
+                self.source = source
             self.position = position
 
     def take_board(self, ctx: ActorContext) -> None:
@@ -145,7 +147,7 @@ class EntryEvidence:
         return max(by_order, by_fills, min(by_position, self.record.qty))
 
     def exit_qty(self) -> float:
-        return exit_qty(self.record, self.others.values())
+        return exit_qty(self.record, self.exits.values())
 
     def avg_price(self) -> float:
         if self.order is not None and self.order.avg_price:
@@ -173,6 +175,14 @@ class EntryEvidence:
             return None
         exit_qty = self.exit_qty()
         if exit_qty >= filled - QTY_TOLERANCE:
+            if not self.fill_complete():
+                # Exits cover what is known filled, but the order may have filled more after
+                # them (a stop-out between two parts reopens the position): "closed" would be
+                # concluded from the absence of the rest.
+                return Unverified(
+                    f"filled at least {filled} and closed {exit_qty} by the deadline, but the entry order's "
+                    "final fill is unknown: the rest may be open"
+                )
             return ClosedExternally(filled, exit_qty, self.avg_price(), self.source)
         return Filled(
             filled_qty=filled,

@@ -1,6 +1,8 @@
 """Admission: what an intent must pass before it reaches an actor, and before it is sent.
 
-Bad input is refused before anything is created (I7). At intake, with nothing awaited: the
+Bad input is refused before anything is created (I7). First the intent's id is claimed
+(`IntentClaims`): an id already handled, or held by a different intent, is answered without
+running (`intent_verdict`). Then at intake, with nothing awaited: the
 venue's market rules, the static risk limits, the entry gate (safe mode, paused entries) and a
 slot under ``risk.max_open_positions`` (`OpenSlots`). A refused intent is answered at once with
 a `rejected` intent record; the rest are queued on the symbol's actor at once (I4), so nothing
@@ -18,18 +20,24 @@ import msgspec
 
 from posguard.actors.intents import (
     CloseIntent,
+    ConflictingBody,
+    Duplicate,
     Intent,
     IntentRecord,
     IntentRefused,
     OpenIntent,
-    check_common,
+    action_of,
+    body_of,
     check_open,
+    check_symbol,
 )
 from posguard.actors.lifecycle import MailboxFull, Ticket
+from posguard.actors.lifecycle.replies import answer_refused_repeat
 from posguard.actors.store.client import is_redis_failure
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.markets import MarketRules
 from posguard.supervisor.actor_registry import ActorRegistry
+from posguard.supervisor.intent_claims import IntentClaims
 from posguard.supervisor.open_slots import OpenSlots
 from posguard.supervisor.prices import PriceReader
 from posguard.supervisor.risk import RiskLimits, check_priced, check_static
@@ -97,19 +105,44 @@ class Admission:
         self.risk = risk
         self.gate = gate
         self.actors = actors
+        self.claims = IntentClaims()
         self.slots = slots
 
     async def admit(self, intent: Intent) -> Ticket:
-        """Validate, then queue on the symbol's actor. A refused intent is answered at once."""
+        """Claim the intent's id, validate, then queue on the symbol's actor. A refused intent,
+        and one whose id must not run again, is answered at once."""
+        body = body_of(intent)
+        try:
+            first = await self.store.load_intent(intent.intent_id)
+        except Exception as exc:
+            if not is_redis_failure(exc):
+                raise
+            return await self.refuse(intent, f"Redis unreachable ({type(exc).__name__}): whether intent id"
+                                     f" {intent.intent_id!r} was used before cannot be read, so nothing was done;"
+                                     " send it again once Redis answers", body)
+        verdict = self.claims.claim(intent, body, first)
+        if isinstance(verdict, Duplicate | ConflictingBody):
+            ticket = Ticket(intent, body)
+            ticket.finish(await answer_refused_repeat(self.store, intent, verdict))
+            return ticket
+        try:
+            ticket = await self._check_and_queue(intent, body)
+        except BaseException:
+            self.claims.release(intent.intent_id)
+            raise
+        ticket.on_finish(lambda _: self.claims.release(intent.intent_id))
+        return ticket
+
+    async def _check_and_queue(self, intent: Intent, body: str) -> Ticket:
         try:
             if isinstance(intent, OpenIntent):
                 intent = self.check_entry(intent)
             elif isinstance(intent, CloseIntent):
-                check_common(intent.intent_id, intent.symbol, self.rules)
-            ticket = self.actors.get_or_start(intent.symbol).submit(intent)
+                check_symbol(intent.symbol, self.rules)
+            ticket = self.actors.get_or_start(intent.symbol).submit(intent, body)
         except (IntentRefused, MailboxFull) as exc:
             self.slots.release(intent.intent_id)
-            return await self.refuse(intent, str(exc))
+            return await self.refuse(intent, str(exc), body)
         if isinstance(intent, OpenIntent):
             ticket.on_finish(lambda _: self.slots.release(intent.intent_id))
         return ticket
@@ -125,20 +158,22 @@ class Admission:
         self.slots.reserve(intent.intent_id, intent.symbol)
         return intent
 
-    async def refuse(self, intent: Intent, reason: str) -> Ticket:
+    async def refuse(self, intent: Intent, reason: str, body: str = "") -> Ticket:
         """Answer the intent with a `rejected` record, in Redis if it answers."""
         log.warning("intent %s refused: %s", intent.intent_id, reason)
+        body = body or body_of(intent)
         reply = IntentRecord(
             intent_id=intent.intent_id,
-            action="open" if isinstance(intent, OpenIntent) else "close",
+            action=action_of(intent),
             symbol=intent.symbol,
             status="rejected",
             reason=reason,
+            body=body,
         )
         try:
             await self.store.save_intent(reply)
         except Exception as exc:  # noqa: BLE001 - the refusal still reaches the caller
             log.error("could not record the refusal of %s in Redis: %s", intent.intent_id, exc)
-        ticket = Ticket(intent)
+        ticket = Ticket(intent, body)
         ticket.finish(reply)
         return ticket

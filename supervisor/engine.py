@@ -10,7 +10,8 @@ on first use (I4: one actor per symbol).
 Each of those jobs has its own module; this one builds them and runs them:
 `actor_registry` (actors and their supervision), `admission` (validation and risk),
 `audit_schedule`, `watchdog` (Redis, heartbeat, operator commands), `loop_lag` (the event
-loop measured apart from Redis) and `routing`.
+loop measured apart from Redis), `routing` and `stop_fill_watch` (stops that trigger and do
+not fill).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from posguard.supervisor.open_slots import OpenSlots
 from posguard.supervisor.prices import PriceReader
 from posguard.supervisor.risk import RiskLimits, not_markets
 from posguard.supervisor.routing import EventRouter
+from posguard.supervisor.stop_fill_watch import StopFillWatch
 from posguard.supervisor.supervision import AuditSettings, EntryGate, SupervisorSettings
 from posguard.supervisor.watchdog import RedisWatchdog, publish_health
 
@@ -116,6 +118,8 @@ class Engine:
                                       venue_label=venue_label(venue.name))
         self.loop_lag = LoopLagProbe(self.metrics)
         self.router = EventRouter(self.actors, self.request_audit)
+        self.stop_fill_watch = StopFillWatch(ctx=self.ctx, actors=self.actors, prices=self.prices)
+        self.ctx.observers.append(self.stop_fill_watch.follow)
         self.ingestor = Ingestor(self.board, cache, listeners=[self.router.route])
         self.stopping = False
         self._task_group: TaskGroup | None = None
@@ -137,6 +141,7 @@ class Engine:
             tg.start_soon(self.audits.run)
             tg.start_soon(self.watchdog.run)
             tg.start_soon(self.loop_lag.run)
+            tg.start_soon(self.stop_fill_watch.run)
             task_status.started()
 
     async def _resume_records(self) -> None:
@@ -148,6 +153,7 @@ class Engine:
         settled = [i for r in records if r.state.is_terminal for i in (r.intent_id, r.close_intent_id) if i]
         unanswered = await self.store.still_accepted(settled)
         for record in records:
+            self.stop_fill_watch.follow(record)
             if record.state.is_live or {record.intent_id, record.close_intent_id} & unanswered:
                 self.actors.get_or_start(record.symbol)
 

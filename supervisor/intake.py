@@ -13,7 +13,8 @@ Each entry is read through the consumer group ``posguard`` and validated on arri
 gets a rejection naming the field and touches nothing else. An entry is acknowledged only once
 its actor owns it (the intent is written ahead in Redis); a crash before that leaves it pending,
 and it is delivered again at the next start. An intent id already handled is not executed again
-(it is answered ``duplicate``). An open without ``expires_ms`` expires ``max_age`` seconds after
+(it is answered ``duplicate``), nor one used by a different intent (`intent_verdict`); an entry
+giving a field twice is refused. An open without ``expires_ms`` expires ``max_age`` seconds after
 Redis received it (its entry id). Nothing one entry does can stop the intake: any error while
 handling it that is not Redis being unreachable becomes a ``rejected`` reply ("internal
 error"), an alert and a traceback in the log, and the entry is acknowledged. The stream is
@@ -25,15 +26,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Literal
+from typing import get_args
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from posguard.actors.intents import FINAL_STATUSES, INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
+from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import Ticket
-from posguard.actors.lifecycle.replies import answer_duplicate
 from posguard.actors.store.client import RedisClient, is_redis_failure
 from posguard.actors.store.intent_stream import KEEP_ENTRIES, IntentGroupMissing, IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine
@@ -43,7 +43,6 @@ __all__ = [
     "DEFAULT_MAX_AGE",
     "TRIM_INTERVAL",
     "BadIntent",
-    "IntentFields",
     "IntentIntake",
     "arrival_ms",
     "parse_intent",
@@ -59,18 +58,6 @@ TRIM_INTERVAL = 60.0
 """Seconds between trims of the intents stream."""
 
 
-class IntentFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    intent_id: str
-    action: Literal["open", "close"]
-    symbol: str
-    side: Literal["buy", "sell"] | None = None
-    qty: float | None = None
-    stop_price: float | None = None
-    stop_distance: float | None = None
-    take_profit: float | None = None
-    expires_ms: int | None = None
-
-
 class BadIntent(ValueError):
     """The stream entry is not a well-formed intent. The message names the field."""
 
@@ -78,50 +65,64 @@ class BadIntent(ValueError):
 _PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<field>[^`]*)`)?$")
 
 
-def parse_intent(fields: dict[str, str], *, arrived_ms: int = 0, max_age: float = 0.0) -> Intent:
-    """The entry's fields as an intent, or `BadIntent` naming the field.
+def _field_rules() -> dict[str, str]:
+    """What each field must be, in the words of its type's description (actors/intents.py),
+    and ``action``, the union's tag: a refusal quotes it."""
+    rules = {"action": " or ".join(str(t.__struct_config__.tag) for t in get_args(Intent))}
+    for struct in get_args(Intent):
+        for field in msgspec.inspect.type_info(struct).fields:
+            kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+            for kind in kinds:
+                if isinstance(kind, msgspec.inspect.Metadata) and kind.extra_json_schema:
+                    rules[field.name] = kind.extra_json_schema["description"]
+    return rules
 
-    The expiry: the sender's ``expires_ms`` if given; otherwise, for an open, ``arrived_ms``
-    (when Redis received the entry) plus ``max_age`` seconds. A close gets no default expiry:
-    closing late still only reduces risk.
+
+_FIELD_RULES = _field_rules()
+_OPEN_ONLY = frozenset(OpenIntent.__struct_fields__) - frozenset(CloseIntent.__struct_fields__)
+
+
+def parse_intent(
+    fields: dict[str, str], *, repeated: tuple[str, ...] = (), arrived_ms: int = 0, max_age: float = 0.0
+) -> Intent:
+    """The entry's fields decoded into the intent union, or `BadIntent` naming the field.
+
+    ``repeated``: fields the entry gave more than once (XADD allows it): which value was
+    meant is not known, so the entry is refused. The expiry: the sender's ``expires_ms`` if
+    given; otherwise, for an open, ``arrived_ms`` (when Redis received the entry) plus
+    ``max_age`` seconds. A close gets no default expiry: closing late still only reduces risk.
     """
-    try:
-        raw = msgspec.convert(fields, IntentFields, strict=False)
-    except msgspec.ValidationError as exc:
-        match = _PATH.match(str(exc))
-        what, field = (match.group("what"), match.group("field")) if match else (str(exc), "")
-        unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
-        if unknown:
-            raise BadIntent(f"{unknown.group(1)}: unknown field") from None
-        missing = re.match(r"Object missing required field `([^`]+)`", what)
-        if missing:
-            raise BadIntent(f"{missing.group(1)}: required field missing") from None
-        raise BadIntent(f"{field or 'intent'}: {what[0].lower() + what[1:]}") from None
-    if not INTENT_ID_PATTERN.fullmatch(raw.intent_id):
-        raise BadIntent("intent_id: must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
-    if raw.expires_ms is not None and raw.expires_ms <= 0:
-        raise BadIntent(f"expires_ms: must be a time in epoch milliseconds, got {raw.expires_ms}")
-    if raw.take_profit is not None:
+    if repeated:
+        raise BadIntent(f"{repeated[0]}: given twice in one entry; which value is meant is not known,"
+                        " so nothing was done: send each field once")
+    if "take_profit" in fields:
         raise BadIntent("take_profit: not supported (posguard manages entries, stop-losses and closes)")
-    if raw.action == "close":
-        extra = [n for n in ("side", "qty", "stop_price", "stop_distance") if getattr(raw, n) is not None]
-        if extra:
-            raise BadIntent(f"{extra[0]}: not allowed on a close intent")
-        return CloseIntent(intent_id=raw.intent_id, symbol=raw.symbol, expires_ms=raw.expires_ms or 0)
-    for name in ("side", "qty"):
-        if getattr(raw, name) is None:
-            raise BadIntent(f"{name}: required for an open intent")
-    if raw.stop_price is None and raw.stop_distance is None:
-        raise BadIntent("stop_price: required for an open intent (or stop_distance); posguard never opens bare")
-    if raw.stop_price is not None and raw.stop_distance is not None:
-        raise BadIntent("stop_price, stop_distance: give one of them, not both")
-    assert raw.side is not None and raw.qty is not None
-    expires_ms = raw.expires_ms or (arrived_ms + int(max_age * 1000) if arrived_ms and max_age else 0)
-    return OpenIntent(
-        intent_id=raw.intent_id, symbol=raw.symbol, side=raw.side, qty=raw.qty,
-        stop_price=raw.stop_price if raw.stop_price is not None else 0.0, stop_distance=raw.stop_distance,
-        expires_ms=expires_ms,
-    )
+    try:
+        intent: Intent = msgspec.convert(fields, Intent, strict=False)  # type: ignore[arg-type]
+    except msgspec.ValidationError as exc:
+        raise BadIntent(_refusal(str(exc), fields)) from None
+    if isinstance(intent, OpenIntent) and not intent.expires_ms and arrived_ms and max_age:
+        intent = msgspec.structs.replace(intent, expires_ms=arrived_ms + int(max_age * 1000))
+    return intent
+
+
+def _refusal(error: str, fields: dict[str, str]) -> str:
+    """msgspec's error as a refusal that starts with the field's name and says what it must be."""
+    match = _PATH.match(error)
+    what, field = (match.group("what"), match.group("field") or "") if match else (error, "")
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    if unknown:
+        name = unknown.group(1)
+        return f"{name}: not allowed on a close intent" if name in _OPEN_ONLY else f"{name}: unknown field"
+    missing = re.match(r"Object missing required field `([^`]+)`", what)
+    if missing:
+        return f"{missing.group(1)}: required field missing"
+    what = what[0].lower() + what[1:]
+    if field in _FIELD_RULES:
+        given = fields.get(field, "")
+        shown = repr(given) if len(given) <= 80 else f"{given[:80]!r}..."
+        return f"{field}: must be {_FIELD_RULES[field]}, got {shown} ({what})"
+    return f"{field or 'intent'}: {what}"
 
 
 def arrival_ms(entry_id: str) -> int:
@@ -130,11 +131,14 @@ def arrival_ms(entry_id: str) -> int:
     return int(ms) if ms.isdigit() else 0
 
 
-def reply_id(fields: dict[str, str], entry_id: str) -> str:
-    """The id a refused entry is answered under: its own when well-formed, otherwise
-    ``invalid-<entry id>``, which the client that sent it can find (XADD returned the id)."""
-    intent_id = fields.get("intent_id", "")
-    return intent_id if INTENT_ID_PATTERN.fullmatch(intent_id) else f"invalid-{entry_id}"
+def reply_id(entry: StreamEntry) -> str:
+    """The id a refused entry is answered under: its own when well-formed and given once,
+    otherwise ``invalid-<entry id>``, which the client that sent it can find (XADD returned
+    the id)."""
+    intent_id = entry.fields.get("intent_id", "")
+    if "intent_id" in entry.repeated or not INTENT_ID_PATTERN.fullmatch(intent_id):
+        return f"invalid-{entry.entry_id}"
+    return intent_id
 
 
 class IntentIntake:
@@ -270,25 +274,22 @@ class IntentIntake:
             await self._internal_error(entry, exc)
 
     async def _handle(self, tg: anyio.abc.TaskGroup, entry: StreamEntry) -> None:
-        entry_id, fields = entry.entry_id, entry.fields
+        """Decode the entry and hand it to the engine, which decides whether its id may run
+        (`intent_verdict`: a duplicate or another intent's id is answered at once)."""
         try:
-            intent = parse_intent(fields, arrived_ms=arrival_ms(entry_id), max_age=self.max_age)
+            intent = parse_intent(entry.fields, repeated=entry.repeated, arrived_ms=arrival_ms(entry.entry_id),
+                                  max_age=self.max_age)
         except BadIntent as exc:
-            await self._reject_malformed(entry_id, fields, str(exc))
-            return
-        previous = await self.engine.store.load_intent(intent.intent_id)
-        if previous is not None and previous.status in FINAL_STATUSES:
-            await answer_duplicate(self.engine.store, previous)
-            await self._ack(entry_id)
+            await self._reject_malformed(entry, str(exc))
             return
         ticket = await self.engine.submit(intent)
-        tg.start_soon(self._ack_when_owned, entry_id, ticket)
+        tg.start_soon(self._ack_when_owned, entry.entry_id, ticket)
 
     async def _internal_error(self, entry: StreamEntry, exc: Exception) -> None:
         """A bug met while handling one entry: answer it, tell a person, acknowledge it."""
         self.internal_errors += 1
         fields = entry.fields
-        intent_id = reply_id(fields, entry.entry_id)
+        intent_id = reply_id(entry)
         symbol = fields.get("symbol", "")[:64]
         message = (f"intent {intent_id} (entry {entry.entry_id}): internal error {type(exc).__name__};"
                    " refused, nothing sent; the traceback is in posguard's log")
@@ -311,14 +312,14 @@ class IntentIntake:
             return  # interrupted before it was written ahead: leave it pending for redelivery
         await self._ack(entry_id)
 
-    async def _reject_malformed(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
-        intent_id = reply_id(fields, entry_id)
+    async def _reject_malformed(self, entry: StreamEntry, reason: str) -> None:
+        fields, intent_id = entry.fields, reply_id(entry)
         log.warning("intent %s refused: %s", intent_id, reason)
         await self.engine.store.save_intent(IntentRecord(
             intent_id=intent_id, action=fields.get("action", "")[:16], symbol=fields.get("symbol", "")[:64],
             status="rejected", reason=reason,
         ))
-        await self._ack(entry_id)
+        await self._ack(entry.entry_id)
 
     async def _ack(self, entry_id: str) -> None:
         """Acknowledge the entry; if Redis cannot take it, it stays pending and is reclaimed

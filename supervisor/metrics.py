@@ -27,15 +27,16 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 from posguard.actors.findings import Finding
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, State, is_protected
 from posguard.streams.ingestion.evidence import EvidenceBoard
 
-__all__ = ["LAG_BUCKETS", "Metrics", "UNPROTECTED_STATES", "is_loopback"]
+__all__ = ["LAG_BUCKETS", "MAY_BE_BARE_STATES", "Metrics", "is_loopback"]
 
 log = logging.getLogger("posguard.metrics")
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
-UNPROTECTED_STATES = frozenset({State.OPEN, State.EMERGENCY_CLOSING})
+MAY_BE_BARE_STATES = frozenset({State.OPEN, State.UNVERIFIED, State.EMERGENCY_CLOSING})
+"""States in which a position may be on the venue without the stop the record relies on."""
 
 
 class Metrics:
@@ -75,7 +76,7 @@ class Metrics:
             self.failures.labels(self.exchange, symbol, "closed_before_protection").inc()
         elif state is State.UNVERIFIED and "unverified" not in note:
             self.failures.labels(self.exchange, symbol, "unverified").inc()
-        bare = state in UNPROTECTED_STATES or (state is State.UNVERIFIED and not record.stop_source)
+        bare = state in MAY_BE_BARE_STATES and not is_protected(record)
         (self._unprotected.add if bare else self._unprotected.discard)(symbol)
         self.unprotected.set(len(self._unprotected))
 

@@ -62,10 +62,10 @@ async def status(config: Config, out: Out = print) -> int:
         f"({sum(r.state.is_live for r in records)} live)"
         + (f", {len(scan.bad)} bad (quarantined)" if scan.bad else ""))
     if records:
-        rows = [["SYMBOL", "STATE", "SIDE", "FILLED", "ENTRY", "STOP", "STOP VIA", "AGE", "REASON"]]
+        rows = [["SYMBOL", "STATE", "SIDE", "FILLED", "ENTRY", "STOP", "PROTECTION", "AGE", "REASON"]]
         for r in records:
             rows.append([r.symbol, str(r.state), r.side, f"{r.filled_qty:g}", f"{r.entry_price:g}",
-                         f"{r.stop_price:g}", r.stop_source or "-", _age(r.updated_at, now), r.reason[:60]])
+                         f"{r.stop_price:g}", str(r.protection), _age(r.updated_at, now), r.reason[:60]])
         _table(rows, out)
     for defect in scan.bad:
         out(f"bad record {defect.describe()}; quarantined: intents for {defect.symbol} are refused and its venue"

@@ -19,7 +19,7 @@ import anyio
 from posguard.actors.intents import IntentRefused
 from posguard.streams.backoff import Backoff, Deadline, sleep_within
 from posguard.streams.ingestion.evidence import EvidenceBoard
-from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.errors import VenueError, VenueUnavailable
 from posguard.streams.venue.protocol import Venue
 
 __all__ = ["LEVERAGE_MAX_AGE", "PriceReader"]
@@ -46,16 +46,22 @@ class PriceReader:
         self._tickers: dict[str, tuple[float, float]] = {}  # symbol -> (anyio time read, price)
         self._leverage: dict[str, tuple[float, float]] = {}  # symbol -> (anyio time read, leverage)
 
-    async def price(self, symbol: str) -> float:
-        """A price no older than ``max_age``: pushed, cached, or read now (`IntentRefused` when
-        the venue gave none within ``deadline``)."""
-        now = anyio.current_time()
+    def _fresh(self, symbol: str) -> float | None:
+        """The newest pushed mark price or ticker read, if it is no older than ``max_age``."""
         pushed = self.board.position(symbol)
         if pushed is not None and pushed.mark_price and self.venue.now_ms() - pushed.ts_ms <= self.max_age * 1000:
             return pushed.mark_price
         cached = self._tickers.get(symbol)
-        if cached is not None and now - cached[0] <= self.max_age:
+        if cached is not None and anyio.current_time() - cached[0] <= self.max_age:
             return cached[1]
+        return None
+
+    async def price(self, symbol: str) -> float:
+        """A price no older than ``max_age``: pushed, cached, or read now (`IntentRefused` when
+        the venue gave none within ``deadline``)."""
+        fresh = self._fresh(symbol)
+        if fresh is not None:
+            return fresh
         deadline = Deadline(self.deadline)
         delays = self.backoff.delays(self.rng)
         while True:
@@ -72,6 +78,20 @@ class PriceReader:
                 continue
             self._tickers[symbol] = (anyio.current_time(), price)
             return price
+
+    async def latest(self, symbol: str) -> float | None:
+        """As `price`, but with one read and no retries: for a watch that looks again soon
+        anyway (the stop-fill watch). None when the venue gave none this time."""
+        fresh = self._fresh(symbol)
+        if fresh is not None:
+            return fresh
+        try:
+            price = await self.venue.fetch_price(symbol)
+        except VenueError as exc:  # unavailable, refused, a symbol gone: no price this time
+            log.warning("%s: reading the last price failed (%s); looking again later", symbol, exc)
+            return None
+        self._tickers[symbol] = (anyio.current_time(), price)
+        return price
 
     async def leverage(self, symbol: str) -> tuple[float, str]:
         """The symbol's leverage and where it came from (the venue, or ``risk.default_leverage``

@@ -15,7 +15,10 @@ from typing import Annotated
 import msgspec
 
 from posguard.actors.intents import IntentRefused, OpenIntent
-from posguard.actors.liquidation import beyond_liquidation, estimated_liquidation_price
+from posguard.actors.lifecycle.stop_fill import stop_crossed
+from posguard.actors.liquidation import beyond_liquidation
+from posguard.streams.venue.events import position_side_of
+from posguard.streams.venue.liquidation import estimated_liquidation_price
 
 __all__ = ["Fraction", "Limit", "RiskLimits", "check_priced", "check_static", "not_markets"]
 
@@ -73,11 +76,10 @@ def check_static(intent: OpenIntent, limits: RiskLimits) -> None:
 def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, leverage: float, leverage_from: str) -> None:
     """The stop on the right side of the market and inside the liquidation price (estimated
     from ``leverage``, read from ``leverage_from``), and the limits that need the last price."""
-    if intent.side == "buy" and intent.stop_price >= price:
-        raise IntentRefused(f"stop_price: {intent.stop_price} must be below the last price {price} for a buy")
-    if intent.side == "sell" and intent.stop_price <= price:
-        raise IntentRefused(f"stop_price: {intent.stop_price} must be above the last price {price} for a sell")
-    liq = estimated_liquidation_price(intent.side, price, leverage, limits.maintenance_margin)
+    if stop_crossed(intent.side, intent.stop_price, price):
+        below = "below" if intent.side == "buy" else "above"
+        raise IntentRefused(f"stop_price: {intent.stop_price} must be {below} the last price {price} for a {intent.side}")
+    liq = estimated_liquidation_price(position_side_of(intent.side), price, leverage, limits.maintenance_margin)
     if beyond_liquidation(intent.side, intent.stop_price, liq):
         raise IntentRefused(
             f"stop_price: {intent.stop_price} is beyond the estimated liquidation price {liq:.6g} ({leverage:g}x"

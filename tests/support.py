@@ -17,6 +17,7 @@ from posguard.actors.store.client import open_redis
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue
+from posguard.streams.venue.events import closing_side, position_side_of
 from posguard.supervisor.engine import Engine
 from tests.clock import IOAwareMockClock
 
@@ -97,3 +98,18 @@ def assert_never_falsely_closed(record: PositionRecord, venue: FakeVenue) -> Non
         assert venue.truth.position(record.symbol) is None, (
             f"record says {record.state} but the venue holds {venue.truth.position(record.symbol)}"
         )
+
+
+def proven_open_qty(record: PositionRecord, venue: FakeVenue) -> float:
+    """How much of the record's entry is still open by the venue's own fills (ground truth):
+    the entry's fills less every exit on its symbol since the entry was sent. A record may
+    know less (fills not seen yet); it must never be cut below what it once knew and this."""
+    executions = venue.truth.executions
+    filled = sum(e.qty for e in executions if e.client_order_id == record.client_order_id and e.symbol == record.symbol)
+    exit_side = closing_side(position_side_of(record.side))
+    exits = sum(
+        e.qty for e in executions
+        if e.symbol == record.symbol and e.side == exit_side and e.client_order_id != record.client_order_id
+        and e.ts_ms >= record.sent_ms
+    )
+    return max(0.0, filled - exits)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from posguard.actors import ids
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle.repairs import assess, guards
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.streams.venue.events import Order, Position, position_side_of
 
 SYMBOL = "SOL/USDT:USDT"
@@ -100,7 +100,7 @@ def test_assess_keeps_the_invariants_for_any_snapshot(
 def test_a_lagging_list_never_shrinks_a_record_below_its_proven_fills() -> None:
     record = PositionRecord(symbol=SYMBOL, intent_id="a", state=State.PROTECTED, side="buy", qty=2.0, filled_qty=2.0,
                             entry_price=150.0, stop_price=140.0, client_order_id=ids.entry_id(ACCOUNT, "a"),
-                            stop_source="attached", sent_ms=1)
+                            protection=Protection.ATTACHED_CONFIRMED, sent_ms=1)
     first_part = Position(symbol=SYMBOL, side="long", size=1.0, entry_price=150.0, stop_price=140.0, ts_ms=2)
     assert assess(SYMBOL, record, first_part, [], actor_busy=False) == []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from posguard.actors import ids
 from posguard.actors.lifecycle.repairs import assess
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.streams.venue.events import Order, Position
 
 SYMBOL = "SOL/USDT:USDT"
@@ -32,7 +32,7 @@ def test_a_stop_of_ours_that_no_live_record_owns_is_stale_once_nothing_needs_it(
     assert [f.kind for f in assess(SYMBOL, None, None, [leftover], actor_busy=False)] == ["stale_stop"]
     record = PositionRecord(symbol=SYMBOL, intent_id="new", state=State.PROTECTED, side="buy", qty=1.0,
                             filled_qty=1.0, entry_price=150.0, stop_price=140.0,
-                            client_order_id=ids.entry_id("main", "new"), stop_source="attached")
+                            client_order_id=ids.entry_id("main", "new"), protection=Protection.ATTACHED_CONFIRMED)
     held = Position(symbol=SYMBOL, side="long", size=1.0, entry_price=150.0, stop_price=140.0, ts_ms=5)
     assert [f.kind for f in assess(SYMBOL, record, held, [leftover], actor_busy=False)] == ["stale_stop"]
 

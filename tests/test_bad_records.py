@@ -14,7 +14,7 @@ import coredis
 import pytest
 
 from posguard.actors.intents import CloseIntent
-from posguard.actors.records import BadRecord, PositionRecord, State, decode_record
+from posguard.actors.records import BadRecord, PositionRecord, Protection, State, decode_record
 from posguard.actors.store.keys import Keys
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest
@@ -33,7 +33,7 @@ KEYS = Keys(ACCOUNT)
 def good_fields(symbol: str = ETH, **overrides: str) -> dict[str, str]:
     fields = PositionRecord(
         symbol=symbol, intent_id="hand-1", state=State.PROTECTED, side="buy", qty=0.1, filled_qty=0.1,
-        entry_price=3000.0, stop_price=2940.0, client_order_id="pgzzzzzzzzzzzzzzzz-e", stop_source="order",
+        entry_price=3000.0, stop_price=2940.0, client_order_id="pgzzzzzzzzzzzzzzzz-e", protection=Protection.STOP_ORDER,
         created_at="2026-11-25T07:32:49.605+00:00", updated_at="2026-11-25T07:32:49.605+00:00",
     ).to_fields()
     fields.update(overrides)
@@ -54,7 +54,8 @@ def good_fields(symbol: str = ETH, **overrides: str) -> dict[str, str]:
         ("state", "opened"),
         ("state", "Protected"),
         ("side", "long"),
-        ("stop_source", "manual"),
+        ("protection", "manual"),
+        ("protection", "order"),
         ("stop_attempts", "1.0"),
         ("sent_ms", "12 "),
         ("sent_to_verified_ms", "fast"),

@@ -132,6 +132,8 @@ async def test_positions_open_orders_and_executions() -> None:
         assert (positions[BTC].side, positions[BTC].size, positions[BTC].entry_price) == ("long", 0.01, 60_012.3)
         assert (positions[ETH].side, positions[ETH].size, positions[ETH].stop_price) == ("short", 0.5, None)
         assert positions[BTC].ts_ms == 1764000000125
+        # Binance: a mark price, "0" for no liquidation price (cross margin, well covered), no seq.
+        assert (positions[BTC].mark_price, positions[BTC].liq_price, positions[BTC].seq) == (60_100.0, None, 0)
 
         orders = await venue.fetch_open_orders()
         assert sorted((o.client_order_id, o.kind) for o in orders) == [("pgbinance-e", "market"), ("pgbinance-s1", "stop")]

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from posguard.actors.intents import CloseIntent, OpenIntent
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.actors.settings import ActorSettings
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit import EmulatorServer, ScriptedFailure, running_emulator
@@ -81,7 +81,7 @@ async def test_open_is_verified_from_the_push_and_protected_by_the_attached_stop
 
         assert reply.outcome == "protected"
         assert record is not None and record.state is State.PROTECTED
-        assert (record.evidence, record.stop_source, record.filled_qty) == ("push", "attached", 0.01)
+        assert (record.evidence, record.protection, record.filled_qty) == ("push", Protection.ATTACHED_CONFIRMED, 0.01)
         assert emu.truth()["positions"]["BTCUSDT"] == {"side": "Buy", "size": 0.01, "avg_price": 60_000.0, "stop_loss": 58_800.0}
         [entry] = emu.truth()["orders"]
         assert entry["order_link_id"] == record.client_order_id

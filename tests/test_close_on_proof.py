@@ -13,7 +13,7 @@ import pytest
 from posguard.actors import ids
 from posguard.actors.intents import CloseIntent
 from posguard.actors.proof import outlives, proven_gone
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.actors.settings import ActorSettings, VerificationSettings
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.events import Execution, Order, Position
@@ -56,7 +56,7 @@ async def test_a_close_after_an_audit_read_a_lagging_list_closes_the_venues_whol
     runs every second: it saw the first part only. The close must still close everything,
     and say `closed` only once the venue is flat."""
     knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, position_lag=Lag.fixed(6.0),
-                       split_fill_after=Lag.fixed(5.0))
+                       split_fill_rate=1.0, split_fill_over=Lag.fixed(5.0))
     async with FakeVenue(seed=131, knobs=knobs) as venue, running_engine(
         redis_url, venue, clock, audit=AuditSettings(interval=1.0)
     ) as engine:
@@ -87,7 +87,7 @@ async def test_a_close_sizes_from_the_executions_when_the_record_knows_less_than
     """The entry was still filling at the verification deadline (the record's size is a lower
     bound) and the stream went down before the rest filled: no push says how much is held.
     The close must not stop at the record's size: the executions say what is left."""
-    knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, split_fill_after=Lag.fixed(5.0))
+    knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, split_fill_rate=1.0, split_fill_over=Lag.fixed(5.0))
     settings = ActorSettings(account=ACCOUNT, verification=VerificationSettings(push_deadline=1.0, hard_deadline=3.0))
     async with FakeVenue(seed=134, knobs=knobs) as venue, running_engine(
         redis_url, venue, clock, settings=settings, audit=AuditSettings(interval=1000.0)
@@ -119,7 +119,7 @@ async def stray_unverified_entry(engine: Engine, venue: FakeVenue, intent_id: st
     record = PositionRecord(
         symbol=SYMBOL, intent_id=intent.intent_id, state=State.UNVERIFIED, side="buy", qty=intent.qty,
         stop_price=intent.stop_price, client_order_id=ids.entry_id(ACCOUNT, intent.intent_id),
-        stop_source="order", stop_client_order_id=stray, stop_attempts=1, sent_ms=venue.now_ms() - 1,
+        protection=Protection.STOP_ORDER, stop_client_order_id=stray, stop_attempts=1, sent_ms=venue.now_ms() - 1,
         reason="no evidence of the entry order's fate by the verification deadline",
     )
     await engine.store.save_record(record)

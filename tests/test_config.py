@@ -100,6 +100,8 @@ DEFEATING_VALUES = [
     ("[supervisor]\nrestart_window = inf\n", "supervisor.restart_window"),
     ("[supervisor]\nshutdown_grace = inf\n", "supervisor.shutdown_grace"),
     ("[audit]\ninterval = 0.001\n", "audit.interval"),
+    ("[protection]\nstop_fill_timeout = 0.1\n", "protection.stop_fill_timeout"),
+    ("[protection]\nstop_fill_timeout = inf\n", "protection.stop_fill_timeout"),
     ("[audit]\ninterval = inf\n", "audit.interval"),
     ("[streams]\nstale_after = inf\n", "streams.stale_after"),
     ("[risk]\nmin_stop_distance = 0.05\nmax_stop_distance = 0.01\n", "risk.min_stop_distance"),

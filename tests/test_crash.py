@@ -2,16 +2,21 @@
 
 A real process (`python -m posguard run`) trades through real ccxt against the Bybit
 emulator (in this test's process, so it outlives every kill), with this test's own
-redis-server. Intents arrive through the Redis intents stream. The process is SIGKILLed at
-random moments; every fourth run it kills itself the moment an entry order has been sent and
-before its record is updated (the `entry_sent` failpoint), the window write-ahead exists for.
-It is restarted each time. At the end one more run is left to converge and then stopped with
-SIGTERM (it must exit 0). From the emulator's ground truth:
+redis-server. Intents arrive through the Redis intents stream: opens, closes of positions the
+run opened, and intent ids sent again with the same body. Every other run is SIGKILLed at a
+random moment; the runs between kill themselves at a failpoint (`posguard.actors.failpoints`),
+each in turn: right after an entry order is sent, right after a record is written in each
+state, and right before each kind of intent reply is written, the windows write-ahead exists for. Each failpoint run sends the
+intents (and sets the emulator faults) that lead to its failpoint. It is restarted each time.
+At the end one more run is left to converge and then stopped with SIGTERM (it must exit 0).
+From the emulator's ground truth and Redis:
 
 * no position was open without a stop for longer than the bound (sampled every 100 ms);
 * no intent produced more than one entry order; no position nobody asked for;
 * the Redis records equal the venue: every venue position has a live record of its size and
-  side, and no live record lacks its venue position.
+  side, and no live record lacks its venue position;
+* every intent sent is answered: its intent record has a final status;
+* every failpoint tried was reached at least once (with the default number of kills, all).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import random
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -28,10 +36,13 @@ import coredis
 import pytest
 
 from posguard.actors import ids
+from posguard.actors.failpoints import ENTRY_SENT, before_reply, record_saved
+from posguard.actors.intents import FINAL_STATUSES
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
-from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
+from posguard.streams.emulators.bybit import EmulatorServer, ScriptedFailure, running_emulator
 from posguard.streams.emulators.bybit.client import run_config
+from posguard.streams.emulators.bybit.faults import Faults
 from posguard.streams.emulators.bybit.truth import is_protected
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
@@ -41,20 +52,33 @@ REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "crash"
 SYMBOLS = {"BTC/USDT:USDT": ("BTCUSDT", 0.01, 60_000.0), "ETH/USDT:USDT": ("ETHUSDT", 0.1, 3_000.0),
            "SOL/USDT:USDT": ("SOLUSDT", 1.0, 150.0)}
-KILLS = int(os.environ.get("POSGUARD_CRASH_KILLS", "24"))
 LOG = Path(os.environ.get("POSGUARD_CRASH_LOG", "/dev/null"))
-FAILPOINT_WAIT = 30.0  # seconds a failpoint run may take to reach its entry order
+FAILPOINT_WAIT = 60.0  # seconds a failpoint run may take to reach its failpoint (unverified: ~25 s)
 UNPROTECTED_BOUND = 10.0  # seconds: restart + start-up audit, with room for a loaded machine
+CONVERGE_WAIT = 120.0
+HARD_DEADLINE = 20.0  # verification.hard_deadline in the config below
+CREATE = "/v5/order/create"
+
+REPLY_STATUSES = sorted(FINAL_STATUSES | {"accepted", "duplicate"})
+TARGETS = [ENTRY_SENT] + [record_saved(state) for state in State] + [before_reply(status) for status in REPLY_STATUSES]
+"""Every failpoint a run can kill at: the entry sent, one per record state, one per reply status."""
+KILLS = int(os.environ.get("POSGUARD_CRASH_KILLS", str(2 * len(TARGETS) + 2)))
 
 
 def write_config(path: Path, emu: EmulatorServer, redis_url: str) -> Path:
-    path.write_text(run_config(emu, redis_url, ACCOUNT, """
+    path.write_text(run_config(emu, redis_url, ACCOUNT, f"""
 [streams]
 stale_after = 5.0
 [verification]
 push_deadline = 1.0
-hard_deadline = 20.0
+hard_deadline = {HARD_DEADLINE}
 lookup_grace = 2.0
+[protection]
+# A stop or close order the emulator keeps refusing gives up sooner, so that the failpoint
+# runs for an emergency close and a failing close reach their write within the wait.
+stop_deadline = 3.0
+stop_attempts = 2
+close_alert_after = 3
 [supervisor]
 shutdown_grace = 10.0
 [audit]
@@ -126,72 +150,286 @@ async def converged(emu: EmulatorServer, client: coredis.Redis[str]) -> list[str
     return problems
 
 
-async def test_sigkill_at_random_moments_then_venue_and_redis_agree(redis_url: str, tmp_path: Path) -> None:
+class Trader:
+    """What one crash-test session sends and sets: intents on the stream, faults on the emulator."""
+
+    def __init__(self, emu: EmulatorServer, client: coredis.Redis[str], rng: random.Random) -> None:
+        self.emu = emu
+        self.client = client
+        self.rng = rng
+        self.keys = Keys(ACCOUNT)
+        self.intents: dict[str, dict[str, str]] = {}  # intent id -> the fields first sent
+        self.sent_in: dict[str, str] = {}  # intent id -> the run it was first sent in (its failpoint)
+        self.run = ""
+        self.reused: list[str] = []
+        self._next_id = 0
+        self._balance: float | None = None
+
+    async def send(self, fields: dict[str, str]) -> str:
+        self.intents.setdefault(fields["intent_id"], fields)
+        self.sent_in.setdefault(fields["intent_id"], self.run)
+        await self.client.xadd(self.keys.intents, fields)
+        return fields["intent_id"]
+
+    def _new_id(self) -> str:
+        self._next_id += 1
+        return f"c{self._next_id}"
+
+    async def open(self, symbol: str, *, expires_ms: int = 0) -> str:
+        _bybit, qty, price = SYMBOLS[symbol]
+        side = self.rng.choice(["buy", "sell"])
+        stop = price * (0.97 if side == "buy" else 1.03)
+        fields = {"intent_id": self._new_id(), "action": "open", "symbol": symbol, "side": side,
+                  "qty": str(qty), "stop_price": f"{stop:.2f}"}
+        if expires_ms:
+            fields["expires_ms"] = str(expires_ms)
+        return await self.send(fields)
+
+    async def close(self, symbol: str) -> str:
+        return await self.send({"intent_id": self._new_id(), "action": "close", "symbol": symbol})
+
+    async def reuse(self, intent_id: str) -> None:
+        """The same intent id sent again, with the same body."""
+        self.reused.append(intent_id)
+        await self.send(self.intents[intent_id])
+
+    async def live_symbols(self) -> list[str]:
+        return sorted(s for s, r in (await load_records(self.client)).items() if r.state.is_live and s in SYMBOLS)
+
+    async def flat_symbol(self) -> str:
+        """A symbol with no live record: closed first if every symbol has one (the actor
+        serves the close, then whatever is sent next, in order)."""
+        live = await self.live_symbols()
+        free = [s for s in SYMBOLS if s not in live]
+        if free:
+            return self.rng.choice(free)
+        symbol = self.rng.choice(live)
+        await self.close(symbol)
+        return symbol
+
+    async def protected_symbol(self) -> str:
+        """A symbol whose record is protected; opened (and waited for) if there is none."""
+        records = await load_records(self.client)
+        protected = [s for s, r in records.items() if r.state is State.PROTECTED and s in SYMBOLS]
+        if protected:
+            return self.rng.choice(protected)
+        symbol = await self.flat_symbol()
+        await self.open(symbol)
+        while (record := (await load_records(self.client)).get(symbol)) is None or record.state is not State.PROTECTED:
+            await anyio.sleep(0.05)
+        return symbol
+
+    async def answer(self, intent_id: str) -> str:
+        return await self.client.hget(self.keys.intent(intent_id), "status") or ""
+
+    async def unanswered(self) -> dict[str, str]:
+        """Intents whose intent record has no final status, with what it says."""
+        statuses = {i: await self.answer(i) for i in self.intents}
+        return {
+            i: f"{status or '(no intent record)'}: {self.intents[i]['action']} {self.intents[i]['symbol']}, sent in {self.sent_in[i]}"
+            for i, status in statuses.items() if status not in FINAL_STATUSES
+        }
+
+    async def wait_entry_sent(self, symbol: str) -> None:
+        """Until the emulator holds an entry order for ``symbol`` (a failpoint run's cue)."""
+        bybit_symbol = SYMBOLS[symbol][0]
+        count = self._entry_orders(bybit_symbol)
+        while self._entry_orders(bybit_symbol) == count:
+            await anyio.sleep(0.01)
+
+    def _entry_orders(self, bybit_symbol: str) -> int:
+        return sum(1 for o in self.emu.truth()["orders"] if o["symbol"] == bybit_symbol and ids.is_entry_id(o["order_link_id"]))
+
+    def starve_balance(self) -> None:
+        """Entries are refused for margin (Bybit 110007) until `restore_venue`."""
+        self._balance = self.emu.engine.balance
+        self.emu.engine.balance = 0.0
+
+    def restore_venue(self) -> None:
+        """After a run: the emulator well-behaved again, with its balance and prices."""
+        self.emu.engine.faults = Faults()
+        if self._balance is not None:
+            self.emu.engine.balance, self._balance = self._balance, None
+        for bybit_symbol, _qty, price in SYMBOLS.values():
+            self.emu.engine.set_price(bybit_symbol, price)
+
+
+# -- what each failpoint run sends, to reach its failpoint ----------------------------------
+
+async def entry(trader: Trader) -> None:
+    await trader.open(await trader.flat_symbol())
+
+
+async def close(trader: Trader) -> None:
+    live = await trader.live_symbols()
+    if live:
+        await trader.close(trader.rng.choice(live))
+    else:
+        symbol = await trader.flat_symbol()
+        await trader.open(symbol)
+        await trader.close(symbol)
+
+
+async def gap_through_stop(trader: Trader) -> None:
+    """A protected position, then the market gaps through its stop: the venue closes it."""
+    symbol = await trader.protected_symbol()
+    bybit_symbol, _qty, price = SYMBOLS[symbol]
+    position = trader.emu.truth()["positions"][bybit_symbol]
+    trader.emu.engine.set_price(bybit_symbol, price * (0.9 if position["side"] == "Buy" else 1.1))
+
+
+async def refused_for_margin(trader: Trader) -> None:
+    trader.starve_balance()
+    await trader.open(await trader.flat_symbol())
+
+
+async def close_nothing(trader: Trader) -> None:
+    """A close of a symbol with no live record: refused (``rejected``)."""
+    symbol = await trader.flat_symbol()
+    await trader.close(symbol)
+
+
+async def stale_open(trader: Trader) -> None:
+    await trader.open(trader.rng.choice(list(SYMBOLS)), expires_ms=int(time.time() * 1000) - 60_000)
+
+
+async def reused_after_answer(trader: Trader) -> None:
+    """An id sent again after it was answered: the reply is ``duplicate``."""
+    answered = [i for i in trader.intents if await trader.answer(i) in FINAL_STATUSES]
+    if not answered:
+        answered = [await trader.close(trader.rng.choice(list(SYMBOLS)))]
+        while await trader.answer(answered[0]) not in FINAL_STATUSES:
+            await anyio.sleep(0.05)
+    await trader.reuse(trader.rng.choice(answered))
+
+
+async def no_evidence(trader: Trader) -> None:
+    """Every push lost and every REST list lagging past the hard deadline: the entry is
+    `unverified` (protected anyway)."""
+    lag = HARD_DEADLINE + 5
+    trader.emu.engine.faults = Faults(position_list_lag=lag, order_list_lag=lag, execution_list_lag=lag,
+                                      push_drop={"position": 1.0, "order": 1.0, "execution": 1.0})
+    await trader.open(await trader.flat_symbol())
+
+
+async def no_stop_placeable(trader: Trader) -> None:
+    """The filled position's attached stop cannot be confirmed (position pushes lost, the list
+    lagging) and no separate stop can be placed (every create refused): an emergency close.
+    The attached stop stays on the venue: the position is never bare."""
+    trader.emu.engine.faults = Faults(position_list_lag=15.0, push_drop={"position": 1.0})
+    symbol = await trader.flat_symbol()
+    await trader.open(symbol)
+    await trader.wait_entry_sent(symbol)
+    trader.emu.engine.faults.fail_next.append(ScriptedFailure(path=CREATE, kind="http_503", count=10_000))
+
+
+async def close_keeps_failing(trader: Trader) -> None:
+    """A requested close whose every order is refused."""
+    symbol = await trader.protected_symbol()
+    trader.emu.engine.faults.fail_next.append(ScriptedFailure(path=CREATE, kind="http_503", count=10_000))
+    await trader.close(symbol)
+
+
+Scenario = Callable[[Trader], Awaitable[None]]
+
+SCENARIOS: dict[str, Scenario] = {
+    ENTRY_SENT: entry,
+    **{record_saved(s): entry for s in ("submitting", "submitted", "verifying", "open", "protected")},
+    **{record_saved(s): close for s in ("closing", "closed")},
+    record_saved("closed_externally"): gap_through_stop,
+    record_saved("rejected"): refused_for_margin,
+    record_saved("unverified"): no_evidence,
+    record_saved("emergency_closing"): no_stop_placeable,
+    record_saved("close_failing"): close_keeps_failing,  # defect 3's state, once the lead's table has it
+    before_reply("accepted"): entry,
+    before_reply("done"): close,
+    before_reply("rejected"): close_nothing,
+    before_reply("stale"): stale_open,
+    before_reply("duplicate"): reused_after_answer,
+}
+
+
+async def random_intents(trader: Trader) -> None:
+    """A random run's intents: opens, closes of what the run opened, ids sent again."""
+    rng = trader.rng
+    for _ in range(rng.randint(1, 3)):
+        roll = rng.random()
+        if roll < 0.1 and trader.intents:
+            await trader.reuse(rng.choice(list(trader.intents)))
+        elif roll < 0.45 and (live := await trader.live_symbols()):
+            await trader.close(rng.choice(live))
+        else:
+            await trader.open(rng.choice(list(SYMBOLS)))
+    if rng.random() < 0.15:  # the market gaps through someone's stop
+        bybit_symbol, _qty, price = SYMBOLS[rng.choice(list(SYMBOLS))]
+        trader.emu.engine.set_price(bybit_symbol, price * rng.choice([0.95, 1.05]))
+
+
+def test_every_failpoint_has_a_scenario() -> None:
+    assert set(TARGETS) <= set(SCENARIOS), f"no crash-test scenario reaches {sorted(set(TARGETS) - set(SCENARIOS))}"
+
+
+async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redis_agree(
+        redis_url: str, tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("POSGUARD_CRASH_SEED", "1")))
     async with running_emulator() as emu, coredis.Redis.from_url(redis_url, decode_responses=True) as client, \
             anyio.create_task_group() as tg:
         config = write_config(tmp_path / "config.toml", emu, redis_url)
         monitor = ExposureMonitor(emu)
         tg.start_soon(monitor.run)
-        intents: dict[str, str] = {}  # intent id -> action
-        next_id = 0
-        failpoint_kills = 0
+        trader = Trader(emu, client, rng)
+        tried: Counter[str] = Counter()
+        reached: Counter[str] = Counter()
         for run in range(KILLS):
-            failpoints = "entry_sent" if run % 4 == 3 else ""
-            process = await start_posguard(config, failpoints)
-            for n in range(rng.randint(1, 3)):
-                symbol = rng.choice(list(SYMBOLS))
-                _bybit, qty, price = SYMBOLS[symbol]
-                intent_id = f"c{next_id}"
-                next_id += 1
-                if rng.random() < 0.6 or (failpoints and n == 0):  # a failpoint run needs an entry to send
-                    side = rng.choice(["buy", "sell"])
-                    stop = price * (0.97 if side == "buy" else 1.03)
-                    fields = {"intent_id": intent_id, "action": "open", "symbol": symbol, "side": side,
-                              "qty": str(qty), "stop_price": f"{stop:.2f}"}
-                else:
-                    fields = {"intent_id": intent_id, "action": "close", "symbol": symbol}
-                intents[intent_id] = fields["action"]
-                await client.xadd(Keys(ACCOUNT).intents, fields)
-            if rng.random() < 0.15:  # the market gaps through someone's stop
-                bybit_symbol, _qty, price = SYMBOLS[rng.choice(list(SYMBOLS))]
-                emu.engine.set_price(bybit_symbol, price * rng.choice([0.95, 1.05]))
-            # A failpoint run ends when its entry is sent (the process kills itself there); a
-            # loaded machine may take seconds to get that far, so wait for the event, not a guess.
-            with anyio.move_on_after(FAILPOINT_WAIT if failpoints else rng.uniform(0.3, 4.0)):
-                await process.wait()
+            target = TARGETS[(run // 2) % len(TARGETS)] if run % 2 else ""
+            trader.run = f"run {run} ({target or 'random kill'})"
+            process = await start_posguard(config, target)
+            async with anyio.create_task_group() as run_tg:
+                run_tg.start_soon(SCENARIOS[target] if target else random_intents, trader)
+                # A failpoint run ends when the process kills itself there; a loaded machine may
+                # take many seconds to get that far, so wait for the event, not a guess.
+                with anyio.move_on_after(FAILPOINT_WAIT if target else rng.uniform(0.3, 4.0)):
+                    await process.wait()
+                run_tg.cancel_scope.cancel()
             if process.returncode is None:
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
-            elif process.returncode == -signal.SIGKILL and failpoints:
-                failpoint_kills += 1
-            for bybit_symbol, _qty, price in SYMBOLS.values():
-                emu.engine.set_price(bybit_symbol, price)
+            elif process.returncode == -signal.SIGKILL and target:
+                reached[target] += 1
+            if target:
+                tried[target] += 1
+            trader.restore_venue()
 
         process = await start_posguard(config)
         problems: list[str] = ["not checked yet"]
-        with anyio.move_on_after(90):
-            while problems:
+        unanswered: dict[str, str] = {}
+        with anyio.move_on_after(CONVERGE_WAIT):
+            while problems or unanswered:
                 await anyio.sleep(1.0)
                 problems = await converged(emu, client)
+                unanswered = await trader.unanswered()
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             code = await process.wait()
         tg.cancel_scope.cancel()
 
         truth = emu.truth()
-        entry_orders: dict[str, int] = {}
-        for order in truth["orders"]:
-            if ids.is_entry_id(order["order_link_id"]):
-                entry_orders[order["order_link_id"]] = entry_orders.get(order["order_link_id"], 0) + 1
-        asked = {ids.entry_id(ACCOUNT, i) for i, action in intents.items() if action == "open"}
-        print(f"\ncrash test: {KILLS} SIGKILLs ({failpoint_kills} between 'order sent' and 'record updated'),"
-              f" {len(intents)} intents, {len(entry_orders)} entry orders, {len(truth['executions'])} executions,"
-              f" longest unprotected {monitor.longest:.2f} s, open at the end {sorted(truth['positions'])}")
+        entry_orders = Counter(o["order_link_id"] for o in truth["orders"] if ids.is_entry_id(o["order_link_id"]))
+        asked = {ids.entry_id(ACCOUNT, i) for i, fields in trader.intents.items() if fields["action"] == "open"}
+        missed = sorted(set(tried) - set(reached))
+        print(f"\ncrash test: {KILLS} SIGKILLs ({sum(reached.values())} at failpoints: {dict(sorted(reached.items()))}),"
+              f" {len(trader.intents)} intents ({len(trader.reused)} ids sent again),"
+              f" {len(entry_orders)} entry orders, {len(truth['executions'])} executions,"
+              f" longest unprotected {monitor.longest:.2f} s, open at the end {sorted(truth['positions'])};"
+              f" failpoints tried but not reached: {missed}; not tried: {sorted(set(TARGETS) - set(tried))};"
+              f" unanswered: {unanswered}")
 
         assert problems == [], f"venue and Redis disagree after recovery: {problems}"
+        assert unanswered == {}, f"intents never answered after the restarts: {unanswered}"
         assert code == 0, "SIGTERM must stop posguard gracefully with exit code 0"
-        assert failpoint_kills >= 1, "no kill landed between 'order sent' and 'record updated'"
         assert set(entry_orders) <= asked, f"entry orders nobody asked for: {set(entry_orders) - asked}"
         assert all(n == 1 for n in entry_orders.values()), f"an intent produced two entries: {entry_orders}"
         assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop"
+        assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
+        if KILLS >= 2 * len(TARGETS):
+            assert set(tried) == set(TARGETS)

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from posguard.actors.intents import CloseIntent
-from posguard.actors.records import State
+from posguard.actors.records import Protection, State
 from posguard.actors.settings import ActorSettings, VerificationSettings
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.errors import OrderRejected, VenueUnavailable
@@ -52,7 +52,7 @@ async def test_position_list_lag_30s_with_every_push_dropped(clock: IOAwareMockC
         reply, record = await open_one(engine, venue)
         assert record.state is State.PROTECTED and record.evidence == "rest"
         # The position list never showed the attached stop in time, so a separate stop backs it.
-        assert record.stop_source == "order"
+        assert record.protection is Protection.STOP_ORDER
         assert venue.truth.position(SYMBOL) is not None and venue.truth.is_protected(SYMBOL)
         assert len(venue.truth.open_stops(SYMBOL)) == 1
         assert record.sent_to_protected_ms is not None and record.sent_to_protected_ms < 30_000
@@ -158,7 +158,7 @@ async def test_stop_placement_failing_then_succeeding_protects(clock: IOAwareMoc
     ) as engine:
         venue.fail_next("place_stop", OrderRejected("system busy"), VenueUnavailable("HTTP 502"))
         reply, record = await open_one(engine, venue)
-        assert record.state is State.PROTECTED and record.stop_source == "order"
+        assert record.state is State.PROTECTED and record.protection is Protection.STOP_ORDER
         assert venue.truth.is_protected(SYMBOL)
         assert len(venue.truth.open_stops(SYMBOL)) == 1
 
@@ -258,7 +258,7 @@ async def test_attached_stop_silently_missing_gets_a_separate_stop(clock: IOAwar
         reply, record = await open_one(engine, venue)
         position = venue.truth.position(SYMBOL)
         assert position is not None and position.stop_price is None, "the venue dropped the attached stop"
-        assert record.state is State.PROTECTED and record.stop_source == "order"
+        assert record.state is State.PROTECTED and record.protection is Protection.STOP_ORDER
         assert venue.truth.is_protected(SYMBOL)
         # Noticed from the pushed position (no stop on it), not by waiting out the deadline.
         assert record.sent_to_protected_ms < engine.settings.protection.stop_confirm_deadline * 1000
@@ -309,14 +309,15 @@ async def test_close_with_no_live_position_is_refused_and_sends_nothing(clock: I
     [
         ("symbol", "NOPE/USDT:USDT", "unknown symbol"),
         ("qty", 0.001, "below the venue's minimum"),
-        ("qty", -1.0, "positive"),
-        ("stop_price", 0.0, "stop_price: must be a finite positive"),
-        ("intent_id", "bad id with spaces", "intent_id"),
+        ("qty", -1.0, "qty: -1.0 is below the venue's minimum"),
+        ("stop_price", 0.0, "stop_price: required"),
     ],
 )
 async def test_bad_intents_are_refused_and_nothing_is_sent(
     clock: IOAwareMockClock, redis_url: str, field: str, value: object, message: str
 ) -> None:
+    """The venue's rules, for an intent built in code. The types' own constraints (an id's
+    pattern, numbers above 0) are checked where an intent is decoded (test_poison_intents)."""
     import msgspec
 
     async with FakeVenue(seed=36) as venue, running_engine(redis_url, venue, clock) as engine:

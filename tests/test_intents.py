@@ -10,6 +10,17 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
+from posguard.actors.intents import (
+    CarryOn,
+    CloseIntent,
+    ConflictingBody,
+    Duplicate,
+    IntentRecord,
+    OpenIntent,
+    Run,
+    body_of,
+    intent_verdict,
+)
 from posguard.actors.records import State
 from posguard.actors.store.keys import Keys
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
@@ -186,3 +197,83 @@ async def test_an_entry_another_consumer_read_and_never_owned_is_reclaimed(
         assert (await final_reply(engine, "orphaned-entry"))["outcome"] == "protected"
         assert venue.truth.entries_filled["BTC/USDT:USDT"] == 1
         tg.cancel_scope.cancel()
+
+
+async def test_one_intent_id_on_two_symbols_runs_once_and_makes_no_phantom(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Issue 13, defect 4: the same id for ETH and, while that is in flight, for SOL ran twice;
+    both derived the same client order id, so SOL's actor found ETH's order and recorded a
+    `protected` SOL position the venue does not have. The second body is refused instead."""
+    redis_cli(redis_url, "XGROUP", "CREATE", KEYS.intents, "posguard", "0", "MKSTREAM")
+    # Both queued before the intake reads: SOL is handed over while ETH waits in its mailbox.
+    xadd(redis_url, intent_id="twin", action="open", symbol="ETH/USDT:USDT", side="buy", qty="0.1",
+         stop_price="2940")
+    xadd(redis_url, intent_id="twin", action="open", symbol="SOL/USDT:USDT", side="buy", qty="1",
+         stop_price="145")
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        with anyio.fail_after(60):
+            while intake.acked < 2:
+                await anyio.sleep(0.05)
+        first = await final_reply(engine, "twin")
+        assert first["outcome"] == "protected", first
+        replies = [json.loads(r) for r in redis_cli(redis_url, "LRANGE", KEYS.reply("twin"), "0", "-1").splitlines()]
+        refusals = [r for r in replies if r["symbol"] == "SOL/USDT:USDT"]
+        assert [r["status"] for r in refusals] == ["rejected"], replies
+        assert "different" in refusals[0]["reason"] and "ETH/USDT:USDT" in refusals[0]["reason"], refusals
+        record = await engine.store.load_intent("twin")
+        assert record is not None and record.symbol == "ETH/USDT:USDT", "the first intent's record is kept"
+        assert await engine.store.load_record("SOL/USDT:USDT") is None, "no phantom SOL position"
+        assert venue.truth.position("SOL/USDT:USDT") is None and venue.truth.entries_filled["ETH/USDT:USDT"] == 1
+        assert venue.calls["create_order"] == 1
+
+
+def test_one_rule_decides_whether_an_intent_id_may_run() -> None:
+    eth = OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0)
+    body = body_of(eth)
+    sol = body_of(OpenIntent(intent_id="x", symbol="SOL/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0))
+
+    def record(status: str, body: str = body) -> IntentRecord:
+        return IntentRecord(intent_id="x", action="open", symbol="ETH/USDT:USDT", status=status, body=body)  # type: ignore[arg-type]
+
+    assert intent_verdict(body, None) == Run()
+    assert intent_verdict(body, None, in_flight=body) == CarryOn(), "handed over, nothing in Redis yet"
+    assert intent_verdict(body, record("accepted")) == CarryOn(), "begun: its order may be on the venue"
+    for status in ("done", "rejected", "stale"):
+        assert intent_verdict(body, record(status)) == Duplicate(first=record(status))
+    assert intent_verdict(sol, None, in_flight=body) == ConflictingBody(first_body=body)
+    assert intent_verdict(sol, record("accepted")) == ConflictingBody(first_body=body)
+    assert intent_verdict(sol, record("done")) == ConflictingBody(first_body=body), "says why, not just duplicate"
+    assert intent_verdict(sol, record("rejected", body="")) == Duplicate(first=record("rejected", body="")), (
+        "an entry that never decoded has no body to compare: a duplicate, as before")
+    # What makes two bodies differ: action, symbol, side, qty, stop; never the expiry.
+    for other in (CloseIntent(intent_id="x", symbol="ETH/USDT:USDT"),
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="sell", qty=0.1, stop_price=2940.0),
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.2, stop_price=2940.0),
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2900.0),
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_distance=0.02)):
+        assert body_of(other) != body, other
+    assert body_of(OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0,
+                              expires_ms=1)) == body
+
+
+async def test_a_redelivered_entry_off_the_step_carries_on_and_the_claims_are_released(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The body compared is the one that arrived, not the one admission rounded (0.0123 ->
+    0.012) or priced (stop_distance): a redelivery is never taken for another intent."""
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        fields = {"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.0123",
+                  "stop_distance": "0.02"}
+        xadd(redis_url, intent_id="off-step", **fields)
+        assert (await final_reply(engine, "off-step"))["outcome"] == "protected"
+        assert (await engine.store.load_intent("off-step")).body == (
+            "open BTC/USDT:USDT buy qty 0.0123 stop_distance 0.02"), "the body as sent, for redis-cli readers"
+        xadd(redis_url, intent_id="off-step", **fields)
+        with anyio.fail_after(30):
+            while intake.acked < 2:
+                await anyio.sleep(0.05)
+        replies = [json.loads(r) for r in redis_cli(redis_url, "LRANGE", KEYS.reply("off-step"), "0", "-1").splitlines()]
+        assert [r["status"] for r in replies] == ["accepted", "done", "duplicate"], replies
+        assert venue.calls["create_order"] == 1
+        assert len(engine.admission.claims) == 0, "every claim is released once its intent is final"

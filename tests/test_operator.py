@@ -13,7 +13,7 @@ import coredis
 import pytest
 import yaml
 
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.actors.store.keys import Keys
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
@@ -39,7 +39,7 @@ async def prepare(redis_url: str) -> None:
         store = RedisStore(client, "ops")
         await store.save_record(PositionRecord(
             symbol="BTC/USDT:USDT", intent_id="i-1", state=State.PROTECTED, side="buy", qty=0.01, filled_qty=0.01,
-            entry_price=60_000.0, stop_price=58_800.0, client_order_id="pgaaaa-e", stop_source="attached",
+            entry_price=60_000.0, stop_price=58_800.0, client_order_id="pgaaaa-e", protection=Protection.ATTACHED_CONFIRMED,
         ))
         await store.save_record(PositionRecord(
             symbol="ETH/USDT:USDT", intent_id="i-2", state=State.CLOSED, side="sell", qty=0.1, filled_qty=0.1,
@@ -56,8 +56,8 @@ async def test_status_prints_every_record_and_the_health(redis_url: str) -> None
     assert await operator.status(config_for(redis_url), out=lines.append) == 0
     text = "\n".join(lines)
     assert "2 position records (1 live)" in text
-    assert re.search(r"BTC/USDT:USDT\s+protected\s+buy\s+0.01\s+60000\s+58800\s+attached", text)
-    assert re.search(r"ETH/USDT:USDT\s+closed\s+sell\s+0.1\s+3000\s+3060\s+-\s+\S+\s+closed on request", text)
+    assert re.search(r"BTC/USDT:USDT\s+protected\s+buy\s+0.01\s+60000\s+58800\s+attached_confirmed", text)
+    assert re.search(r"ETH/USDT:USDT\s+closed\s+sell\s+0.1\s+3000\s+3060\s+none\s+\S+\s+closed on request", text)
     assert "safe mode: yes since 2026-11-25T00:00:00+00:00: 6 restarts" in text
     assert "posguard run: not seen" in text
 

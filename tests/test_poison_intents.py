@@ -129,8 +129,9 @@ async def test_posguard_open_with_a_huge_stop_price_is_refused_cleanly(
 
 def test_the_intent_id_pattern_must_match_the_whole_id() -> None:
     assert INTENT_ID_PATTERN.fullmatch("nl1") and not INTENT_ID_PATTERN.fullmatch("nl1\n")
-    with pytest.raises(BadIntent, match="^intent_id:"):
-        parse_intent({"intent_id": "nl1\n", "action": "close", "symbol": "BTC/USDT:USDT"})
+    for bad in ("nl1\n", "bad id with spaces", "", "x" * 65):
+        with pytest.raises(BadIntent, match="^intent_id: must be 1-64 characters"):
+            parse_intent({"intent_id": bad, "action": "close", "symbol": "BTC/USDT:USDT"})
 
 
 async def test_an_intent_id_with_a_trailing_newline_is_refused_and_sends_nothing(
@@ -314,3 +315,25 @@ async def test_an_intents_key_of_the_wrong_type_stops_nothing(clock: IOAwareMock
         redis_cli(redis_url, "DEL", KEYS.intents)
         xadd(redis_url, intent_id="good-after-wrongtype", **BTC_OPEN)
         assert (await final_reply(engine, "good-after-wrongtype"))["outcome"] == "protected"
+
+
+async def test_an_entry_giving_a_field_twice_is_refused_naming_the_field(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """XADD accepts ``intent_id a ... intent_id b``; such an entry was answered under the last
+    value. The id is ambiguous: it is refused under ``invalid-<entry id>``; another field given
+    twice is refused under the intent's id. Nothing is sent either way."""
+    async with with_intake(redis_url, clock) as (venue, engine, intake):
+        twice_id = redis_cli(redis_url, "XADD", KEYS.intents, "*", "intent_id", "twice-a", "action", "close",
+                             "symbol", "BTC/USDT:USDT", "intent_id", "twice-b")
+        twice_qty = [*[x for kv in BTC_OPEN.items() for x in kv], "qty", "5"]
+        redis_cli(redis_url, "XADD", KEYS.intents, "*", "intent_id", "twice-qty", *twice_qty)
+        reply = await final_reply(engine, f"invalid-{twice_id}")
+        assert reply["status"] == "rejected" and reply["reason"].startswith("intent_id:"), reply
+        assert "twice" in reply["reason"], reply
+        reply = await final_reply(engine, "twice-qty")
+        assert reply["status"] == "rejected" and reply["reason"].startswith("qty:") and "twice" in reply["reason"]
+        await _wait_acked(intake, 2)
+        for intent_id in ("twice-a", "twice-b"):
+            assert await engine.store.load_intent(intent_id) is None
+        assert venue.calls["create_order"] == 0 and await engine.store.list_records() == []

@@ -196,7 +196,8 @@ async def test_open_with_an_id_already_used_reports_the_duplicate_not_the_old_re
 ) -> None:
     """Found by a hostile session: replies a strategy left unread under an id were printed as
     the outcome of ``posguard open --intent-id`` with that id (exit 0, for a position that was
-    never opened)."""
+    never opened). The id was used for another intent (ETH), so this one (BTC) is refused as
+    such (issue 13, defect 4)."""
     import coredis
 
     from posguard.actors.store.keys import Keys
@@ -226,5 +227,6 @@ async def test_open_with_an_id_already_used_reports_the_duplicate_not_the_old_re
     printed = again.stdout.decode()
     assert again.returncode == 1, printed
     lines = printed.splitlines()
-    assert any(line.startswith("duplicate ") for line in lines), printed
+    assert any(line.startswith("rejected ") and "already used by a different intent" in line for line in lines), (
+        printed)
     assert not any(line.startswith(("accepted", "done")) for line in lines), "an earlier use's replies shown"

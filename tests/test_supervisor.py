@@ -12,7 +12,7 @@ import pytest
 
 from posguard.actors import ids
 from posguard.actors.intents import CloseIntent, IntentRecord
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord, Protection, State
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import OperatorRequests
 from posguard.streams.backoff import Backoff
@@ -283,7 +283,7 @@ async def test_start_up_after_a_crash_looks_the_entry_up_before_anything_new(
         async with running_engine(redis_url, venue, clock, audit=AuditSettings(interval=1000.0)) as engine:
             await engine.store.save_record(PositionRecord(
                 symbol=SYMBOL, intent_id=intent.intent_id, state=State.SUBMITTING, side="buy", qty=intent.qty,
-                stop_price=intent.stop_price, client_order_id=coid, stop_source="attached", sent_ms=venue.now_ms() - 1,
+                stop_price=intent.stop_price, client_order_id=coid, protection=Protection.ATTACHED_REQUESTED, sent_ms=venue.now_ms() - 1,
             ))
             engine.stopping = True
         await venue.create_order(OrderRequest(

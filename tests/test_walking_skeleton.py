@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import coredis
 
-from posguard.actors.records import State
+from posguard.actors.records import Protection, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from tests.clock import IOAwareMockClock
@@ -28,7 +28,7 @@ async def test_open_is_verified_from_the_push_and_protected_by_the_attached_stop
         assert reply.status == "done" and reply.outcome == "protected"
         assert record is not None and record.state is State.PROTECTED
         assert record.evidence == "push"
-        assert record.stop_source == "attached"
+        assert record.protection is Protection.ATTACHED_CONFIRMED
         assert venue.truth.position(SYMBOL) is not None
         assert venue.truth.is_protected(SYMBOL)
         assert engine.ctx.rest_calls["fetch_positions"] == 0, "the happy path must not poll the position list"

@@ -64,8 +64,9 @@ class SymbolActor:
             serving=self._ticket.intent.intent_id if self._ticket is not None else "",
         )
 
-    def submit(self, intent: Intent) -> Ticket:
-        ticket = Ticket(intent)
+    def submit(self, intent: Intent, body: str) -> Ticket:
+        """Queue an intent; ``body`` is what it asked as it arrived (`Ticket.body`)."""
+        ticket = Ticket(intent, body)
         try:
             self._send.send_nowait(ticket)
         except anyio.WouldBlock:
@@ -146,7 +147,7 @@ class SymbolActor:
     async def _serve(self, ticket: Ticket) -> None:
         self._ticket = ticket
         try:
-            ticket.finish(await self.handle(ticket.intent))
+            ticket.finish(await self.handle(ticket.intent, ticket.body))
         except BaseException:
             # The supervisor restarts the actor; the intent's record says what was done.
             ticket.finish(IntentRecord(
@@ -163,14 +164,14 @@ class SymbolActor:
         if self._ticket is not None:
             self._ticket.owned.set()
 
-    async def handle(self, intent: Intent) -> IntentRecord:
+    async def handle(self, intent: Intent, body: str) -> IntentRecord:
         ctx, symbol = self.ctx, self.symbol
         match intent:
             case OpenIntent():
                 return await answer_intent(
-                    ctx, symbol, intent, "open", lambda: open_position(ctx, symbol, intent, self._owned)
+                    ctx, symbol, intent, lambda: open_position(ctx, symbol, intent, self._owned), body=body
                 )
             case CloseIntent():
                 return await answer_intent(
-                    ctx, symbol, intent, "close", lambda: close_on_request(ctx, symbol, intent, self._owned)
+                    ctx, symbol, intent, lambda: close_on_request(ctx, symbol, intent, self._owned), body=body
                 )

@@ -12,14 +12,14 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
-from posguard.actors.failpoints import failpoint
+from posguard.actors.failpoints import ENTRY_SENT, failpoint
 from posguard.actors.intents import OpenIntent
 from posguard.actors.lifecycle.closing import settle_closed_externally
 from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
-from posguard.actors.lifecycle.protection import protect
+from posguard.actors.lifecycle.protection import Protected, protect
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import send_once
-from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, State, utc_now
+from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection, State, is_protected, utc_now
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected
@@ -48,7 +48,7 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
             qty=intent.qty,
             stop_price=intent.stop_price,
             client_order_id=ids.entry_id(ctx.account, intent.intent_id),
-            stop_source="attached" if ctx.venue.supports_attached_stop else "",
+            protection=Protection.ATTACHED_REQUESTED if ctx.venue.supports_attached_stop else Protection.NONE,
             flat_ms=current.flat_ms if current is not None else 0,  # the symbol's last proof of flat
         )
     if record.state.is_terminal:
@@ -72,7 +72,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             side=record.side,
             qty=record.qty,
             client_order_id=record.client_order_id,
-            stop_loss=record.stop_price if record.stop_source == "attached" else None,
+            stop_loss=record.stop_price if record.protection is Protection.ATTACHED_REQUESTED else None,
         )
         try:
             order = await send_once(
@@ -83,7 +83,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             record.transition(State.REJECTED, f"venue rejected the entry: {exc.reason}")
             await ctx.save(record)
             return record
-        failpoint("entry_sent")
+        failpoint(ENTRY_SENT)
         if order is not None:
             record.order_id = order.order_id
             record.transition(State.SUBMITTED)
@@ -94,8 +94,8 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             await ctx.save(record)
         verdict = await verify_entry(ctx, record, sent_at)
         await settle_entry(ctx, record, verdict, sent_at)
-    elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not record.stop_client_order_id):
-        await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)
+    elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not is_protected(record)):
+        await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)  # records its own outcome
     return record
 
 
@@ -129,13 +129,11 @@ async def settle_entry(
             record.transition(State.OPEN)
             partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
             await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
-            outcome = await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at)
-            if outcome == "closed_externally":
-                await settle_closed_externally(ctx, record, "filled, then closed by the venue while being protected")
-            elif outcome == "protected":
+            outcome = await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at)  # recorded there
+            if isinstance(outcome, Protected):
                 await recheck_liquidation(ctx, record, verdict.position_seen)
         case Unverified(reason=reason):
             record.transition(State.UNVERIFIED, reason)
             await ctx.save(record)
             await ctx.alert(record.symbol, f"entry {record.client_order_id} unverified: {reason}; protecting it anyway")
-            await protect(ctx, record, record.qty, None, sent_at)
+            await protect(ctx, record, record.qty, None, sent_at)  # records its own outcome

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from posguard.actors.context import ActorContext
-from posguard.actors.lifecycle.protection import emergency_close, place_stop
+from posguard.actors.lifecycle.protection import Protected, protect_with_stop_order
 from posguard.actors.liquidation import beyond_liquidation
 from posguard.actors.records import PositionRecord
 from posguard.streams.venue.errors import VenueError
@@ -39,11 +39,8 @@ async def recheck_liquidation(ctx: ActorContext, record: PositionRecord, seen: P
     await ctx.alert(record.symbol, f"stop {old_stop} is beyond the venue's liquidation price {liq}: it would never"
                                    f" fire; tightening it to {tightened}")
     record.stop_price = tightened
-    qty = record.filled_qty or record.qty
-    if await place_stop(ctx, record, qty) != "live":
-        await emergency_close(ctx, record, qty)
-        return
-    record.stop_source = "order"
+    if not isinstance(await protect_with_stop_order(ctx, record, record.filled_qty or record.qty), Protected):
+        return  # an exit or a close, recorded as such
     record.reason = f"stop tightened from {old_stop} to {tightened}: beyond the venue's liquidation price {liq}"
     await ctx.save(record, record.reason)
     if old_order:

@@ -22,8 +22,11 @@ class MailboxFull(RuntimeError):
 class Ticket:
     """A caller's handle on a submitted intent: wait for `done`, then read `result`."""
 
-    def __init__(self, intent: Intent) -> None:
+    def __init__(self, intent: Intent, body: str) -> None:
         self.intent = intent
+        self.body = body
+        """What the intent asked as it arrived (`body_of`), before admission rounded its qty or
+        priced its ``stop_distance``: the intent record keeps this one."""
         self.owned = anyio.Event()
         """Set once the actor has written the intent ahead: from then on a crash is
         recovered from Redis, so a queue may forget the intent (acknowledge it)."""

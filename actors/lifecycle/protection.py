@@ -8,44 +8,91 @@ In order of preference:
 
 An attached stop that cannot be confirmed in time is backed by a separate stop rather than
 trusted: two reduce-only stops are harmless, a missing one is not.
+
+Every way this can end is recorded here, not by the caller: protected (the record's
+`Protection` says by what), closed by the venue first (settled `closed_externally` on the
+executions' proof, a stop that fills as soon as it is placed included: an exit, never
+protection), or closed reduce-only instead. `ProtectOutcome` tells the caller which.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, assert_never
 
 import anyio
+import msgspec
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.lifecycle.closing import close_key, close_position, settle_closed
 from posguard.actors.orders import send_once
-from posguard.actors.proof import prove_gone
-from posguard.actors.records import CLOSING_STATES, PositionRecord, State, utc_now
+from posguard.actors.proof import Gone, prove_gone
+from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
 from posguard.streams.backoff import Deadline
+from posguard.streams.ingestion.evidence import newer_position
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
+from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import StopRequest
 
 __all__ = [
+    "ClosedInstead",
+    "ExitedOnVenue",
     "PositionView",
     "ProtectOutcome",
+    "Protected",
     "StopResult",
     "confirm_attached_stop",
+    "describe_outcome",
     "emergency_close",
     "orphan_stop_price",
     "place_stop",
     "protect",
+    "protect_with_stop_order",
     "read_position",
     "record_for_venue_position",
 ]
 
 log = logging.getLogger("posguard.actor")
 
-StopResult = Literal["live", "would_trigger", "failed"]
+StopResult = Literal["live", "filled", "would_trigger", "failed"]
 PositionView = Literal["stop_on", "stop_off", "flat", "unknown"]
-ProtectOutcome = Literal["protected", "closed_externally", "closed"]
+
+
+class Protected(msgspec.Struct, frozen=True, tag="protected"):
+    """A stop is live; ``protection`` is what the record now says about it."""
+
+    protection: Protection
+
+
+class ExitedOnVenue(msgspec.Struct, frozen=True, tag="closed_externally"):
+    """The venue closed the position first (a stop, a liquidation); the record is settled
+    `closed_externally` on the executions' proof."""
+
+    exit_qty: float
+
+
+class ClosedInstead(msgspec.Struct, frozen=True, tag="closed"):
+    """No stop could be made to hold: the position was closed reduce-only, and the record settled."""
+
+    outcome: Gone
+
+
+ProtectOutcome = Protected | ExitedOnVenue | ClosedInstead
+
+
+def describe_outcome(outcome: ProtectOutcome) -> str:
+    """For the audit stream and logs."""
+    match outcome:
+        case Protected(protection=protection):
+            return f"protected ({protection})"
+        case ExitedOnVenue(exit_qty=exit_qty):
+            return f"closed by the venue first (exits {exit_qty}); recorded closed_externally"
+        case ClosedInstead(outcome=closed):
+            return f"no stop could be made to hold; closed reduce-only ({closed.describe()})"
+    assert_never(outcome)
+
 
 def read_position(position: Position | None, record: PositionRecord) -> PositionView:
     """What a venue position snapshot says about our filled entry and its stop.
@@ -62,11 +109,18 @@ def read_position(position: Position | None, record: PositionRecord) -> Position
     return "stop_on" if position.stop_price is not None else "stop_off"
 
 
+def freshest_position(ctx: ActorContext, symbol: str, seen: Position | None) -> Position | None:
+    """The later of a snapshot a step saw and the board's (by `newer_position`): the board may
+    have heard of a change (a stop-out, a fill) after the step took its snapshot."""
+    pushed = ctx.board.position(symbol)
+    if seen is None or pushed is None:
+        return seen or pushed
+    return newer_position(pushed, seen)
+
+
 async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen: Position | None) -> PositionView:
     """Wait (push first, then one REST look) for the venue to show the position and its stop."""
-    view = read_position(seen, record)
-    if view == "unknown":
-        view = read_position(ctx.board.position(record.symbol), record)
+    view = read_position(freshest_position(ctx, record.symbol, seen), record)
     deadline = Deadline(ctx.settings.protection.stop_confirm_deadline)
     while view == "unknown" and not deadline.passed and ctx.board.is_healthy():
         with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
@@ -112,11 +166,15 @@ def record_for_venue_position(ctx: ActorContext, position: Position, *, intent_i
 
 
 async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> StopResult:
-    """Place a separate reduce-only stop, retrying with backoff up to the attempt limit."""
+    """Place a separate reduce-only stop, retrying with backoff up to the attempt limit.
+
+    No backoff follows the last attempt: the position is bare until the caller closes it.
+    A stop the venue reports filled (it triggered at once) is an exit: "filled", never "live".
+    """
     settings = ctx.settings.protection
     delays = settings.stop_backoff.delays(ctx.rng)
     side = closing_side(position_side_of(record.side))
-    for _ in range(settings.stop_attempts):
+    for attempt in range(1, settings.stop_attempts + 1):
         record.stop_attempts += 1
         coid = ids.stop_id(ctx.account, record.intent_id, record.stop_attempts)
         record.stop_client_order_id = coid
@@ -135,10 +193,11 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
             order = None
         if order is not None and order.status == "open":
             return "live"
-        if order is not None and order.status == "filled":
-            # It triggered already: the stop did its job; the exit shows in executions.
-            return "live"
-        await anyio.sleep(next(delays))
+        if order is not None and order.filled > QTY_TOLERANCE:
+            record.reason = f"stop {coid} filled {order.filled} as soon as it was placed"
+            return "filled"
+        if attempt < settings.stop_attempts:
+            await anyio.sleep(next(delays))
     record.reason = f"no stop could be placed in {settings.stop_attempts} attempts ({record.reason})"
     return "failed"
 
@@ -146,44 +205,82 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
 async def protect(
     ctx: ActorContext, record: PositionRecord, qty: float, seen: Position | None, sent_at: float
 ) -> ProtectOutcome:
-    """Take a record in `open` or `unverified` to `protected`, or see it closed.
+    """Take a record in `open` or `unverified` to protected, or to its end, and record which.
 
     ``qty`` is the size to protect; ``seen`` a post-fill position snapshot if one was seen.
     An `unverified` record stays `unverified` (the audit owns it) but gets its stop.
-    Returns how it ended; a "closed_externally" outcome is left for the caller to record.
     """
-    if record.stop_source == "attached":
+    if record.protection is Protection.ATTACHED_REQUESTED:
         view = await confirm_attached_stop(ctx, record, seen)
     else:
-        view = read_position(seen or ctx.board.position(record.symbol), record)
+        view = read_position(freshest_position(ctx, record.symbol, seen), record)
     if view == "flat" or (view != "stop_on" and ctx.board.executions(record.symbol, record.sent_ms)):
         # The venue says it is gone, or fills arrived since: look for the proof (I1).
-        if await prove_gone(ctx, record, ask_rest=view == "flat") is not None:
-            return "closed_externally"
-    if view != "stop_on":
-        if record.stop_source == "attached":
-            log.warning("%s: attached stop %s; placing a separate stop", record.symbol,
-                        "missing" if view == "stop_off" else "not confirmed")
-        record.stop_source = ""
-        result = await place_stop(ctx, record, qty)
-        if result != "live":
+        exited = await _exit_if_proven(ctx, record, ask_rest=view == "flat")
+        if exited is not None:
+            return exited
+    if view == "stop_on":
+        return await _protected(ctx, record, Protection.ATTACHED_CONFIRMED, sent_at)
+    if record.protection is Protection.ATTACHED_REQUESTED:
+        log.warning("%s: attached stop %s; placing a separate stop", record.symbol,
+                    "missing" if view == "stop_off" else "not confirmed")
+    return await protect_with_stop_order(ctx, record, qty, sent_at)
+
+
+async def protect_with_stop_order(
+    ctx: ActorContext, record: PositionRecord, qty: float, sent_at: float | None = None
+) -> ProtectOutcome:
+    """A separate reduce-only stop for ``qty``, or the position's end: a stop that fills at
+    once is the venue closing it; a stop that cannot be placed means closing it ourselves."""
+    record.protection = Protection.NONE
+    result = await place_stop(ctx, record, qty)
+    match result:
+        case "live":
+            return await _protected(ctx, record, Protection.STOP_ORDER, sent_at)
+        case "filled":
+            exited = await _exit_if_proven(ctx, record, ask_rest=True)
+            if exited is not None:
+                return exited
+            # The executions do not show all of it closed yet: whatever is left is closed
+            # reduce-only (the venue refuses it if nothing is), never left to a spent stop.
             return await emergency_close(ctx, record, qty)
-        record.stop_source = "order"
-    record.sent_to_protected_ms = round((anyio.current_time() - sent_at) * 1000, 1)
+        case "would_trigger" | "failed":
+            return await emergency_close(ctx, record, qty)
+    assert_never(result)
+
+
+async def _exit_if_proven(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) -> ExitedOnVenue | None:
+    """Settle the record if `prove_gone` proves the position gone (I1)."""
+    gone = await prove_gone(ctx, record, ask_rest=ask_rest)
+    if gone is None:
+        return None
+    await settle_closed(ctx, record, gone, "filled, then closed on the venue by a stop or a liquidation")
+    return ExitedOnVenue(exit_qty=gone.exits)
+
+
+async def _protected(ctx: ActorContext, record: PositionRecord, protection: Protection,
+                     sent_at: float | None) -> Protected:
+    record.protection = protection
+    if sent_at is not None:
+        record.sent_to_protected_ms = round((anyio.current_time() - sent_at) * 1000, 1)
     record.protected_at = utc_now()
     if record.state is State.OPEN:
         record.transition(State.PROTECTED)
-    await ctx.save(record, f"stop live ({record.stop_source})")
-    return "protected"
+    await ctx.save(record, f"stop live ({protection})")
+    return Protected(protection=protection)
 
 
-async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float) -> ProtectOutcome:
-    """No stop could be placed: close the position rather than leave it bare."""
+async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float) -> ClosedInstead:
+    """No stop holds the position (none could be placed, or the one on it did not fill):
+    close it reduce-only rather than leave it bare. ``record.reason`` says why."""
     why = record.reason
+    record.protection = Protection.NONE
     if record.state not in CLOSING_STATES:
         record.transition(State.EMERGENCY_CLOSING)
     await ctx.save(record, f"emergency close: {why}")
     await ctx.alert(record.symbol, f"emergency close: {why}")
     outcome = await close_position(ctx, record, id_key=close_key(record), qty=qty)
+    # A stop of ours may still be armed (one that did not fill, one whose answer was lost):
+    # `settle_closed` cancels it.
     await settle_closed(ctx, record, outcome, f"emergency close ({why})")
-    return "closed"
+    return ClosedInstead(outcome=outcome)

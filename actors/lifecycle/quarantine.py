@@ -22,7 +22,12 @@ import anyio
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
-from posguard.actors.lifecycle.protection import orphan_stop_price, protect, record_for_venue_position
+from posguard.actors.lifecycle.protection import (
+    describe_outcome,
+    orphan_stop_price,
+    protect,
+    record_for_venue_position,
+)
 from posguard.actors.records import BadRecord, PositionRecord, RecordDefect
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.events import Position
@@ -67,7 +72,7 @@ async def guard(ctx: ActorContext, finding: Finding, *, alert: bool) -> str:
     guard_ctx = dataclasses.replace(ctx, store=_JournalOnly(ctx.store), observers=[])
     await guard_ctx.save(guard_record, f"quarantine: guarding {position.side} {position.size} (record unusable)")
     outcome = await protect(guard_ctx, guard_record, position.size, position, anyio.current_time())
-    return (f"left as it is for a person; venue position {outcome}"
+    return (f"left as it is for a person; venue position {describe_outcome(outcome)}"
             f" (stop {guard_record.stop_client_order_id or 'none'} at {guard_record.stop_price})")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from posguard.actors.context import ActorContext
+from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import IntentRecord, settle_reply
 from posguard.actors.lifecycle.closing import drive_close
 from posguard.actors.lifecycle.entry import drive_entry
@@ -51,7 +52,9 @@ async def resume(ctx: ActorContext, symbol: str) -> None:
     finally:
         left = [r for r in waiting if ctx.still_awaited(symbol, r.intent_id) is not None]
     for reply in left:  # the step ended live (protected), or the record had settled before
-        await ctx.store.save_intent(settle_reply(reply, record, after_restart=True))
+        answer = settle_reply(reply, record, after_restart=True)
+        failpoint(before_reply(answer.status))
+        await ctx.store.save_intent(answer)
 
 
 async def unanswered_intents(ctx: ActorContext, record: PositionRecord) -> list[IntentRecord]:

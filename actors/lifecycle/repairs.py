@@ -21,19 +21,28 @@ import anyio
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
-from posguard.actors.lifecycle import quarantine
+from posguard.actors.lifecycle import quarantine, stop_fill
 from posguard.actors.lifecycle.closing import settle_closed, settle_closed_externally
 from posguard.actors.lifecycle.protection import (
-    emergency_close,
+    Protected,
+    describe_outcome,
     orphan_stop_price,
-    place_stop,
     protect,
+    protect_with_stop_order,
     read_position,
     record_for_venue_position,
 )
 from posguard.actors.orders import cancel_leftover_stops
 from posguard.actors.proof import entry_qty, outlives, prove_gone
-from posguard.actors.records import IN_FLIGHT_STATES, BadRecord, PositionRecord, RecordDefect, State, utc_now
+from posguard.actors.records import (
+    IN_FLIGHT_STATES,
+    BadRecord,
+    PositionRecord,
+    RecordDefect,
+    State,
+    is_protected,
+    utc_now,
+)
 from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import VenueUnavailable
@@ -228,6 +237,8 @@ async def carry_out(ctx: ActorContext, finding: Finding, resume: Resume, *, aler
         return "resumed: the entry was looked up and driven on"
     if finding.kind == "bad_record":
         return await quarantine.guard(ctx, finding, alert=finding.defect != alerted)
+    if finding.kind == "stop_not_filled":
+        return await stop_fill.close_unfilled_stop(ctx, finding)
     return await repair(ctx, finding)
 
 
@@ -261,7 +272,7 @@ async def _adopt(ctx: ActorContext, position: Position) -> str:
     await ctx.save(record, "audit: orphan adopted")
     await ctx.alert(position.symbol, f"orphan position adopted: {position.side} {position.size}")
     outcome = await protect(ctx, record, position.size, position, anyio.current_time())
-    return f"adopted; {outcome} (stop {record.stop_price}, {record.stop_source or 'none'})"
+    return f"adopted; {describe_outcome(outcome)} (stop {record.stop_price})"
 
 
 async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Position) -> str:
@@ -273,16 +284,10 @@ async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Posi
             known = None
         if known is not None and known.status == "open" and known.qty >= position.size - QTY_TOLERANCE:
             return f"stop {known.client_order_id} is live (not yet listed); nothing to do"
-    result = await place_stop(ctx, record, position.size)
-    if result != "live":
-        await emergency_close(ctx, record, position.size)
-        return f"no stop could be placed ({record.reason}); closed instead"
-    record.stop_source = "order"
-    if record.state is State.OPEN:
-        record.transition(State.PROTECTED)
-    record.protected_at = utc_now()
-    await ctx.save(record, "audit: stop placed")
-    return f"stop {record.stop_client_order_id} placed"
+    outcome = await protect_with_stop_order(ctx, record, position.size)
+    if isinstance(outcome, Protected):
+        return f"stop {record.stop_client_order_id} placed"
+    return describe_outcome(outcome)
 
 
 async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position | None) -> str:
@@ -304,7 +309,7 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
         case Filled():
             record.filled_qty, record.entry_price = verdict.filled_qty, verdict.avg_price
             record.evidence = "rest"
-            settled = State.PROTECTED if record.stop_client_order_id or record.stop_source else State.OPEN
+            settled = State.PROTECTED if is_protected(record) else State.OPEN
             record.transition(settled, "audit: fill confirmed from order history")
             await ctx.save(record)
             return f"resolved: filled {verdict.open_qty}; {record.state}"

@@ -2,7 +2,8 @@
 
 The reply in Redis is how whoever sent the intent (``posguard open/close``, a bot reading
 the reply list) learns the outcome; an intent id that already has a final answer is not run
-again and is answered ``duplicate``, pointing at that answer; an intent past its expiry is
+again and is answered ``duplicate``, pointing at that answer (another intent under that id is
+refused: `intent_verdict`); an intent past its expiry is
 answered ``stale`` before anything is written ahead or sent. A step also says when the intent is *owned*: its first
 record write is in Redis, so a crash is recovered from there and a queue may forget it.
 """
@@ -14,12 +15,19 @@ import time
 from collections.abc import Awaitable, Callable
 
 from posguard.actors.context import ActorContext
+from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import (
-    FINAL_STATUSES,
+    CarryOn,
+    ConflictingBody,
+    Duplicate,
     Intent,
     IntentRecord,
     IntentRefused,
+    Run,
+    action_of,
+    conflict_of,
     duplicate_of,
+    intent_verdict,
     settle_reply,
     stale_reason,
 )
@@ -30,8 +38,8 @@ __all__ = [
     "IntentConflict",
     "IntentStep",
     "Owned",
-    "answer_duplicate",
     "answer_intent",
+    "answer_refused_repeat",
     "bad_record_refusal",
     "nobody_waiting",
     "wall_clock_ms",
@@ -54,22 +62,30 @@ class IntentConflict(RuntimeError):
     """The intent cannot run in the symbol's current state; nothing was sent."""
 
 
-async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: str, step: IntentStep) -> IntentRecord:
-    """Write the intent ahead as ``accepted``, run its step, then write its final answer."""
+async def answer_intent(
+    ctx: ActorContext, symbol: str, intent: Intent, step: IntentStep, *, body: str
+) -> IntentRecord:
+    """Write the intent ahead as ``accepted`` (with the ``body`` it arrived with), run its
+    step, then write its final answer; unless `intent_verdict` says it must not run."""
     store = ctx.store
-    previous = await store.load_intent(intent.intent_id)
-    if previous is not None and previous.status in FINAL_STATUSES:
-        await answer_duplicate(ctx.store, previous)
-        return previous
-    if previous is None:  # not begun yet (an accepted one may have sent its order: carry on)
-        stale = stale_reason(intent, wall_clock_ms())
-        if stale:
-            log.warning("%s: intent %s refused: %s", symbol, intent.intent_id, stale)
-            reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="stale",
-                                 reason=stale)
-            await store.save_intent(reply)
-            return reply
-    reply = IntentRecord(intent_id=intent.intent_id, action=action, symbol=symbol, status="accepted")
+    verdict = intent_verdict(body, await store.load_intent(intent.intent_id))
+    match verdict:
+        case Duplicate() | ConflictingBody():
+            return await answer_refused_repeat(store, intent, verdict)
+        case Run():
+            stale = stale_reason(intent, wall_clock_ms())
+            if stale:
+                log.warning("%s: intent %s refused: %s", symbol, intent.intent_id, stale)
+                reply = IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol,
+                                     status="stale", reason=stale, body=body)
+                failpoint(before_reply(reply.status))
+                await store.save_intent(reply)
+                return reply
+        case CarryOn():
+            pass  # begun before (an accepted one may have sent its order): carry on, never stale
+    reply = IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol, status="accepted",
+                         body=body)
+    failpoint(before_reply(reply.status))
     await store.save_intent(reply)
     ctx.await_reply(symbol, reply)
     try:
@@ -84,8 +100,28 @@ async def answer_intent(ctx: ActorContext, symbol: str, intent: Intent, action: 
     finally:
         unanswered = ctx.still_awaited(symbol, intent.intent_id) is not None
     if unanswered:  # the step ended without settling the record (protected, refused): answer now
+        failpoint(before_reply(reply.status))
         await store.save_intent(reply)
     return reply
+
+
+async def answer_refused_repeat(store: Store, intent: Intent, verdict: Duplicate | ConflictingBody) -> IntentRecord:
+    """Answer an intent whose id must not run again: a reply pushed to the id's list (so a
+    client blocked on it is answered), the first intent's record left as it is, nothing run.
+    Returns the first answer (a duplicate) or the refusal (another intent's id)."""
+    match verdict:
+        case Duplicate(first=first):
+            log.info("intent %s already handled (%s); answering duplicate", first.intent_id, first.status)
+            reply = duplicate_of(first)
+            failpoint(before_reply(reply.status))
+            await store.push_reply(reply)
+            return first
+        case ConflictingBody(first_body=first_body):
+            refusal = conflict_of(intent, first_body)
+            log.warning("intent %s refused: %s", intent.intent_id, refusal.reason)
+            failpoint(before_reply(refusal.status))
+            await store.push_reply(refusal)
+            return refusal
 
 
 def bad_record_refusal(error: BadRecord) -> str:
@@ -98,11 +134,3 @@ def wall_clock_ms() -> int:
     """Epoch ms on this host: the clock ``expires_ms`` is compared with (senders, Redis and
     posguard are assumed to agree within about a second, as NTP keeps them)."""
     return int(time.time() * 1000)
-
-
-async def answer_duplicate(store: Store, first: IntentRecord) -> None:
-    """An intent id sent again after it was handled: reply ``duplicate`` (so a client blocked
-    on the reply list is answered), keep the first answer in the intent record, run nothing."""
-    log.info("intent %s already handled (%s); answering duplicate", first.intent_id, first.status)
-    await store.push_reply(duplicate_of(first))
-

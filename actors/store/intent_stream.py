@@ -20,6 +20,7 @@ from typing import Any
 
 import coredis.exceptions
 import msgspec
+from coredis.commands import CommandRequest
 from coredis.tokens import PureToken
 
 from posguard.actors.store.client import RedisClient
@@ -57,6 +58,9 @@ class StreamEntry(msgspec.Struct, frozen=True):
 
     entry_id: str
     fields: dict[str, str]
+    repeated: tuple[str, ...] = ()
+    """Fields the entry gives more than once (XADD allows ``intent_id a ... intent_id b``), in
+    the order they repeat; ``fields`` holds the last value of each."""
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -71,11 +75,31 @@ def _text(value: str | bytes) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", errors="backslashreplace")
 
 
+def _entry(entry_id: str | bytes, pairs: list[str | bytes] | None) -> StreamEntry:
+    fields: dict[str, str] = {}
+    repeated: list[str] = []
+    flat = [_text(item) for item in pairs or ()]  # None: an entry deleted while pending
+    for name, value in zip(flat[::2], flat[1::2], strict=True):
+        if name in fields and name not in repeated:
+            repeated.append(name)
+        fields[name] = value
+    return StreamEntry(_text(entry_id), fields, tuple(repeated))
+
+
 def _entries(raw: Any) -> list[StreamEntry]:
-    return [
-        StreamEntry(_text(entry.identifier), {_text(k): _text(v) for k, v in entry.field_values.items()})
-        for entry in raw
-    ]
+    """Entries from Redis' own reply, ``[[id, [field, value, ...]], ...]``: coredis' parsed
+    form is a dict, which keeps only the last of a field given twice."""
+    return [_entry(entry_id, pairs) for entry_id, pairs in raw]
+
+
+def _as_sent(reply: Any, **_options: Any) -> Any:
+    return reply
+
+
+async def _unparsed(request: CommandRequest[Any]) -> Any:
+    """A command's reply as Redis sent it (see `_entries`): its callback is what parses it."""
+    request.callback = _as_sent
+    return await request
 
 
 class IntentStream:
@@ -95,17 +119,17 @@ class IntentStream:
     async def read(self, consumer: str, start: str, *, count: int, block_ms: int | None) -> list[StreamEntry]:
         """``start`` ``">"`` reads new entries; ``"0"`` this consumer's pending ones."""
         with _group_gone_is_missing(self.keys.intents):
-            reply = await self.client.xreadgroup(
+            reply = await _unparsed(self.client.xreadgroup(
                 GROUP, consumer, {self.keys.intents: start}, count=count, block=block_ms
-            )
+            ))
         return _entries(next(iter(reply.values()), ())) if reply else []
 
     async def reclaim(self, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         """Take over entries pending longer than ``min_idle_ms`` in any consumer."""
         with _group_gone_is_missing(self.keys.intents):
-            _next, entries, *_ = await self.client.xautoclaim(
+            _next, entries, *_ = await _unparsed(self.client.xautoclaim(
                 self.keys.intents, GROUP, consumer, min_idle_ms, "0-0", count=count
-            )
+            ))
         return _entries(entries)
 
     async def ack(self, entry_id: str) -> None:
@@ -141,7 +165,7 @@ class IntentStream:
 
     async def entries(self, *, count: int | None = None) -> list[StreamEntry]:
         """The stream's entries, oldest first (all of them, or the first ``count``)."""
-        return _entries(await self.client.xrange(self.keys.intents, "-", "+", count=count))
+        return _entries(await _unparsed(self.client.xrange(self.keys.intents, "-", "+", count=count)))
 
     async def add(self, fields: dict[str, str]) -> str:
         """Append an intent, as a strategy would (the operator's ``open``/``close``)."""

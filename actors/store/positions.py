@@ -17,7 +17,7 @@ from coredis.tokens import PureToken
 
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
-from posguard.actors.records import BadRecord, PositionRecord, RecordDefect, decode_record, utc_now
+from posguard.actors.records import RETIRED_FIELDS, BadRecord, PositionRecord, RecordDefect, decode_record, utc_now
 from posguard.actors.store.health import Health, HealthStatus, StreamHealth, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
@@ -120,6 +120,7 @@ class RedisStore:
             record.created_at = record.updated_at
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.position(record.symbol), record.to_fields())
+            pipe.hdel(self.keys.position(record.symbol), RETIRED_FIELDS)
             pipe.sadd(self.keys.positions, [record.symbol])
             self._journal(pipe, record, note)
             for reply in replies:

@@ -137,8 +137,10 @@ def to_position(position: CcxtDict, *, now_ms: int) -> Position:
         raise UnmappablePayload("position without a symbol")
     size = abs(_float(position.get("contracts")))
     side = position.get("side")
+    mark_price, seq, ts_ms = _price(position.get("markPrice")), _seq(position), _ts(position, now_ms)
     if size <= QTY_TOLERANCE:
-        return Position(symbol=symbol, side="flat", size=0.0, entry_price=0.0, stop_price=None, ts_ms=_ts(position, now_ms))
+        return Position(symbol=symbol, side="flat", size=0.0, entry_price=0.0, stop_price=None,
+                        mark_price=mark_price, seq=seq, ts_ms=ts_ms)
     if side not in ("long", "short"):
         raise UnmappablePayload(f"{symbol}: open position of size {size} without a side ({side!r})")
     return Position(
@@ -147,8 +149,21 @@ def to_position(position: CcxtDict, *, now_ms: int) -> Position:
         size=size,
         entry_price=_float(position.get("entryPrice")),
         stop_price=_price(position.get("stopLossPrice")),
-        ts_ms=_ts(position, now_ms),
+        mark_price=mark_price,
+        liq_price=_price(position.get("liquidationPrice")),
+        seq=seq,
+        ts_ms=ts_ms,
     )
+
+
+def _seq(position: CcxtDict) -> int:
+    """Bybit's cross sequence of the position (REST list and push alike), which ccxt leaves
+    in ``info`` only. Bybit writes -1 for a symbol never traded; Binance has none: both 0."""
+    raw = (position.get("info") or {}).get("seq")
+    try:
+        return max(0, int(raw))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _ts(item: CcxtDict, now_ms: int) -> int:

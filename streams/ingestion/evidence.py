@@ -30,7 +30,7 @@ from posguard.streams.venue.events import (
     VenueEvent,
 )
 
-__all__ = ["BoardStatistics", "EvidenceBoard", "newer_order"]
+__all__ = ["BoardStatistics", "EvidenceBoard", "newer_order", "newer_position"]
 
 _STATUS_RANK = {"open": 0, "partially_filled": 1, "filled": 2, "cancelled": 2, "rejected": 2}
 
@@ -42,6 +42,26 @@ def newer_order(current: Order | None, candidate: Order) -> Order:
     key_current = (_STATUS_RANK[current.status], current.filled, current.ts_ms)
     key_candidate = (_STATUS_RANK[candidate.status], candidate.filled, candidate.ts_ms)
     return candidate if key_candidate >= key_current else current
+
+
+def newer_position(current: Position | None, candidate: Position) -> Position:
+    """Of two snapshots of one symbol's position, the one that tells its later state.
+
+    Pushes arrive out of order and REST lists lag, so arrival order says nothing. Bybit stamps
+    every position change with a cross sequence (``seq``): when both snapshots carry one, it
+    decides, whatever their timestamps say (two changes in one millisecond, a REST answer
+    stamped later than the push it lags behind). The timestamp breaks a tie (Bybit: a change
+    of settings keeps the ``seq`` of the last fill) and decides alone when either lacks a
+    ``seq`` (Binance has none). On a full tie the candidate wins: it is the same state, heard
+    later.
+    """
+    if current is None:
+        return candidate
+    if current.seq and candidate.seq:
+        newer = (candidate.seq, candidate.ts_ms) >= (current.seq, current.ts_ms)
+    else:
+        newer = candidate.ts_ms >= current.ts_ms
+    return candidate if newer else current
 
 
 class BoardStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,9 +131,7 @@ class EvidenceBoard:
                 self._wake(event.symbol)
             case Position():
                 self._seen("positions")
-                current = self._positions.get(event.symbol)
-                if current is None or event.ts_ms >= current.ts_ms:
-                    self._positions[event.symbol] = event
+                self._positions[event.symbol] = newer_position(self._positions.get(event.symbol), event)
                 self._wake(event.symbol)
             case StreamStatus():
                 was_healthy = self.is_healthy()

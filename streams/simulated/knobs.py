@@ -53,9 +53,12 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     """Probability that an entry order is rejected (insufficient margin)."""
     partial_fill_rate: float = 0.0
     """Probability that a market entry fills only partly; the rest is cancelled."""
-    split_fill_after: Lag | None = None
-    """When set, a market entry fills in two halves, the second this long after the first
-    (a thin book): the order is ``partially_filled`` in between, and the position grows."""
+    split_fill_rate: float = 0.0
+    """Probability that a market entry fills in `split_fill_parts` parts spread evenly over
+    `split_fill_over` seconds (a thin book): the order stays ``partially_filled``, and the
+    position grows, part by part (every view lagging as usual)."""
+    split_fill_parts: int = 2
+    split_fill_over: Lag = Lag.fixed(5.0)
     attached_stop_missing_rate: float = 0.0
     """Probability that a stop-loss attached to an entry is silently not set."""
     stop_reject_rate: float = 0.0
@@ -63,6 +66,10 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     stop_out_rate: float = 0.0
     """Probability that the price jumps through the stop (or liquidates) right after a fill."""
     stop_out_delay: Lag = Lag.fixed(0.1)
+    stop_fill_fail_rate: float = 0.0
+    """Probability that a stop whose trigger price the market crosses does not fill (the
+    triggered order is refused, or the venue triggers on another price): the stop stays armed
+    and the position stays open. Drawn once per stop, so it keeps failing (freqtrade#12984)."""
     reject_duplicate_client_ids: bool = True
     """Bybit refuses any reused client order id. False models Binance, which accepts a reused
     id once the first order is no longer open: a blind resend could then open twice."""

@@ -29,16 +29,12 @@ from posguard.streams.venue.errors import (
     UnknownSymbol,
 )
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, PositionSide, closing_side
+from posguard.streams.venue.liquidation import DEFAULT_LEVERAGE, estimated_liquidation_price
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 
 __all__ = ["MatchingEngine"]
 
-
-DEFAULT_LEVERAGE = 10.0
-"""Every symbol's leverage until a test sets another (`FakeVenue.set_leverage`)."""
-MAINTENANCE_MARGIN = 0.005
-"""The maintenance margin rate in the venue's liquidation price (Bybit's lowest tier)."""
 
 class MatchingEngine:
     """The venue's books: prices, rules, and every order, fill and position they produce."""
@@ -68,6 +64,7 @@ class MatchingEngine:
         self._stream = stream
         self._views = views
         self._ids = itertools.count(1)
+        self._position_seqs = itertools.count(1)
 
     # -- what the seam asks for ------------------------------------------------------------
 
@@ -182,34 +179,53 @@ class MatchingEngine:
                     f"stop-loss {request.stop_loss} is on the wrong side of the market {price}",
                     code="fake-sl-side",
                 )
+        if self._knobs.split_fill_rate and rng.random() < self._knobs.split_fill_rate:
+            parts = self._split(rules, request.qty)
+            if len(parts) > 1:
+                return self._fill_in_parts(request, parts, final(status="partially_filled", filled=0.0, avg=None), rng)
         qty = request.qty
         status = "filled"
         if self._knobs.partial_fill_rate and rng.random() < self._knobs.partial_fill_rate:
             qty = max(rules.min_qty, rules.round_qty(request.qty * rng.uniform(0.2, 0.8)))
             status = "cancelled" if qty < request.qty else "filled"
-        split = self._knobs.split_fill_after
-        if split is not None and status == "filled" and qty >= 2 * rules.min_qty:
-            first = max(rules.min_qty, rules.round_qty(qty / 2))
-            order = final("partially_filled", first, price)
-            self._record_order(order, rng)
-            self._fill_open(request, first, price, order_id, rng)
-            self._scheduler.schedule(split.sample(rng), lambda: self._fill_second_part(request, order, qty - first, rng))
-            return order
         order = final(status, qty, price)
         self._record_order(order, rng)
         self._fill_open(request, qty, price, order_id, rng)
         return order
 
-    def _fill_second_part(self, request: OrderRequest, first: Order, qty: float, rng: random.Random) -> None:
-        """The rest of a split entry (`FaultKnobs.split_fill_after`), at the price of the moment."""
-        price = self.prices[request.symbol]
-        avg = ((first.avg_price or price) * first.filled + price * qty) / (first.filled + qty)
-        self._record_order(msgspec.structs.replace(
-            first, status="filled", filled=first.filled + qty, avg_price=avg, ts_ms=self._clock.now_ms()), rng)
-        self._fill_open(request, qty, price, first.order_id, rng, first_part=False)
+    def _split(self, rules: MarketRules, qty: float) -> list[float]:
+        """``qty`` in `FaultKnobs.split_fill_parts` parts on the venue's step (one part if
+        a share would be below the minimum)."""
+        count = max(1, self._knobs.split_fill_parts)
+        share = rules.round_qty(qty / count)
+        if share < rules.min_qty:
+            return [qty]
+        return [share] * (count - 1) + [rules.round_qty(qty - share * (count - 1))]
 
-    def _fill_open(self, request: OrderRequest, qty: float, price: float, order_id: str, rng: random.Random,
-                   *, first_part: bool = True) -> None:
+    def _fill_in_parts(self, request: OrderRequest, parts: list[float], order: Order, rng: random.Random) -> Order:
+        """Fill the first part now and the others spread over `FaultKnobs.split_fill_over`;
+        returns the order as it stands after the first part."""
+        spread = self._knobs.split_fill_over.sample(rng)
+
+        def fill(index: int) -> Order:
+            nonlocal order
+            price = self.prices[request.symbol]
+            filled = order.filled + parts[index]
+            avg = ((order.avg_price or 0.0) * order.filled + price * parts[index]) / filled
+            last = index == len(parts) - 1
+            order = msgspec.structs.replace(
+                order, filled=round(filled, 12), avg_price=avg, status="filled" if last else "partially_filled",
+                ts_ms=self._clock.now_ms(),
+            )
+            self._record_order(order, rng)
+            self._fill_open(request, parts[index], price, order.order_id, rng)
+            return order
+
+        for index in range(1, len(parts)):
+            self._scheduler.schedule(spread * index / (len(parts) - 1), lambda index=index: fill(index))
+        return fill(0)
+
+    def _fill_open(self, request: OrderRequest, qty: float, price: float, order_id: str, rng: random.Random) -> None:
         symbol = request.symbol
         side: PositionSide = "long" if request.side == "buy" else "short"
         position = self.truth.position(symbol)
@@ -230,20 +246,12 @@ class MatchingEngine:
             if not missing:
                 stop = request.stop_loss
         self._set_position(
-            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, mark_price=price,
-                     liq_price=self._liquidation_price(side, entry, symbol), ts_ms=self._clock.now_ms()),
+            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, ts_ms=self._clock.now_ms()),
             rng,
         )
-        if not first_part:
-            return
         self.truth.entries_filled[symbol] += 1
         if self._knobs.stop_out_rate and rng.random() < self._knobs.stop_out_rate:
             self._scheduler.schedule(self._knobs.stop_out_delay.sample(rng), lambda: self._stop_out(symbol))
-
-    def _liquidation_price(self, side: PositionSide, entry: float, symbol: str) -> float:
-        """Isolated margin: liquidated once the loss eats the margin less the maintenance margin."""
-        loss = 1 / self.leverage[symbol] - MAINTENANCE_MARGIN
-        return entry * (1 - loss) if side == "long" else entry * (1 + loss)
 
     def _fill_close(self, symbol: str, qty: float, *, order_id: str, client_order_id: str) -> None:
         position = self.truth.position(symbol)
@@ -279,12 +287,12 @@ class MatchingEngine:
         position = self.truth.position(symbol)
         if position is not None and position.stop_price is not None:
             crossed = price <= position.stop_price if position.side == "long" else price >= position.stop_price
-            if crossed:
+            if crossed and self._stop_fills(f"{symbol}@{position.stop_price}"):
                 self._fill_close(symbol, position.size, order_id=f"tpsl-{next(self._ids)}", client_order_id="")
         for stop in self.truth.open_stops(symbol):
             assert stop.stop_price is not None
             crossed = price <= stop.stop_price if stop.side == "sell" else price >= stop.stop_price
-            if not crossed:
+            if not crossed or not self._stop_fills(stop.client_order_id):
                 continue
             position = self.truth.position(symbol)
             rng = self._rng("trigger", stop.client_order_id)
@@ -298,9 +306,24 @@ class MatchingEngine:
             self._fill_close(symbol, qty, order_id=stop.order_id, client_order_id=stop.client_order_id)
         self._update_protection(symbol)
 
+    def _stop_fills(self, stop_key: str) -> bool:
+        """Whether a crossed stop fills, or (`FaultKnobs.stop_fill_fail_rate`) stays armed
+        with the position open; the same stop always draws the same answer."""
+        rate = self._knobs.stop_fill_fail_rate
+        return not rate or self._rng("stop-fill", stop_key).random() >= rate
+
     # -- bookkeeping: truth, REST views, pushes --------------------------------------------
 
     def _set_position(self, position: Position, rng: random.Random) -> None:
+        """Every position change is stamped here, as a venue stamps it: the mark price it
+        happened at, the liquidation price, and a cross sequence (Bybit's ``seq``) that orders
+        two changes made in one millisecond, which their timestamps cannot."""
+        liq_price = None
+        if position.is_open:
+            liq_price = estimated_liquidation_price(position.side, position.entry_price, self.leverage[position.symbol])
+        position = msgspec.structs.replace(
+            position, mark_price=self.prices[position.symbol], liq_price=liq_price, seq=next(self._position_seqs),
+        )
         self.truth.positions[position.symbol] = position
         now = anyio.current_time()
         self._views.add_position(now + self._knobs.position_lag.sample(rng), position)

@@ -26,6 +26,7 @@ from typing import Any
 from posguard.streams.emulators.bybit.faults import Faults
 from posguard.streams.emulators.bybit.instruments import DEFAULT_INSTRUMENTS, Instrument
 from posguard.streams.emulators.bybit.payloads import execution_payload, fmt, order_payload, position_payload
+from posguard.streams.venue.liquidation import DEFAULT_LEVERAGE
 
 __all__ = [
     "EmuExecution",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 TAKER_FEE = 0.00055
-LEVERAGE = 10.0
+LEVERAGE = DEFAULT_LEVERAGE
 RECENT_CLOSED = 500
 """Closed orders that ``/v5/order/realtime`` still lists (Bybit keeps the latest 500; after a
 Bybit restart it lists none until new ones close: set `Engine.recent_closed_limit` to 0)."""

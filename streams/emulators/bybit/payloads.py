@@ -10,6 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from posguard.streams.venue.events import PositionSide
+from posguard.streams.venue.liquidation import DEFAULT_LEVERAGE, MAINTENANCE_MARGIN_RATE, estimated_liquidation_price
+
 __all__ = ["execution_payload", "fmt", "order_payload", "position_payload"]
 
 if TYPE_CHECKING:
@@ -75,8 +78,16 @@ def order_payload(order: EmuOrder, instrument: Instrument) -> dict[str, Any]:
 
 
 def position_payload(position: EmuPosition, instrument: Instrument, mark_price: float) -> dict[str, Any]:
+    """One position, the same in ``GET /v5/position/list`` and the ``position`` push
+    (https://bybit-exchange.github.io/docs/v5/position and
+    https://bybit-exchange.github.io/docs/v5/websocket/private/position): ``markPrice``,
+    ``liqPrice`` ("" when there is none) and ``seq``, the cross sequence of the fill that last
+    changed the position (Bybit: -1 for a symbol never traded; compare it per symbol only).
+    """
     tick, step = instrument.tick, instrument.step
     value = position.size * position.avg_price
+    side: PositionSide = "long" if position.side == "Buy" else "short"
+    liq_price = estimated_liquidation_price(side, position.avg_price, DEFAULT_LEVERAGE) if position.size else None
     return {
         "category": "linear",
         "symbol": position.symbol,
@@ -91,13 +102,13 @@ def position_payload(position: EmuPosition, instrument: Instrument, mark_price: 
         "tradeMode": 0,
         "autoAddMargin": 0,
         "positionStatus": "Normal",
-        "leverage": "10",
+        "leverage": fmt(DEFAULT_LEVERAGE),
         "markPrice": fmt(mark_price, tick),
-        "liqPrice": "",
+        "liqPrice": fmt(liq_price, tick) if liq_price is not None else "",
         "bustPrice": "",
-        "positionIM": fmt(value / 10),
-        "positionMM": fmt(value * 0.005),
-        "positionBalance": fmt(value / 10),
+        "positionIM": fmt(value / DEFAULT_LEVERAGE),
+        "positionMM": fmt(value * MAINTENANCE_MARGIN_RATE),
+        "positionBalance": fmt(value / DEFAULT_LEVERAGE),
         "takeProfit": "0",
         "stopLoss": fmt(position.stop_loss, tick),
         "trailingStop": "0",
