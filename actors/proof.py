@@ -11,7 +11,8 @@ every exit quantity is `exit_qty`. Proof is one of:
   last fill (I1: "the exchange confirms it flat after our own close");
 * ``nothing_to_reduce``: the venue refused our reduce-only order because it holds nothing.
 
-"Not in the list" is never proof. The size held is the record's size or the entry's own
+None of them while the entry order is known to be still filling (the position may grow
+again). "Not in the list" is never proof. The size held is the record's size or the entry's own
 fills, whichever is larger: a lagging snapshot never shrinks it.
 """
 
@@ -149,15 +150,21 @@ def proven_gone(
     *,
     closes: Iterable[Order] = (),
     entry: Order | None = None,
+    entry_settled: bool = True,
     refused_ms: int = 0,
 ) -> Gone | None:
     """Whether the evidence proves the venue's position for ``record`` gone, and by what.
 
     ``position``: the freshest snapshot of the symbol known (None: none; absence proves
     nothing). ``closes``, ``entry``: our close orders and the entry order as last seen (see
-    `ledger`). ``refused_ms``: venue time at which the venue refused our reduce-only order for
+    `ledger`). ``entry_settled``: the entry order is known not to be working any more (final,
+    or unknown to the venue); while it may still be filling, whatever is flat now may not stay
+    flat. ``refused_ms``: venue time at which the venue refused our reduce-only order for
     having nothing to reduce (0: it did not).
     """
+    if not entry_settled or (entry is not None and entry.client_order_id == record.client_order_id
+                             and not entry.is_final):
+        return None
     book = ledger(record, executions, closes, entry)
 
     def gone(by: GoneBy, flat_ms: int) -> Gone:
@@ -186,11 +193,13 @@ class Known(msgspec.Struct, frozen=True, kw_only=True):
 
     executions: list[Execution]
     entry: Order | None
+    entry_settled: bool
+    """The entry order is final, or the venue answered that it does not know it."""
     position: Position | None
 
     def proves(self, record: PositionRecord, *, closes: Iterable[Order] = (), refused_ms: int = 0) -> Gone | None:
         return proven_gone(record, self.executions, self.position, closes=closes, entry=self.entry,
-                           refused_ms=refused_ms)
+                           entry_settled=self.entry_settled, refused_ms=refused_ms)
 
     def left(self, record: PositionRecord, closes: Iterable[Order] = ()) -> float:
         """What this evidence says is still open."""
@@ -203,6 +212,7 @@ async def known(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) ->
     answer adds nothing)."""
     executions = ctx.board.executions(record.symbol, record.sent_ms)
     entry = ctx.board.order(record.client_order_id)
+    unknown_to_venue = False
     if ask_rest:
         try:
             ctx.count_rest(record, "fetch_executions")
@@ -210,9 +220,11 @@ async def known(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) ->
             ctx.count_rest(record, "fetch_order")
             fetched = await ctx.venue.fetch_order(record.symbol, record.client_order_id)
             entry = newer_order(entry, fetched) if fetched is not None else entry
+            unknown_to_venue = entry is None
         except VenueUnavailable as exc:
             log.warning("%s: could not read executions and the entry order: %s", record.symbol, exc)
-    return Known(executions=executions, entry=entry, position=ctx.board.position(record.symbol))
+    settled = unknown_to_venue or (entry is not None and entry.is_final)
+    return Known(executions=executions, entry=entry, entry_settled=settled, position=ctx.board.position(record.symbol))
 
 
 async def prove_gone(

@@ -8,6 +8,7 @@ venue's ground truth, and I1 checked at every transition.
 from __future__ import annotations
 
 import anyio
+import msgspec
 import pytest
 
 from posguard.actors import ids
@@ -227,3 +228,15 @@ def test_a_position_outlives_a_record_unless_the_proof_of_flat_is_newer(ts: int,
                                "state": State.CLOSED, "flat_ms": 110})
     snapshot = Position(symbol=SYMBOL, side="long", size=1.0, entry_price=150.0, stop_price=None, ts_ms=ts)
     assert outlives(record, snapshot) is adopted
+
+
+def test_nothing_is_proven_gone_while_the_entry_may_still_be_filling() -> None:
+    """Found by the fault schedules with split fills and 1 s audits: the venue refused our
+    reduce-only close (flat at that moment) while the entry's last part was still to fill."""
+    working = Order(symbol=SYMBOL, order_id="o-entry", client_order_id=RECORD.client_order_id, side="buy",
+                    kind="market", qty=2.0, filled=1.0, avg_price=150.0, status="partially_filled",
+                    reduce_only=False, stop_price=None, ts_ms=101)
+    assert proven_gone(RECORD, [], None, entry=working, refused_ms=120) is None
+    assert proven_gone(RECORD, [], None, entry_settled=False, refused_ms=120) is None, "its state unknown"
+    done = msgspec.structs.replace(working, status="filled", filled=2.0)
+    assert proven_gone(RECORD, [], None, entry=done, refused_ms=120) is not None

@@ -108,8 +108,10 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
                 order = await _until_final(ctx, record, coid, deadline)
         except NothingToReduce:
             gone = await prove_gone(ctx, record, ask_rest=True, closes=closes, refused_ms=ctx.venue.now_ms())
-            assert gone is not None  # the venue's refusal is proof by itself
-            return gone
+            if gone is not None:
+                return gone
+            log.warning("%s: nothing to reduce, but the entry is still filling; closing again", record.symbol)
+            order = None
         except OrderRejected as exc:
             log.error("%s: close %s rejected: %s", record.symbol, coid, exc.reason)
             order = None
@@ -154,8 +156,9 @@ async def _proof_after_fill(ctx: ActorContext, record: PositionRecord, closes: l
     while ctx.board.is_healthy() and not deadline.passed:
         pushed = ctx.board.position(record.symbol)
         if pushed is not None and pushed.ts_ms >= closes[-1].ts_ms:
-            if not pushed.is_open:
-                return (await known(ctx, record, ask_rest=False)).proves(record, closes=closes), 0.0
+            gone = (await known(ctx, record, ask_rest=False)).proves(record, closes=closes)
+            if gone is not None:
+                return gone, 0.0
             break
         with anyio.move_on_after(min(deadline.remaining, ctx.board.seconds_until_stale())):
             await ctx.board.wait_for_change(record.symbol)

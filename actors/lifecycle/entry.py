@@ -117,9 +117,12 @@ async def settle_entry(
             record.filled_qty, record.entry_price, record.evidence = filled, avg, source
             record.sent_to_verified_ms = elapsed_ms
             record.filled_at = utc_now()
-            await settle_closed_externally(
+            if not await settle_closed_externally(
                 ctx, record, f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
-            )
+            ):  # the proof is not complete (the entry still filling): protect what may be open
+                record.transition(State.OPEN)
+                await ctx.save(record, f"filled {filled}; the exits do not prove it gone yet")
+                await protect(ctx, record, filled, None, sent_at)
         case Filled():
             record.filled_qty = verdict.filled_qty  # the entry's proven fills; exits are counted apart
             record.entry_price = verdict.avg_price
