@@ -16,8 +16,9 @@ the end, against the fake venue's ground truth:
 * every intent is answered: its intent record has a final status.
 
 ``POSGUARD_SCHEDULES`` sets how many schedules run (default 60, about a minute; 5,000 is the
-long run; the seed of a failing one is in the assertion message, rerun it alone with
-``POSGUARD_SCHEDULE_SEED``).
+long run; ``POSGUARD_SCHEDULES_FROM`` sets the first seed, so a long run can be split across
+processes); the seed of a failing one is in the assertion message, rerun it alone with
+``POSGUARD_SCHEDULE_SEED``.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ async def run_schedule(seed: int, redis_url: str, clock: IOAwareMockClock, tally
 def schedule_seeds() -> list[int]:
     if "POSGUARD_SCHEDULE_SEED" in os.environ:
         return [int(os.environ["POSGUARD_SCHEDULE_SEED"])]
-    return list(range(int(os.environ.get("POSGUARD_SCHEDULES", "60"))))
+    first = int(os.environ.get("POSGUARD_SCHEDULES_FROM", "0"))
+    return list(range(first, first + int(os.environ.get("POSGUARD_SCHEDULES", "60"))))
 
 
 def what_failed(exc: BaseException) -> str:
