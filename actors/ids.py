@@ -29,6 +29,7 @@ __all__ = [
     "PREFIX",
     "close_id",
     "entry_id",
+    "internal_intent_id",
     "is_entry_id",
     "is_ours",
     "parse",
@@ -60,6 +61,18 @@ def _stem(account: str, intent_id: str) -> str:
 
 def _build(account: str, intent_id: str, role: OrderRole, attempt: int | None) -> str:
     return f"{PREFIX}{_stem(account, intent_id)}-{_ROLE_LETTER[role]}{'' if attempt is None else attempt}"
+
+
+InternalKind = Literal["adopt", "quarantine", "emergency"]
+
+
+def internal_intent_id(kind: InternalKind, key: str | int) -> str:
+    """The intent id of work posguard starts itself (adopting an orphan, guarding a quarantined
+    symbol, an emergency close of an entry): ``<kind>/<key>``. ``/`` is never in a strategy's
+    intent id (`INTENT_ID_PATTERN`), so no intent can share its id, and so its client order
+    ids, with one of these (an intent named ``x:emergency`` once took an old emergency close's
+    fill for its own)."""
+    return f"{kind}/{key}"
 
 
 def entry_id(account: str, intent_id: str) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "action_of",
     "body_of",
     "check_open",
+    "check_intent_id",
     "check_symbol",
     "conflict_of",
     "duplicate_of",
@@ -151,6 +152,13 @@ def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
         raise IntentRefused(f"stop_price: {intent.stop_price:g} is not a plausible price for {intent.symbol}")
     stop = market.round_price(intent.stop_price)
     return msgspec.structs.replace(intent, qty=qty, stop_price=stop)
+
+
+def check_intent_id(intent_id: str) -> None:
+    """The id's pattern, for an intent that did not come through the decoder (built in code):
+    an id outside it could be one posguard gives its own work (`ids.internal_intent_id`)."""
+    if not INTENT_ID_PATTERN.fullmatch(intent_id):
+        raise IntentRefused(f"intent_id: {intent_id!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
 
 
 def check_symbol(symbol: str, rules: dict[str, MarketRules]) -> None:

@@ -125,7 +125,7 @@ def ledger(record: PositionRecord, executions: Iterable[Execution], closes: Iter
     last seen: a close's fill counts even before its executions are listed, and executions
     of our closes (`ids` role ``close``, any attempt) count as ours."""
     after = _after_entry(record, executions)
-    closes = [c for c in closes if c.filled > QTY_TOLERANCE]
+    closes = [c for c in closes if c.filled > QTY_TOLERANCE and c.ts_ms >= record.sent_ms]  # not an older record's
     close_ids = {c.client_order_id for c in closes}
     our_fills = [e for e in after.values()
                  if any(ids.same_intent(e.client_order_id, c, role="close") for c in close_ids)]

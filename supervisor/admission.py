@@ -28,6 +28,7 @@ from posguard.actors.intents import (
     OpenIntent,
     action_of,
     body_of,
+    check_intent_id,
     check_open,
     check_symbol,
 )
@@ -135,6 +136,7 @@ class Admission:
 
     async def _check_and_queue(self, intent: Intent, body: str) -> Ticket:
         try:
+            check_intent_id(intent.intent_id)
             if isinstance(intent, OpenIntent):
                 intent = self.check_entry(intent)
             elif isinstance(intent, CloseIntent):

@@ -19,7 +19,7 @@ import msgspec
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.lifecycle.repairs import assess
-from posguard.actors.store.positions import Store
+from posguard.actors.store.positions import RecordScan, Store
 from posguard.streams.venue.events import Order, Position
 from posguard.streams.venue.protocol import Venue
 
@@ -47,8 +47,11 @@ class Auditor:
         store: Store,
         actor_for: Callable[[str], SymbolActor],
         actor_busy: Callable[[str], bool],
+        on_scan: Callable[[RecordScan], None] = lambda scan: None,
     ) -> None:
         self.venue = venue
+        self.on_scan = on_scan
+        """Given every read of all records (the open slots recount the unusable ones)."""
         self.store = store
         self.actor_for = actor_for
         self.actor_busy = actor_busy
@@ -59,6 +62,7 @@ class Auditor:
         positions = await self.venue.fetch_positions()
         orders = await self.venue.fetch_open_orders()
         scan = await self.store.read_records()  # each hash decoded on its own: one bad one stops nothing
+        self.on_scan(scan)
         records = {r.symbol: r for r in scan.usable}
         defects = {d.symbol: d for d in scan.bad}
         by_symbol: dict[str, Position] = {p.symbol: p for p in positions}

@@ -108,7 +108,8 @@ class Engine:
         self.gate = EntryGate()
         self.actors = ActorRegistry(ctx=self.ctx, settings=self.supervision, gate=self.gate, metrics=self.metrics,
                                     request_audit=self.request_audit)
-        self.auditor = Auditor(venue, store, self.actors.get_or_start, self.actors.is_busy)
+        self.auditor = Auditor(venue, store, self.actors.get_or_start, self.actors.is_busy,
+                               on_scan=self.slots.count_unusable)
         self.audits = AuditSchedule(auditor=self.auditor, settings=self.audit_settings, metrics=self.metrics,
                                     gate=self.gate, store=store, credentials_hint=credentials_hint, rng=self.ctx.rng)
         self.admission = Admission(store=store, rules=self.rules, risk=self.risk, gate=self.gate,

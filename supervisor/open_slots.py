@@ -6,6 +6,10 @@ admission *reserves* a slot when it accepts an entry and gives it back when the 
 answered; a symbol whose record is live holds its slot until the record reaches a terminal
 state (every saved transition is seen here). One symbol is one slot, whatever number of
 intents it has queued: a venue in one-way mode holds one position per symbol.
+
+An unusable (quarantined) hash may stand for an open position, so it holds a slot too; it
+changes without a transition (an operator fixes or deletes it), so that set is taken afresh
+from every read of all records (start-up and each audit), not from transitions.
 """
 
 from __future__ import annotations
@@ -36,11 +40,18 @@ class OpenSlots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._live: set[str] = set()
+        self._unusable: set[str] = set()
         self._reserved: dict[str, str] = {}  # intent id -> symbol
 
     def count_existing(self, scan: RecordScan) -> None:
         """At start-up: every live record holds a slot, and so does every unusable one."""
-        self._live = {r.symbol for r in scan.usable if r.state.is_live} | {d.symbol for d in scan.bad}
+        self._live = {r.symbol for r in scan.usable if r.state.is_live}
+        self.count_unusable(scan)
+
+    def count_unusable(self, scan: RecordScan) -> None:
+        """A read of every record (an audit's): the unusable hashes now, not when first seen,
+        so a hash the operator fixed or deleted gives its slot back."""
+        self._unusable = {d.symbol for d in scan.bad}
 
     def reserve(self, intent_id: str, symbol: str) -> None:
         """Take a slot for an accepted entry, or refuse it naming the limit."""
@@ -64,8 +75,8 @@ class OpenSlots:
             self._live.discard(record.symbol)
 
     def statistics(self) -> SlotStatistics:
-        return SlotStatistics(limit=self.limit, occupied=len(self._occupied()), live=len(self._live),
-                              reserved=len(self._reserved))
+        return SlotStatistics(limit=self.limit, occupied=len(self._occupied()),
+                              live=len(self._live | self._unusable), reserved=len(self._reserved))
 
     def _occupied(self) -> set[str]:
-        return self._live | set(self._reserved.values())
+        return self._live | self._unusable | set(self._reserved.values())

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import anyio
 
+from posguard.actors.intents import body_of
 from posguard.actors.store.client import open_redis
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import Health, OperatorRequests
@@ -22,6 +23,7 @@ from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS
 from posguard.supervisor.config import Config, redis_connection
+from posguard.supervisor.intake import BadIntent, parse_intent
 
 __all__ = ["ALIVE_WITHIN_MS", "Out", "audit", "events", "safe_mode_off", "status", "submit_and_follow"]
 
@@ -179,6 +181,7 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
             out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
         # Replies already in the list answer an earlier use of this id, not this one.
         earlier = await intents.replies_waiting(fields["intent_id"])
+        mine = _body(fields)
         await intents.add(fields)
         out(f"intent {fields['intent_id']} sent")
         with anyio.move_on_after(timeout):
@@ -189,6 +192,8 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
                 if earlier:
                     earlier -= 1
                     continue
+                if not answers(reply, mine):
+                    continue  # another intent's answer under this id (it was refused, or this one is)
                 detail = " ".join(f"{k}={reply[k]}" for k in ("outcome", "reason", "client_order_id") if reply.get(k))
                 out(f"{reply['status']} {detail}".rstrip())
                 if reply["status"] == "done":
@@ -197,6 +202,21 @@ async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: 
                     return EXIT_REFUSED  # duplicate: handled before under this id, not run again
         out(f"no final answer within {timeout:.0f} s (see: posguard events --stream journal)")
         return EXIT_NO_ANSWER
+
+
+def answers(reply: dict[str, str], body: str) -> bool:
+    """Whether a reply on an id's list answers the intent with this ``body``: one id's list can
+    carry another intent's replies (the same id sent with a different body is refused there)."""
+    return not body or not reply.get("body") or reply["body"] == body
+
+
+def _body(fields: dict[str, str]) -> str:
+    """What this intent asks, as its replies carry it ("" if it is malformed: then no reply
+    under its id has a body to tell it by)."""
+    try:
+        return body_of(parse_intent(fields))
+    except BadIntent:
+        return ""
 
 
 async def safe_mode_off(config: Config, out: Out = print) -> int:

@@ -31,7 +31,6 @@ from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = [
-    "EMERGENCY_SUFFIX",
     "close_key",
     "close_on_request",
     "close_position",
@@ -42,7 +41,6 @@ __all__ = [
 
 log = logging.getLogger("posguard.actor")
 
-EMERGENCY_SUFFIX = ":emergency"
 
 
 async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, owned: Owned) -> PositionRecord:
@@ -74,7 +72,7 @@ async def drive_close(ctx: ActorContext, record: PositionRecord) -> PositionReco
 def close_key(record: PositionRecord) -> str:
     """What seeds a close's client order ids: the close intent's id, or, for an emergency close
     (no stop could be placed), the entry's intent id marked as such."""
-    return record.close_intent_id or record.intent_id + EMERGENCY_SUFFIX
+    return record.close_intent_id or ids.internal_intent_id("emergency", record.intent_id)
 
 
 async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, qty: float) -> Gone:

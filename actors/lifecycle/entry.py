@@ -36,6 +36,13 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
             f"{symbol} already has a live position record (state {current.state},"
             f" intent {current.intent_id}); close it before opening another"
         )
+    if current is not None and current.intent_id == intent.intent_id and current.state.is_terminal:
+        # Not a redelivery (its answer was written with the record that settled it): the id's
+        # intent record has expired, and its client order ids are spent on the venue.
+        raise IntentConflict(
+            f"intent_id {intent.intent_id!r} was already used for {symbol} (that position ended"
+            f" {current.state}); send the intent under a new intent_id"
+        )
     if current is not None and current.intent_id == intent.intent_id:
         record = current  # a redelivered intent: carry on from where it stood
     else:
@@ -51,8 +58,6 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
             protection=Protection.ATTACHED_REQUESTED if ctx.venue.supports_attached_stop else Protection.NONE,
             flat_ms=current.flat_ms if current is not None else 0,  # the symbol's last proof of flat
         )
-    if record.state.is_terminal:
-        return record
     return await drive_entry(ctx, record, resumed=record is current, owned=owned)
 
 

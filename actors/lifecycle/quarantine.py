@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
@@ -66,7 +67,7 @@ async def guard(ctx: ActorContext, finding: Finding, *, alert: bool) -> str:
     if position is None:
         return "left as it is for a person; nothing to protect"
     guard_record = record_for_venue_position(
-        ctx, position, intent_id=f"quarantine-{position.ts_ms}", stop_price=orphan_stop_price(ctx, position),
+        ctx, position, intent_id=ids.internal_intent_id("quarantine", position.ts_ms), stop_price=orphan_stop_price(ctx, position),
         reason=f"guarding a venue position whose record is unusable ({defect.key})",
     )
     guard_ctx = dataclasses.replace(ctx, store=_JournalOnly(ctx.store), observers=[])

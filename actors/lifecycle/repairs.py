@@ -265,7 +265,7 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
 
 async def _adopt(ctx: ActorContext, position: Position) -> str:
     record = record_for_venue_position(
-        ctx, position, intent_id=f"adopt-{position.ts_ms}",
+        ctx, position, intent_id=ids.internal_intent_id("adopt", position.ts_ms),
         stop_price=position.stop_price or orphan_stop_price(ctx, position),
         reason="adopted by the audit: the venue held a position Redis did not know", filled_at=utc_now(),
     )
