@@ -1,0 +1,121 @@
+"""The venue's resend rule (issue 14): when an entry the venue keeps calling unknown may be sent again.
+
+Binance keeps a client order id unique only among open orders: a filled market entry's id can
+be used again, and its REST says "does not exist" for tens of seconds after creation. Sending
+again on "unknown" there opens a second position. Bybit refuses any reused id, so the same
+resend is harmless there and is what recovers a request that never arrived.
+"""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+
+from posguard.actors.records import State
+from posguard.actors.settings import ActorSettings, VerificationSettings
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.streams.venue.errors import VenueUnavailable
+from tests.clock import IOAwareMockClock
+from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
+
+SYMBOL = "ETH/USDT:USDT"
+TOPICS = ("positions", "orders", "executions")
+EVERY_PUSH_DROPPED = {t: 1.0 for t in TOPICS}
+
+
+async def open_one(engine, venue):  # noqa: ANN001, ANN201
+    engine.ctx.observers.append(lambda record, _note: assert_never_falsely_closed(record, venue))
+    await wait_streams_healthy(engine)
+    reply = await (await engine.submit(open_intent("i-1", symbol=SYMBOL))).wait()
+    return reply, await engine.store.load_record(SYMBOL)
+
+
+async def test_binance_like_filled_entry_unknown_for_60s_is_never_sent_twice(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The response is lost, REST calls the filled entry unknown for 60 s, no push arrives."""
+    knobs = FaultKnobs(
+        lost_create_response_rate=1.0,
+        order_lag=Lag.fixed(60.0),
+        push_drop=EVERY_PUSH_DROPPED,
+        reject_duplicate_client_ids=False,
+    )
+    async with FakeVenue(seed=141, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        _reply, record = await open_one(engine, venue)
+        assert venue.calls["create_order"] == 1, "an entry the venue calls unknown was sent again"
+        assert venue.truth.entries_filled[SYMBOL] == 1
+        assert venue.truth.position(SYMBOL).size == 0.1
+        assert venue.truth.is_protected(SYMBOL)
+        assert record.state in (State.PROTECTED, State.UNVERIFIED)
+        # The fill shows in the executions at once: it is protected long before the 60 s lag ends.
+        assert record.sent_to_protected_ms is not None and record.sent_to_protected_ms < 15_000
+
+
+async def test_binance_like_lost_request_is_not_resent_before_the_venues_grace(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The request never arrived; the venue's 60 s grace outlasts the entry's deadline."""
+    knobs = FaultKnobs(push_drop=EVERY_PUSH_DROPPED, reject_duplicate_client_ids=False)
+    async with FakeVenue(seed=142, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        venue.fail_next("create_order", VenueUnavailable("request timed out"))
+        _reply, record = await open_one(engine, venue)
+        assert venue.calls["create_order"] == 1
+        assert venue.truth.entries_filled[SYMBOL] == 0
+        assert record.state is State.UNVERIFIED, "no evidence either way: the audit owns it"
+
+
+async def test_binance_like_lost_request_is_resent_after_the_grace_of_silence(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """With a deadline past the venue's grace, 60 s with no push, no fill and no position
+    earns the resend, under the same id."""
+    knobs = FaultKnobs(push_drop=EVERY_PUSH_DROPPED, reject_duplicate_client_ids=False)
+    settings = ActorSettings(account=ACCOUNT, verification=VerificationSettings(hard_deadline=120.0))
+    async with FakeVenue(seed=143, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock, settings
+    ) as engine:
+        venue.fail_next("create_order", VenueUnavailable("request timed out"))
+        started = anyio.current_time()
+        _reply, record = await open_one(engine, venue)
+        assert venue.calls["create_order"] == 2
+        assert venue.truth.entries_filled[SYMBOL] == 1
+        assert venue.truth.is_protected(SYMBOL)
+        assert record.state is State.PROTECTED
+        assert anyio.current_time() - started >= 60.0, "resent only after the venue's grace"
+
+
+async def test_bybit_like_lost_request_is_resent_after_lookup_grace(clock: IOAwareMockClock, redis_url: str) -> None:
+    knobs = FaultKnobs(push_drop=EVERY_PUSH_DROPPED, reject_duplicate_client_ids=True)
+    async with FakeVenue(seed=144, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        venue.fail_next("create_order", VenueUnavailable("request timed out"))
+        started = anyio.current_time()
+        _reply, record = await open_one(engine, venue)
+        assert venue.calls["create_order"] == 2, "resent under the same id after lookup_grace"
+        assert venue.truth.entries_filled[SYMBOL] == 1
+        assert venue.truth.is_protected(SYMBOL)
+        assert record.state is State.PROTECTED
+        assert anyio.current_time() - started < engine.ctx.settings.verification.hard_deadline
+
+
+async def test_bybit_like_filled_entry_unknown_for_60s_is_found_not_duplicated(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The same lag on Bybit: the resend after lookup_grace is refused as a duplicate id."""
+    knobs = FaultKnobs(lost_create_response_rate=1.0, order_lag=Lag.fixed(60.0), push_drop=EVERY_PUSH_DROPPED)
+    async with FakeVenue(seed=145, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        _reply, _record = await open_one(engine, venue)
+        assert venue.truth.entries_filled[SYMBOL] == 1
+        assert venue.truth.is_protected(SYMBOL)
+
+
+def test_simulated_venue_rule_follows_its_duplicate_id_knob() -> None:
+    bybit_like = FakeVenue(knobs=FaultKnobs(reject_duplicate_client_ids=True)).unknown_order_rule
+    binance_like = FakeVenue(knobs=FaultKnobs(reject_duplicate_client_ids=False)).unknown_order_rule
+    assert bybit_like.unknown_is_final and not bybit_like.entry_needs_silence
+    assert not binance_like.unknown_is_final and binance_like.entry_needs_silence
+    assert binance_like.entry_grace is not None and binance_like.entry_grace >= 60.0
+    assert msgspec.structs.asdict(bybit_like) != msgspec.structs.asdict(binance_like)
