@@ -1,10 +1,13 @@
 """Sending an order exactly once, whatever the network does (I3).
 
 A request whose response is lost may or may not have reached the venue. The only safe next
-step is to ask the venue about that client order id; an order is sent again only after the
-venue has kept saying "unknown" for `VerificationSettings.lookup_grace`, and then under the
-*same* client order id, so a venue that rejects duplicate ids (Bybit) turns any mistake into
-a harmless `DuplicateClientOrderId`.
+step is to ask the venue about that client order id. Whether its "unknown" is enough to send
+again is the venue's rule (`Venue.unknown_order_rule`), never decided here by venue name: where
+ids are refused for good once used (Bybit), the order is sent again, under the *same* id, after
+the venue has kept saying "unknown" for `VerificationSettings.lookup_grace`, and any mistake
+is a harmless `DuplicateClientOrderId`. Where a filled order's id is free again (Binance), an
+entry is resent only after the venue's longer grace with no trace of it at all; a trace (a
+fill, a position) sends it to verification instead, which protects whatever is open.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
-from posguard.streams.venue.events import Order
+from posguard.streams.venue.events import Order, Position
 
 __all__ = ["ABSENT", "Absent", "cancel_leftover_stops", "look_up", "send_once"]
 
@@ -51,12 +54,9 @@ async def send_once(
     None means the order's fate is still unknown at the deadline (the caller must not
     assume it was not placed). `OrderRejected` propagates: the venue placed nothing.
     """
-    grace = ctx.settings.verification.lookup_grace
     while True:
         if maybe_sent:
-            # Resend only on the venue's own word, given after the grace period, that it has
-            # no such order. A venue that does not answer (an outage) never earns a resend.
-            answer = await look_up(ctx, record, client_order_id, deadline, absent_after=anyio.current_time() + grace)
+            answer = await _until_resend_allowed(ctx, record, client_order_id, deadline)
             if not isinstance(answer, Absent):
                 return answer
             log.warning("%s: the venue does not know %s; sending it again under the same id", record.symbol, client_order_id)
@@ -73,6 +73,64 @@ async def send_once(
         except VenueUnavailable as exc:
             log.warning("%s: sending %s: outcome unknown (%s); looking it up", record.symbol, client_order_id, exc)
             maybe_sent = True
+
+
+async def _until_resend_allowed(
+    ctx: ActorContext, record: PositionRecord, client_order_id: str, deadline: Deadline
+) -> Order | Absent | None:
+    """Look an order that may have been sent up until the venue's rule lets it be sent again.
+
+    `ABSENT`: resend it. Resending rests on the venue's own word, given after the grace,
+    that it has no such order: a venue that does not answer (an outage) never earns one. On a
+    venue that reuses a filled order's id (`UnknownOrderRule.entry_needs_silence`) the entry
+    also needs silence on every look over the grace; None then also means a trace of it was
+    seen, and verification, not a second order, decides what it did.
+    """
+    rule = ctx.venue.unknown_order_rule
+    is_entry = client_order_id == record.client_order_id
+    grace = ctx.settings.verification.lookup_grace
+    if is_entry and rule.entry_grace is not None:
+        grace = rule.entry_grace
+    resend_at = anyio.current_time() + grace
+    if not (is_entry and rule.entry_needs_silence):
+        return await look_up(ctx, record, client_order_id, deadline, absent_after=resend_at)
+    delays = ctx.settings.verification.backoff.delays(ctx.rng)
+    while True:
+        answer = await look_up(ctx, record, client_order_id, deadline, absent_after=anyio.current_time())
+        if not isinstance(answer, Absent):
+            return answer
+        try:
+            trace = await _trace_of_entry(ctx, record)
+        except VenueUnavailable as exc:
+            log.warning("%s: cannot tell whether %s reached the venue (%s); not resending", record.symbol, client_order_id, exc)
+        else:
+            if trace is not None:
+                log.warning("%s: the venue does not know %s, but %s: not sending it again; verifying it",
+                            record.symbol, client_order_id, trace)
+                return None
+            if anyio.current_time() >= resend_at:
+                return ABSENT
+        if not await sleep_within(next(delays), deadline):
+            return None
+
+
+async def _trace_of_entry(ctx: ActorContext, record: PositionRecord) -> str | None:
+    """What says the entry may have reached the venue though the venue calls it unknown, or
+    None. Any execution on the symbol since the send counts, not only those under the entry's
+    id: a venue's trade list may not carry client ids (Binance ``userTrades``), and the actor
+    owns the symbol (I4), so no other order of ours should be filling there. A position counts
+    if open, or if dated since the send (opened and closed again). Raises `VenueUnavailable`."""
+    symbol, since = record.symbol, record.sent_ms
+    ctx.count_rest(record, "fetch_executions")
+    executions = ctx.board.executions(symbol, since) + await ctx.venue.fetch_executions(symbol, since)
+    if executions:
+        return f"{len(executions)} execution(s) on {symbol} since it was sent"
+    ctx.count_rest(record, "fetch_positions")
+    listed = [p for p in await ctx.venue.fetch_positions() if p.symbol == symbol]
+    seen: list[Position | None] = [ctx.board.position(symbol), *listed]
+    if any(p is not None and (p.is_open or p.ts_ms >= since) for p in seen):
+        return f"the {symbol} position changed since it was sent"
+    return None
 
 
 async def look_up(

@@ -46,7 +46,7 @@ async def test_binance_like_filled_entry_unknown_for_60s_is_never_sent_twice(
         _reply, record = await open_one(engine, venue)
         assert venue.calls["create_order"] == 1, "an entry the venue calls unknown was sent again"
         assert venue.truth.entries_filled[SYMBOL] == 1
-        assert venue.truth.position(SYMBOL).size == 0.1
+        assert venue.truth.position(SYMBOL).size == record.qty
         assert venue.truth.is_protected(SYMBOL)
         assert record.state in (State.PROTECTED, State.UNVERIFIED)
         # The fill shows in the executions at once: it is protected long before the 60 s lag ends.

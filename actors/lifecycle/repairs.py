@@ -326,10 +326,10 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
 async def _never_reached(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> bool:
     """The venue's own word, given after `VerificationSettings.lookup_grace` from the send,
     that it has no such order, no fill of it and no position: the entry never reached it.
-    Only where that word is final (`Venue.unknown_order_is_final`: not Binance, issue 14).
+    Only where that word is final (`UnknownOrderRule.unknown_is_final`: not Binance, issue 14).
     A venue that cannot answer proves nothing. A fill seen later makes the audit adopt it."""
     grace_ms = ctx.settings.verification.lookup_grace * 1000
-    if not ctx.venue.unknown_order_is_final or ctx.venue.now_ms() - record.sent_ms < grace_ms:
+    if not ctx.venue.unknown_order_rule.unknown_is_final or ctx.venue.now_ms() - record.sent_ms < grace_ms:
         return False
     if evidence.order is not None or evidence.fills or (evidence.position is not None and evidence.position.is_open):
         return False

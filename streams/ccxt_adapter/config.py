@@ -22,6 +22,7 @@ import msgspec
 
 from posguard.streams.backoff import Backoff
 from posguard.streams.units import Seconds
+from posguard.streams.venue.protocol import ID_REUSE_GRACE
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -92,9 +93,21 @@ class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     reconnect: Backoff = Backoff(initial=0.5, maximum=30.0)
     """Stream reconnects and snapshot retries; the jitter keeps the three topics (or several
     adapters) from redialling a recovering venue in lockstep."""
+    resend_grace: Seconds | None = None
+    """binanceusdm only: seconds an entry the venue keeps calling unknown must also go without
+    a push, a fill or a position before it is sent again (`UnknownOrderRule.entry_grace`);
+    at least `ID_REUSE_GRACE`. None: `ID_REUSE_GRACE`. Bybit resends after
+    ``verification.lookup_grace`` (a reused id is refused there)."""
 
     def __post_init__(self) -> None:
         check_overrides(self.rest_url, self.ws_url)
+        if self.resend_grace is not None and self.exchange != "binanceusdm":
+            raise ConfigRefused("resend_grace", f"is for binanceusdm only; {self.exchange} refuses a reused client"
+                                " order id, so it resends after verification.lookup_grace: remove the key")
+        if self.resend_grace is not None and self.resend_grace < ID_REUSE_GRACE:
+            raise ConfigRefused("resend_grace", f"{self.resend_grace:g} s is below {ID_REUSE_GRACE:g} s: Binance calls"
+                                " fresh orders \"does not exist\" for tens of seconds, and a resend of a filled entry"
+                                f" opens a second position; set it to {ID_REUSE_GRACE:g} or more")
 
 
 def check_overrides(rest_url: str, ws_url: str) -> None:

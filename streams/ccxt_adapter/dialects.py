@@ -22,7 +22,14 @@ from posguard.streams.ccxt_adapter.hooks import BYBIT_EXEC_TYPES, HookedBinanceU
 from posguard.streams.ccxt_adapter.mapping import CcxtDict
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Topic
-from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.streams.venue.protocol import (
+    ID_REUSE_GRACE,
+    IDS_KEPT_FOR_GOOD,
+    OrderRequest,
+    StopRequest,
+    UnknownOrderRule,
+    ids_reusable_once_closed,
+)
 
 __all__ = ["DIALECTS", "BinanceUsdmDialect", "BybitDialect", "Dialect", "Exchange", "all_urls"]
 
@@ -134,10 +141,12 @@ class Dialect:
 
     exchange_id: str
     supports_attached_stop: bool
-    unknown_order_is_final: bool
-    """See `Venue.unknown_order_is_final`."""
     executions_need_symbol: bool
     """True when the venue lists executions one symbol at a time."""
+
+    def unknown_order_rule(self, config: CcxtVenueConfig) -> UnknownOrderRule:
+        """See `Venue.unknown_order_rule`: how the venue keeps client order ids."""
+        raise NotImplementedError
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
         raise NotImplementedError
@@ -190,8 +199,10 @@ class BybitDialect(Dialect):
 
     exchange_id = "bybit"
     supports_attached_stop = True
-    unknown_order_is_final = True
     executions_need_symbol = False
+
+    def unknown_order_rule(self, config: CcxtVenueConfig) -> UnknownOrderRule:
+        return IDS_KEPT_FOR_GOOD  # orderLinkId is unique for good: a repeat is refused (110072)
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
         options = _base_options() | {
@@ -293,8 +304,12 @@ class BinanceUsdmDialect(Dialect):
 
     exchange_id = "binanceusdm"
     supports_attached_stop = False
-    unknown_order_is_final = False  # "does not exist" for tens of seconds after creation (issue 14)
     executions_need_symbol = True
+
+    def unknown_order_rule(self, config: CcxtVenueConfig) -> UnknownOrderRule:
+        # newClientOrderId is unique among open orders only, and a fresh order reads "does not
+        # exist" for tens of seconds: a filled entry resent under its id is a second position.
+        return ids_reusable_once_closed(config.resend_grace or ID_REUSE_GRACE)
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
         options = _base_options() | {

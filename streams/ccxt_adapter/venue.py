@@ -50,7 +50,7 @@ from posguard.streams.ccxt_adapter.stream import PrivateStream
 from posguard.streams.venue.errors import OrderRejected, UnknownSymbol, VenueError, VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, Topic, VenueEvent
 from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
-from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.streams.venue.protocol import OrderRequest, StopRequest, UnknownOrderRule
 
 __all__ = ["KNOWN_ORDER_IDS", "CcxtVenue"]
 
@@ -102,8 +102,8 @@ class CcxtVenue:
         return self._dialect.supports_attached_stop
 
     @property
-    def unknown_order_is_final(self) -> bool:
-        return self._dialect.unknown_order_is_final
+    def unknown_order_rule(self) -> UnknownOrderRule:
+        return self._dialect.unknown_order_rule(self._config)
 
     def now_ms(self) -> int:
         return int(self._exchange.milliseconds() - (self._exchange.options.get("timeDifference") or 0))

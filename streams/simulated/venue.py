@@ -39,7 +39,13 @@ from posguard.streams.simulated.views import RestViews
 from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, Position, VenueEvent
 from posguard.streams.venue.markets import MarketRules
-from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.streams.venue.protocol import (
+    IDS_KEPT_FOR_GOOD,
+    OrderRequest,
+    StopRequest,
+    UnknownOrderRule,
+    ids_reusable_once_closed,
+)
 
 __all__ = ["FakeVenue"]
 
@@ -128,10 +134,10 @@ class FakeVenue:
         return self._supports_attached_stop
 
     @property
-    def unknown_order_is_final(self) -> bool:
-        """Bybit-like (ids never reused) by default; Binance-like with
-        `FaultKnobs.reject_duplicate_client_ids` off."""
-        return self._knobs.reject_duplicate_client_ids
+    def unknown_order_rule(self) -> UnknownOrderRule:
+        """Bybit's rule by default; Binance's with `FaultKnobs.reject_duplicate_client_ids`
+        off (read at each call, so a test may turn the knob mid-run)."""
+        return IDS_KEPT_FOR_GOOD if self._knobs.reject_duplicate_client_ids else ids_reusable_once_closed()
 
     async def __aenter__(self) -> FakeVenue:
         self._clock.start()

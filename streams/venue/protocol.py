@@ -16,7 +16,19 @@ from anyio.abc import ObjectSendStream
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, VenueEvent
 from posguard.streams.venue.markets import MarketRules
 
-__all__ = ["OrderRequest", "StopRequest", "Venue"]
+__all__ = [
+    "ID_REUSE_GRACE",
+    "IDS_KEPT_FOR_GOOD",
+    "OrderRequest",
+    "StopRequest",
+    "UnknownOrderRule",
+    "Venue",
+    "ids_reusable_once_closed",
+]
+
+ID_REUSE_GRACE = 60.0
+"""The least grace, in seconds, before an entry is resent on a venue that reuses closed orders'
+ids: Binance's REST has been measured calling fresh orders "does not exist" for 22 s and 62 s."""
 
 
 class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +52,38 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
     client_order_id: str
 
 
+class UnknownOrderRule(msgspec.Struct, frozen=True, kw_only=True):
+    """What the venue's "no such order" is worth: the venue's rule, not the actor's (I3).
+
+    A resend goes under the same client order id, so it is harmless only where the venue
+    refuses a repeat for good (Bybit's orderLinkId: 110072). Where an id is unique only among
+    open orders (Binance), a filled entry's id is free again and a resend opens a second
+    position, so "unknown" alone never earns an entry's resend there.
+    """
+
+    unknown_is_final: bool
+    """True when an order the venue has kept calling unknown (both its open and history
+    books) for `VerificationSettings.lookup_grace`, with no fill and no position, can be taken
+    as never placed (the audit then settles it rejected)."""
+    entry_grace: float | None = None
+    """Seconds an entry must stay unknown before it may be resent; None: the actor's
+    `VerificationSettings.lookup_grace`. Stops and closes (reduce-only, they cannot open a
+    position) always use lookup_grace."""
+    entry_needs_silence: bool = False
+    """An entry is resent only if, over ``entry_grace``, nothing says it reached the venue: no
+    push of it, no execution on the symbol since it was sent, no position of the symbol
+    dated since then (or open). Any of these: it is verified from that, never resent."""
+
+
+IDS_KEPT_FOR_GOOD = UnknownOrderRule(unknown_is_final=True)
+"""Bybit's rule (and the simulated venue's by default): a reused id is refused for good."""
+
+
+def ids_reusable_once_closed(grace: float = ID_REUSE_GRACE) -> UnknownOrderRule:
+    """Binance's rule: ids unique among open orders only, "does not exist" for a while."""
+    return UnknownOrderRule(unknown_is_final=False, entry_grace=grace, entry_needs_silence=True)
+
+
 @runtime_checkable
 class Venue(Protocol):
     """An exchange account trading linear perpetuals in one-way mode.
@@ -59,11 +103,8 @@ class Venue(Protocol):
         ...
 
     @property
-    def unknown_order_is_final(self) -> bool:
-        """True when an order the venue has kept calling unknown (`fetch_order` None, both its
-        open and history books) for `VerificationSettings.lookup_grace`, with no fill and no
-        position, can be taken as never placed. Bybit: yes (every orderLinkId is kept).
-        Binance: no (fresh orders read "does not exist" for tens of seconds; issue 14)."""
+    def unknown_order_rule(self) -> UnknownOrderRule:
+        """When an order this venue calls unknown may be taken as never placed, or resent."""
         ...
 
     def now_ms(self) -> int:
