@@ -19,6 +19,7 @@ import msgspec
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
 from posguard.actors.store.client import RedisConnection, TlsOptions
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
+from posguard.streams.units import Seconds
 from posguard.supervisor.risk import RiskLimits
 from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
@@ -62,6 +63,9 @@ class VenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ws_url: str = ""
     api_key_env: str = "POSGUARD_API_KEY"
     api_secret_env: str = "POSGUARD_API_SECRET"
+    resend_grace: Seconds | None = None
+    """binanceusdm only (`CcxtVenueConfig.resend_grace`): how long an entry the venue calls
+    unknown must go without any trace before it is sent again; at least 60."""
 
 
 class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -199,6 +203,9 @@ def check_config(config: Config) -> None:
     structs themselves, so a struct built in code obeys them too.)"""
     if config.venue.kind != "fake":
         ccxt_venue_config(config)
+    elif config.venue.resend_grace is not None:
+        raise ConfigError("venue.resend_grace: is for binanceusdm only; the simulated venue takes its resend rule"
+                          " from the venue it imitates: remove the key")
     _check_redis(config.redis)
 
 
@@ -259,6 +266,7 @@ def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
             environment="testnet" if venue.testnet else "live",
             rest_url=venue.rest_url,
             ws_url=venue.ws_url,
+            resend_grace=venue.resend_grace,
         )
     except ConfigRefused as exc:
         raise ConfigError(f"venue.{exc.key}: {exc.reason}") from None

@@ -111,3 +111,23 @@ def test_the_supervisors_venue_section_maps_onto_the_adapter_config() -> None:
         ccxt_venue_config(half)
     with pytest.raises(ConfigError, match="simulated venue"):
         ccxt_venue_config(parse_config(""))
+
+
+@pytest.mark.parametrize(
+    ("venue_section", "final", "grace", "silence"),
+    [
+        ('kind = "bybit"', True, None, False),
+        ('kind = "binanceusdm"', False, 60.0, True),
+        ('kind = "binanceusdm"\nresend_grace = 90.0', False, 90.0, True),
+    ],
+    ids=["bybit", "binance-default", "binance-configured"],
+)
+def test_each_dialect_owns_its_resend_rule(venue_section: str, final: bool, grace: float | None, silence: bool) -> None:
+    """Bybit refuses a reused id for good; Binance frees a filled order's id (issue 14)."""
+    from posguard.supervisor.config import parse_config
+    from posguard.supervisor.venues import open_ccxt_venue
+
+    venue = open_ccxt_venue(parse_config(f"[venue]\n{venue_section}\n"), CREDENTIALS)
+    rule = venue.unknown_order_rule
+    assert (rule.unknown_is_final, rule.entry_grace, rule.entry_needs_silence) == (final, grace, silence)
+    asyncio.run(venue.aclose())

@@ -115,6 +115,10 @@ DEFEATING_VALUES = [
      "redis.tls_insecure_skip_verify"),
     ('[redis]\nurl = "rediss://127.0.0.1:6390/0?ssl_check_hostname=false"\n', "redis.url"),
     ('[redis]\nurl = "rediss://127.0.0.1:6390/0?ssl_cert_reqs=none"\n', "redis.url"),
+    # A resend of a filled Binance entry inside its "does not exist" window is a second position.
+    ('[venue]\nkind = "binanceusdm"\nresend_grace = 30.0\n', "venue.resend_grace"),
+    ('[venue]\nkind = "bybit"\nresend_grace = 90.0\n', "venue.resend_grace"),
+    ("[venue]\nresend_grace = 90.0\n", "venue.resend_grace"),
 ]
 
 
