@@ -62,8 +62,9 @@ def random_venue(rng: random.Random) -> tuple[FaultKnobs, bool]:
     knobs = FaultKnobs(
         rest_latency=rng.uniform(0.005, 0.2),
         position_lag=Lag(low=0.0, high=rng.uniform(0, 1), tail_p=rng.uniform(0, 0.3), tail_low=5, tail_high=40),
-        # On a venue that accepts a reused client id, the lookup must outlast its lag (README).
-        order_lag=Lag(low=0.0, high=rng.uniform(0, 4.0 if reuse_ok else 12.0)) if rng.random() < 0.3 else Lag(),
+        # Up to 90 s on a venue that accepts a reused client id ("does not exist" for tens of
+        # seconds, issue 14): its resend rule (UnknownOrderRule) must never make that a duplicate.
+        order_lag=Lag(low=0.0, high=rng.uniform(0, 90.0 if reuse_ok else 12.0)) if rng.random() < 0.3 else Lag(),
         execution_lag=Lag(low=0.0, high=rng.uniform(0, 3)) if rng.random() < 0.3 else Lag(),
         push_delay={t: Lag(low=0.0, high=rng.uniform(0, 2.5), tail_p=0.05, tail_low=2, tail_high=10) for t in TOPICS},
         push_drop={t: 1.0 if blackout else maybe(0.5, 0.6) for t in TOPICS},
