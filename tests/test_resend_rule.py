@@ -9,12 +9,12 @@ resend is harmless there and is what recovers a request that never arrived.
 from __future__ import annotations
 
 import anyio
-import msgspec
 
-from posguard.actors.records import State
+from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings, VerificationSettings
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.errors import VenueUnavailable
+from posguard.supervisor.engine import Engine
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 
@@ -23,11 +23,14 @@ TOPICS = ("positions", "orders", "executions")
 EVERY_PUSH_DROPPED = {t: 1.0 for t in TOPICS}
 
 
-async def open_one(engine, venue):  # noqa: ANN001, ANN201
+async def open_one(engine: Engine, venue: FakeVenue) -> PositionRecord:
+    """Open one position, checking I1 at every transition; the record once answered."""
     engine.ctx.observers.append(lambda record, _note: assert_never_falsely_closed(record, venue))
     await wait_streams_healthy(engine)
-    reply = await (await engine.submit(open_intent("i-1", symbol=SYMBOL))).wait()
-    return reply, await engine.store.load_record(SYMBOL)
+    await (await engine.submit(open_intent("i-1", symbol=SYMBOL))).wait()
+    record = await engine.store.load_record(SYMBOL)
+    assert record is not None
+    return record
 
 
 async def test_binance_like_filled_entry_unknown_for_60s_is_never_sent_twice(
@@ -43,7 +46,7 @@ async def test_binance_like_filled_entry_unknown_for_60s_is_never_sent_twice(
     async with FakeVenue(seed=141, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
         redis_url, venue, clock
     ) as engine:
-        _reply, record = await open_one(engine, venue)
+        record = await open_one(engine, venue)
         assert venue.calls["create_order"] == 1, "an entry the venue calls unknown was sent again"
         assert venue.truth.entries_filled[SYMBOL] == 1
         assert venue.truth.position(SYMBOL).size == record.qty
@@ -62,7 +65,7 @@ async def test_binance_like_lost_request_is_not_resent_before_the_venues_grace(
         redis_url, venue, clock
     ) as engine:
         venue.fail_next("create_order", VenueUnavailable("request timed out"))
-        _reply, record = await open_one(engine, venue)
+        record = await open_one(engine, venue)
         assert venue.calls["create_order"] == 1
         assert venue.truth.entries_filled[SYMBOL] == 0
         assert record.state is State.UNVERIFIED, "no evidence either way: the audit owns it"
@@ -80,7 +83,7 @@ async def test_binance_like_lost_request_is_resent_after_the_grace_of_silence(
     ) as engine:
         venue.fail_next("create_order", VenueUnavailable("request timed out"))
         started = anyio.current_time()
-        _reply, record = await open_one(engine, venue)
+        record = await open_one(engine, venue)
         assert venue.calls["create_order"] == 2
         assert venue.truth.entries_filled[SYMBOL] == 1
         assert venue.truth.is_protected(SYMBOL)
@@ -93,7 +96,7 @@ async def test_bybit_like_lost_request_is_resent_after_lookup_grace(clock: IOAwa
     async with FakeVenue(seed=144, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
         venue.fail_next("create_order", VenueUnavailable("request timed out"))
         started = anyio.current_time()
-        _reply, record = await open_one(engine, venue)
+        record = await open_one(engine, venue)
         assert venue.calls["create_order"] == 2, "resent under the same id after lookup_grace"
         assert venue.truth.entries_filled[SYMBOL] == 1
         assert venue.truth.is_protected(SYMBOL)
@@ -107,7 +110,7 @@ async def test_bybit_like_filled_entry_unknown_for_60s_is_found_not_duplicated(
     """The same lag on Bybit: the resend after lookup_grace is refused as a duplicate id."""
     knobs = FaultKnobs(lost_create_response_rate=1.0, order_lag=Lag.fixed(60.0), push_drop=EVERY_PUSH_DROPPED)
     async with FakeVenue(seed=145, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
-        _reply, _record = await open_one(engine, venue)
+        await open_one(engine, venue)
         assert venue.truth.entries_filled[SYMBOL] == 1
         assert venue.truth.is_protected(SYMBOL)
 
@@ -118,4 +121,3 @@ def test_simulated_venue_rule_follows_its_duplicate_id_knob() -> None:
     assert bybit_like.unknown_is_final and not bybit_like.entry_needs_silence
     assert not binance_like.unknown_is_final and binance_like.entry_needs_silence
     assert binance_like.entry_grace is not None and binance_like.entry_grace >= 60.0
-    assert msgspec.structs.asdict(bybit_like) != msgspec.structs.asdict(binance_like)

@@ -17,8 +17,8 @@ from posguard.streams.venue.events import Execution, Order, OrderSide, Position,
 from posguard.streams.venue.markets import MarketRules
 
 __all__ = [
-    "ID_REUSE_GRACE",
     "IDS_KEPT_FOR_GOOD",
+    "ID_REUSE_GRACE",
     "OrderRequest",
     "StopRequest",
     "UnknownOrderRule",
