@@ -18,6 +18,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 import pytest
 
+from posguard.streams.ccxt_adapter.dialects import BINANCE_CODES
 from posguard.streams.ccxt_adapter.errors import translate
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
@@ -147,7 +148,7 @@ async def test_a_listen_key_gone_is_not_a_credentials_refusal() -> None:
         replay.answer("PUT", "/fapi/v1/listenKey", error(*LISTEN_KEY_GONE))
         with pytest.raises(ccxt.BaseError) as raised:
             await venue.exchange.fapiPrivatePutListenKey()
-        translated = translate(raised.value, exchange="binanceusdm", action="keep the listen key alive")
+        translated = translate(raised.value, BINANCE_CODES, action="keep the listen key alive")
         assert type(translated) is VenueUnavailable and not isinstance(translated, VenueAuthFailed)
         assert "code -1125" in str(translated)
 
