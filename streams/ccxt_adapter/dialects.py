@@ -227,10 +227,10 @@ class BybitDialect(Dialect):
     """
 
     exchange_id = "bybit"
+    codes = BYBIT_CODES
     supports_attached_stop = True
     unknown_order_is_final = True
     executions_need_symbol = False
-    codes = BYBIT_CODES
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
         options = _base_options() | {
@@ -378,10 +378,10 @@ class BinanceUsdmDialect(Dialect):
     """
 
     exchange_id = "binanceusdm"
+    codes = BINANCE_CODES
     supports_attached_stop = False
     unknown_order_is_final = False  # "does not exist" for tens of seconds after creation (issue 14)
     executions_need_symbol = True
-    codes = BINANCE_CODES
 
     def build(self, config: CcxtVenueConfig, credentials: ApiCredentials) -> Exchange:
         options = _base_options() | {
