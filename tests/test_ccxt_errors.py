@@ -13,6 +13,7 @@ import ccxt.async_support as ccxt
 import pytest
 
 from posguard.streams.ccxt_adapter.config import ApiCredentials
+from posguard.streams.ccxt_adapter.dialects import BINANCE_CODES, BYBIT_CODES
 from posguard.streams.ccxt_adapter.errors import clock_rejected, redact, translate
 from posguard.streams.emulators.bybit import DEFAULT_API_SECRET, ScriptedFailure, running_emulator
 from posguard.streams.venue.errors import (
@@ -119,7 +120,7 @@ async def test_rejected_credentials_name_the_problem_and_never_the_secret(caplog
 
 def test_translation_by_venue_code_wins_over_ccxt_class() -> None:
     def bybit(exc: Exception) -> Exception:
-        return translate(exc, exchange="bybit", action="create_order", client_order_id="pg-x")
+        return translate(exc, BYBIT_CODES, action="create_order", client_order_id="pg-x")
 
     duplicate = bybit(ccxt.InvalidOrder('bybit {"retCode":110072,"retMsg":"OrderLinkedID is duplicate"}'))
     assert isinstance(duplicate, DuplicateClientOrderId) and duplicate.client_order_id == "pg-x"
@@ -131,12 +132,12 @@ def test_translation_by_venue_code_wins_over_ccxt_class() -> None:
     assert type(bybit(ccxt.DDoSProtection("bybit 418"))) is RateLimited
     assert type(bybit(ccxt.InsufficientFunds('bybit {"retCode":110007,"retMsg":"ab not enough"}'))) is OrderRejected
     assert type(bybit(ccxt.BadSymbol("bybit does not have market symbol X"))) is OrderRejected
-    assert clock_rejected(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'), "bybit")
+    assert clock_rejected(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'), BYBIT_CODES)
     assert type(bybit(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'))) is VenueUnavailable
 
     binance_duplicate = translate(
         ccxt.InvalidOrder('binanceusdm {"code":-2010,"msg":"Duplicate clientOrderId"}'),
-        exchange="binanceusdm", action="create_order", client_order_id="pg-y",
+        BINANCE_CODES, action="create_order", client_order_id="pg-y",
     )
     assert isinstance(binance_duplicate, DuplicateClientOrderId) and binance_duplicate.client_order_id == "pg-y"
 

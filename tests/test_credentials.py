@@ -13,6 +13,7 @@ import ccxt.async_support as ccxt
 import pytest
 
 from posguard.actors.store.keys import Keys
+from posguard.streams.ccxt_adapter.dialects import DIALECTS
 from posguard.streams.ccxt_adapter.errors import translate
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.errors import VenueAuthFailed
@@ -37,7 +38,7 @@ REFUSALS = 10
 def test_refused_credentials_are_told_apart_by_the_venue_code(exchange: str, body: str) -> None:
     """By code, not only by ccxt's class: ccxt picks Binance's table by hostname, so behind a
     proxy these arrive as a plain ExchangeError."""
-    error = translate(ccxt.ExchangeError(f"{exchange} {body}"), exchange=exchange, action="fetch_positions")
+    error = translate(ccxt.ExchangeError(f"{exchange} {body}"), DIALECTS[exchange].codes, action="fetch_positions")
     assert isinstance(error, VenueAuthFailed), error
     assert "API credentials" in str(error)
 

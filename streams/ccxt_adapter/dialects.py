@@ -17,10 +17,18 @@ from typing import Any
 import ccxt.async_support as ccxt
 
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, replace_base
-from posguard.streams.ccxt_adapter.errors import RedactingLogger, is_not_found
+from posguard.streams.ccxt_adapter.errors import RedactingLogger, VenueCodes, is_not_found
 from posguard.streams.ccxt_adapter.hooks import BYBIT_EXEC_TYPES, HookedBinanceUsdm, HookedBybit
 from posguard.streams.ccxt_adapter.mapping import CcxtDict
-from posguard.streams.venue.errors import VenueUnavailable
+from posguard.streams.venue.errors import (
+    DuplicateClientOrderId,
+    NothingToReduce,
+    OrderRejected,
+    RateLimited,
+    StopWouldTrigger,
+    VenueAuthFailed,
+    VenueUnavailable,
+)
 from posguard.streams.venue.events import Topic
 from posguard.streams.venue.protocol import (
     ID_REUSE_GRACE,
@@ -31,7 +39,9 @@ from posguard.streams.venue.protocol import (
     ids_reusable_once_closed,
 )
 
-__all__ = ["DIALECTS", "BinanceUsdmDialect", "BybitDialect", "Dialect", "Exchange", "all_urls"]
+__all__ = [
+    "BINANCE_CODES", "BYBIT_CODES", "DIALECTS", "BinanceUsdmDialect", "BybitDialect", "Dialect", "Exchange", "all_urls",
+]
 
 log = logging.getLogger("posguard.ccxt")
 
@@ -143,6 +153,8 @@ class Dialect:
     supports_attached_stop: bool
     executions_need_symbol: bool
     """True when the venue lists executions one symbol at a time."""
+    codes: VenueCodes
+    """The venue's own error codes posguard acts on (`posguard.streams.ccxt_adapter.errors.translate`)."""
 
     def unknown_order_rule(self, config: CcxtVenueConfig) -> UnknownOrderRule:
         """See `Venue.unknown_order_rule`: how the venue keeps client order ids."""
@@ -189,6 +201,32 @@ class Dialect:
         }
 
 
+BYBIT_CODES = VenueCodes(
+    exchange="bybit",
+    # https://bybit-exchange.github.io/docs/v5/error
+    errors={
+        "110072": DuplicateClientOrderId,  # OrderLinkedID is duplicate
+        "110017": NothingToReduce,  # reduce-only: current position is zero / would not reduce
+        "110092": StopWouldTrigger,  # expect Rising, but trigger_price <= current
+        "110093": StopWouldTrigger,  # expect Falling, but trigger_price >= current
+        "10000": VenueUnavailable,  # server timeout
+        "10016": VenueUnavailable,  # server error / service restarting
+        "10006": RateLimited,  # too many visits
+        "10018": RateLimited,  # IP rate limit
+        "10429": RateLimited,  # system level frequency protection
+        # Refused credentials: nothing was done.
+        "10003": VenueAuthFailed,  # API key is invalid
+        "10004": VenueAuthFailed,  # error sign: the secret does not match the key
+        "10005": VenueAuthFailed,  # permission denied for this API key
+        "10010": VenueAuthFailed,  # request IP not among the key's bound IPs
+        "33004": VenueAuthFailed,  # API key has expired
+    },
+    # does not exist / already finished / already cancelled
+    not_found=frozenset({"110001", "110008", "110010", "170213"}),
+    clock=frozenset({"10002"}),  # timestamp outside recv_window: our clock, not the order
+)
+
+
 class BybitDialect(Dialect):
     """Bybit V5, linear USDT perpetuals, one-way mode, Unified Trading Account.
 
@@ -198,6 +236,7 @@ class BybitDialect(Dialect):
     """
 
     exchange_id = "bybit"
+    codes = BYBIT_CODES
     supports_attached_stop = True
     executions_need_symbol = False
 
@@ -248,7 +287,7 @@ class BybitDialect(Dialect):
         try:
             await exchange.cancel_order(None, symbol, {"orderLinkId": client_order_id})
         except ccxt.BaseError as exc:
-            if is_not_found(exc, self.exchange_id):
+            if is_not_found(exc, self.codes):
                 return False
             raise
         return True
@@ -293,6 +332,53 @@ class BybitDialect(Dialect):
         return await _paged(lambda page: exchange.fetch_positions(None, {"limit": 200} | page), "positions")
 
 
+BINANCE_CODES = VenueCodes(
+    exchange="binanceusdm",
+    # Meanings from https://developers.binance.com/docs/derivatives/usds-margined-futures/error-code
+    # Listed even where ccxt has a fitting class: ccxt applies its futures table only at
+    # Binance's own hosts, so behind a proxy or an emulator these are a plain ExchangeError.
+    errors={
+        "-4116": DuplicateClientOrderId,  # DUPLICATED_CLIENT_ORDER_ID
+        "-20132": DuplicateClientOrderId,  # the client algo id is duplicated
+        # REDUCE_ONLY_REJECT. Binance's docs also name a clash with other open reduce-only
+        # orders as a cause, so it is the venue's claim, not proof: the close path checks
+        # the executions before it believes "flat" (`posguard.actors.proof.prove_gone`).
+        "-2022": NothingToReduce,
+        "-2021": StopWouldTrigger,  # ORDER_WOULD_IMMEDIATELY_TRIGGER
+        # Order type not supported for this endpoint (conditional orders live in the Algo
+        # service since 2025-12-09): nothing was placed. A refusal, so a stop refused this
+        # way is retried and then the position closed, never left to a lookup of a stop
+        # that does not exist.
+        "-4120": OrderRejected,
+        "-2019": OrderRejected,  # MARGIN_NOT_SUFFICIEN
+        "-2010": OrderRejected,  # NEW_ORDER_REJECTED
+        "-4164": OrderRejected,  # MIN_NOTIONAL: notional below the minimum
+        "-1013": OrderRejected,  # invalid quantity
+        "-1111": OrderRejected,  # BAD_PRECISION
+        "-4003": OrderRejected,  # QTY_LESS_THAN_ZERO
+        "-4005": OrderRejected,  # QTY_GREATER_THAN_MAX_QTY
+        "-4015": OrderRejected,  # INVALID_CL_ORD_ID_LEN: client order id is not valid
+        "-2027": OrderRejected,  # MAX_LEVERAGE_RATIO
+        "-1000": VenueUnavailable,  # UNKNOWN: an unknown error while processing
+        "-1001": VenueUnavailable,  # DISCONNECTED: internal error
+        "-1007": VenueUnavailable,  # TIMEOUT: execution status unknown
+        # INVALID_LISTEN_KEY: the user-data stream needs a new listen key and a reconnect;
+        # the API key is fine (ccxt says AuthenticationError at every address).
+        "-1125": VenueUnavailable,
+        "-1008": RateLimited,  # server busy
+        "-1003": RateLimited,  # TOO_MANY_REQUESTS
+        # Refused credentials.
+        "-2014": VenueAuthFailed,  # BAD_API_KEY_FMT
+        "-2015": VenueAuthFailed,  # REJECTED_MBX_KEY: invalid API-key, IP, or permissions
+        "-1022": VenueAuthFailed,  # INVALID_SIGNATURE: the secret does not match
+    },
+    # NO_SUCH_ORDER; CANCEL_REJECTED ("Unknown order sent.": no open order by that id in the
+    # book asked); an algo order completed or unknown.
+    not_found=frozenset({"-2013", "-2011", "-20124"}),
+    clock=frozenset({"-1021"}),  # INVALID_TIMESTAMP: outside recvWindow, our clock, not the order
+)
+
+
 class BinanceUsdmDialect(Dialect):
     """Binance USD-M futures, one-way mode.
 
@@ -303,6 +389,7 @@ class BinanceUsdmDialect(Dialect):
     """
 
     exchange_id = "binanceusdm"
+    codes = BINANCE_CODES
     supports_attached_stop = False
     executions_need_symbol = True
 
@@ -341,7 +428,7 @@ class BinanceUsdmDialect(Dialect):
             try:
                 return await exchange.fetch_order(None, symbol, {"clientOrderId": client_order_id, "trigger": conditional})
             except ccxt.BaseError as exc:
-                if not is_not_found(exc, self.exchange_id):
+                if not is_not_found(exc, self.codes):
                     raise
         return None
 
@@ -351,7 +438,7 @@ class BinanceUsdmDialect(Dialect):
                 await exchange.cancel_order(None, symbol, {"clientOrderId": client_order_id, "trigger": conditional})
                 return True
             except ccxt.BaseError as exc:
-                if not is_not_found(exc, self.exchange_id):
+                if not is_not_found(exc, self.codes):
                     raise
         return False
 

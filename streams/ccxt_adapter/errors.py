@@ -1,8 +1,11 @@
 """ccxt's exceptions, translated into posguard's few error classes (`posguard.streams.venue.errors`).
 
-The translation is by the venue's own error code where ccxt's class is too coarse to act on
-(ccxt calls Bybit's "server error" and "OrderLinkedID is duplicate" both a plain
-``ExchangeError``/``InvalidOrder``), and by ccxt's class otherwise. When in doubt the answer
+The translation is by the venue's own error code wherever posguard acts on that code (each
+dialect's `VenueCodes`), and by ccxt's class otherwise. ccxt's class is too coarse (Bybit's
+"server error" and "OrderLinkedID is duplicate" are both a plain ``ExchangeError``/
+``InvalidOrder``) and, for Binance, depends on the address: ccxt applies Binance's futures
+table only at Binance's own hosts, so behind an emulator or a proxy a reduce-only refusal or a
+duplicate id is a plain ``ExchangeError``. When in doubt the answer
 is `VenueUnavailable`: the actor then looks the order up by its client order id before
 doing anything else, which is always safe; calling an unknown failure a rejection is not.
 
@@ -18,13 +21,12 @@ import re
 from collections.abc import Iterable
 
 import ccxt.async_support as ccxt
+import msgspec
 
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
-    NothingToReduce,
     OrderRejected,
     RateLimited,
-    StopWouldTrigger,
     VenueAuthFailed,
     VenueError,
     VenueUnavailable,
@@ -33,6 +35,7 @@ from posguard.streams.venue.errors import (
 __all__ = [
     "MIN_SECRET_LENGTH",
     "RedactingLogger",
+    "VenueCodes",
     "clock_rejected",
     "is_not_found",
     "redact",
@@ -42,56 +45,25 @@ __all__ = [
 
 _SIGNATURE = re.compile(r"(signature|sign|listenKey)(['\"]?\s*[:=]\s*['\"]?)[0-9A-Za-z%+/=_-]+", re.IGNORECASE)
 
-# Venue codes whose meaning decides what the actor does next. Anything not listed here
-# falls back to ccxt's class.
-_BYBIT_CODES: dict[str, type[VenueError]] = {
-    "110072": DuplicateClientOrderId,  # OrderLinkedID is duplicate
-    "110017": NothingToReduce,  # reduce-only: current position is zero / would not reduce
-    "110092": StopWouldTrigger,  # expect Rising, but trigger_price <= current
-    "110093": StopWouldTrigger,  # expect Falling, but trigger_price >= current
-    "10002": VenueUnavailable,  # timestamp outside recv_window: our clock, not the order
-    "10000": VenueUnavailable,  # server timeout
-    "10016": VenueUnavailable,  # server error / service restarting
-    "10006": RateLimited,  # too many visits
-    "10018": RateLimited,  # IP rate limit
-    "10429": RateLimited,  # system level frequency protection
-    # Refused credentials (https://bybit-exchange.github.io/docs/v5/error): nothing was done.
-    "10003": VenueAuthFailed,  # API key is invalid
-    "10004": VenueAuthFailed,  # error sign: the secret does not match the key
-    "10005": VenueAuthFailed,  # permission denied for this API key
-    "10010": VenueAuthFailed,  # request IP not among the key's bound IPs
-    "33004": VenueAuthFailed,  # API key has expired
-}
-_BINANCE_CODES: dict[str, type[VenueError]] = {
-    "-4116": DuplicateClientOrderId,  # ClientOrderId is duplicated
-    "-20132": DuplicateClientOrderId,  # the client algo id is duplicated
-    "-2022": NothingToReduce,  # ReduceOnly Order is rejected
-    "-2021": StopWouldTrigger,  # Order would immediately trigger
-    "-1000": VenueUnavailable,  # unknown error while processing
-    "-1001": VenueUnavailable,  # internal error
-    "-1007": VenueUnavailable,  # timeout waiting for the backend: execution status unknown
-    "-1008": RateLimited,  # server busy
-    "-1003": RateLimited,  # too many requests
-    "-1021": VenueUnavailable,  # timestamp outside recvWindow: our clock, not the order
-    # Refusals. ccxt knows most of them, but only when the URL is Binance's own host (it picks
-    # its error table by hostname), so behind a proxy or the replay server they would fall
-    # through to "unknown": listed here so the answer never depends on the URL.
-    "-2019": OrderRejected,  # margin is insufficient
-    "-2010": OrderRejected,  # new order rejected
-    "-4164": OrderRejected,  # notional below the minimum
-    "-1013": OrderRejected,  # invalid quantity
-    "-1111": OrderRejected,  # precision over the maximum
-    "-4003": OrderRejected,  # quantity less than or equal to zero
-    "-4005": OrderRejected,  # quantity greater than max quantity
-    "-4015": OrderRejected,  # client order id is not valid
-    "-2027": OrderRejected,  # exceeded the maximum allowable position at current leverage
-    # Refused credentials (https://developers.binance.com/docs/derivatives/usds-margined-futures/error-code).
-    "-2014": VenueAuthFailed,  # API-key format invalid
-    "-2015": VenueAuthFailed,  # invalid API-key, IP, or permissions for action
-    "-1022": VenueAuthFailed,  # signature for this request is not valid: the secret does not match
-}
-_CLOCK_CODES = {"bybit": {"10002"}, "binanceusdm": {"-1021"}}
-_CODE_TABLES = {"bybit": _BYBIT_CODES, "binanceusdm": _BINANCE_CODES}
+
+class VenueCodes(msgspec.Struct, frozen=True):
+    """One venue's own error codes and what each means to posguard: the one table the
+    translation reads, owned by the venue's dialect (`posguard.streams.ccxt_adapter.dialects`).
+
+    A code listed here decides, whatever class ccxt raised: ccxt's class depends on more than
+    the code (Binance's futures table only applies at Binance's own addresses). A code not
+    listed falls back to ccxt's class.
+    """
+
+    exchange: str
+    errors: dict[str, type[VenueError]]
+    """Code -> the posguard error it becomes."""
+    not_found: frozenset[str]
+    """Codes that mean "no such order": a lookup's answer, not an error (`is_not_found`)."""
+    clock: frozenset[str]
+    """Our timestamp was refused: `VenueUnavailable`, and the clock offset is measured again."""
+
+
 _DUPLICATE_WORDS = re.compile(r"duplicat", re.IGNORECASE)
 _CLIENT_ID_WORDS = re.compile(r"orderlinkid|clientorderid|client order id|clientalgoid", re.IGNORECASE)
 
@@ -157,18 +129,18 @@ def venue_reply(exc: BaseException) -> tuple[str, str]:
 
 def translate(
     exc: BaseException,
+    codes: VenueCodes,
     *,
-    exchange: str,
     action: str,
     client_order_id: str = "",
     secrets: Iterable[str] = (),
 ) -> VenueError:
     """The posguard error for a ccxt exception raised while doing ``action``."""
     code, venue_message = venue_reply(exc)
-    detail = redact(f"{exchange} {action}: {venue_message or exc}", secrets)
+    detail = redact(f"{codes.exchange} {action}: {venue_message or exc}", secrets)
     if code:
         detail += f" (code {code})"
-    kind = _CODE_TABLES.get(exchange, {}).get(code)
+    kind = VenueUnavailable if code in codes.clock else codes.errors.get(code)
     if code and _DUPLICATE_WORDS.search(venue_message) and _CLIENT_ID_WORDS.search(venue_message):
         kind = DuplicateClientOrderId  # e.g. Bybit 10001 or Binance -2010 saying so in words
     if kind is DuplicateClientOrderId:
@@ -203,16 +175,11 @@ def _credentials_refused(detail: str) -> VenueAuthFailed:
     return VenueAuthFailed(f"{detail}: the venue refused the API credentials")
 
 
-def clock_rejected(exc: BaseException, exchange: str) -> bool:
+def clock_rejected(exc: BaseException, codes: VenueCodes) -> bool:
     """The venue refused our timestamp: the clock offset must be measured again."""
-    return isinstance(exc, ccxt.InvalidNonce) or venue_reply(exc)[0] in _CLOCK_CODES.get(exchange, set())
+    return isinstance(exc, ccxt.InvalidNonce) or venue_reply(exc)[0] in codes.clock
 
 
-def is_not_found(exc: BaseException, exchange: str) -> bool:
+def is_not_found(exc: BaseException, codes: VenueCodes) -> bool:
     """The venue says there is no such order (a lookup answer, not an error)."""
-    code, _ = venue_reply(exc)
-    if exchange == "bybit" and code in ("110001", "110008", "110010", "170213"):
-        return True  # does not exist / already finished / already cancelled
-    if exchange == "binanceusdm" and code in ("-2011", "-2013", "-20124"):
-        return True  # unknown order / does not exist / algo order completed or unknown
-    return isinstance(exc, ccxt.OrderNotFound)
+    return venue_reply(exc)[0] in codes.not_found or isinstance(exc, ccxt.OrderNotFound)

@@ -372,10 +372,9 @@ class CcxtVenue:
         except VenueError:
             raise
         except ccxt.BaseError as exc:
-            error = translate(
-                exc, exchange=self.name, action=action, client_order_id=client_order_id, secrets=self._secrets
-            )
-            if clock_rejected(exc, self.name):
+            codes = self._dialect.codes
+            error = translate(exc, codes, action=action, client_order_id=client_order_id, secrets=self._secrets)
+            if clock_rejected(exc, codes):
                 await self._resync_clock()
             log.info("%s", error)
             raise error from None
