@@ -10,8 +10,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from posguard.actors import ids
-from posguard.actors.intents import CloseIntent, OpenIntent, body_of
+from posguard.actors.intents import CloseIntent, body_of
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings, ProtectionSettings
 from posguard.streams.backoff import Backoff
