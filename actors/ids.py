@@ -30,6 +30,7 @@ __all__ = [
     "close_id",
     "entry_id",
     "internal_intent_id",
+    "is_internal",
     "is_entry_id",
     "is_ours",
     "parse",
@@ -73,6 +74,12 @@ def internal_intent_id(kind: InternalKind, key: str | int) -> str:
     ids, with one of these (an intent named ``x:emergency`` once took an old emergency close's
     fill for its own)."""
     return f"{kind}/{key}"
+
+
+def is_internal(intent_id: str) -> bool:
+    """Work posguard started itself (`internal_intent_id`): an adopted or guarded position's
+    record has no entry order of posguard's on the venue."""
+    return "/" in intent_id
 
 
 def entry_id(account: str, intent_id: str) -> str:

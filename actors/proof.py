@@ -223,8 +223,24 @@ async def known(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) ->
             unknown_to_venue = entry is None
         except VenueUnavailable as exc:
             log.warning("%s: could not read executions and the entry order: %s", record.symbol, exc)
-    settled = unknown_to_venue or (entry is not None and entry.is_final)
+    settled = (ids.is_internal(record.intent_id)  # adopted: there is no entry of ours that could still fill
+               or (entry is not None and entry.is_final)
+               or entry_qty(record, executions) >= record.qty - QTY_TOLERANCE
+               or (unknown_to_venue and _never_reached(ctx, record, executions)))
     return Known(executions=executions, entry=entry, entry_settled=settled, position=ctx.board.position(record.symbol))
+
+
+def _never_reached(ctx: ActorContext, record: PositionRecord, executions: Iterable[Execution]) -> bool:
+    """Whether the venue's "no such order" may be taken to mean the entry is not working: only
+    if nothing says it ever reached the venue (no acknowledgement, no fill, no execution) and
+    the venue's grace has passed since it was sent. A venue's REST lags its own orders (seconds
+    on Bybit, tens on Binance): "unknown" of an entry known to have filled is that lag, and a
+    close concluded from it left the entry's later parts open (a fault schedule found it)."""
+    if record.order_id or record.filled_qty > QTY_TOLERANCE or entry_qty(record, executions) > QTY_TOLERANCE:
+        return False
+    rule = ctx.venue.unknown_order_rule
+    grace = rule.entry_grace if rule.entry_grace is not None else ctx.settings.verification.lookup_grace
+    return ctx.venue.now_ms() - record.sent_ms >= grace * 1000
 
 
 async def prove_gone(

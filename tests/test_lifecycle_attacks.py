@@ -12,7 +12,7 @@ import pytest
 
 from posguard.actors.intents import CloseIntent, body_of
 from posguard.actors.records import PositionRecord, State
-from posguard.actors.settings import ActorSettings, ProtectionSettings
+from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
 from posguard.streams.backoff import Backoff
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor.operator import answers
@@ -312,3 +312,38 @@ async def test_a_restart_while_emergency_closing_finishes_the_close_and_answers_
             record = await engine.store.load_record(SYMBOL)
     assert venue.truth.position(SYMBOL) is None, record
     assert record.state is State.CLOSED and answer.status == "done", (record.state, answer)
+
+
+async def test_a_close_while_the_entry_still_fills_and_rest_calls_it_unknown_waits_for_the_last_part(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Found by the fault schedules (a seed run after 113 others): an entry filling in two parts
+    30 s apart, its order pushes lost and REST calling it unknown for 60 s (its lag), verified before the
+    second part (a 4 s deadline). A close
+    between the parts reduces the first part; "unknown" of an entry known to have filled is
+    REST's lag, not "no longer working": the record must not say closed while the second part
+    is still to come, and ends flat."""
+    knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, push_drop={"orders": 1.0},
+                       order_lag=Lag.fixed(60.0), split_fill_rate=1.0, split_fill_parts=2,
+                       split_fill_over=Lag.fixed(30.0))
+    settings = ActorSettings(account=ACCOUNT, verification=VerificationSettings(push_deadline=1.0, hard_deadline=4.0))
+    async with FakeVenue(seed=1311, knobs=knobs) as venue, running_engine(
+        redis_url, venue, clock, settings, audit=QUIET_AUDIT
+    ) as engine:
+        watch = Watch(venue)
+        engine.ctx.observers.append(watch)
+        await wait_streams_healthy(engine)
+        await engine.submit(open_intent("parts-1", symbol=SYMBOL, qty=1.0))
+        with anyio.fail_after(60):
+            while (record := await engine.store.load_record(SYMBOL)) is None or record.state not in (
+                    State.PROTECTED, State.UNVERIFIED):
+                await anyio.sleep(0.1)
+        assert venue.truth.orders[record.client_order_id].status == "partially_filled", "the close comes between"
+        await engine.submit(CloseIntent(intent_id="parts-1-close", symbol=SYMBOL))
+        answer = await wait_final(engine, "parts-1-close", timeout=300)
+        with anyio.fail_after(120):  # the entry's last part has come (the venue's own schedule)
+            while venue.truth.orders[record.client_order_id].status != "filled":
+                await anyio.sleep(0.5)
+    assert watch.false_gone == [], watch.false_gone
+    assert (answer.status, answer.outcome) == ("done", "closed"), answer
+    assert venue.truth.position(SYMBOL) is None, "both parts were closed"
