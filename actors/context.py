@@ -84,17 +84,21 @@ class ActorContext:
         return self.awaiting.pop((symbol, intent_id), None)
 
     async def save(self, record: PositionRecord, note: str = "") -> None:
+        answered: list[tuple[str, str]] = []
         replies: list[IntentRecord] = []
         if record.state.is_terminal:
             if not record.settled_ms:
                 record.settled_ms = self.venue.now_ms()
             for intent_id in dict.fromkeys((record.intent_id, record.close_intent_id)):
-                awaited = self.still_awaited(record.symbol, intent_id)
+                awaited = self.awaiting.get((record.symbol, intent_id))
                 if awaited is not None:
+                    answered.append((record.symbol, intent_id))
                     replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
         for reply in replies:  # written with the record, in one transaction
             failpoint(before_reply(reply.status))
         await self.store.save_record(record, note, replies=replies)
+        for key in answered:  # only once written: a failed write leaves them to be answered
+            del self.awaiting[key]
         failpoint(record_saved(record.state))
         for observer in self.observers:
             observer(record, note)
