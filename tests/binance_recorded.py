@@ -164,6 +164,8 @@ class BinanceReplay:
             ("GET", "/fapi/v1/exchangeInfo"): [EXCHANGE_INFO],
         }
         self.seen: list[tuple[str, str, dict[str, str], dict[str, str]]] = []
+        self.sockets: list[web.WebSocketResponse] = []
+        """Open user-data stream connections, newest last."""
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -178,7 +180,27 @@ class BinanceReplay:
     def requests(self, method: str, path: str) -> list[dict[str, str]]:
         return [params for m, p, params, _ in self.seen if (m, p) == (method, path)]
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def push(self, event: dict[str, Any]) -> None:
+        """Send a user-data stream event on every open connection."""
+        for socket in list(self.sockets):
+            await socket.send_json(event)
+
+    async def _stream(self, request: web.Request) -> web.WebSocketResponse:
+        """A user-data stream connection: events come only from `push`."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.sockets.append(socket)
+        try:
+            async for _ in socket:
+                pass
+        finally:
+            self.sockets.remove(socket)
+        return socket
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            self.seen.append((request.method, request.path, dict(request.query), dict(request.headers)))
+            return await self._stream(request)
         params = dict(request.query)
         if request.can_read_body:
             params |= dict(await request.post())

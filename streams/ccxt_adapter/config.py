@@ -93,6 +93,9 @@ class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     reconnect: Backoff = Backoff(initial=0.5, maximum=30.0)
     """Stream reconnects and snapshot retries; the jitter keeps the three topics (or several
     adapters) from redialling a recovering venue in lockstep."""
+    listen_key_keepalive: Seconds = 1800.0
+    """binanceusdm: seconds between extensions of the user-data stream's listen key, which
+    Binance drops 60 minutes after its last extension (ccxt extends it once only)."""
     resend_grace: Seconds | None = None
     """binanceusdm only: seconds an entry the venue keeps calling unknown must also go without
     a push, a fill or a position before it is sent again (`UnknownOrderRule.entry_grace`);
