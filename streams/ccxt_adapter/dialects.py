@@ -17,7 +17,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, replace_base
-from posguard.streams.ccxt_adapter.errors import RedactingLogger, VenueCodes, is_not_found
+from posguard.streams.ccxt_adapter.errors import RedactingLogger, VenueCodes, is_not_found, venue_reply
 from posguard.streams.ccxt_adapter.hooks import BYBIT_EXEC_TYPES, HookedBinanceUsdm, HookedBybit
 from posguard.streams.ccxt_adapter.mapping import CcxtDict
 from posguard.streams.venue.errors import (
@@ -40,7 +40,7 @@ from posguard.streams.venue.protocol import (
 )
 
 __all__ = [
-    "BINANCE_CODES", "BYBIT_CODES", "DIALECTS", "BinanceUsdmDialect", "BybitDialect", "Dialect", "Exchange", "all_urls",
+    "LISTEN_KEY_GONE", "BINANCE_CODES", "ListenKey", "BYBIT_CODES", "DIALECTS", "BinanceUsdmDialect", "BybitDialect", "Dialect", "Exchange", "all_urls",
 ]
 
 log = logging.getLogger("posguard.ccxt")
@@ -191,6 +191,10 @@ class Dialect:
 
     async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
         raise NotImplementedError
+
+    def listen_key(self, exchange: Exchange) -> ListenKey | None:
+        """The credential the private stream is opened with, if it lapses unless extended."""
+        return None
 
     def watchers(self, exchange: Exchange) -> dict[Topic, Callable[[], Awaitable[object]]]:
         """One ccxt watch call per topic; each returns at the next message or raises on loss."""
@@ -379,6 +383,39 @@ BINANCE_CODES = VenueCodes(
 )
 
 
+LISTEN_KEY_GONE = "-1125"
+"""INVALID_LISTEN_KEY: the key lapsed or was replaced; only a new one brings the stream back."""
+
+
+class ListenKey:
+    """Binance's user-data stream key, kept alive by posguard rather than ccxt.
+
+    A key lapses 60 minutes after it was created or last extended, and the stream then goes
+    silent with its socket open. ccxt 4.5.90 extends it once, 20 minutes in, and never again
+    (its rescheduling looks for a subscription it never finds), so `PrivateStream` extends it
+    every ``listen_key_keepalive`` seconds through this object.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    async def extend(self) -> bool:
+        """False when Binance says the key is gone (a reconnect on a new key is needed); any
+        other failure raises ccxt's exception, to be retried."""
+        try:
+            await self._exchange.fapiPrivatePutListenKey()
+        except ccxt.BaseError as exc:
+            if venue_reply(exc)[0] == LISTEN_KEY_GONE:
+                return False
+            raise
+        return True
+
+    def forget(self) -> None:
+        """Make ccxt's next connect POST a new key: it reuses a cached one for 20 minutes."""
+        linear = self._exchange.options.get("linear") or {}
+        self._exchange.options["linear"] = linear | {"listenKey": None, "lastAuthenticatedTime": 0}
+
+
 class BinanceUsdmDialect(Dialect):
     """Binance USD-M futures, one-way mode.
 
@@ -408,6 +445,9 @@ class BinanceUsdmDialect(Dialect):
             "leverageBrackets": {},
         }
         return _make(HookedBinanceUsdm, config, credentials, options)
+
+    def listen_key(self, exchange: Exchange) -> ListenKey | None:
+        return ListenKey(exchange)
 
     def entry(self, request: OrderRequest) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"clientOrderId": request.client_order_id}

@@ -48,6 +48,7 @@ class PrivateListener(Protocol):
     def on_order(self, order: CcxtDict) -> None: ...
     def on_trade(self, trade: CcxtDict, client_order_id: str) -> None: ...
     def on_position(self, position: CcxtDict) -> None: ...
+    def on_listen_key_expired(self) -> None: ...
 
 
 class _Hooked:
@@ -126,6 +127,13 @@ def acknowledged_topics(client: Any, message: CcxtDict) -> list[str]:
 
 
 class HookedBinanceUsdm(_Hooked, ccxt.pro.binanceusdm):
+    def handle_message(self, client: Any, message: Any) -> None:
+        # ccxt drops ``listenKeyExpired``: the socket stays open and hears nothing ever again.
+        if isinstance(message, dict) and message.get("e") == "listenKeyExpired" and self.posguard_listener is not None:
+            self._tell("listen key expiry", self.posguard_listener.on_listen_key_expired)
+            return
+        super().handle_message(client, message)
+
     def handle_order(self, client: Any, message: CcxtDict) -> None:
         super().handle_order(client, message)
         listener = self.posguard_listener

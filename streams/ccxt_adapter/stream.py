@@ -33,6 +33,7 @@ import ccxt.async_support as ccxt
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from posguard.streams.ccxt_adapter.config import CcxtVenueConfig
+from posguard.streams.ccxt_adapter.dialects import LISTEN_KEY_GONE, ListenKey
 from posguard.streams.ccxt_adapter.errors import redact
 from posguard.streams.ccxt_adapter.mapping import CcxtDict, to_execution, to_order, to_position
 from posguard.streams.venue.errors import VenueError
@@ -72,6 +73,7 @@ class PrivateStream:
         trades: Callable[[str], bool],
         secrets: tuple[str, ...],
         rng: random.Random,
+        listen_key: ListenKey | None = None,
     ) -> None:
         self._exchange = exchange
         self._watchers = watchers
@@ -86,6 +88,8 @@ class PrivateStream:
         self._live_client: dict[Topic, Any] = {}
         self._changed = anyio.Event()
         self._alive_ms: dict[Topic, int] = {}
+        self._listen_key = listen_key
+        self._listen_key_lost = anyio.Event()
 
     # -- PrivateListener: called synchronously from ccxt's message handlers ----------------
 
@@ -101,6 +105,9 @@ class PrivateStream:
 
     def on_position(self, position: CcxtDict) -> None:
         self._emit(to_position(position, now_ms=self._clock()))
+
+    def on_listen_key_expired(self) -> None:
+        self._listen_key_lost.set()
 
     def _emit(self, event: VenueEvent) -> None:
         if self._outbox is None:
@@ -126,6 +133,8 @@ class PrivateStream:
                 tg.start_soon(self._forward, receive, sink, tg)
                 for topic in TOPICS:
                     tg.start_soon(self._run_topic, topic, name=f"ccxt stream {topic}")
+                if self._listen_key is not None:
+                    tg.start_soon(self._keep_listen_key, self._listen_key, name="ccxt listen key keepalive")
         finally:
             self._outbox = None
             send.close()
@@ -145,8 +154,9 @@ class PrivateStream:
     async def _run_topic(self, topic: Topic) -> None:
         delays = self._config.reconnect.delays(self._rng)
         announced: bool | None = None
+        stale = self._live_client.get(topic)
         while True:
-            came_up, reason = await self._session(topic, reconnect=announced is not None)
+            came_up, reason, stale = await self._session(topic, stale, reconnect=announced is not None)
             if came_up:
                 delays = self._config.reconnect.delays(self._rng)
                 announced = True
@@ -157,11 +167,12 @@ class PrivateStream:
             log.warning("%s stream %s down (%s); reconnecting in %.1f s", self._exchange.id, topic, reason, delay)
             await anyio.sleep(delay)
 
-    async def _session(self, topic: Topic, *, reconnect: bool) -> tuple[bool, str]:
-        """One connection's life for one topic. Returns (whether it came up, why it ended)."""
+    async def _session(self, topic: Topic, stale: Any, *, reconnect: bool) -> tuple[bool, str, Any]:
+        """One connection's life for one topic, on any live client but ``stale`` (the one the
+        last session ran on: read before the reconnect delay, another topic may already have
+        opened the shared connection). Returns (whether it came up, why it ended, its client)."""
         failure: list[str] = []
         came_up = False
-        stale = self._live_client.get(topic)
         async with anyio.create_task_group() as tg:
 
             async def pump() -> None:
@@ -187,7 +198,7 @@ class PrivateStream:
                 tg.start_soon(self._heartbeat, topic, client)
                 await self._fill_gap(topic)
                 await anyio.sleep_forever()
-        return came_up, (failure[0] if failure else "stopped")
+        return came_up, (failure[0] if failure else "stopped"), (client if client is not None else stale)
 
     async def _wait_live(self, topic: Topic, stale: Any) -> Any:
         while True:
@@ -204,6 +215,35 @@ class PrivateStream:
         for client in list((self._exchange.clients or {}).values()):
             if not client.closed():
                 client.on_error(ccxt.NetworkError(f"posguard: {why}; reconnecting"))
+
+    async def _keep_listen_key(self, key: ListenKey) -> None:
+        """Extend the key on schedule; when the venue says it is gone, end every topic's
+        session: they report down at once (actors ask over REST) and reconnect on a new key,
+        and each reconnect reads its REST snapshot."""
+        while True:
+            with anyio.move_on_after(self._config.listen_key_keepalive):
+                await self._listen_key_lost.wait()
+            if self._listen_key_lost.is_set():
+                why = "the venue says the listen key expired"
+            elif not await self._extend(key):
+                why = f"the venue says the listen key is gone ({LISTEN_KEY_GONE})"
+            else:
+                continue
+            self._listen_key_lost = anyio.Event()
+            log.warning("%s: %s; reconnecting on a new one", self._exchange.id, why)
+            key.forget()
+            self._drop_connections(why)
+
+    async def _extend(self, key: ListenKey) -> bool:
+        delays = self._config.reconnect.delays(self._rng)
+        while True:
+            try:
+                return await key.extend()
+            except (ccxt.BaseError, OSError) as exc:
+                delay = next(delays)
+                log.warning("%s listen key keepalive failed (%s); retrying in %.1f s",
+                            self._exchange.id, self._redact(f"{type(exc).__name__}: {exc}"), delay)
+                await anyio.sleep(delay)
 
     async def _heartbeat(self, topic: Topic, client: Any) -> None:
         keepalive_ms = self._config.keepalive * 1000

@@ -325,6 +325,7 @@ class CcxtVenue:
             trades=lambda symbol: not self._rules or symbol in self._rules,
             secrets=self._secrets,
             rng=self._rng,
+            listen_key=self._dialect.listen_key(self._exchange),
         )
         self._exchange.posguard_listener = private
         try:
