@@ -83,6 +83,10 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class StreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     stale_after: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
+    listen_key_keepalive: Annotated[float, msgspec.Meta(ge=60, le=3000)] = 1800.0
+    """binanceusdm: seconds between listen key extensions (`CcxtVenueConfig.listen_key_keepalive`).
+    Binance drops a key 60 minutes after its last extension; at most 3000 leaves ten minutes
+    for retries, at least 60 keeps the keepalive from flooding the venue."""
 
 
 class IntentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -267,6 +271,7 @@ def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
             rest_url=venue.rest_url,
             ws_url=venue.ws_url,
             resend_grace=venue.resend_grace,
+            listen_key_keepalive=config.streams.listen_key_keepalive,
         )
     except ConfigRefused as exc:
         raise ConfigError(f"venue.{exc.key}: {exc.reason}") from None

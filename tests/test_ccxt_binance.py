@@ -187,6 +187,7 @@ class Heard:
         self.orders: list[CcxtDict] = []
         self.trades: list[tuple[CcxtDict, str]] = []
         self.positions: list[CcxtDict] = []
+        self.expired = 0
 
     def on_ready(self, topic: Topic, client: Any) -> None:
         self.ready.append(topic)
@@ -199,6 +200,9 @@ class Heard:
 
     def on_position(self, position: CcxtDict) -> None:
         self.positions.append(position)
+
+    def on_listen_key_expired(self) -> None:
+        self.expired += 1
 
 
 async def test_user_data_stream_events_map_through_the_hooks() -> None:
