@@ -13,7 +13,9 @@ when it drops), waits until the venue confirms the topic is live, then:
   it was down. The evidence board de-duplicates and keeps the newest state.
 
 When the connection drops it sends ``StreamStatus(connected=False)`` and reconnects with
-exponential backoff and jitter. The events themselves come from `posguard.streams.ccxt_adapter.hooks`, as
+exponential backoff and jitter. Where the connection rides on a key that lapses (Binance's
+listen key, `ListenKey`), one more task extends it on schedule and, when the venue says it
+is gone, drops the connection the same way, so the next connect makes a new key. The events themselves come from `posguard.streams.ccxt_adapter.hooks`, as
 each message is parsed.
 
 Events pass through an unbounded in-memory queue so that ccxt's message handlers (plain
