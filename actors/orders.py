@@ -88,9 +88,8 @@ async def _until_resend_allowed(
     """
     rule = ctx.venue.unknown_order_rule
     is_entry = client_order_id == record.client_order_id
-    grace = ctx.settings.verification.lookup_grace
-    if is_entry and rule.entry_grace is not None:
-        grace = rule.entry_grace
+    lookup_grace = ctx.settings.verification.lookup_grace
+    grace = rule.grace_for_entry(lookup_grace) if is_entry else lookup_grace
     resend_at = anyio.current_time() + grace
     if not (is_entry and rule.entry_needs_silence):
         return await look_up(ctx, record, client_order_id, deadline, absent_after=resend_at)

@@ -43,6 +43,7 @@ __all__ = [
     "ledger",
     "outlives",
     "prove_gone",
+    "unknown_grace_passed",
     "proven_gone",
 ]
 
@@ -226,11 +227,11 @@ async def known(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) ->
     settled = (ids.is_internal(record.intent_id)  # adopted: there is no entry of ours that could still fill
                or (entry is not None and entry.is_final)
                or entry_qty(record, executions) >= record.qty - QTY_TOLERANCE
-               or (unknown_to_venue and _never_reached(ctx, record, executions)))
+               or (unknown_to_venue and _unknown_means_not_working(ctx, record, executions)))
     return Known(executions=executions, entry=entry, entry_settled=settled, position=ctx.board.position(record.symbol))
 
 
-def _never_reached(ctx: ActorContext, record: PositionRecord, executions: Iterable[Execution]) -> bool:
+def _unknown_means_not_working(ctx: ActorContext, record: PositionRecord, executions: Iterable[Execution]) -> bool:
     """Whether the venue's "no such order" may be taken to mean the entry is not working: only
     if nothing says it ever reached the venue (no acknowledgement, no fill, no execution) and
     the venue's grace has passed since it was sent. A venue's REST lags its own orders (seconds
@@ -238,8 +239,13 @@ def _never_reached(ctx: ActorContext, record: PositionRecord, executions: Iterab
     close concluded from it left the entry's later parts open (a fault schedule found it)."""
     if record.order_id or record.filled_qty > QTY_TOLERANCE or entry_qty(record, executions) > QTY_TOLERANCE:
         return False
-    rule = ctx.venue.unknown_order_rule
-    grace = rule.entry_grace if rule.entry_grace is not None else ctx.settings.verification.lookup_grace
+    return unknown_grace_passed(ctx, record)
+
+
+def unknown_grace_passed(ctx: ActorContext, record: PositionRecord) -> bool:
+    """Whether the venue's grace for an entry (`UnknownOrderRule.grace_for_entry`) has passed
+    since it was sent: before it, the venue calling the entry unknown may be its REST's lag."""
+    grace = ctx.venue.unknown_order_rule.grace_for_entry(ctx.settings.verification.lookup_grace)
     return ctx.venue.now_ms() - record.sent_ms >= grace * 1000
 
 

@@ -33,7 +33,7 @@ from posguard.actors.lifecycle.protection import (
     record_for_venue_position,
 )
 from posguard.actors.orders import cancel_leftover_stops
-from posguard.actors.proof import entry_qty, outlives, prove_gone
+from posguard.actors.proof import entry_qty, outlives, prove_gone, unknown_grace_passed
 from posguard.actors.records import (
     IN_FLIGHT_STATES,
     BadRecord,
@@ -314,7 +314,7 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
             await ctx.save(record)
             return f"resolved: filled {verdict.open_qty}; {record.state}"
     if await _never_reached(ctx, record, evidence):
-        grace = ctx.settings.verification.lookup_grace
+        grace = ctx.venue.unknown_order_rule.grace_for_entry(ctx.settings.verification.lookup_grace)
         record.transition(State.REJECTED, f"audit: never reached the venue: {record.client_order_id} still unknown"
                                           f" (open and history) over {grace:g} s after it was sent, no fill, no position")
         await ctx.save(record)
@@ -324,12 +324,11 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
 
 
 async def _never_reached(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> bool:
-    """The venue's own word, given after `VerificationSettings.lookup_grace` from the send,
+    """The venue's own word, given after its grace from the send (`unknown_grace_passed`),
     that it has no such order, no fill of it and no position: the entry never reached it.
     Only where that word is final (`UnknownOrderRule.unknown_is_final`: not Binance, issue 14).
     A venue that cannot answer proves nothing. A fill seen later makes the audit adopt it."""
-    grace_ms = ctx.settings.verification.lookup_grace * 1000
-    if not ctx.venue.unknown_order_rule.unknown_is_final or ctx.venue.now_ms() - record.sent_ms < grace_ms:
+    if not ctx.venue.unknown_order_rule.unknown_is_final or not unknown_grace_passed(ctx, record):
         return False
     if evidence.order is not None or evidence.fills or (evidence.position is not None and evidence.position.is_open):
         return False

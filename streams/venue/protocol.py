@@ -74,6 +74,11 @@ class UnknownOrderRule(msgspec.Struct, frozen=True, kw_only=True):
     push of it, no execution on the symbol since it was sent, no position of the symbol
     dated since then (or open). Any of these: it is verified from that, never resent."""
 
+    def grace_for_entry(self, lookup_grace: float) -> float:
+        """Seconds an entry must stay unknown before "unknown" says anything about it: the
+        venue's own grace, or the actor's ``lookup_grace`` where the venue has none."""
+        return self.entry_grace if self.entry_grace is not None else lookup_grace
+
 
 IDS_KEPT_FOR_GOOD = UnknownOrderRule(unknown_is_final=True)
 """Bybit's rule (and the simulated venue's by default): a reused id is refused for good."""
