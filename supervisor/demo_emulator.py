@@ -16,7 +16,7 @@ import anyio
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit.client import bybit_venue
 from posguard.streams.emulators.bybit.server import EmulatorServer, running_emulator
-from posguard.streams.emulators.bybit.truth import unprotected
+from posguard.streams.emulators.engine.truth import unprotected
 from posguard.supervisor.config import Config
 
 __all__ = ["EmulatorDemoVenue", "open_emulator_demo_venue"]

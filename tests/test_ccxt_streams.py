@@ -15,6 +15,7 @@ import pytest
 
 from posguard.streams.ccxt_adapter.hooks import acknowledged_topics
 from posguard.streams.emulators.bybit import running_emulator
+from posguard.streams.emulators.bybit.orders import create_order
 from posguard.streams.venue.events import TOPICS, Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from tests.emulator_fixtures import (  # noqa: F401
@@ -175,7 +176,7 @@ async def test_pushes_for_markets_posguard_does_not_trade_are_left_out() -> None
         async with recording(venue) as rec:
             mark = len(rec.events)
             # Someone trades the USDC perpetual on the same account (the topic carries it).
-            emu.engine.create_order({"category": "linear", "symbol": "BTCPERP", "side": "Buy", "orderType": "Market", "qty": "0.01"})
+            create_order(emu.engine, {"category": "linear", "symbol": "BTCPERP", "side": "Buy", "orderType": "Market", "qty": "0.01"})
             await venue.create_order(entry("pg-usdt-e"))
             await rec.wait_for(Position, lambda p: p.symbol == BTC, since=mark)
             assert "BTCPERP" in emu.truth()["positions"]

@@ -42,8 +42,8 @@ from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.emulators.bybit import EmulatorServer, ScriptedFailure, running_emulator
 from posguard.streams.emulators.bybit.client import run_config
-from posguard.streams.emulators.bybit.faults import Faults
-from posguard.streams.emulators.bybit.truth import is_protected
+from posguard.streams.emulators.engine.faults import Faults
+from posguard.streams.emulators.engine.truth import is_protected
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from posguard.streams.emulators.bybit import running_emulator
-from posguard.streams.emulators.bybit.engine import Engine, VenueReject
+from posguard.streams.emulators.bybit.orders import VenueReject, create_order
+from posguard.streams.emulators.engine.matching import Engine
 from posguard.supervisor.redis_server import free_port
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
@@ -30,7 +31,7 @@ def order(link: str, side: str = "Buy", qty: str = "0.01", **extra: object) -> d
 @pytest.mark.asyncio_backend
 async def test_control_api_moves_prices_sets_faults_and_tells_the_truth() -> None:
     async with running_emulator() as emu, aiohttp.ClientSession(base_url=emu.rest_url) as http:
-        emu.engine.create_order(order("ctl-e", stopLoss="59000"))
+        create_order(emu.engine, order("ctl-e", stopLoss="59000"))
 
         async def post(path: str, body: dict[str, object]) -> dict[str, object]:
             async with http.post(path, json=body) as response:
@@ -73,8 +74,8 @@ def test_runs_on_its_own_from_the_command_line(command: list[str]) -> None:
 
 def test_one_way_mode_an_opposite_order_reduces_then_flips() -> None:
     engine = Engine()
-    engine.create_order(order("flip-1", qty="0.01", stopLoss="59000"))
-    engine.create_order(order("flip-2", side="Sell", qty="0.03", stopLoss="61000"))
+    create_order(engine, order("flip-1", qty="0.01", stopLoss="59000"))
+    create_order(engine, order("flip-2", side="Sell", qty="0.03", stopLoss="61000"))
     position = engine.truth()["positions"]["BTCUSDT"]
     assert (position["side"], position["size"], position["stop_loss"]) == ("Sell", 0.02, 61_000.0)
     assert [e["qty"] for e in engine.truth()["executions"]] == [0.01, 0.03]
@@ -82,9 +83,9 @@ def test_one_way_mode_an_opposite_order_reduces_then_flips() -> None:
 
 def test_a_reduce_only_stop_with_nothing_left_to_reduce_is_deactivated_when_it_triggers() -> None:
     engine = Engine()
-    engine.create_order(order("ro-e"))
-    engine.create_order(order("ro-s1", side="Sell", triggerPrice="59000", triggerDirection=2, reduceOnly=True))
-    engine.create_order(order("ro-c0", side="Sell", reduceOnly=True))
+    create_order(engine, order("ro-e"))
+    create_order(engine, order("ro-s1", side="Sell", triggerPrice="59000", triggerDirection=2, reduceOnly=True))
+    create_order(engine, order("ro-c0", side="Sell", reduceOnly=True))
     engine.set_price("BTCUSDT", 58_000)
     statuses = {o["order_link_id"]: o["status"] for o in engine.truth()["orders"]}
     assert statuses == {"ro-e": "Filled", "ro-s1": "Deactivated", "ro-c0": "Filled"}
@@ -107,15 +108,15 @@ def test_a_reduce_only_stop_with_nothing_left_to_reduce_is_deactivated_when_it_t
 def test_requests_bybit_refuses(body: dict[str, object], code: int) -> None:
     engine = Engine()
     with pytest.raises(VenueReject) as refused:
-        engine.create_order(body)
+        create_order(engine, body)
     assert refused.value.code == code
     assert engine.truth()["orders"] == []
 
 
 def test_an_order_link_id_is_used_once() -> None:
     engine = Engine()
-    engine.create_order(order("once"))
+    create_order(engine, order("once"))
     with pytest.raises(VenueReject) as again:
-        engine.create_order(order("once"))
+        create_order(engine, order("once"))
     assert again.value.code == 110072
     assert len(engine.truth()["orders"]) == 1

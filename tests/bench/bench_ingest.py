@@ -80,8 +80,8 @@ from posguard.actors.store.keys import Keys
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
-from posguard.streams.emulators.bybit.engine import EmuExecution, EmuOrder, EmuPosition
-from posguard.streams.emulators.bybit.instruments import Instrument
+from posguard.streams.emulators.engine.matching import EmuExecution, EmuOrder, EmuPosition
+from posguard.streams.emulators.engine.instruments import Instrument
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.ingestion.ingestor import MAX_BATCH, Ingestor

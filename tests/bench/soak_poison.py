@@ -36,7 +36,7 @@ from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.emulators.bybit import EmulatorServer, running_emulator
 from posguard.streams.emulators.bybit.client import run_config
-from posguard.streams.emulators.bybit.truth import unprotected
+from posguard.streams.emulators.engine.truth import unprotected
 from posguard.supervisor.redis_server import PrivateRedisServer, restart_redis_server, start_redis_server
 from tests.bench.common import machine, print_table
 

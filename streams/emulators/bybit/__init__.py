@@ -11,7 +11,7 @@ move prices, turn fault knobs and read the ground truth. It only ever binds 127.
 or from a shell: ``posguard emulator --port 8765`` (or ``python -m posguard.streams.emulators.bybit``).
 """
 
-from posguard.streams.emulators.bybit.faults import Faults, ScriptedFailure
+from posguard.streams.emulators.engine.faults import Faults, ScriptedFailure
 from posguard.streams.emulators.bybit.server import (
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,

@@ -7,24 +7,17 @@ documentation's examples field for field where ccxt reads them.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from posguard.streams.emulators.engine.matching import fmt
 from posguard.streams.venue.events import PositionSide
 from posguard.streams.venue.liquidation import DEFAULT_LEVERAGE, MAINTENANCE_MARGIN_RATE, estimated_liquidation_price
 
 __all__ = ["execution_payload", "fmt", "order_payload", "position_payload"]
 
 if TYPE_CHECKING:
-    from posguard.streams.emulators.bybit.engine import EmuExecution, EmuOrder, EmuPosition
-    from posguard.streams.emulators.bybit.instruments import Instrument
-
-
-def fmt(value: float, step: str = "0.00000001") -> str:
-    """A number as Bybit writes it: a string, to the instrument's precision."""
-    if not value:
-        return "0"
-    return format(Decimal(repr(value)).quantize(Decimal(step)).normalize(), "f")
+    from posguard.streams.emulators.engine.instruments import Instrument
+    from posguard.streams.emulators.engine.matching import EmuExecution, EmuOrder, EmuPosition
 
 
 def order_payload(order: EmuOrder, instrument: Instrument) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
-from posguard.streams.emulators.bybit.engine import Engine, VenueReject, now_ms
-from posguard.streams.emulators.bybit.faults import take_scripted
-from posguard.streams.emulators.bybit.payloads import execution_payload
+from posguard.streams.emulators.bybit.instruments import instrument_payload
+from posguard.streams.emulators.bybit.orders import REJECTS, VenueReject, cancel_order, create_order
+from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
+from posguard.streams.emulators.engine.faults import take_scripted
+from posguard.streams.emulators.engine.matching import Engine, EmuOrder, Reject, now_ms
 from posguard.streams.emulators.bybit.signatures import rest_signature, signature_matches
 
 __all__ = ["BybitRest", "Handler", "PRIVATE_PREFIXES", "SEVEN_DAYS_MS", "WRITE_PATHS", "answer"]
@@ -74,6 +76,8 @@ class BybitRest:
             return answer({}, 10006, "Too many visits. Exceeded the API Rate Limit.")
         if scripted == "server_error":
             return answer({}, 10016, "Server error.")
+        if scripted == "clock_skew":
+            return answer({}, 10002, "invalid request, please check your server timestamp or recv_window param")
         if path.startswith(PRIVATE_PREFIXES):
             if request.headers.get("X-BAPI-API-KEY") != self.api_key:
                 return answer({}, 10003, "API key is invalid.")
@@ -85,6 +89,8 @@ class BybitRest:
             response = await handler(request)
         except VenueReject as reject:
             response = answer({}, reject.code, reject.message)
+        except Reject as reject:
+            response = answer({}, *reject.render(REJECTS))
         if faults.rest_latency:
             await asyncio.sleep(faults.rest_latency)
         if scripted in ("lost_504", "lost_drop") and path in WRITE_PATHS:
@@ -112,7 +118,7 @@ class BybitRest:
         category = request.query.get("category", "")
         status = request.query.get("status", "Trading")
         listed = [
-            i.payload() for i in self.engine.instruments.values() if category == "linear" and status == "Trading"
+            instrument_payload(i) for i in self.engine.instruments.values() if category == "linear" and status == "Trading"
         ]
         return answer({"category": category, "list": listed, "nextPageCursor": ""})
 
@@ -129,19 +135,19 @@ class BybitRest:
     # -- orders ----------------------------------------------------------------------------
 
     async def create_order(self, request: web.Request) -> web.Response:
-        order = self.engine.create_order(await _body(request))
+        order = create_order(self.engine, await _body(request))
         return answer({"orderId": order.order_id, "orderLinkId": order.link_id})
 
     async def cancel_order(self, request: web.Request) -> web.Response:
         body = await _body(request)
         if body.get("category") != "linear":
             raise VenueReject(10001, "params error: category only support linear")
-        order = self.engine.cancel_order(body)
+        order = cancel_order(self.engine, body)
         return answer({"orderId": order.order_id, "orderLinkId": order.link_id})
 
     async def realtime(self, request: web.Request) -> web.Response:
         query = self._linear(request, need_scope=True)
-        orders = self.engine.order_list()
+        orders = self._orders()
         by_id = query.get("orderId") or query.get("orderLinkId")
         if by_id:
             recent = self.engine.recent_closed_ids()
@@ -155,7 +161,7 @@ class BybitRest:
 
     async def history(self, request: web.Request) -> web.Response:
         query = self._linear(request, need_scope=False)
-        return self._page(request, _filter_orders(self.engine.order_list(), query), default=20, maximum=50)
+        return self._page(request, _filter_orders(self._orders(), query), default=20, maximum=50)
 
     # -- executions and positions ----------------------------------------------------------
 
@@ -176,7 +182,9 @@ class BybitRest:
     async def positions(self, request: web.Request) -> web.Response:
         query = self._linear(request, need_scope=True)
         symbol = query.get("symbol")
-        listed = self.engine.position_list()
+        listed = [
+            position_payload(p, self.engine.instruments[p.symbol], p.mark_price) for p in self.engine.position_list()
+        ]
         if symbol:
             listed = [p for p in listed if p["symbol"] == symbol]  # by symbol: even when flat
         else:
@@ -188,6 +196,9 @@ class BybitRest:
         return self._page(request, listed, default=20, maximum=200)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _orders(self) -> list[dict[str, Any]]:
+        return [_order(o, self.engine) for o in self.engine.order_list()]
 
     def _linear(self, request: web.Request, *, need_scope: bool) -> dict[str, str]:
         query = dict(request.query)
@@ -207,6 +218,10 @@ class BybitRest:
         return answer(
             {"category": "linear", "list": page, "nextPageCursor": str(offset + limit) if more else ""}
         )
+
+
+def _order(order: EmuOrder, engine: Engine) -> dict[str, Any]:
+    return order_payload(order, engine.instruments[order.symbol])
 
 
 def _is_open(order: dict[str, Any]) -> bool:

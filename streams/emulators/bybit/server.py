@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from posguard.streams.emulators.bybit.control import add_control_routes
-from posguard.streams.emulators.bybit.engine import Engine
-from posguard.streams.emulators.bybit.faults import Faults
-from posguard.streams.emulators.bybit.instruments import DEFAULT_INSTRUMENTS, Instrument
+from posguard.streams.emulators.engine.control import add_control_routes
+from posguard.streams.emulators.engine.matching import Engine
+from posguard.streams.emulators.engine.faults import Faults
+from posguard.streams.emulators.engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from posguard.streams.emulators.bybit.rest import BybitRest
 from posguard.streams.emulators.bybit.ws import PrivateHub
 

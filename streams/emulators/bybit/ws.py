@@ -24,7 +24,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from posguard.streams.emulators.bybit.engine import Engine, now_ms
+from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
+from posguard.streams.emulators.engine.matching import EmuExecution, EmuOrder, EmuPosition, Engine, now_ms
 from posguard.streams.emulators.bybit.signatures import signature_matches, ws_signature
 
 __all__ = ["Connection", "PrivateHub", "TOPICS"]
@@ -65,7 +66,9 @@ class PrivateHub:
         self.connects = 0
         engine.publishers.append(self.publish)
 
-    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+    def publish(self, topic: str, record: Any) -> None:
+        payload = self._payload(record)
+        topic = "position" if topic == "position_touched" else topic  # Bybit pushes it on every order change
         message = {"id": uuid.uuid4().hex, "topic": topic, "creationTime": now_ms(), "data": [payload]}
         faults = self.engine.faults
         for connection in list(self.connections):
@@ -78,6 +81,16 @@ class PrivateHub:
                 asyncio.get_running_loop().call_later(delay, connection.send, message)
             else:
                 connection.send(message)
+
+    def _payload(self, record: Any) -> dict[str, Any]:
+        """One engine record as Bybit pushes it (formatted now: the mark price of the moment)."""
+        engine = self.engine
+        if isinstance(record, EmuOrder):
+            return order_payload(record, engine.instruments[record.symbol])
+        if isinstance(record, EmuExecution):
+            return execution_payload(record, engine.instruments[record.order.symbol], engine.prices)
+        assert isinstance(record, EmuPosition)
+        return position_payload(record, engine.instruments[record.symbol], record.mark_price)
 
     async def disconnect_all(self) -> int:
         """Drop every private connection (a close frame, as a venue restart sends)."""

@@ -1,12 +1,12 @@
 """The control API: set prices and fault knobs, force disconnects, read the ground truth.
 
-Not part of Bybit: everything lives under ``/_control/`` and needs no key. In-process tests
-can use `posguard.streams.emulators.bybit.server.EmulatorServer` directly; this is for a separately started
-emulator (``posguard emulator``) and for the demo.
+Not part of any venue: everything lives under ``/_control/`` and needs no key, the same on the
+Bybit and the Binance emulator. In-process tests can use the ``EmulatorServer`` directly; this
+is for a separately started emulator (``posguard emulator``) and for the demo.
 
 * ``GET  /_control/truth``       positions, orders, executions, balance, prices, request counts
 * ``POST /_control/price``       ``{"symbol": "BTCUSDT", "price": 59000}`` (stops trigger)
-* ``POST /_control/faults``      a `posguard.streams.emulators.bybit.faults.Faults` object (replaces the knobs)
+* ``POST /_control/faults``      a `posguard.streams.emulators.engine.faults.Faults` object (replaces the knobs)
 * ``POST /_control/disconnect``  drop every private WebSocket; ``{"refuse": true}`` keeps
                                  refusing handshakes until faults are set again
 * ``POST /_control/liquidate``   ``{"symbol": "BTCUSDT"}``
@@ -15,21 +15,31 @@ emulator (``posguard emulator``) and for the demo.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 
-from posguard.streams.emulators.bybit.engine import VenueReject
-from posguard.streams.emulators.bybit.faults import Faults
+from posguard.streams.emulators.engine.faults import Faults
+from posguard.streams.emulators.engine.matching import Engine, Reject
 
-__all__ = ["add_control_routes"]
-
-if TYPE_CHECKING:
-    from posguard.streams.emulators.bybit.server import EmulatorServer
+__all__ = ["Controllable", "Hub", "add_control_routes"]
 
 
-def add_control_routes(app: web.Application, server: EmulatorServer) -> None:
+class Hub(Protocol):
+    async def disconnect_all(self) -> int: ...
+
+
+class Controllable(Protocol):
+    """What the control API needs of an emulator (both venues' ``EmulatorServer``)."""
+
+    engine: Engine
+    hub: Hub
+
+    def truth(self) -> dict[str, Any]: ...
+
+
+def add_control_routes(app: web.Application, server: Controllable) -> None:
     async def truth(request: web.Request) -> web.Response:
         return web.json_response(server.truth())
 
@@ -37,7 +47,7 @@ def add_control_routes(app: web.Application, server: EmulatorServer) -> None:
         body = await _json(request)
         try:
             server.engine.set_price(str(body["symbol"]), float(body["price"]))
-        except (KeyError, TypeError, ValueError, VenueReject) as exc:
+        except (KeyError, TypeError, ValueError, Reject) as exc:
             raise web.HTTPBadRequest(text=f"expected {{'symbol': 'BTCUSDT', 'price': 59000}}: {exc}") from None
         return web.json_response({"ok": True})
 

@@ -13,28 +13,36 @@ import msgspec
 
 __all__ = ["FailureKind", "Faults", "ScriptedFailure", "WsTopic", "take_scripted"]
 
-FailureKind = Literal["http_503", "rate_limit", "server_error", "lost_504", "lost_drop"]
-"""``http_503``, ``rate_limit`` (retCode 10006) and ``server_error`` (retCode 10016) fail the
-request *before* it takes effect. ``lost_504`` and ``lost_drop`` apply it and then lose the
-response: a 504 from the gateway, or the connection closed without an answer."""
+FailureKind = Literal["http_503", "rate_limit", "server_error", "clock_skew", "lost_504", "lost_drop"]
+"""``http_503``, ``rate_limit`` (Bybit retCode 10006; Binance HTTP 429 -1003),
+``server_error`` (Bybit retCode 10016; Binance HTTP 500 -1001) and ``clock_skew`` (Bybit
+retCode 10002; Binance -1021, timestamp outside recvWindow) fail the request *before* it
+takes effect. ``lost_504`` and ``lost_drop`` apply it and then lose the response: a 504 from
+the gateway, or the connection closed without an answer."""
 
-WsTopic = Literal["position", "order", "execution"]
+WsTopic = Literal["position", "order", "execution", "algo"]
+"""Bybit's private topics; the Binance front maps its events onto them (``ORDER_TRADE_UPDATE``
+is ``order``, ``TRADE_LITE`` is ``execution``, ``ACCOUNT_UPDATE`` is ``position``,
+``ALGO_UPDATE`` is ``algo``)."""
 
 
 class ScriptedFailure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     path: str
-    """Request path, e.g. ``/v5/order/create``."""
+    """Request path, e.g. ``/v5/order/create`` or ``/fapi/v1/order``."""
     kind: FailureKind
     count: int = 1
 
 
 class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     position_list_lag: float = 0.0
-    """Seconds before a position change shows in ``/v5/position/list`` (pushes are not delayed)."""
+    """Seconds before a position change shows in ``/v5/position/list`` or ``/fapi/v3/positionRisk``
+    (pushes are not delayed)."""
     order_list_lag: float = 0.0
-    """Seconds before an order change shows in ``/v5/order/realtime`` and ``/history``."""
+    """Seconds before an order change shows in ``/v5/order/realtime`` and ``/history`` (Bybit),
+    or in ``GET /fapi/v1/order``, ``openOrders``, ``algoOrder`` and ``openAlgoOrders`` (Binance,
+    where an order not yet visible answers -2013 "Order does not exist.")."""
     execution_list_lag: float = 0.0
-    """Seconds before a fill shows in ``/v5/execution/list``."""
+    """Seconds before a fill shows in ``/v5/execution/list`` or ``/fapi/v1/userTrades``."""
     split_fill_after: float = 0.0
     """When > 0, a market entry fills in two halves, the second this many seconds after the
     first (a thin book): the order is ``PartiallyFilled`` in between and the position grows."""
@@ -47,12 +55,18 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rest_error_rate: float = 0.0
     """Probability that a REST call fails with HTTP 503 before taking effect."""
     rate_limit_rate: float = 0.0
-    """Probability that a REST call is refused with retCode 10006 before taking effect."""
+    """Probability that a REST call is refused (Bybit retCode 10006, Binance 429 -1003) before
+    taking effect."""
     fail_next: list[ScriptedFailure] = msgspec.field(default_factory=list)
     refuse_ws: bool = False
     """While set, private WebSocket handshakes are answered with HTTP 503."""
     drop_subscribe_acks: bool = False
     """While set, ``subscribe`` requests take effect but are never acknowledged."""
+    listen_key_lifetime: float = 3600.0
+    """Binance: seconds a listenKey lives after its creation or last keepalive (PUT); then the
+    stream sends ``listenKeyExpired`` and the key answers -1125."""
+    ws_connection_lifetime: float = 86400.0
+    """Binance: seconds a user-data connection may live before the server closes it (24 h)."""
     mute_ws: bool = False
     """While set, open private connections stay open but nothing is sent on them: no pongs,
     no acknowledgements, no pushes (a half-dead connection the client must detect itself)."""

@@ -1,0 +1,112 @@
+"""Bybit's side of an order request: the V5 body parsed into the engine's `NewOrder`, and the
+engine's rejects written as Bybit writes them (retCode, retMsg).
+
+The form checks (category, side, orderType, positionIdx, orderLinkId) are Bybit's own; what
+the engine refuses (a duplicate id, nothing to reduce, a stop that would trigger, ...) comes
+back as a `Reject` and `REJECTS` turns it into Bybit's code and message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from posguard.streams.emulators.engine.matching import EmuOrder, Engine, NewOrder, Reject, parse_bool
+
+__all__ = ["LINK_ID", "REJECTS", "VenueReject", "cancel_order", "create_order"]
+
+LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+
+REJECTS: dict[str, tuple[int, str]] = {
+    "bad_symbol": (10001, "params error: symbol invalid"),
+    "bad_qty": (10001, "params error: qty invalid"),
+    "qty_step": (10001, "Qty invalid: must be a positive multiple of {step}"),
+    "qty_min": (10001, "The number of contracts exceeds minimum limit allowed"),
+    "qty_max": (10001, "The number of contracts exceeds maximum limit allowed"),
+    "duplicate_id": (110072, "OrderLinkedID is duplicate"),
+    "nothing_to_reduce": (110017, "current position is zero, cannot fix reduce-only order qty"),
+    "would_trigger:rising": (110092, "expect Rising, but trigger_price[{trigger}] <= current[{price}]??LastPrice"),
+    "would_trigger:falling": (110093, "expect Falling, but trigger_price[{trigger}] >= current[{price}]??LastPrice"),
+    "min_notional": (110094, "Order does not meet minimum order value {min_notional}USDT"),
+    "insufficient_margin": (110007, "ab not enough for new order"),
+    "stop_loss_side:Buy": (10001, "StopLoss:{stop_loss} set for Buy position should lower than base_price:{price}??LastPrice"),
+    "stop_loss_side:Sell": (10001, "StopLoss:{stop_loss} set for Sell position should higher than base_price:{price}??LastPrice"),
+    "not_found": (110001, "order not exists or too late to cancel"),
+    "close_position_exists": (10001, "params error: closePosition is not a Bybit parameter"),
+    "too_many_conditionals": (10001, "params error: too many conditional orders"),
+}
+
+
+class VenueReject(Exception):
+    """A request Bybit would refuse, with Bybit's retCode and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def of(cls, reject: Reject) -> VenueReject:
+        return cls(*reject.render(REJECTS))
+
+
+def create_order(engine: Engine, body: dict[str, Any]) -> EmuOrder:
+    """``POST /v5/order/create``'s body, checked as Bybit checks it, then matched."""
+    try:
+        return engine.create_order(_new_order(engine, body))
+    except Reject as reject:
+        raise VenueReject.of(reject) from None
+
+
+def cancel_order(engine: Engine, body: dict[str, Any]) -> EmuOrder:
+    """``POST /v5/order/cancel``: by ``orderId`` else ``orderLinkId``."""
+    try:
+        return engine.cancel_order(engine.find(body.get("orderId"), body.get("orderLinkId")), body.get("symbol"))
+    except Reject as reject:
+        raise VenueReject.of(reject) from None
+
+
+def _new_order(engine: Engine, body: dict[str, Any]) -> NewOrder:
+    if body.get("category") != "linear":
+        raise VenueReject(10001, "params error: the emulator lists category=linear only")
+    instrument = engine.instrument(body.get("symbol"))
+    side = body.get("side")
+    if side not in ("Buy", "Sell"):
+        raise VenueReject(10001, "params error: side invalid")
+    if body.get("orderType") != "Market":
+        raise VenueReject(10001, "params error: the emulator supports orderType=Market only")
+    if int(body.get("positionIdx") or 0) != 0:
+        raise VenueReject(10001, "position idx not match position mode")
+    qty = engine.qty(instrument, body.get("qty"))
+    link_id = str(body.get("orderLinkId") or "")
+    if link_id and not LINK_ID.match(link_id):
+        raise VenueReject(10001, "params error: orderLinkId invalid")
+    if link_id and engine.clashes(link_id, conditional=bool(body.get("triggerPrice"))):
+        raise VenueReject.of(Reject("duplicate_id"))
+    reduce_only = parse_bool(body.get("reduceOnly"))
+    trigger = _num(body.get("triggerPrice"))
+    stop_loss = _num(body.get("stopLoss"))
+    if reduce_only and stop_loss:
+        raise VenueReject(10001, "params error: TP/SL cannot be set on a reduce-only order")
+    direction = int(body.get("triggerDirection") or 0)
+    if trigger:
+        price = engine.prices[instrument.symbol]
+        # Bybit checks the crossing before the direction's form: keep its order.
+        if direction == 1 and trigger <= price:
+            raise VenueReject.of(Reject("would_trigger", variant="rising", trigger=trigger, price=price))
+        if direction == 2 and trigger >= price:
+            raise VenueReject.of(Reject("would_trigger", variant="falling", trigger=trigger, price=price))
+        if direction not in (1, 2):
+            raise VenueReject(10001, "params error: triggerDirection must be 1 or 2")
+    return NewOrder(
+        symbol=instrument.symbol, side=side, qty=qty, client_id=link_id, reduce_only=reduce_only,
+        close_on_trigger=parse_bool(body.get("closeOnTrigger")), stop_loss=stop_loss, trigger_price=trigger,
+        trigger_direction=direction if trigger else 0,
+    )
+
+
+def _num(value: object) -> float:
+    try:
+        return float(value) if value not in (None, "") else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise VenueReject(10001, f"params error: {value!r} is not a number") from None
