@@ -72,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     safe = commands.add_parser("safe-mode", help="leave safe mode (after fixing what caused it)")
     safe.add_argument("action", choices=["off"])
     emulator = commands.add_parser(
-        "emulator", help="run the local Bybit V5 emulator (REST + private WebSocket on 127.0.0.1) until Ctrl-C",
-        description="A local Bybit V5 emulator that real ccxt.pro can drive: rehearse a bot against it with "
-                    "venue.rest_url/ws_url pointed at the addresses it prints. Binds 127.0.0.1 only.")
-    from posguard.streams.emulators.bybit.__main__ import add_arguments as add_emulator_arguments
+        "emulator", help="run a local exchange emulator (Bybit V5 or Binance USD-M: REST + private WebSocket on "
+                         "127.0.0.1) until Ctrl-C",
+        description="A local Bybit V5 (--venue bybit) or Binance USD-M futures (--venue binance) emulator that "
+                    "real ccxt.pro can drive: rehearse a bot against it with venue.rest_url/ws_url pointed at the "
+                    "addresses it prints. Binds 127.0.0.1 only.")
+    from posguard.streams.emulators.command import add_arguments as add_emulator_arguments
 
     add_emulator_arguments(emulator)
     return parser
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "emulator":
-        from posguard.streams.emulators.bybit.__main__ import serve_from_args
+        from posguard.streams.emulators.command import serve_from_args
 
         return serve_from_args(args)
     try:

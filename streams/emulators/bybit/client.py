@@ -1,7 +1,8 @@
-"""A `CcxtVenue` aimed at an emulator: real ccxt.pro, nothing but 127.0.0.1.
+"""A `CcxtVenue` aimed at an emulator (Bybit or Binance): real ccxt.pro, nothing but 127.0.0.1.
 
 Used by the tests, by ``posguard demo --venue emulator`` and by anyone rehearsing against
-``posguard emulator``.
+``posguard emulator``. The exchange is the emulator's: ``bybit`` for the Bybit one,
+``binanceusdm`` for the Binance one (`exchange_for`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any
 from posguard.streams.backoff import Backoff
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
-from posguard.streams.emulators.bybit.server import DEFAULT_API_KEY, DEFAULT_API_SECRET, EmulatorServer
+from posguard.streams.emulators.engine.serving import DEFAULT_API_KEY, DEFAULT_API_SECRET, EmulatorBase
 
-__all__ = ["FAST_STREAMS", "bybit_venue", "emulator_config", "run_config"]
+__all__ = ["EXCHANGES", "FAST_STREAMS", "binance_venue", "bybit_venue", "emulator_config", "emulator_venue",
+           "exchange_for", "run_config"]
+
+EXCHANGES = {"bybit": "bybit", "binance": "binanceusdm"}
+"""An emulator's venue -> the ccxt exchange (and ``[venue] kind``) that speaks to it."""
 
 FAST_STREAMS = {
     "heartbeat_interval": 0.2,
@@ -25,10 +30,14 @@ FAST_STREAMS = {
 }
 
 
-def emulator_config(emu: EmulatorServer, **overrides: Any) -> CcxtVenueConfig:
-    """A Bybit config aimed at ``emu``, refusing anything outside 127.0.0.1."""
+def exchange_for(emu: EmulatorBase) -> str:
+    return EXCHANGES[emu.venue]
+
+
+def emulator_config(emu: EmulatorBase, **overrides: Any) -> CcxtVenueConfig:
+    """A config for ``emu``'s exchange aimed at it, refusing anything outside 127.0.0.1."""
     fields = {
-        "exchange": "bybit",
+        "exchange": exchange_for(emu),
         "account": "test",
         "environment": "live",
         "rest_url": emu.rest_url,
@@ -41,9 +50,10 @@ def emulator_config(emu: EmulatorServer, **overrides: Any) -> CcxtVenueConfig:
 
 
 @asynccontextmanager
-async def bybit_venue(
-    emu: EmulatorServer, *, credentials: ApiCredentials | None = None, **overrides: Any
+async def emulator_venue(
+    emu: EmulatorBase, *, credentials: ApiCredentials | None = None, **overrides: Any
 ) -> AsyncIterator[CcxtVenue]:
+    """A `CcxtVenue` on ``emu``'s exchange (Bybit or Binance), closed on exit."""
     venue = CcxtVenue(
         emulator_config(emu, **overrides), credentials or ApiCredentials(DEFAULT_API_KEY, DEFAULT_API_SECRET)
     )
@@ -53,16 +63,21 @@ async def bybit_venue(
         await venue.aclose()
 
 
+bybit_venue = emulator_venue
+"""The Bybit emulator's `CcxtVenue` (the same helper: the exchange follows the emulator)."""
+binance_venue = emulator_venue
+"""The Binance emulator's `CcxtVenue` on ``binanceusdm``."""
 
 
-def run_config(emu: EmulatorServer, redis_url: str, account: str, extra: str = "") -> str:
+def run_config(emu: EmulatorBase, redis_url: str, account: str, extra: str = "") -> str:
     """A config.toml for ``posguard run`` against ``emu`` (API key ``emulator-key``, secret
-    ``emulator-secret`` in the environment): the start of a rehearsal."""
+    ``emulator-secret`` in the environment): the start of a rehearsal. ``[venue] kind`` follows
+    the emulator: ``bybit`` or ``binanceusdm``."""
     return f"""
 [account]
 name = "{account}"
 [venue]
-kind = "bybit"
+kind = "{exchange_for(emu)}"
 testnet = false
 rest_url = "{emu.rest_url}"
 ws_url = "{emu.ws_url}"

@@ -7,7 +7,6 @@ takes, its ``engine`` is the ground truth. `serve_forever` is the command-line e
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,21 +14,20 @@ from typing import Any
 
 from aiohttp import web
 
-from posguard.streams.emulators.engine.control import add_control_routes
-from posguard.streams.emulators.engine.matching import Engine
-from posguard.streams.emulators.engine.faults import Faults
-from posguard.streams.emulators.engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from posguard.streams.emulators.bybit.rest import BybitRest
 from posguard.streams.emulators.bybit.ws import PrivateHub
+from posguard.streams.emulators.engine.control import add_control_routes
+from posguard.streams.emulators.engine.faults import Faults
+from posguard.streams.emulators.engine.instruments import DEFAULT_INSTRUMENTS, Instrument
+from posguard.streams.emulators.engine.matching import Engine
+from posguard.streams.emulators.engine.serving import DEFAULT_API_KEY, DEFAULT_API_SECRET, HOST, EmulatorBase, serve
 
 __all__ = ["DEFAULT_API_KEY", "DEFAULT_API_SECRET", "EmulatorServer", "HOST", "running_emulator", "serve_forever"]
 
-DEFAULT_API_KEY = "emulator-key"
-DEFAULT_API_SECRET = "emulator-secret"
-HOST = "127.0.0.1"
 
+class EmulatorServer(EmulatorBase):
+    venue = "bybit"
 
-class EmulatorServer:
     def __init__(
         self,
         *,
@@ -40,6 +38,7 @@ class EmulatorServer:
         instruments: tuple[Instrument, ...] = DEFAULT_INSTRUMENTS,
         balance: float = 100_000.0,
     ) -> None:
+        super().__init__()
         rng = random.Random(seed)
         self.engine = Engine(instruments=instruments, balance=balance, faults=faults)
         self.rest = BybitRest(self.engine, api_key, rng, api_secret)
@@ -48,41 +47,6 @@ class EmulatorServer:
         self.rest.routes(self.app)
         self.app.router.add_get("/v5/private", self.hub.handle)
         add_control_routes(self.app, self)
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{HOST}:{self.port}"
-
-    @property
-    def faults(self) -> Faults:
-        return self.engine.faults
-
-    def truth(self) -> dict[str, Any]:
-        return self.engine.truth() | {"requests": dict(self.rest.requests), "ws_connects": self.hub.connects}
-
-    def requests(self, method_path: str) -> int:
-        """How many requests ``"POST /v5/order/create"`` (say) the emulator has seen."""
-        return self.rest.requests[method_path]
-
-    async def start(self, port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, port)
-        await site.start()
-        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        await self.hub.disconnect_all()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 @asynccontextmanager
@@ -96,13 +60,8 @@ async def running_emulator(**kwargs: Any) -> AsyncIterator[EmulatorServer]:
 
 
 async def serve_forever(port: int, *, api_key: str, seed: int, api_secret: str = DEFAULT_API_SECRET) -> None:
-    server = EmulatorServer(api_key=api_key, api_secret=api_secret, seed=seed)
-    await server.start(port)
-    print(f"Bybit V5 emulator on {server.rest_url} (REST) and {server.ws_url}/v5/private (private WS);"
-          f' point posguard at it with venue.rest_url = "{server.rest_url}", venue.ws_url = "{server.ws_url}"',
-          flush=True)
-    print(f"API key: {api_key!r}, secret: {api_secret!r} (requests must be signed with it, as on Bybit); control API: {server.rest_url}/_control/truth")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
+    banner = ("Bybit V5 emulator on {rest_url} (REST) and {ws_url}/v5/private (private WS);"
+              ' point posguard at it with venue.rest_url = "{rest_url}", venue.ws_url = "{ws_url}"\n'
+              f"API key: {api_key!r}, secret: {api_secret!r} (requests must be signed with it, as on Bybit); "
+              "control API: {rest_url}/_control/truth")
+    await serve(EmulatorServer(api_key=api_key, api_secret=api_secret, seed=seed), port, banner)
