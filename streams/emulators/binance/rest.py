@@ -50,6 +50,8 @@ PUBLIC_PATHS = frozenset({
 KEY_ONLY_PATHS = frozenset({"/fapi/v1/listenKey"})
 WRITE_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
 """Paths whose POST/DELETE a ``lost_504``/``lost_drop`` fault applies and then loses."""
+PARAMS = web.RequestKey("params", dict)
+"""A request's parameters: the query string and the form body together, as Binance reads them."""
 DEFAULT_RECV_WINDOW = 5000
 SEVEN_DAYS_MS = 7 * 86_400_000
 
@@ -120,7 +122,7 @@ class BinanceRest:
             return error(-1099, "Not found, unauthenticated, or unauthorized.", status=404)
         body = await request.text() if request.can_read_body else ""
         params = dict(parse_qsl(request.query_string, keep_blank_values=True)) | dict(parse_qsl(body, keep_blank_values=True))
-        request["params"] = params
+        request[PARAMS] = params
         if path not in PUBLIC_PATHS:
             refused = self._authorised(request, params, body, signed=path not in KEY_ONLY_PATHS)
             if refused is not None:
@@ -175,7 +177,7 @@ class BinanceRest:
         return web.json_response(payloads.exchange_info(list(self.engine.instruments.values()), now_ms()))
 
     async def ticker_24hr(self, request: web.Request) -> web.Response:
-        symbol = request["params"].get("symbol")
+        symbol = request[PARAMS].get("symbol")
         rows = [payloads.ticker_24hr(i, self.engine.prices[i.symbol], now_ms())
                 for i in self.engine.instruments.values() if not symbol or i.symbol == symbol]
         if symbol and not rows:
@@ -183,7 +185,7 @@ class BinanceRest:
         return web.json_response(rows[0] if symbol else rows)
 
     async def ticker_price(self, request: web.Request) -> web.Response:
-        symbol = request["params"].get("symbol")
+        symbol = request[PARAMS].get("symbol")
         rows = [{"symbol": i.symbol, "price": fmt(self.engine.prices[i.symbol], i.tick), "time": now_ms()}
                 for i in self.engine.instruments.values() if not symbol or i.symbol == symbol]
         if symbol and not rows:
@@ -191,7 +193,7 @@ class BinanceRest:
         return web.json_response(rows[0] if symbol else rows)
 
     async def premium_index(self, request: web.Request) -> web.Response:
-        symbol = mandatory(request["params"], "symbol")
+        symbol = mandatory(request[PARAMS], "symbol")
         instrument = self.engine.instrument(symbol)
         price = fmt(self.engine.prices[symbol], instrument.tick)
         return web.json_response({
@@ -203,7 +205,7 @@ class BinanceRest:
     # -- orders ----------------------------------------------------------------------------
 
     async def new_order(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         order = market_order(self.engine, params)
         answer = payloads.order_payload(order, self.engine.instruments[order.symbol])
         if params.get("newOrderRespType", "ACK") == "ACK":
@@ -212,7 +214,7 @@ class BinanceRest:
         return web.json_response(answer)
 
     async def query_order(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         symbol = self._symbol(params)
         found = self._visible_order(params, symbol)
         if found is None:
@@ -220,7 +222,7 @@ class BinanceRest:
         return web.json_response(payloads.order_payload(found, self.engine.instruments[symbol]))
 
     async def cancel_order(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         symbol = self._symbol(params)
         order_id, client_id = _ids(params, "orderId", "origClientOrderId")
         order = self.engine.find(order_id, client_id, conditional=False)
@@ -230,7 +232,7 @@ class BinanceRest:
         return web.json_response(payloads.order_payload(order, self.engine.instruments[symbol]))
 
     async def open_orders(self, request: web.Request) -> web.Response:
-        symbol = request["params"].get("symbol")
+        symbol = request[PARAMS].get("symbol")
         if symbol:
             self.engine.instrument(symbol)
         listed = [o for o in self.engine.order_list() if not o.conditional and o.is_open and (not symbol or o.symbol == symbol)]
@@ -239,11 +241,11 @@ class BinanceRest:
     # -- algo (conditional) orders ---------------------------------------------------------
 
     async def new_algo_order(self, request: web.Request) -> web.Response:
-        order = algo_order(self.engine, request["params"])
+        order = algo_order(self.engine, request[PARAMS])
         return web.json_response(payloads.algo_payload(order, self.engine.instruments[order.symbol]))
 
     async def query_algo_order(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         algo_id, client_id = _ids(params, "algoId", "clientAlgoId")
         visible = [o for o in self.engine.order_list() if o.conditional]
         found = next((o for o in visible if (o.order_id == algo_id if algo_id else o.link_id == client_id)), None)
@@ -252,7 +254,7 @@ class BinanceRest:
         return web.json_response(payloads.algo_payload(found, self.engine.instruments[found.symbol]))
 
     async def cancel_algo_order(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         algo_id, client_id = _ids(params, "algoId", "clientAlgoId")
         order = self.engine.find(algo_id, client_id, conditional=True)
         if order is None or not order.is_open:
@@ -261,12 +263,12 @@ class BinanceRest:
         return web.json_response({"algoId": int(order.order_id), "clientAlgoId": order.link_id, "code": "200", "msg": "success"})
 
     async def open_algo_orders(self, request: web.Request) -> web.Response:
-        symbol = request["params"].get("symbol")
+        symbol = request[PARAMS].get("symbol")
         listed = [o for o in self.engine.order_list() if o.conditional and o.is_open and (not symbol or o.symbol == symbol)]
         return web.json_response([payloads.algo_payload(o, self.engine.instruments[o.symbol]) for o in listed])
 
     async def all_algo_orders(self, request: web.Request) -> web.Response:
-        symbol = self._symbol(request["params"])
+        symbol = self._symbol(request[PARAMS])
         listed = [o for o in reversed(self.engine.order_list()) if o.conditional and o.symbol == symbol]
         return web.json_response([payloads.algo_payload(o, self.engine.instruments[symbol]) for o in listed])
 
@@ -275,7 +277,7 @@ class BinanceRest:
     async def user_trades(self, request: web.Request) -> web.Response:
         """Ascending by trade id; at most seven days between ``startTime`` and ``endTime``
         (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/Account-Trade-List)."""
-        params = request["params"]
+        params = request[PARAMS]
         symbol = self._symbol(params)
         limit = int(params.get("limit") or 500)
         if not 1 <= limit <= 1000:
@@ -304,7 +306,7 @@ class BinanceRest:
 
     async def position_risk(self, request: web.Request) -> web.Response:
         """V3 lists only symbols with a position (one-way mode: one row each)."""
-        symbol = request["params"].get("symbol")
+        symbol = request[PARAMS].get("symbol")
         if symbol:
             self.engine.instrument(symbol)
         rows = [
@@ -315,7 +317,7 @@ class BinanceRest:
 
     async def symbol_config(self, request: web.Request) -> web.Response:
         """``GET /fapi/v1/symbolConfig`` (what ccxt's ``fetch_leverages`` reads)."""
-        symbol = request["params"].get("symbol")
+        symbol = request[PARAMS].get("symbol")
         return web.json_response([
             {"symbol": i.symbol, "marginType": "CROSSED", "isAutoAddMargin": "false", "leverage": int(LEVERAGE),
              "maxNotionalValue": "1000000"}
@@ -324,7 +326,7 @@ class BinanceRest:
 
     async def leverage(self, request: web.Request) -> web.Response:
         """Accepted and echoed; the engine's margin model keeps its one leverage."""
-        params = request["params"]
+        params = request[PARAMS]
         symbol = self._symbol(params)
         try:
             leverage = int(mandatory(params, "leverage"))
@@ -338,7 +340,7 @@ class BinanceRest:
         return web.json_response({"dualSidePosition": self.dual_side})
 
     async def set_dual_side(self, request: web.Request) -> web.Response:
-        wanted = mandatory(request["params"], "dualSidePosition").lower() == "true"
+        wanted = mandatory(request[PARAMS], "dualSidePosition").lower() == "true"
         if wanted == self.dual_side:
             raise BinanceReject(-4059, "No need to change position side.")
         raise BinanceReject(-4068, "The emulator trades in one-way mode only.")
@@ -349,13 +351,13 @@ class BinanceRest:
         return web.json_response({"listenKey": self.hub.keys.create()})
 
     async def keepalive_listen_key(self, request: web.Request) -> web.Response:
-        key = self.hub.keys.extend(request["params"].get("listenKey"))
+        key = self.hub.keys.extend(request[PARAMS].get("listenKey"))
         if key is None:
             raise BinanceReject(-1125, "This listenKey does not exist.")
         return web.json_response({"listenKey": key})
 
     async def close_listen_key(self, request: web.Request) -> web.Response:
-        await self.hub.close_key(request["params"].get("listenKey"))
+        await self.hub.close_key(request[PARAMS].get("listenKey"))
         return web.json_response({})
 
     # -- helpers ---------------------------------------------------------------------------
