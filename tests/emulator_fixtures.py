@@ -13,6 +13,7 @@ import math
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -20,15 +21,34 @@ import pytest
 
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.bybit.client import FAST_STREAMS, bybit_venue, emulator_config
-from posguard.streams.emulators.bybit.server import EmulatorServer
+from posguard.streams.emulators.binance.server import running_binance_emulator
+from posguard.streams.emulators.bybit.server import running_emulator
+from posguard.streams.emulators.engine.serving import EmulatorBase
 from posguard.streams.venue.events import TOPICS, StreamStatus, VenueEvent
 
 __all__ = [
-    "FAST_STREAMS", "StreamRecorder", "bybit_venue", "emulator_config", "loopback_network_only", "recording",
-    "truth_order",
+    "EMULATORS", "EmulatorKind", "FAST_STREAMS", "StreamRecorder", "bybit_venue", "emulator_config",
+    "loopback_network_only", "recording", "truth_order",
 ]
 
 E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class EmulatorKind:
+    """What a venue-parametrised test needs to know of one emulator."""
+
+    name: str
+    running: Callable[..., Any]  # an async context manager yielding the EmulatorServer
+    create_path: str  # where a market entry is POSTed
+    position_list: str  # "METHOD /path" of the REST position list
+    attached_stop: bool  # the stop rides on the entry (Bybit) or is its own order after the fill (Binance)
+
+
+EMULATORS: dict[str, EmulatorKind] = {
+    "bybit": EmulatorKind("bybit", running_emulator, "/v5/order/create", "GET /v5/position/list", True),
+    "binance": EmulatorKind("binance", running_binance_emulator, "/fapi/v1/order", "GET /fapi/v3/positionRisk", False),
+}
 
 class StreamRecorder:
     """Everything a venue's stream pushed, and a way to wait for what a test expects."""
@@ -75,7 +95,7 @@ async def recording(venue: CcxtVenue) -> AsyncIterator[StreamRecorder]:
         tg.cancel_scope.cancel()
 
 
-def truth_order(emu: EmulatorServer, link_id: str) -> dict[str, Any]:
+def truth_order(emu: EmulatorBase, link_id: str) -> dict[str, Any]:
     [order] = [o for o in emu.truth()["orders"] if o["order_link_id"] == link_id]
     return order
 
