@@ -397,3 +397,26 @@ async def test_ccxt_stream_carries_orders_fills_and_positions() -> None:
 def test_run_config_names_the_binance_venue_kind() -> None:
     text = run_config(EmulatorServer(), "redis://127.0.0.1:1", "acct")
     assert 'kind = "binanceusdm"' in text
+
+
+async def test_the_shared_control_api_drives_the_binance_emulator() -> None:
+    async with wire() as (emu, w):
+        key = (await w.ok("POST", "/fapi/v1/listenKey", signed=False))["listenKey"]
+        await w.ok("POST", "/fapi/v1/order", **market("w-ctl"))
+        await w.ok("POST", "/fapi/v1/algoOrder", **stop("w-ctl-s", closePosition=True))
+        async with w.http.ws_connect(f"/ws/{key}") as ws:
+            async with w.http.post("/_control/faults", json={"push_drop": {"order": 1.0}}) as response:
+                assert response.status == 200
+            assert emu.faults.push_drop == {"order": 1.0}
+            async with w.http.post("/_control/disconnect", json={}) as response:
+                assert (await response.json())["dropped"] == 1
+            with anyio.fail_after(5):
+                assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        async with w.http.post("/_control/price", json={"symbol": "BTCUSDT", "price": 56_000}) as response:
+            assert response.status == 200
+        async with w.http.get("/_control/truth") as response:
+            truth = await response.json()
+        assert truth["positions"] == {} and truth["prices"]["BTCUSDT"] == 56_000
+        assert truth["requests"]["POST /fapi/v1/algoOrder"] == 1 and truth["ws_connects"] == 1
+        [stop_order] = [o for o in truth["orders"] if o["order_link_id"] == "w-ctl-s"]
+        assert stop_order["close_position"] is True and stop_order["status"] == "Filled"

@@ -52,8 +52,13 @@ async def test_control_api_moves_prices_sets_faults_and_tells_the_truth() -> Non
         assert truth["prices"]["BTCUSDT"] == 58_900
 
 
-@pytest.mark.parametrize("command", [["-m", "posguard.streams.emulators.bybit"], ["-m", "posguard", "emulator"]])
-def test_runs_on_its_own_from_the_command_line(command: list[str]) -> None:
+@pytest.mark.parametrize(("command", "time_path", "answered"), [
+    (["-m", "posguard.streams.emulators.bybit"], "/v5/market/time", "retCode"),
+    (["-m", "posguard", "emulator"], "/v5/market/time", "retCode"),
+    (["-m", "posguard", "emulator", "--venue", "binance"], "/fapi/v1/time", "serverTime"),
+    (["-m", "posguard.streams.emulators.binance"], "/fapi/v1/time", "serverTime"),
+])
+def test_runs_on_its_own_from_the_command_line(command: list[str], time_path: str, answered: str) -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, *command, "--port", str(port)],
@@ -63,10 +68,10 @@ def test_runs_on_its_own_from_the_command_line(command: list[str]) -> None:
         assert process.stdout is not None
         banner = process.stdout.readline()  # printed once the socket is listening
         assert f"http://127.0.0.1:{port}" in banner, banner
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v5/market/time", timeout=5) as response:
-            assert json.load(response)["retCode"] == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{time_path}", timeout=5) as response:
+            assert answered in json.load(response)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_control/truth", timeout=5) as response:
-            assert json.load(response)["requests"] == {"GET /v5/market/time": 1}
+            assert json.load(response)["requests"] == {f"GET {time_path}": 1}
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -82,6 +82,7 @@ from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.engine.matching import EmuExecution, EmuOrder, EmuPosition
 from posguard.streams.emulators.engine.instruments import Instrument
+from posguard.streams.emulators.bybit.instruments import instrument_payload
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.ingestion.ingestor import MAX_BATCH, Ingestor
@@ -192,7 +193,7 @@ def offline_bybit(instruments: Sequence[Instrument]) -> tuple[CcxtVenue, Any]:
     exchange = venue.exchange
 
     async def instruments_info(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        listed = [] if (params or {}).get("status") == "PreLaunch" else [i.payload() for i in instruments]
+        listed = [] if (params or {}).get("status") == "PreLaunch" else [instrument_payload(i) for i in instruments]
         return {"retCode": 0, "retMsg": "OK", "result": {"category": "linear", "list": listed, "nextPageCursor": ""}}
 
     async def fetch_time(params: dict[str, Any] | None = None) -> int:
