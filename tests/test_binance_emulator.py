@@ -318,6 +318,24 @@ async def test_events_follow_the_documented_shapes() -> None:
         assert (finished["o"]["caid"], finished["o"]["cp"], finished["o"]["ai"] != "") == ("w-ev-s", True, True)
 
 
+async def test_push_drop_and_delay_apply_per_event_topic() -> None:
+    async with wire() as (emu, w):
+        emu.faults.push_drop = {"order": 1.0, "execution": 1.0}  # ORDER_TRADE_UPDATE and TRADE_LITE lost
+        emu.faults.push_delay = {"algo": 0.3}
+        key = (await w.ok("POST", "/fapi/v1/listenKey", signed=False))["listenKey"]
+        async with w.http.ws_connect(f"/private/ws?listenKey={key}") as ws:
+            await w.ok("POST", "/fapi/v1/order", **market("w-drop"))
+            placed = time.monotonic()
+            await w.ok("POST", "/fapi/v1/algoOrder", **stop("w-delay", closePosition=True))
+            with anyio.fail_after(5):
+                account = await ws.receive_json()
+                algo = await ws.receive_json()
+            assert account["e"] == "ACCOUNT_UPDATE"  # the fill's own events were dropped
+            assert algo["e"] == "ALGO_UPDATE" and time.monotonic() - placed >= 0.3
+        # REST still tells the truth.
+        assert (await w.ok("GET", "/fapi/v1/order", symbol="BTCUSDT", origClientOrderId="w-drop"))["status"] == "FILLED"
+
+
 # -- through real ccxt ---------------------------------------------------------------------
 
 
