@@ -8,9 +8,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +23,7 @@ import aiohttp
 import anyio
 import pytest
 
+from posguard.streams.ccxt_adapter.dialects import ListenKey
 from posguard.streams.emulators.binance import EmulatorServer, ScriptedFailure, running_binance_emulator
 from posguard.streams.emulators.binance.orders import BinanceReject, algo_order
 from posguard.streams.emulators.bybit.client import binance_venue, run_config
@@ -31,6 +37,7 @@ from tests.emulator_fixtures import loopback_network_only, recording  # noqa: F4
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
 
 BTC = "BTC/USDT:USDT"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Wire:
@@ -412,6 +419,22 @@ async def test_ccxt_stream_carries_orders_fills_and_positions() -> None:
         assert emu.truth()["positions"] == {}
 
 
+async def test_posguards_listen_key_keepalive_through_ccxt_extends_the_key_then_sees_it_gone() -> None:
+    """ccxt's ``PUT /fapi/v1/listenKey`` carries no parameter (Binance: "Parameters: None"): the
+    emulator must extend the account's key, not answer -1125 for a missing one."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        await venue.load_markets()
+        key = (await venue.exchange.fapiPrivatePostListenKey())["listenKey"]
+        emu.faults.listen_key_lifetime = 0.4
+        keepalive = ListenKey(venue.exchange)
+        assert await keepalive.extend() is True
+        assert emu.requests("PUT /fapi/v1/listenKey") == 1 and emu.hub.keys.active(key)
+        with anyio.fail_after(5):
+            while emu.hub.keys.active(key):
+                await anyio.sleep(0.05)
+        assert await keepalive.extend() is False  # -1125: the stream needs a new key
+
+
 def test_run_config_names_the_binance_venue_kind() -> None:
     text = run_config(EmulatorServer(), "redis://127.0.0.1:1", "acct")
     assert 'kind = "binanceusdm"' in text
@@ -438,3 +461,28 @@ async def test_the_shared_control_api_drives_the_binance_emulator() -> None:
         assert truth["requests"]["POST /fapi/v1/algoOrder"] == 1 and truth["ws_connects"] == 1
         [stop_order] = [o for o in truth["orders"] if o["order_link_id"] == "w-ctl-s"]
         assert stop_order["close_position"] is True and stop_order["status"] == "Filled"
+
+
+async def test_posguard_run_trades_against_the_binance_emulator_from_run_config(redis_url: str, tmp_path: Path) -> None:
+    """What the crash test needs: `run_config` and the emulator make `posguard run` a Binance bot."""
+    async with running_binance_emulator() as emu:
+        config = tmp_path / "config.toml"
+        config.write_text(run_config(emu, redis_url, "binance-run"))
+        env = dict(os.environ, POSGUARD_API_KEY=DEFAULT_API_KEY, POSGUARD_API_SECRET=DEFAULT_API_SECRET)
+        process = await anyio.open_process(
+            [sys.executable, "-m", "posguard", "--config", str(config), "run"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            opened = await anyio.run_process(
+                [sys.executable, "-m", "posguard", "--config", str(config), "open", BTC, "buy", "0.01",
+                 "--stop-price", "58800", "--timeout", "60"],
+                cwd=REPO, env=env, check=False)
+            assert opened.returncode == 0, opened.stdout.decode() + opened.stderr.decode()
+            truth = emu.truth()
+            assert truth["positions"]["BTCUSDT"]["size"] == 0.01 and is_protected(truth, "BTCUSDT")
+            assert emu.requests("POST /fapi/v1/order") == 1 and emu.requests("POST /fapi/v1/algoOrder") == 1
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await process.wait()

@@ -4,8 +4,9 @@ https://developers.binance.com/docs/derivatives/usds-margined-futures/user-data-
 and .../Start-User-Data-Stream, .../Keepalive-User-Data-Stream, .../Event-User-Data-Stream-Expired:
 
 * ``POST /fapi/v1/listenKey`` starts a stream; "If the account has an active listenKey, that
-  listenKey will be returned and its validity will be extended for 60 minutes." ``PUT`` extends
-  it by 60 minutes (-1125 "This listenKey does not exist." once it lapsed); ``DELETE`` closes it.
+  listenKey will be returned and its validity will be extended for 60 minutes." ``PUT`` (no
+  parameters: the account's key) extends it by 60 minutes (-1125 "This listenKey does not
+  exist." once it lapsed); ``DELETE`` closes it.
 * A key lapses 60 minutes (`Faults.listen_key_lifetime`) after its creation or last keepalive:
   its connections get ``{"e": "listenKeyExpired", "E": ms, "listenKey": key}`` and nothing
   after it, the socket staying open (as the issue measured).
@@ -64,14 +65,21 @@ class ListenKeys:
         self._arm(key)
         return key
 
+    def current(self) -> str | None:
+        """The account's active key, if any (Binance keeps one per API key)."""
+        return next((k for k in self.expires if self.active(k)), None)
+
     def extend(self, key: str | None) -> str | None:
-        if not self.active(key):
+        """PUT: the futures endpoint takes no parameter ("Parameters: None") and extends the
+        account's key; a ``listenKey`` sent anyway must be that key."""
+        current = self.current()
+        if current is None or (key and key != current):
             return None
-        assert key is not None
-        self._arm(key)
-        return key
+        self._arm(current)
+        return current
 
     def close(self, key: str | None) -> None:
+        key = key or self.current()
         if key and key in self.expires:
             del self.expires[key]
             timer = self._timers.pop(key, None)
@@ -181,6 +189,7 @@ class UserDataHub:
                 connection.expired = True  # silent from now on, the socket left open
 
     async def close_key(self, key: str | None) -> None:
+        key = key or self.keys.current()
         self.keys.close(key)
         for connection in [c for c in self.connections if c.key == key]:
             await self._close(connection, b"listenKey closed")
