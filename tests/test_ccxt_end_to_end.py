@@ -75,6 +75,7 @@ async def system(
                 await anyio.sleep(0.01)
         yield emu, venue, engine, watch
         assert watch.violations == []
+        assert emu.unknown_requests() == {}, "ccxt called a path the emulator does not serve"
 
 
 def open_btc(intent_id: str, qty: float = 0.01) -> OpenIntent:

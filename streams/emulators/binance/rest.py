@@ -68,6 +68,8 @@ class BinanceRest:
         self.rng = rng
         self.hub = hub
         self.requests: Counter[str] = Counter()
+        self.unknown: Counter[str] = Counter()
+        """Requests to paths the emulator does not serve: a call ccxt made that nobody expected."""
         self.dual_side = False
 
     def routes(self, app: web.Application) -> None:
@@ -119,6 +121,7 @@ class BinanceRest:
         if scripted == "clock_skew":
             return error(-1021, "Timestamp for this request is outside of the recvWindow.")
         if request.match_info.http_exception is not None:
+            self.unknown[f"{request.method} {path}"] += 1
             return error(-1099, "Not found, unauthenticated, or unauthorized.", status=404)
         body = await request.text() if request.can_read_body else ""
         params = dict(parse_qsl(request.query_string, keep_blank_values=True)) | dict(parse_qsl(body, keep_blank_values=True))

@@ -49,6 +49,8 @@ class BybitRest:
         self.api_secret = api_secret
         self.rng = rng
         self.requests: Counter[str] = Counter()
+        self.unknown: Counter[str] = Counter()
+        """Requests to paths the emulator does not serve: a call ccxt made that nobody expected."""
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v5/market/time", self.server_time)
@@ -84,6 +86,7 @@ class BybitRest:
             if not await self._signed(request):
                 return answer({}, 10004, "Error sign, please check your signature generation algorithm.")
         if request.match_info.http_exception is not None:
+            self.unknown[f"{request.method} {path}"] += 1
             return answer({}, 10017, f"Route not found: {request.method} {path}")
         try:
             response = await handler(request)

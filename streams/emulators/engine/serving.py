@@ -26,6 +26,7 @@ HOST = "127.0.0.1"
 
 class _Rest(Protocol):
     requests: Counter[str]
+    unknown: Counter[str]
 
 
 class _Hub(Protocol):
@@ -59,6 +60,10 @@ class EmulatorBase:
 
     def truth(self) -> dict[str, Any]:
         return self.engine.truth() | {"requests": dict(self.rest.requests), "ws_connects": self.hub.connects}
+
+    def unknown_requests(self) -> dict[str, int]:
+        """Calls to paths this emulator does not serve (answered with the venue's not-found)."""
+        return dict(self.rest.unknown)
 
     def requests(self, method_path: str) -> int:
         """How many requests ``"POST /v5/order/create"`` (say) the emulator has seen."""
