@@ -214,3 +214,21 @@ async def test_a_close_after_audits_read_a_lagging_list_of_a_two_part_fill_close
         record = await engine.store.load_record(BTC)
         assert record is not None and record.state is State.CLOSED and record.intent_id == "e2e-two-parts"
         assert watch.violations == []
+
+
+async def test_binance_reports_the_filled_entry_unknown_for_60s_and_drops_its_pushes_one_position_protected(
+    redis_url: str,
+) -> None:
+    """Issue 14: Binance's REST says "Order does not exist." for a filled entry for 60 s and
+    every push about it is lost. An id can be used again once its order is closed there, so a
+    resend on "unknown" would open a second position: exactly one must exist, protected."""
+    async with system(redis_url, on="binance") as (emu, _venue, engine, _watch):
+        emu.faults.order_list_lag = 60.0
+        emu.faults.push_drop = {"order": 1.0, "execution": 1.0, "position": 1.0, "algo": 1.0}
+        reply = await (await engine.submit(open_btc("e2e-b-unknown"))).wait()
+
+        truth = emu.truth()
+        entries = [o for o in truth["orders"] if not o["trigger_price"]]
+        assert len(entries) == 1, f"{len(entries)} entries sent: {entries}"
+        assert truth["positions"]["BTCUSDT"]["size"] == 0.01
+        assert reply.outcome == "protected" and is_protected(truth, "BTCUSDT")
