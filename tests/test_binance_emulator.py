@@ -30,7 +30,7 @@ from posguard.streams.emulators.bybit.client import binance_venue, run_config
 from posguard.streams.emulators.engine.truth import is_protected
 from posguard.streams.emulators.engine.serving import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from posguard.streams.venue.errors import DuplicateClientOrderId, RateLimited, StopWouldTrigger
-from posguard.streams.venue.events import Execution, Order, Position
+from posguard.streams.venue.events import Execution, Order, Position, StreamStatus
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from tests.emulator_fixtures import loopback_network_only, recording  # noqa: F401
 
@@ -486,3 +486,19 @@ async def test_posguard_run_trades_against_the_binance_emulator_from_run_config(
             process.send_signal(signal.SIGTERM)
             with anyio.fail_after(30):
                 await process.wait()
+
+
+async def test_ccxt_stream_comes_back_on_a_new_key_after_listen_key_expired() -> None:
+    """The key lapses (no keepalive within its short lifetime): ``listenKeyExpired`` arrives,
+    the stream goes down, reconnects on a new key, and pushes flow again."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        emu.faults.listen_key_lifetime = 1.0
+        async with recording(venue) as recorder:
+            mark = len(recorder.events)
+            await recorder.wait_for(StreamStatus, lambda s: not s.connected, since=mark, timeout=10)
+            emu.faults.listen_key_lifetime = 3600.0  # the next key lives
+            await recorder.wait_for(StreamStatus, lambda s: s.connected and s.reason == "reconnected", since=mark, timeout=10)
+            assert emu.hub.keys.created >= 2, "a new listen key"
+            since = len(recorder.events)
+            await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-after"))
+            await recorder.wait_for(Execution, lambda e: e.client_order_id == "cx-after", since=since)
