@@ -25,6 +25,7 @@ from posguard.streams.venue.errors import (
     NothingToReduce,
     OrderRejected,
     RateLimited,
+    StopSlotTaken,
     StopWouldTrigger,
     VenueAuthFailed,
     VenueUnavailable,
@@ -354,6 +355,13 @@ BINANCE_CODES = VenueCodes(
         # way is retried and then the position closed, never left to a lookup of a stop
         # that does not exist.
         "-4120": OrderRejected,
+        # "An open stop or take profit order with GTE and closePosition in the direction is
+        # existing": one closePosition stop per symbol and direction. Nothing placed; the armed
+        # one still guards the position, and the replacement goes out sized instead.
+        "-4130": StopSlotTaken,
+        # "Reach max stop order limit" (at most 200 open conditional orders per symbol since
+        # 2025-12-29): nothing placed, a refusal like any other (retried, then closed).
+        "-4045": OrderRejected,
         "-2019": OrderRejected,  # MARGIN_NOT_SUFFICIEN
         "-2010": OrderRejected,  # NEW_ORDER_REJECTED
         "-4164": OrderRejected,  # MIN_NOTIONAL: notional below the minimum
@@ -456,12 +464,30 @@ class BinanceUsdmDialect(Dialect):
         return "market", params
 
     def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
-        return "market", {
+        """A STOP_MARKET through the algo order API (``POST /fapi/v1/algoOrder``,
+        ``algoType=CONDITIONAL``: ccxt routes any order with a trigger price there and sends
+        the client id as ``clientAlgoId``), triggered by the mark price.
+
+        ``whole_position``: ``closePosition=true``, which closes the whole position at trigger
+        whatever its size then, follows it through partial fills and closes, and is cancelled
+        by Binance once the position is closed by other means. Binance's New Algo Order page
+        (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/New-Algo-Order):
+        closePosition is "Close-All, used with STOP_MARKET or TAKE_PROFIT_MARKET"; ``quantity``
+        "cannot be sent with closePosition=true" (ccxt then leaves it out) and ``reduceOnly``
+        "cannot be sent with closePosition=true". One such stop per symbol and direction: a
+        second is refused ``-4130`` (`StopSlotTaken`), and the replacement is then sent sized
+        (``whole_position`` False): a reduce-only STOP_MARKET for ``qty``.
+        """
+        params: dict[str, Any] = {
             "clientOrderId": request.client_order_id,
             "stopLossPrice": request.stop_price,  # ccxt: STOP_MARKET through the algo order API
-            "reduceOnly": True,
             "workingType": "MARK_PRICE",
         }
+        if request.whole_position:
+            params["closePosition"] = True
+        else:
+            params["reduceOnly"] = True
+        return "market", params
 
     async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
         for conditional in (False, True):
