@@ -267,3 +267,54 @@ async def test_user_data_stream_events_map_through_the_hooks() -> None:
         btc, eth = (to_position(p, now_ms=now) for p in heard.positions)
         assert (btc.symbol, btc.side, btc.size, btc.entry_price, btc.ts_ms) == (BTC, "long", 0.01, 60_012.3, 1764000000122)
         assert (eth.symbol, eth.side, eth.size) == (ETH, "flat", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("algo_status", "status"),
+    [
+        # Binance's algo statuses (Query Algo Order, ALGO_UPDATE ``X``), read through ccxt's
+        # parse_order_status, in posguard's terms.
+        ("NEW", "open"),  # armed
+        ("TRIGGERING", "open"),  # triggered, its market order being sent: still in force
+        ("TRIGGERED", "filled"),  # fired: its fill belongs to the order it spawned
+        ("FINISHED", "filled"),  # fired and done
+        ("CANCELED", "cancelled"),
+        ("EXPIRED", "cancelled"),  # a closePosition stop: Binance cancelled it, the position closed otherwise
+        ("REJECTED", "rejected"),
+    ],
+)
+async def test_algo_statuses_in_posguard_terms(algo_status: str, status: str) -> None:
+    async with binance() as (replay, venue):
+        replay.answer("GET", "/fapi/v1/order", error(-2013, "Order does not exist."))
+        replay.answer("GET", "/fapi/v1/algoOrder", rec.ALGO_CLOSE_POSITION | {"algoStatus": algo_status})
+        stop = await venue.fetch_order(BTC, "pgbinance-s1")
+        assert stop is not None
+        assert (stop.kind, stop.status, stop.client_order_id, stop.closes_position) == ("stop", status, "pgbinance-s1", True)
+        [asked] = replay.requests("GET", "/fapi/v1/algoOrder")
+        assert (asked["clientAlgoId"], asked.get("symbol")) == ("pgbinance-s1", "BTCUSDT")
+
+
+async def test_a_stop_is_cancelled_by_its_client_algo_id_through_the_algo_endpoint() -> None:
+    async with binance() as (replay, venue):
+        replay.answer("DELETE", "/fapi/v1/order", error(-2011, "Unknown order sent."))
+        # Cancel Algo Order's answer: ids and a result only.
+        replay.answer("DELETE", "/fapi/v1/algoOrder", {"algoId": 2146760, "clientAlgoId": "pgbinance-s1", "code": "200", "msg": "success"})
+        replay.answer("GET", "/fapi/v1/order", error(-2013, "Order does not exist."))
+        replay.answer("GET", "/fapi/v1/algoOrder", rec.ALGO_CLOSE_POSITION | {"algoStatus": "CANCELED"})
+        cancelled = await venue.cancel_order(BTC, "pgbinance-s1")
+        assert cancelled is not None and (cancelled.status, cancelled.kind) == ("cancelled", "stop")
+        [plain] = replay.requests("DELETE", "/fapi/v1/order")
+        [algo] = replay.requests("DELETE", "/fapi/v1/algoOrder")
+        assert plain["origClientOrderId"] == "pgbinance-s1"
+        assert (algo["clientAlgoId"], algo["symbol"]) == ("pgbinance-s1", "BTCUSDT") and "algoId" not in algo
+
+
+async def test_open_orders_include_the_close_position_stops_of_the_algo_book() -> None:
+    async with binance() as (replay, venue):
+        replay.answer("GET", "/fapi/v1/openOrders", [])
+        replay.answer("GET", "/fapi/v1/openAlgoOrders", [rec.ALGO_CLOSE_POSITION])
+        [stop] = await venue.fetch_open_orders(BTC)
+        assert (stop.client_order_id, stop.kind, stop.status, stop.qty, stop.closes_position) == (
+            "pgbinance-s1", "stop", "open", 0.0, True)
+        [asked] = replay.requests("GET", "/fapi/v1/openAlgoOrders")
+        assert asked["symbol"] == "BTCUSDT"
