@@ -286,6 +286,8 @@ class BybitDialect(Dialect):
         return "market", params
 
     def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
+        # Always sized to ``qty`` (``whole_position`` has no Bybit counterpart among stop
+        # orders): the audit tops up a position that grew (`posguard.actors.coverage`).
         # A sell stop protects a long: it fires when the price falls to it.
         direction = "descending" if request.side == "sell" else "ascending"
         return "market", {
