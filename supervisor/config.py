@@ -81,12 +81,21 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """For rediss://: check neither the certificate nor the hostname (logged as a warning)."""
 
 
+STREAMS_KEYS = frozenset({"listen_key_keepalive", "max_connection_age"})
+"""`CcxtVenueConfig` fields that come from ``[streams]``, so a refusal names that section."""
+
+
 class StreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     stale_after: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
     listen_key_keepalive: Annotated[float, msgspec.Meta(ge=60, le=3000)] = 1800.0
     """binanceusdm: seconds between listen key extensions (`CcxtVenueConfig.listen_key_keepalive`).
     Binance drops a key 60 minutes after its last extension; at most 3000 leaves ten minutes
     for retries, at least 60 keeps the keepalive from flooding the venue."""
+    max_connection_age: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
+    """Seconds after which a private stream connection is replaced (reported down and up, then
+    the REST sweep) before the venue closes it (`CcxtVenueConfig.max_connection_age`). Unset:
+    the venue's own rule (binanceusdm 23 h, Binance closing connections at 24 h; bybit none);
+    0: never. On binanceusdm it must be below 86400."""
 
 
 class IntentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -272,9 +281,11 @@ def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
             ws_url=venue.ws_url,
             resend_grace=venue.resend_grace,
             listen_key_keepalive=config.streams.listen_key_keepalive,
+            max_connection_age=config.streams.max_connection_age,
         )
     except ConfigRefused as exc:
-        raise ConfigError(f"venue.{exc.key}: {exc.reason}") from None
+        section = "streams" if exc.key in STREAMS_KEYS else "venue"
+        raise ConfigError(f"{section}.{exc.key}: {exc.reason}") from None
 
 
 def check_run_venue(config: Config, *, simulated_venue: bool) -> None:

@@ -89,6 +89,12 @@ ALGO_NEW: dict[str, Any] = {  # POST /fapi/v1/algoOrder (STOP_MARKET)
 
 ALGO_TRIGGERED: dict[str, Any] = ALGO_NEW | {"algoStatus": "FINISHED", "triggerTime": 1764000100000, "updateTime": 1764000100003}
 
+# closePosition=true: no quantity, no reduceOnly (New Algo Order: "Cannot be sent with
+# closePosition=true"); Binance answers quantity "0" for such an order.
+ALGO_CLOSE_POSITION: dict[str, Any] = ALGO_NEW | {
+    "clientAlgoId": "pgbinance-s1", "quantity": "0.000", "closePosition": True, "reduceOnly": False,
+}
+
 USER_TRADES: list[dict[str, Any]] = [  # GET /fapi/v1/userTrades (no client order id in it)
     {"buyer": True, "commission": "0.30006150", "commissionAsset": "USDT", "id": 698759, "maker": False,
      "orderId": 4078112847, "price": "60012.30", "qty": "0.010", "quoteQty": "600.12300", "realizedPnl": "0",
@@ -134,6 +140,11 @@ ALGO_UPDATE_NEW: dict[str, Any] = {
           "S": "SELL", "ps": "BOTH", "f": "GTC", "q": "0.010", "X": "NEW", "ai": "", "ap": "0.00000",
           "aq": "0.00000", "act": "0", "tp": "57000.00", "p": "0", "V": "EXPIRE_MAKER", "wt": "MARK_PRICE",
           "pm": "NONE", "cp": False, "pP": False, "R": True, "tt": 0, "gtd": 0},
+}
+
+ALGO_UPDATE_CLOSE_POSITION: dict[str, Any] = {
+    "e": "ALGO_UPDATE", "T": 1764000000600, "E": 1764000000601,
+    "o": ALGO_UPDATE_NEW["o"] | {"caid": "pgbinance-s2", "aid": 2146761, "q": "0.000", "cp": True, "R": False},
 }
 
 ACCOUNT_UPDATE: dict[str, Any] = {

@@ -57,7 +57,7 @@ def stop_orders(draw: st.DrawFn) -> list[Order]:
     return [
         Order(symbol=SYMBOL, order_id=f"o{n}", client_order_id=draw(coids), side=draw(st.sampled_from(["buy", "sell"])),
               kind="stop", qty=draw(sizes), filled=0.0, avg_price=None, status="open", reduce_only=True,
-              stop_price=140.0, ts_ms=1)
+              stop_price=140.0, ts_ms=1, closes_position=draw(st.booleans()))
         for n in range(draw(st.integers(0, 3)))
     ]
 
@@ -86,6 +86,9 @@ def check(record: PositionRecord | None, position: Position | None, stops: list[
         guarding = [s for s in stops if guards(s, position)]
         assert not guarding or any(s.client_order_id not in stale for s in guarding), (
             "the only stops guarding the position are cancelled and nothing is placed first")
+    if position is not None and position.is_open and "unprotected" in kinds:
+        kept = [s for s in stops if guards(s, position) and s.client_order_id not in stale]
+        assert not any(s.closes_position for s in kept), "a whole-position stop kept armed covers any size"
 
 
 @settings(max_examples=600, deadline=None)

@@ -10,9 +10,10 @@ from posguard.streams.venue.events import Order, Position
 SYMBOL = "SOL/USDT:USDT"
 
 
-def stop(client_order_id: str, *, side: str = "sell", qty: float = 1.0) -> Order:
+def stop(client_order_id: str, *, side: str = "sell", qty: float = 1.0, closes_position: bool = False) -> Order:
     return Order(symbol=SYMBOL, order_id="o1", client_order_id=client_order_id, side=side, kind="stop", qty=qty,
-                 filled=0.0, avg_price=None, status="open", reduce_only=True, stop_price=140.0, ts_ms=1)
+                 filled=0.0, avg_price=None, status="open", reduce_only=not closes_position, stop_price=140.0, ts_ms=1,
+                 closes_position=closes_position)
 
 
 def long(size: float = 1.0) -> Position:
@@ -39,3 +40,22 @@ def test_a_stop_of_ours_that_no_live_record_owns_is_stale_once_nothing_needs_it(
 
 def test_someone_elses_stop_is_never_touched() -> None:
     assert assess(SYMBOL, None, None, [stop("manual-1")], actor_busy=False) == []
+
+
+def test_a_close_position_stop_covers_a_grown_position() -> None:
+    """Binance's closePosition stop closes whatever is open at trigger (its qty reads 0): a
+    position that grew past the record (a late part of the fill) needs no second stop, and
+    the stop is the record's own, so it is not stale either."""
+    record = PositionRecord(symbol=SYMBOL, intent_id="grown", state=State.PROTECTED, side="buy", qty=1.0,
+                            filled_qty=1.0, entry_price=150.0, stop_price=140.0,
+                            client_order_id=ids.entry_id("main", "grown"), protection=Protection.STOP_ORDER,
+                            stop_client_order_id=ids.stop_id("main", "grown", 1))
+    whole = stop(ids.stop_id("main", "grown", 1), qty=0.0, closes_position=True)
+    findings = assess(SYMBOL, record, long(size=3.0), [whole], actor_busy=False)
+    assert [f.kind for f in findings] == ["size_mismatch"]  # the record takes the size; nothing else
+    sized = stop(ids.stop_id("main", "grown", 1), qty=1.0)
+    assert [f.kind for f in assess(SYMBOL, record, long(size=3.0), [sized], actor_busy=False)] == [
+        "size_mismatch", "unprotected"]  # a sized stop for 1 of 3 does not cover it
+    # On the wrong side it guards nothing, whatever it closes.
+    wrong_side = stop(ids.stop_id("main", "grown", 1), side="buy", qty=0.0, closes_position=True)
+    assert "unprotected" in [f.kind for f in assess(SYMBOL, record, long(size=3.0), [wrong_side], actor_busy=False)]

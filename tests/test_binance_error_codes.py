@@ -24,6 +24,7 @@ from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
     NothingToReduce,
     OrderRejected,
+    StopSlotTaken,
     StopWouldTrigger,
     VenueAuthFailed,
     VenueError,
@@ -51,6 +52,8 @@ CLOCK = (-1021, "Timestamp for this request is outside of the recvWindow.")
 LISTEN_KEY_GONE = (-1125, "This listenKey does not exist.")
 UNKNOWN_ORDER = (-2011, "Unknown order sent.")
 NO_SUCH_ORDER = (-2013, "Order does not exist.")
+STOP_SLOT_TAKEN = (-4130, "An open stop or take profit order with GTE and closePosition in the direction is existing.")
+MAX_STOP_ORDERS = (-4045, "Reach max stop order limit.")
 
 
 @pytest.mark.parametrize(
@@ -107,6 +110,11 @@ def stop(coid: str = "pgbinance-s1") -> StopRequest:
         (ALGO_ONLY, "/fapi/v1/order", "entry", OrderRejected),
         (NOTIONAL, "/fapi/v1/order", "entry", OrderRejected),
         (WOULD_TRIGGER, "/fapi/v1/algoOrder", "stop", StopWouldTrigger),
+        # One closePosition stop per symbol and direction: the slot is taken, nothing placed;
+        # the protection path sends the replacement sized instead.
+        (STOP_SLOT_TAKEN, "/fapi/v1/algoOrder", "stop", StopSlotTaken),
+        # Too many open conditional orders: a refusal (retried, then the position closed).
+        (MAX_STOP_ORDERS, "/fapi/v1/algoOrder", "stop", OrderRejected),
         (DUPLICATE, "/fapi/v1/order", "entry", DuplicateClientOrderId),
         (MARGIN, "/fapi/v1/order", "entry", OrderRejected),
         (PRECISION, "/fapi/v1/order", "entry", OrderRejected),

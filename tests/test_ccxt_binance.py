@@ -22,6 +22,7 @@ from posguard.streams.venue.errors import (
     NothingToReduce,
     OrderRejected,
     RateLimited,
+    StopSlotTaken,
     StopWouldTrigger,
     VenueUnavailable,
 )
@@ -86,14 +87,44 @@ async def test_entry_is_a_market_order_with_the_client_order_id_and_no_attached_
         )
 
 
-async def test_stop_goes_to_the_algo_order_api_reduce_only() -> None:
+async def test_stop_goes_to_the_algo_order_api_with_close_position() -> None:
+    """What ccxt 4.5.90 sends for posguard's stop, pinned field for field: STOP_MARKET through
+    ``POST /fapi/v1/algoOrder`` with closePosition=true and neither quantity nor reduceOnly
+    (Binance's New Algo Order page: neither may be sent with closePosition=true)."""
     async with binance() as (replay, venue):
-        replay.answer("POST", "/fapi/v1/algoOrder", rec.ALGO_NEW)
+        replay.answer("POST", "/fapi/v1/algoOrder", rec.ALGO_CLOSE_POSITION)
         stop = await venue.place_stop(StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=57_000.04, client_order_id="pgbinance-s1"))
         [sent] = replay.requests("POST", "/fapi/v1/algoOrder")
+        assert replay.requests("POST", "/fapi/v1/order") == []
+        assert {k: v for k, v in sent.items() if k not in ("timestamp", "signature", "recvWindow")} == {
+            "symbol": "BTCUSDT", "side": "SELL", "algoType": "CONDITIONAL", "type": "STOP_MARKET",
+            "clientAlgoId": "pgbinance-s1", "triggerPrice": "57000", "workingType": "MARK_PRICE",
+            "closePosition": "true", "newOrderRespType": "RESULT",
+        }
+        assert (stop.kind, stop.status, stop.stop_price, stop.order_id, stop.closes_position) == (
+            "stop", "open", 57_000.0, "2146760", True
+        )
+
+
+async def test_a_sized_stop_is_reduce_only_with_its_quantity() -> None:
+    async with binance() as (replay, venue):
+        replay.answer("POST", "/fapi/v1/algoOrder", rec.ALGO_NEW)
+        stop = await venue.place_stop(StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=57_000,
+                                                  client_order_id="pgbinance-s1", whole_position=False))
+        [sent] = replay.requests("POST", "/fapi/v1/algoOrder")
         assert (sent["algoType"], sent["type"], sent["side"], sent["triggerPrice"]) == ("CONDITIONAL", "STOP_MARKET", "SELL", "57000")
-        assert (sent["reduceOnly"], sent["clientAlgoId"], sent["workingType"]) == ("true", "pgbinance-s1", "MARK_PRICE")
-        assert (stop.kind, stop.status, stop.stop_price, stop.reduce_only, stop.order_id) == ("stop", "open", 57_000.0, True, "2146760")
+        assert (sent["reduceOnly"], sent["quantity"], sent["clientAlgoId"], sent["workingType"]) == ("true", "0.01", "pgbinance-s1", "MARK_PRICE")
+        assert "closePosition" not in sent
+        assert (stop.kind, stop.status, stop.reduce_only, stop.qty, stop.closes_position) == ("stop", "open", True, 0.01, False)
+
+
+async def test_a_second_close_position_stop_is_refused_as_the_slot_taken() -> None:
+    async with binance() as (replay, venue):
+        replay.answer("POST", "/fapi/v1/algoOrder", error(
+            -4130, "An open stop or take profit order with GTE and closePosition in the direction is existing."))
+        with pytest.raises(StopSlotTaken) as refused:
+            await venue.place_stop(StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=57_000, client_order_id="pgbinance-s2"))
+        assert refused.value.code == "-4130" and isinstance(refused.value, OrderRejected)
 
 
 async def test_lookup_asks_the_order_book_then_the_algo_book_before_saying_unknown() -> None:
@@ -236,3 +267,54 @@ async def test_user_data_stream_events_map_through_the_hooks() -> None:
         btc, eth = (to_position(p, now_ms=now) for p in heard.positions)
         assert (btc.symbol, btc.side, btc.size, btc.entry_price, btc.ts_ms) == (BTC, "long", 0.01, 60_012.3, 1764000000122)
         assert (eth.symbol, eth.side, eth.size) == (ETH, "flat", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("algo_status", "status"),
+    [
+        # Binance's algo statuses (Query Algo Order, ALGO_UPDATE ``X``), read through ccxt's
+        # parse_order_status, in posguard's terms.
+        ("NEW", "open"),  # armed
+        ("TRIGGERING", "open"),  # triggered, its market order being sent: still in force
+        ("TRIGGERED", "filled"),  # fired: its fill belongs to the order it spawned
+        ("FINISHED", "filled"),  # fired and done
+        ("CANCELED", "cancelled"),
+        ("EXPIRED", "cancelled"),  # a closePosition stop: Binance cancelled it, the position closed otherwise
+        ("REJECTED", "rejected"),
+    ],
+)
+async def test_algo_statuses_in_posguard_terms(algo_status: str, status: str) -> None:
+    async with binance() as (replay, venue):
+        replay.answer("GET", "/fapi/v1/order", error(-2013, "Order does not exist."))
+        replay.answer("GET", "/fapi/v1/algoOrder", rec.ALGO_CLOSE_POSITION | {"algoStatus": algo_status})
+        stop = await venue.fetch_order(BTC, "pgbinance-s1")
+        assert stop is not None
+        assert (stop.kind, stop.status, stop.client_order_id, stop.closes_position) == ("stop", status, "pgbinance-s1", True)
+        [asked] = replay.requests("GET", "/fapi/v1/algoOrder")
+        assert (asked["clientAlgoId"], asked.get("symbol")) == ("pgbinance-s1", "BTCUSDT")
+
+
+async def test_a_stop_is_cancelled_by_its_client_algo_id_through_the_algo_endpoint() -> None:
+    async with binance() as (replay, venue):
+        replay.answer("DELETE", "/fapi/v1/order", error(-2011, "Unknown order sent."))
+        # Cancel Algo Order's answer: ids and a result only.
+        replay.answer("DELETE", "/fapi/v1/algoOrder", {"algoId": 2146760, "clientAlgoId": "pgbinance-s1", "code": "200", "msg": "success"})
+        replay.answer("GET", "/fapi/v1/order", error(-2013, "Order does not exist."))
+        replay.answer("GET", "/fapi/v1/algoOrder", rec.ALGO_CLOSE_POSITION | {"algoStatus": "CANCELED"})
+        cancelled = await venue.cancel_order(BTC, "pgbinance-s1")
+        assert cancelled is not None and (cancelled.status, cancelled.kind) == ("cancelled", "stop")
+        [plain] = replay.requests("DELETE", "/fapi/v1/order")
+        [algo] = replay.requests("DELETE", "/fapi/v1/algoOrder")
+        assert plain["origClientOrderId"] == "pgbinance-s1"
+        assert (algo["clientAlgoId"], algo["symbol"]) == ("pgbinance-s1", "BTCUSDT") and "algoId" not in algo
+
+
+async def test_open_orders_include_the_close_position_stops_of_the_algo_book() -> None:
+    async with binance() as (replay, venue):
+        replay.answer("GET", "/fapi/v1/openOrders", [])
+        replay.answer("GET", "/fapi/v1/openAlgoOrders", [rec.ALGO_CLOSE_POSITION])
+        [stop] = await venue.fetch_open_orders(BTC)
+        assert (stop.client_order_id, stop.kind, stop.status, stop.qty, stop.closes_position) == (
+            "pgbinance-s1", "stop", "open", 0.0, True)
+        [asked] = replay.requests("GET", "/fapi/v1/openAlgoOrders")
+        assert asked["symbol"] == "BTCUSDT"

@@ -119,6 +119,9 @@ DEFEATING_VALUES = [
     ('[venue]\nkind = "binanceusdm"\nresend_grace = 30.0\n', "venue.resend_grace"),
     ('[venue]\nkind = "bybit"\nresend_grace = 90.0\n', "venue.resend_grace"),
     ("[venue]\nresend_grace = 90.0\n", "venue.resend_grace"),
+    # Binance closes a connection at 24 h itself: replacing it "later" is no rule at all.
+    ('[venue]\nkind = "binanceusdm"\n[streams]\nmax_connection_age = 86400.0\n', "streams.max_connection_age"),
+    ("[streams]\nmax_connection_age = -1.0\n", "streams.max_connection_age"),
 ]
 
 

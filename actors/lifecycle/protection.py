@@ -31,7 +31,7 @@ from posguard.actors.proof import Gone, prove_gone
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
 from posguard.streams.backoff import Deadline
 from posguard.streams.ingestion.evidence import newer_position
-from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueUnavailable
+from posguard.streams.venue.errors import OrderRejected, StopSlotTaken, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import StopRequest
@@ -170,16 +170,27 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
 
     No backoff follows the last attempt: the position is bare until the caller closes it.
     A stop the venue reports filled (it triggered at once) is an exit: "filled", never "live".
+
+    The stop is asked for as a whole-position stop (`StopRequest.whole_position`: Binance's
+    closePosition, which covers the position at any size). A venue that holds one such stop
+    per side refuses a second (`StopSlotTaken`): that happens when a stop is replaced while
+    the old one is armed (a tightened stop, a re-protect; the new stop always goes first,
+    the old is cancelled after). The replacement is then sent at once, sized to ``qty``,
+    under a new id: the refusal placed nothing, and it spends no attempt.
     """
     settings = ctx.settings.protection
     delays = settings.stop_backoff.delays(ctx.rng)
     side = closing_side(position_side_of(record.side))
-    for attempt in range(1, settings.stop_attempts + 1):
+    whole = True
+    attempt = 1
+    while True:
         record.stop_attempts += 1
         coid = ids.stop_id(ctx.account, record.intent_id, record.stop_attempts)
         record.stop_client_order_id = coid
-        await ctx.save(record, f"placing stop {coid} at {record.stop_price} for {qty}")
-        request = StopRequest(symbol=record.symbol, side=side, qty=qty, stop_price=record.stop_price, client_order_id=coid)
+        sized = "" if whole else " (sized: the venue holds a whole-position stop already)"
+        await ctx.save(record, f"placing stop {coid} at {record.stop_price} for {qty}{sized}")
+        request = StopRequest(symbol=record.symbol, side=side, qty=qty, stop_price=record.stop_price,
+                              client_order_id=coid, whole_position=whole)
         try:
             order = await send_once(
                 ctx, record, coid, lambda: ctx.venue.place_stop(request), Deadline(settings.stop_deadline)
@@ -187,6 +198,15 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
         except StopWouldTrigger as exc:
             record.reason = f"market already through the stop: {exc.reason}"
             return "would_trigger"
+        except StopSlotTaken as exc:
+            if whole:
+                log.info("%s: a whole-position stop is already armed (%s); sending %s sized to %s",
+                         record.symbol, exc.reason, coid, qty)
+                whole = False
+                continue
+            log.warning("%s: stop %s rejected: %s", record.symbol, coid, exc.reason)
+            record.reason = f"stop rejected: {exc.reason}"
+            order = None
         except OrderRejected as exc:
             log.warning("%s: stop %s rejected: %s", record.symbol, coid, exc.reason)
             record.reason = f"stop rejected: {exc.reason}"
@@ -196,8 +216,10 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
         if order is not None and order.filled > QTY_TOLERANCE:
             record.reason = f"stop {coid} filled {order.filled} as soon as it was placed"
             return "filled"
-        if attempt < settings.stop_attempts:
-            await anyio.sleep(next(delays))
+        if attempt >= settings.stop_attempts:
+            break
+        attempt += 1
+        await anyio.sleep(next(delays))
     record.reason = f"no stop could be placed in {settings.stop_attempts} attempts ({record.reason})"
     return "failed"
 

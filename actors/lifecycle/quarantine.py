@@ -21,6 +21,7 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
+from posguard.actors.coverage import covered_qty, covers
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
 from posguard.actors.lifecycle.protection import (
@@ -31,20 +32,20 @@ from posguard.actors.lifecycle.protection import (
 )
 from posguard.actors.records import BadRecord, PositionRecord, RecordDefect
 from posguard.actors.store.positions import Store
-from posguard.streams.venue.events import Position
-from posguard.streams.venue.markets import QTY_TOLERANCE
+from posguard.streams.venue.events import Order, Position
 
 __all__ = ["assess_quarantined", "guard"]
 
 
-def assess_quarantined(symbol: str, defect: RecordDefect, position: Position | None, covered: float) -> Finding:
+def assess_quarantined(symbol: str, defect: RecordDefect, position: Position | None, stops: Sequence[Order]) -> Finding:
     """The audit's one finding for a quarantined symbol. ``position`` is kept on the finding
-    only when no stop covers it: that is what `guard` must protect."""
+    only when the stops do not cover it (`posguard.actors.coverage`): that is what `guard`
+    must protect."""
     if position is None:
         venue, action, bare = "venue lists no position", "leave the hash for a person; nothing on the venue to guard", None
     else:
-        venue = f"venue holds {position.side} {position.size} at {position.entry_price}, stops cover {covered}"
-        if covered >= position.size - QTY_TOLERANCE:
+        venue = f"venue holds {position.side} {position.size} at {position.entry_price}, stops cover {covered_qty(position, stops)}"
+        if covers(position, stops):
             action, bare = "leave the hash for a person; the venue position is covered by stops", None
         else:
             action, bare = "leave the hash for a person; protect the venue position with a stop (not adopted)", position

@@ -20,6 +20,7 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
+from posguard.actors.coverage import covered_qty, covers, guards
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import quarantine, stop_fill
 from posguard.actors.lifecycle.closing import settle_closed, settle_closed_externally
@@ -46,7 +47,7 @@ from posguard.actors.records import (
 from posguard.actors.verification import ClosedExternally, EntryEvidence, Filled, Rejected, ask_over_rest
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import VenueUnavailable
-from posguard.streams.venue.events import Order, Position, closing_side
+from posguard.streams.venue.events import Order, Position
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
 __all__ = ["Resume", "assess", "carry_out", "covered_qty", "guards", "follow_venue", "reconcile_symbol", "repair"]
@@ -56,18 +57,6 @@ actor_log = logging.getLogger("posguard.actor")
 
 Resume = Callable[[], Awaitable[None]]
 """The symbol's actor resuming its in-flight step: an ``in_flight`` finding's repair."""
-
-
-def guards(stop: Order, position: Position) -> bool:
-    """Whether an armed stop order would close (part of) this position."""
-    return stop.kind == "stop" and stop.status == "open" and stop.side == closing_side(position.side)
-
-
-def covered_qty(position: Position, stops: list[Order]) -> float:
-    """How much of the position a stop would close: all of it with a position-held stop."""
-    if position.stop_price is not None:
-        return position.size
-    return sum(o.qty for o in stops if guards(o, position))
 
 
 def assess(
@@ -86,7 +75,7 @@ def assess(
     (whatever the unreadable record placed keeps guarding its position).
     """
     if defect is not None:
-        return [quarantine.assess_quarantined(symbol, defect, position, covered_qty(position, stops) if position else 0.0)]
+        return [quarantine.assess_quarantined(symbol, defect, position, stops)]
     live = record is not None and record.state.is_live
     stale = _stale_stops(symbol, record if live else None, position, stops)
     stale_ids = {f.stop_client_order_id for f in stale}
@@ -160,7 +149,7 @@ def _state_findings(symbol: str, record: PositionRecord | None, position: Positi
         findings.append(Finding(symbol=symbol, kind="size_mismatch", position=position,
                                 seen=f"venue size {position.size}, record filled_qty {record.filled_qty}",
                                 action="take the venue's larger size"))
-    if covered_qty(position, stops) < position.size - QTY_TOLERANCE:
+    if not covers(position, stops):
         findings.append(Finding(symbol=symbol, kind="unprotected", position=position,
                                 seen=f"venue position {position.size} covered by stops for {covered_qty(position, stops)}",
                                 action="place a reduce-only stop for the whole position"))
@@ -282,8 +271,8 @@ async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Posi
             known = await ctx.venue.fetch_order(record.symbol, record.stop_client_order_id)
         except VenueUnavailable:
             known = None
-        if known is not None and known.status == "open" and known.qty >= position.size - QTY_TOLERANCE:
-            return f"stop {known.client_order_id} is live (not yet listed); nothing to do"
+        if known is not None and covers(position, [known]):
+            return f"stop {known.client_order_id} is live (not yet listed) and covers {position.size}; nothing to do"
     outcome = await protect_with_stop_order(ctx, record, position.size)
     if isinstance(outcome, Protected):
         return f"stop {record.stop_client_order_id} placed"

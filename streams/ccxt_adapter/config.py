@@ -15,13 +15,13 @@ override fails at start instead of quietly trading on a real exchange.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
 from posguard.streams.backoff import Backoff
-from posguard.streams.units import Seconds
+from posguard.streams.units import ONE_DAY, Seconds
 from posguard.streams.venue.protocol import ID_REUSE_GRACE
 
 __all__ = [
@@ -41,6 +41,9 @@ ExchangeId = Literal["bybit", "binanceusdm"]
 Environment = Literal["live", "testnet", "demo"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+BINANCE_CONNECTION_LIMIT = 24 * 3600.0
+"""Binance closes a user-data stream connection 24 hours after it opened."""
 
 
 class ConfigRefused(ValueError):
@@ -96,6 +99,15 @@ class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     listen_key_keepalive: Seconds = 1800.0
     """binanceusdm: seconds between extensions of the user-data stream's listen key, which
     Binance drops 60 minutes after its last extension (ccxt extends it once only)."""
+    listen_key_life: Seconds = 3600.0
+    """binanceusdm: how long a listen key lives unextended (Binance: 60 minutes). Topics
+    heartbeat only while the key is known alive, less `LISTEN_KEY_MARGIN` of this; tests
+    shorten it."""
+    max_connection_age: Annotated[float, msgspec.Meta(ge=0, le=ONE_DAY)] | None = None
+    """Seconds after which a private connection is replaced (reported down and up, followed by
+    the REST sweep) before the venue drops it. None: the venue's own rule
+    (`Dialect.max_connection_age`: binanceusdm 23 h, as Binance closes a connection at 24 h;
+    bybit none); 0: never."""
     resend_grace: Seconds | None = None
     """binanceusdm only: seconds an entry the venue keeps calling unknown must also go without
     a push, a fill or a position before it is sent again (`UnknownOrderRule.entry_grace`);
@@ -104,6 +116,11 @@ class CcxtVenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     def __post_init__(self) -> None:
         check_overrides(self.rest_url, self.ws_url)
+        if self.max_connection_age is not None and self.exchange == "binanceusdm" \
+                and self.max_connection_age >= BINANCE_CONNECTION_LIMIT:
+            raise ConfigRefused("max_connection_age", f"{self.max_connection_age:g} s is not below Binance's own limit"
+                                f" ({BINANCE_CONNECTION_LIMIT:g} s, when it closes the connection itself); leave it"
+                                " unset (23 h) or set it lower")
         if self.resend_grace is not None and self.exchange != "binanceusdm":
             raise ConfigRefused("resend_grace", f"is for binanceusdm only; {self.exchange} refuses a reused client"
                                 " order id, so it resends after verification.lookup_grace: remove the key")

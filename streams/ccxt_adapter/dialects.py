@@ -25,6 +25,7 @@ from posguard.streams.venue.errors import (
     NothingToReduce,
     OrderRejected,
     RateLimited,
+    StopSlotTaken,
     StopWouldTrigger,
     VenueAuthFailed,
     VenueUnavailable,
@@ -55,6 +56,15 @@ BYBIT_EXECUTION_HORIZON_MS = 30 * DAY_MS
 
 BINANCE_TRADES_PAGE = 1000
 """Binance's largest ``userTrades`` page."""
+
+BINANCE_ORDERS_PAGE = 1000
+"""Binance's largest ``allOrders`` / ``allAlgoOrders`` page."""
+
+BINANCE_ORDER_WINDOW_MS = 7 * DAY_MS - 60_000
+"""``allOrders`` / ``allAlgoOrders`` answer a window of less than seven days."""
+
+BINANCE_CONNECTION_AGE = 23 * 3600.0
+"""Binance closes a user-data stream connection after 24 hours; posguard replaces it at 23."""
 
 MAX_PAGES = 100
 """Pages read per listing before giving up with `VenueUnavailable`: an answer that was cut
@@ -192,9 +202,19 @@ class Dialect:
     async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
         raise NotImplementedError
 
-    def listen_key(self, exchange: Exchange) -> ListenKey | None:
+    def listen_key(self, exchange: Exchange, config: CcxtVenueConfig) -> ListenKey | None:
         """The credential the private stream is opened with, if it lapses unless extended."""
         return None
+
+    max_connection_age: float | None = None
+    """Seconds after which posguard replaces a private connection itself, ahead of the
+    venue's own limit (`CcxtVenueConfig.max_connection_age` overrides); None: no limit."""
+
+    async def fetch_recent_orders(self, exchange: Exchange, symbol: str, since_ms: int) -> list[CcxtDict]:
+        """Orders of ``symbol`` created or changed since ``since_ms``, closed ones included, for
+        the sweep after a reconnect (an order opened and closed during the gap is in no
+        open-orders list). [] where executions and the lookup by id already cover it."""
+        return []
 
     def watchers(self, exchange: Exchange) -> dict[Topic, Callable[[], Awaitable[object]]]:
         """One ccxt watch call per topic; each returns at the next message or raises on loss."""
@@ -266,6 +286,8 @@ class BybitDialect(Dialect):
         return "market", params
 
     def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
+        # Always sized to ``qty`` (``whole_position`` has no Bybit counterpart among stop
+        # orders): the audit tops up a position that grew (`posguard.actors.coverage`).
         # A sell stop protects a long: it fires when the price falls to it.
         direction = "descending" if request.side == "sell" else "ascending"
         return "market", {
@@ -354,6 +376,13 @@ BINANCE_CODES = VenueCodes(
         # way is retried and then the position closed, never left to a lookup of a stop
         # that does not exist.
         "-4120": OrderRejected,
+        # "An open stop or take profit order with GTE and closePosition in the direction is
+        # existing": one closePosition stop per symbol and direction. Nothing placed; the armed
+        # one still guards the position, and the replacement goes out sized instead.
+        "-4130": StopSlotTaken,
+        # "Reach max stop order limit" (at most 200 open conditional orders per symbol since
+        # 2025-12-29): nothing placed, a refusal like any other (retried, then closed).
+        "-4045": OrderRejected,
         "-2019": OrderRejected,  # MARGIN_NOT_SUFFICIEN
         "-2010": OrderRejected,  # NEW_ORDER_REJECTED
         "-4164": OrderRejected,  # MIN_NOTIONAL: notional below the minimum
@@ -387,17 +416,37 @@ LISTEN_KEY_GONE = "-1125"
 """INVALID_LISTEN_KEY: the key lapsed or was replaced; only a new one brings the stream back."""
 
 
+LISTEN_KEY_MARGIN = 1 / 12
+"""The part of a listen key's life not trusted: 5 of Binance's 60 minutes. A topic stops
+heartbeating this long before the key would lapse unextended, so actors turn to REST while
+the stream may still be silent for good (ccxt issue #6760)."""
+
+
 class ListenKey:
     """Binance's user-data stream key, kept alive by posguard rather than ccxt.
 
     A key lapses 60 minutes after it was created or last extended, and the stream then goes
     silent with its socket open. ccxt 4.5.90 extends it once, 20 minutes in, and never again
     (its rescheduling looks for a subscription it never finds), so `PrivateStream` extends it
-    every ``listen_key_keepalive`` seconds through this object.
+    every ``listen_key_keepalive`` seconds through this object, and asks `valid` before each
+    heartbeat: an open socket on a key not known alive proves nothing.
     """
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, life: float = 3600.0) -> None:
         self._exchange = exchange
+        self._life_ms = life * 1000
+        self._extended_ms = 0
+
+    def confirmed_ms(self) -> int:
+        """When the key was last known to be given a full life: created or extended by ccxt
+        (``POST /fapi/v1/listenKey``, which also extends an existing key) or extended by us."""
+        linear = self._exchange.options.get("linear") or {}
+        return max(self._extended_ms, int(linear.get("lastAuthenticatedTime") or 0))
+
+    def valid(self, now_ms: float) -> bool:
+        """Whether the key is known alive now, less `LISTEN_KEY_MARGIN` of its life."""
+        confirmed = self.confirmed_ms()
+        return confirmed > 0 and now_ms < confirmed + self._life_ms * (1 - LISTEN_KEY_MARGIN)
 
     async def extend(self) -> bool:
         """False when Binance says the key is gone (a reconnect on a new key is needed); any
@@ -408,12 +457,14 @@ class ListenKey:
             if venue_reply(exc)[0] == LISTEN_KEY_GONE:
                 return False
             raise
+        self._extended_ms = self._exchange.milliseconds()
         return True
 
     def forget(self) -> None:
         """Make ccxt's next connect POST a new key: it reuses a cached one for 20 minutes."""
         linear = self._exchange.options.get("linear") or {}
         self._exchange.options["linear"] = linear | {"listenKey": None, "lastAuthenticatedTime": 0}
+        self._extended_ms = 0
 
 
 class BinanceUsdmDialect(Dialect):
@@ -446,8 +497,32 @@ class BinanceUsdmDialect(Dialect):
         }
         return _make(HookedBinanceUsdm, config, credentials, options)
 
-    def listen_key(self, exchange: Exchange) -> ListenKey | None:
-        return ListenKey(exchange)
+    def listen_key(self, exchange: Exchange, config: CcxtVenueConfig) -> ListenKey | None:
+        return ListenKey(exchange, config.listen_key_life)
+
+    max_connection_age = BINANCE_CONNECTION_AGE
+
+    async def fetch_recent_orders(self, exchange: Exchange, symbol: str, since_ms: int) -> list[CcxtDict]:
+        """``GET /fapi/v1/allOrders`` and ``GET /fapi/v1/allAlgoOrders`` (ccxt's fetch_orders,
+        ``trigger: True`` for the algo book) from ``since_ms``: both answer at most 1000
+        orders and a window under 7 days (Binance's Query All Algo Orders page:
+        https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/Query-All-Algo-Orders).
+        A full page is never passed on as the whole list.
+
+        Binance selects by creation time: an entry or stop made during the gap is found
+        whatever became of it. A stop made before the gap that fired during it is not; its
+        fill is in the executions sweep (``userTrades`` since the same moment), and its own
+        state in the lookup by client algo id that the record's stop id gets."""
+        since_ms = max(since_ms, exchange.milliseconds() - BINANCE_ORDER_WINDOW_MS)
+        found: list[CcxtDict] = []
+        for params in ({}, {"trigger": True}):
+            # startTime as a parameter, not ccxt's ``since``: ccxt would also drop, on its side,
+            # every answer whose creation time is older, whatever Binance chose to return.
+            page = list(await exchange.fetch_orders(symbol, None, BINANCE_ORDERS_PAGE, params | {"startTime": since_ms}))
+            if len(page) >= BINANCE_ORDERS_PAGE:
+                raise VenueUnavailable(f"binanceusdm {symbol}: {len(page)}+ orders since {since_ms}; refusing a partial list")
+            found.extend(page)
+        return found
 
     def entry(self, request: OrderRequest) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"clientOrderId": request.client_order_id}
@@ -456,12 +531,30 @@ class BinanceUsdmDialect(Dialect):
         return "market", params
 
     def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
-        return "market", {
+        """A STOP_MARKET through the algo order API (``POST /fapi/v1/algoOrder``,
+        ``algoType=CONDITIONAL``: ccxt routes any order with a trigger price there and sends
+        the client id as ``clientAlgoId``), triggered by the mark price.
+
+        ``whole_position``: ``closePosition=true``, which closes the whole position at trigger
+        whatever its size then, follows it through partial fills and closes, and is cancelled
+        by Binance once the position is closed by other means. Binance's New Algo Order page
+        (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/New-Algo-Order):
+        closePosition is "Close-All, used with STOP_MARKET or TAKE_PROFIT_MARKET"; ``quantity``
+        "cannot be sent with closePosition=true" (ccxt then leaves it out) and ``reduceOnly``
+        "cannot be sent with closePosition=true". One such stop per symbol and direction: a
+        second is refused ``-4130`` (`StopSlotTaken`), and the replacement is then sent sized
+        (``whole_position`` False): a reduce-only STOP_MARKET for ``qty``.
+        """
+        params: dict[str, Any] = {
             "clientOrderId": request.client_order_id,
             "stopLossPrice": request.stop_price,  # ccxt: STOP_MARKET through the algo order API
-            "reduceOnly": True,
             "workingType": "MARK_PRICE",
         }
+        if request.whole_position:
+            params["closePosition"] = True
+        else:
+            params["reduceOnly"] = True
+        return "market", params
 
     async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
         for conditional in (False, True):

@@ -16,6 +16,7 @@ from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 __all__ = [
     "CcxtDict",
     "UnmappablePayload",
+    "closes_position",
     "is_usdt_linear_perpetual",
     "market_rules",
     "order_status",
@@ -107,7 +108,18 @@ def to_order(order: CcxtDict, *, now_ms: int) -> Order:
         reduce_only=bool(order.get("reduceOnly")),
         stop_price=stop_price,
         ts_ms=int(order.get("lastUpdateTimestamp") or order.get("timestamp") or now_ms),
+        closes_position=kind == "stop" and closes_position(order),
     )
+
+
+def closes_position(order: CcxtDict) -> bool:
+    """Whether the venue says this stop closes the whole position at trigger: Binance's
+    ``closePosition`` (REST, algo and plain books) or ``cp`` (user-data stream pushes, the
+    ``o`` of ORDER_TRADE_UPDATE and ALGO_UPDATE). ccxt keeps both in ``info`` only. Bybit has
+    no such order (its stops are sized): always False there."""
+    info = order.get("info") or {}
+    raw = info.get("closePosition", info.get("cp"))
+    return raw is True or str(raw).lower() == "true"
 
 
 def order_status(status: object, *, kind: str, filled: float, qty: float) -> OrderStatus:

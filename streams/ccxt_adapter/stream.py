@@ -6,11 +6,16 @@ when it drops), waits until the venue confirms the topic is live, then:
 
 * sends ``StreamStatus(connected=True)``;
 * reports a `Heartbeat` every ``heartbeat_interval`` while the connection is provably alive
-  (a pong or a message within two keepalive periods), so an idle account is not taken for a
-  dead stream, and a silently dead one stops heartbeating;
-* reads a REST snapshot of its topic (positions, open orders, or executions since shortly
-  before the stream was last known alive) into the sink, to fill whatever was missed while
-  it was down. The evidence board de-duplicates and keeps the newest state.
+  (a pong or a message within two keepalive periods) and, on a venue whose stream rides on a
+  listen key, while that key is known valid (created or extended within its life, less a
+  margin: `ListenKey.valid`), so an idle account is not taken for a dead stream, and a
+  silently dead one (an open socket on a lapsed key, ccxt #6760) stops heartbeating;
+* reads a REST snapshot of its topic (positions; open orders and, where the venue lists them
+  by time, every order changed since shortly before the stream was last known alive; or
+  executions since then) into the sink, to fill whatever was missed while it was down. The
+  evidence board de-duplicates and keeps the newest state;
+* replaces the connection once it is ``max_connection_age`` old (Binance closes one at 24 h;
+  posguard at 23 h by default), reported down and up like any reconnect.
 
 When the connection drops it sends ``StreamStatus(connected=False)`` and reconnects with
 exponential backoff and jitter. Where the connection rides on a key that lapses (Binance's
@@ -76,6 +81,7 @@ class PrivateStream:
         secrets: tuple[str, ...],
         rng: random.Random,
         listen_key: ListenKey | None = None,
+        max_connection_age: float | None = None,
     ) -> None:
         self._exchange = exchange
         self._watchers = watchers
@@ -92,6 +98,7 @@ class PrivateStream:
         self._alive_ms: dict[Topic, int] = {}
         self._listen_key = listen_key
         self._listen_key_lost = anyio.Event()
+        self._max_connection_age = max_connection_age
 
     # -- PrivateListener: called synchronously from ccxt's message handlers ----------------
 
@@ -198,6 +205,8 @@ class PrivateStream:
                 came_up = True
                 self._emit_status(topic, True, "reconnected" if reconnect else "connected")
                 tg.start_soon(self._heartbeat, topic, client)
+                if self._max_connection_age:
+                    tg.start_soon(self._retire, client, self._max_connection_age)
                 await self._fill_gap(topic)
                 await anyio.sleep_forever()
         return came_up, (failure[0] if failure else "stopped"), (client if client is not None else stale)
@@ -217,6 +226,18 @@ class PrivateStream:
         for client in list((self._exchange.clients or {}).values()):
             if not client.closed():
                 client.on_error(ccxt.NetworkError(f"posguard: {why}; reconnecting"))
+
+    async def _retire(self, client: Any, age: float) -> None:
+        """Replace the connection once it has been open ``age`` seconds, before the venue
+        closes it (Binance: at 24 h): every topic on it reports down, reconnects (reported
+        ``reconnected``, which makes the supervisor audit) and reads its REST sweep."""
+        opened_ms = client.connectionEstablished or self._exchange.milliseconds()
+        await anyio.sleep(max(0.0, age - (self._exchange.milliseconds() - opened_ms) / 1000))
+        if client.closed():
+            return  # already gone; the session is ending on its own
+        why = f"connection open {age:g} s (streams.max_connection_age)"
+        log.info("%s: %s; replacing it before the venue closes it", self._exchange.id, why)
+        self._drop_connections(why)
 
     async def _keep_listen_key(self, key: ListenKey) -> None:
         """Extend the key on schedule; when the venue says it is gone, end every topic's
@@ -254,6 +275,11 @@ class PrivateStream:
             freshest = max(client.lastPong or 0, client.last_message_at or 0, client.connectionEstablished or 0)
             if client.closed() or self._exchange.milliseconds() - freshest > 2 * keepalive_ms:
                 continue  # no proof of life: let the board see silence; ccxt will drop it
+            if self._listen_key is not None and not self._listen_key.valid(self._exchange.milliseconds()):
+                # An open socket on a key not known alive is no proof: an unextended key makes
+                # the stream silent for good (ccxt #6760). Silence lets actors ask over REST
+                # while the keepalive keeps retrying.
+                continue
             now = self._clock()
             self._alive_ms[topic] = now
             if self._outbox is not None:

@@ -325,7 +325,8 @@ class CcxtVenue:
             trades=lambda symbol: not self._rules or symbol in self._rules,
             secrets=self._secrets,
             rng=self._rng,
-            listen_key=self._dialect.listen_key(self._exchange),
+            listen_key=self._dialect.listen_key(self._exchange, self._config),
+            max_connection_age=self._max_connection_age(),
         )
         self._exchange.posguard_listener = private
         try:
@@ -333,12 +334,28 @@ class CcxtVenue:
         finally:
             self._exchange.posguard_listener = None
 
+    def _max_connection_age(self) -> float | None:
+        """`CcxtVenueConfig.max_connection_age` (0: never), else the dialect's own."""
+        age = self._config.max_connection_age
+        if age is None:
+            return self._dialect.max_connection_age
+        return age or None
+
     async def _snapshot(self, topic: Topic, since_ms: int) -> list[VenueEvent]:
-        """What REST says about ``topic`` now, to fill a gap in the stream."""
+        """What REST says about ``topic`` now, to fill a gap in the stream.
+
+        Orders: the open ones, and where the venue can list them by time (Binance), every
+        order of the symbols seen changed since ``since_ms``: an entry or a stop that opened
+        and closed while the stream was down is in no open-orders list, and its final state
+        (a stop that fired or expired, an entry cancelled unfilled) is evidence too. Its
+        fills come with the executions sweep on every venue."""
         if topic == "positions":
             return list(await self.fetch_positions())
         if topic == "orders":
-            return list(await self.fetch_open_orders())
+            orders: list[VenueEvent] = list(await self.fetch_open_orders())
+            for symbol in sorted(self._symbols_seen):
+                orders.extend(await self._recent_orders(symbol, since_ms))
+            return orders
         if not self._dialect.executions_need_symbol:
             return list(await self._executions(None, since_ms))
         # One listing per symbol this adapter has traded or seen a position or fill on.
@@ -346,6 +363,14 @@ class CcxtVenue:
         for symbol in sorted(self._symbols_seen):
             executions.extend(await self._executions(symbol, since_ms))
         return executions
+
+    async def _recent_orders(self, symbol: str, since_ms: int) -> list[Order]:
+        raw = await self._call("fetch_recent_orders", lambda: self._dialect.fetch_recent_orders(self._exchange, symbol, since_ms))
+        now = self.now_ms()
+        orders = self._mapped("fetch_recent_orders", lambda: [to_order(o, now_ms=now) for o in raw])
+        for order in orders:
+            self._remember(order)
+        return orders
 
     def _observe(self, event: VenueEvent) -> None:
         if isinstance(event, (Order, Position, Execution)):

@@ -7,8 +7,8 @@ what it gets into one of these, and the actor decides from the class alone:
   5xx, network). A write is followed by a lookup of its client order id before anything else.
 * `RateLimited`: like `VenueUnavailable`, but the venue asked us to slow down.
 * `OrderRejected`: the venue refused the request; nothing was placed. Final. Two refusals
-  change what the actor does next and have their own subclasses: `StopWouldTrigger` and
-  `NothingToReduce`.
+  change what the actor does next and have their own subclasses: `StopWouldTrigger`,
+  `NothingToReduce` and `StopSlotTaken`.
 * `VenueAuthFailed`: the venue refused the API credentials (wrong key or secret, revoked,
   expired, missing permission or IP binding). Nothing was done, and retrying will not help
   until an operator fixes the key; the supervisor refuses entries meanwhile.
@@ -23,6 +23,7 @@ __all__ = [
     "NothingToReduce",
     "OrderRejected",
     "RateLimited",
+    "StopSlotTaken",
     "StopWouldTrigger",
     "UnknownSymbol",
     "VenueAuthFailed",
@@ -61,6 +62,16 @@ class StopWouldTrigger(OrderRejected):
     """A stop was refused because the market is already through its price.
 
     Retrying cannot help: the stop would have fired. The position must be closed now.
+    """
+
+
+class StopSlotTaken(OrderRejected):
+    """A whole-position stop was refused because one is already armed on that side (Binance
+    ``-4130``: one ``closePosition`` stop per symbol and direction).
+
+    Nothing was placed, and the stop already armed still guards the position. A replacement
+    (posguard places the new stop before it cancels the old, never the other way round) is
+    sent as a stop sized to the position instead (`StopRequest.whole_position` False).
     """
 
 

@@ -60,6 +60,10 @@ class Order(msgspec.Struct, frozen=True, tag="order", kw_only=True):
     reduce_only: bool
     stop_price: float | None
     ts_ms: int
+    closes_position: bool = False
+    """A stop that closes the whole position at trigger, whatever its size (Binance
+    ``closePosition=true``): it covers the position at any size, its ``qty`` says nothing.
+    The venue cancels it when the position is closed by other means."""
 
     @property
     def is_final(self) -> bool:

@@ -50,6 +50,11 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
     qty: float
     stop_price: float
     client_order_id: str
+    whole_position: bool = True
+    """Ask for a stop that closes the whole position at trigger, whatever its size then, where
+    the venue has one (Binance ``closePosition=true``; the order then says
+    `Order.closes_position`). Elsewhere, or False, the stop is sized to ``qty``. A venue that
+    allows one such stop per side refuses a second with `StopSlotTaken`."""
 
 
 class UnknownOrderRule(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,127 @@
+"""Binance's stop refusals through posguard's protection path (issue 14).
+
+Run on the simulated venue (trio, mock clock, real Redis), its ``place_stop`` answering what
+the Binance adapter raises: the refusal is built by `translate` from the body Binance sends,
+through `BINANCE_CODES`, the same path `CcxtVenue` takes (pinned against real ccxt and the
+replay server in tests/test_binance_error_codes.py). Asserted against the venue's ground truth.
+
+* ``-4120`` (a stop sent to the old endpoint) is a refusal: retried, and if every attempt is
+  refused the position is closed reduce-only, never "unprotected and forgotten".
+* ``-4130`` (a closePosition stop is already armed on that side): the replacement placed
+  before the old stop is cancelled goes out sized, and the old one is cancelled after it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ccxt.async_support as ccxt
+
+from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
+from posguard.actors.records import Protection, State
+from posguard.streams.ccxt_adapter.dialects import BINANCE_CODES
+from posguard.streams.ccxt_adapter.errors import translate
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.streams.venue.errors import VenueError
+from posguard.streams.venue.events import Order, Position
+from posguard.streams.venue.protocol import StopRequest
+from posguard.supervisor.supervision import AuditSettings
+from tests.clock import IOAwareMockClock
+from tests.support import open_intent, running_engine, wait_streams_healthy
+
+SYMBOL = "SOL/USDT:USDT"
+TOPICS = ("positions", "orders", "executions")
+FAST_PUSH = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS})
+NO_AUDITS = AuditSettings(interval=3600.0)
+
+OLD_ENDPOINT = (-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.")
+SLOT_TAKEN = (-4130, "An open stop or take profit order with GTE and closePosition in the direction is existing.")
+
+
+def binance_refusal(code: int, message: str, coid: str) -> VenueError:
+    """What `CcxtVenue.place_stop` raises when Binance answers ``code`` (ccxt puts the body
+    after the exchange id; away from Binance's hosts it is a plain ExchangeError)."""
+    raised = ccxt.ExchangeError("binanceusdm " + json.dumps({"code": code, "msg": message}))
+    return translate(raised, BINANCE_CODES, action="place_stop", client_order_id=coid)
+
+
+def refuse_stops(venue: FakeVenue, times: int | None) -> list[StopRequest]:
+    """``venue.place_stop`` answers -4120 to the first ``times`` stops (None: to every one)."""
+    place_stop, sent = venue.place_stop, []
+
+    async def old_endpoint(request: StopRequest) -> Order:
+        sent.append(request)
+        if times is None or len(sent) <= times:
+            raise binance_refusal(*OLD_ENDPOINT, request.client_order_id)
+        return await place_stop(request)
+
+    venue.place_stop = old_endpoint  # type: ignore[method-assign]
+    return sent
+
+
+async def test_every_stop_refused_4120_ends_in_an_emergency_close(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with FakeVenue(seed=1401, knobs=FAST_PUSH, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock, audit=NO_AUDITS) as engine:
+        await wait_streams_healthy(engine)
+        sent = refuse_stops(venue, None)
+        reply = await (await engine.submit(open_intent("old-endpoint", symbol=SYMBOL))).wait()
+        assert reply.outcome == "closed", reply
+        assert venue.truth.position(SYMBOL) is None, "the position was left open with no stop"
+        assert len(sent) == engine.settings.protection.stop_attempts  # retried, then closed
+        record = await engine.store.load_record(SYMBOL)
+        assert record.state is State.CLOSED and "-4120" in record.reason
+
+
+async def test_a_stop_refused_4120_once_is_protected_by_the_retry(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with FakeVenue(seed=1402, knobs=FAST_PUSH, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock, audit=NO_AUDITS) as engine:
+        await wait_streams_healthy(engine)
+        sent = refuse_stops(venue, 1)
+        reply = await (await engine.submit(open_intent("old-endpoint-once", symbol=SYMBOL))).wait()
+        assert reply.outcome == "protected", reply
+        assert len(sent) == 2
+        [live] = venue.truth.open_stops(SYMBOL)
+        assert live.client_order_id == sent[1].client_order_id and venue.truth.is_protected(SYMBOL)
+
+
+async def test_a_tightened_stop_goes_out_sized_while_the_close_position_stop_is_armed(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The liquidation recheck replaces the stop new-first; Binance allows one closePosition
+    stop per side, so the new whole-position stop is refused -4130 while the old is armed.
+    The replacement goes out at once as a sized reduce-only stop, then the old is cancelled:
+    the position is never without a stop in between."""
+    async with FakeVenue(seed=1403, knobs=FAST_PUSH, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock, audit=NO_AUDITS) as engine:
+        await wait_streams_healthy(engine)
+        reply = await (await engine.submit(open_intent("tighten", symbol=SYMBOL))).wait()
+        assert reply.outcome == "protected"
+        record = await engine.store.load_record(SYMBOL)
+        [old] = venue.truth.open_stops(SYMBOL)
+        place_stop, cancel_order, calls = venue.place_stop, venue.cancel_order, []
+
+        async def one_whole_stop_per_side(request: StopRequest) -> Order:
+            calls.append(("place", request.whole_position, len(venue.truth.open_stops(SYMBOL))))
+            if request.whole_position and venue.truth.open_stops(SYMBOL):
+                raise binance_refusal(*SLOT_TAKEN, request.client_order_id)
+            return await place_stop(request)
+
+        async def cancel(symbol: str, client_order_id: str) -> Order | None:
+            calls.append(("cancel", client_order_id == old.client_order_id, len(venue.truth.open_stops(SYMBOL))))
+            return await cancel_order(symbol, client_order_id)
+
+        venue.place_stop, venue.cancel_order = one_whole_stop_per_side, cancel  # type: ignore[method-assign]
+        truth = venue.truth.position(SYMBOL)
+        assert truth is not None
+        liq = record.stop_price + (truth.entry_price - record.stop_price) / 4  # inside the stop: it would never fire
+        seen = Position(symbol=SYMBOL, side="long", size=truth.size, entry_price=truth.entry_price, stop_price=None,
+                        mark_price=truth.entry_price, liq_price=liq, ts_ms=venue.now_ms())
+        await recheck_liquidation(engine.ctx, record, seen)
+
+        assert calls == [("place", True, 1), ("place", False, 1), ("cancel", True, 2)], calls
+        [new] = venue.truth.open_stops(SYMBOL)
+        assert new.client_order_id != old.client_order_id and abs(new.qty - truth.size) < 1e-9
+        assert new.stop_price is not None and new.stop_price > liq
+        after = await engine.store.load_record(SYMBOL)
+        assert (after.state, after.protection, after.stop_client_order_id) == (
+            State.PROTECTED, Protection.STOP_ORDER, new.client_order_id)
