@@ -144,6 +144,24 @@ async def test_exchange_info_and_the_answers_have_the_documented_shapes() -> Non
         assert config["marginType"] == "CROSSED" and isinstance(config["leverage"], int)
 
 
+async def test_all_orders_and_all_algo_orders_list_closed_ones_by_creation_time_within_seven_days() -> None:
+    async with wire() as (emu, w):
+        before = int(time.time() * 1000) - 1
+        await w.ok("POST", "/fapi/v1/order", **market("w-a1"))
+        await w.ok("POST", "/fapi/v1/algoOrder", **stop("w-a-s", closePosition=True))
+        await w.ok("DELETE", "/fapi/v1/algoOrder", clientAlgoId="w-a-s")
+        await w.ok("POST", "/fapi/v1/order", **market("w-a2", side="SELL", reduceOnly=True))
+        listed = await w.ok("GET", "/fapi/v1/allOrders", symbol="BTCUSDT", startTime=before)
+        assert [(o["clientOrderId"], o["status"]) for o in listed] == [("w-a1", "FILLED"), ("w-a2", "FILLED")]
+        [algo] = await w.ok("GET", "/fapi/v1/allAlgoOrders", symbol="BTCUSDT", startTime=before)
+        assert (algo["clientAlgoId"], algo["algoStatus"]) == ("w-a-s", "CANCELED")
+        assert await w.ok("GET", "/fapi/v1/allOrders", symbol="BTCUSDT", startTime=int(time.time() * 1000) + 60_000) == []
+        too_long = {"startTime": before - 8 * 86_400_000, "endTime": before}
+        assert await w.refused("GET", "/fapi/v1/allOrders", symbol="BTCUSDT", **too_long) == (400, -1127)
+        assert await w.refused("GET", "/fapi/v1/allAlgoOrders", symbol="BTCUSDT", **too_long) == (400, -1127)
+        assert emu.unknown_requests() == {}
+
+
 async def test_a_stop_on_the_old_endpoint_is_refused_4120_and_the_algo_endpoint_takes_it() -> None:
     async with wire() as (emu, w):
         await w.ok("POST", "/fapi/v1/order", **market("w-e"))

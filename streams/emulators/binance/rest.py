@@ -84,6 +84,7 @@ class BinanceRest:
         get("/fapi/v1/order", self.query_order)
         delete("/fapi/v1/order", self.cancel_order)
         get("/fapi/v1/openOrders", self.open_orders)
+        get("/fapi/v1/allOrders", self.all_orders)
         post("/fapi/v1/algoOrder", self.new_algo_order)
         get("/fapi/v1/algoOrder", self.query_algo_order)
         delete("/fapi/v1/algoOrder", self.cancel_algo_order)
@@ -234,6 +235,16 @@ class BinanceRest:
         self.engine.cancel_order(order, symbol)
         return web.json_response(payloads.order_payload(order, self.engine.instruments[symbol]))
 
+    async def all_orders(self, request: web.Request) -> web.Response:
+        """Orders of a symbol created in the window, oldest first, closed ones included (and the
+        market orders triggered conditional orders became): "The query time period must be less
+        then 7 days (default as the recent 7 days)."
+        (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/All-Orders)."""
+        params = request[PARAMS]
+        symbol = self._symbol(params)
+        listed = self._created_in_window(params, symbol, lambda o: not o.conditional or bool(o.fill_order_id))
+        return web.json_response([payloads.order_payload(o, self.engine.instruments[symbol]) for o in listed])
+
     async def open_orders(self, request: web.Request) -> web.Response:
         symbol = request[PARAMS].get("symbol")
         if symbol:
@@ -271,8 +282,11 @@ class BinanceRest:
         return web.json_response([payloads.algo_payload(o, self.engine.instruments[o.symbol]) for o in listed])
 
     async def all_algo_orders(self, request: web.Request) -> web.Response:
-        symbol = self._symbol(request[PARAMS])
-        listed = [o for o in reversed(self.engine.order_list()) if o.conditional and o.symbol == symbol]
+        """Conditional orders of a symbol created in the window, oldest first
+        (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/Query-All-Algo-Orders)."""
+        params = request[PARAMS]
+        symbol = self._symbol(params)
+        listed = self._created_in_window(params, symbol, lambda o: o.conditional)
         return web.json_response([payloads.algo_payload(o, self.engine.instruments[symbol]) for o in listed])
 
     # -- trades, positions, account --------------------------------------------------------
@@ -285,22 +299,12 @@ class BinanceRest:
         limit = int(params.get("limit") or 500)
         if not 1 <= limit <= 1000:
             raise BinanceReject(-1130, "Invalid data sent for a parameter.")
-        start = int(params["startTime"]) if params.get("startTime") else None
-        end = int(params["endTime"]) if params.get("endTime") else None
-        if start is None and end is None and not params.get("fromId"):
-            end = now_ms()
-            start = end - SEVEN_DAYS_MS
-        elif start is not None and end is None:
-            end = start + SEVEN_DAYS_MS
-        elif end is not None and start is None:
-            start = end - SEVEN_DAYS_MS
-        if start is not None and end is not None and end - start > SEVEN_DAYS_MS:
-            raise BinanceReject(-1127, "More than 7 days between startTime and endTime.")
         from_id = int(params["fromId"]) if params.get("fromId") else None
+        start, end = (0, 2**62) if from_id is not None and not params.get("startTime") else _window(params)
         fills = [
             e for e in reversed(self.engine.execution_list())
             if e.order.symbol == symbol
-            and (start is None or start <= e.time_ms <= (end or 0))
+            and start <= e.time_ms <= end
             and (from_id is None or int(e.exec_id) >= from_id)
             and (not params.get("orderId") or payloads.order_id(e.order) == int(params["orderId"]))
         ]
@@ -365,6 +369,17 @@ class BinanceRest:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _created_in_window(self, params: Mapping[str, str], symbol: str, keep: Callable[[EmuOrder], bool]) -> list[EmuOrder]:
+        start, end = _window(params)
+        limit = int(params.get("limit") or 500)
+        if not 1 <= limit <= 1000:
+            raise BinanceReject(-1130, "Invalid data sent for a parameter.")
+        listed = [
+            o for o in reversed(self.engine.order_list())
+            if o.symbol == symbol and keep(o) and start <= o.created_ms <= end
+        ]
+        return listed[:limit]
+
     def _symbol(self, params: Mapping[str, str]) -> str:
         return self.engine.instrument(mandatory(params, "symbol")).symbol
 
@@ -387,6 +402,24 @@ def _ids(params: Mapping[str, str], id_name: str, client_name: str) -> tuple[str
     if not order_id and not client_id:
         raise BinanceReject(-1102, f"Param {id_name} or {client_name} must be sent, but both were empty/null!")
     return order_id, client_id
+
+
+def _window(params: Mapping[str, str]) -> tuple[int, int]:
+    """``startTime``/``endTime`` as Binance's history endpoints read them: the last seven days
+    by default, at most seven days between the two."""
+    start = int(params["startTime"]) if params.get("startTime") else None
+    end = int(params["endTime"]) if params.get("endTime") else None
+    if start is None and end is None:
+        end = now_ms()
+        start = end - SEVEN_DAYS_MS
+    elif end is None:
+        assert start is not None
+        end = start + SEVEN_DAYS_MS
+    elif start is None:
+        start = end - SEVEN_DAYS_MS
+    if end - start > SEVEN_DAYS_MS:
+        raise BinanceReject(-1127, "Lookup interval is too big.")
+    return start, end
 
 
 def _without_signature(encoded: str) -> str:
