@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import aiohttp
 import anyio
 import pytest
+from yarl import URL
 
 from posguard.streams.ccxt_adapter.dialects import ListenKey
 from posguard.streams.emulators.binance import EmulatorServer, ScriptedFailure, running_binance_emulator
@@ -56,8 +57,8 @@ class Wire:
             fields["signature"] = hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
         headers = {"X-MBX-APIKEY": key} if key is not None else {}
         query = urlencode(fields)
-        if method in ("GET", "DELETE"):
-            request = self.http.request(method, f"{path}?{query}", headers=headers)
+        if method in ("GET", "DELETE"):  # sent as encoded, as ccxt sends it
+            request = self.http.request(method, URL(f"{path}?{query}", encoded=True), headers=headers)
         else:
             request = self.http.request(method, path, data=query, headers=headers | {
                 "Content-Type": "application/x-www-form-urlencoded"})
@@ -108,13 +109,16 @@ async def test_signed_requests_only_and_unknown_paths_answer_an_error() -> None:
         assert await w.refused("GET", "/fapi/v1/openOrders", timestamp=stale) == (400, -1021)
         assert await w.ok("GET", "/fapi/v1/openOrders", timestamp=stale, recvWindow=10_000) == []
         assert await w.refused("GET", "/fapi/v1/noSuchThing") == (404, -1099)
+        # Signed over the query as sent: an id with characters that are percent-encoded.
+        await w.ok("POST", "/fapi/v1/order", **market("pg:w/1.a"))
+        assert (await w.ok("GET", "/fapi/v1/order", symbol="BTCUSDT", origClientOrderId="pg:w/1.a"))["clientOrderId"] == "pg:w/1.a"
         assert await w.refused("POST", "/fapi/v1/order", **market("w-1"), secret="wrong") == (400, -1022)
-        assert emu.truth()["orders"] == []  # nothing refused took effect
+        assert truth_orders(emu, "w-1") == []  # nothing refused took effect
         emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="clock_skew"))
         assert await w.refused("POST", "/fapi/v1/order", **market("w-2")) == (400, -1021)
         emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="rate_limit"))
         assert await w.refused("POST", "/fapi/v1/order", **market("w-3")) == (429, -1003)
-        assert emu.truth()["orders"] == []
+        assert [o["order_link_id"] for o in emu.truth()["orders"]] == ["pg:w/1.a"]
         # Public: no key needed.
         assert (await w.call("GET", "/fapi/v1/time", key=None, signed=False))[0] == 200
 
@@ -374,6 +378,17 @@ async def test_ccxt_entry_fills_and_its_id_reused_after_the_fill_opens_a_second_
         assert again.status == "filled" and again.order_id != first.order_id
         assert emu.truth()["positions"]["BTCUSDT"]["size"] == 0.02
         assert len(truth_orders(emu, "cx-e")) == 2
+
+
+async def test_ccxt_signs_ids_with_characters_it_percent_encodes() -> None:
+    """Binance allows ``.:/`` in client ids; ccxt signs the query string as it sends it (``%3A``),
+    so the emulator must check the signature over the raw query, not the decoded one (seen
+    failing with the decoded one: -1022 for a valid request)."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="pg:e/1.a"))
+        found = await venue.fetch_order(BTC, "pg:e/1.a")
+        assert found is not None and (found.client_order_id, found.status) == ("pg:e/1.a", "filled")
+        assert [o["order_link_id"] for o in emu.truth()["orders"]] == ["pg:e/1.a"]
 
 
 async def test_ccxt_an_open_stop_id_is_refused_and_the_stop_protects() -> None:

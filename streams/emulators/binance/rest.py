@@ -125,10 +125,11 @@ class BinanceRest:
             self.unknown[f"{request.method} {path}"] += 1
             return error(-1099, "Not found, unauthenticated, or unauthorized.", status=404)
         body = await request.text() if request.can_read_body else ""
-        params = dict(parse_qsl(request.query_string, keep_blank_values=True)) | dict(parse_qsl(body, keep_blank_values=True))
+        query = request.rel_url.raw_query_string  # as sent (and signed), not decoded
+        params = dict(parse_qsl(query, keep_blank_values=True)) | dict(parse_qsl(body, keep_blank_values=True))
         request[PARAMS] = params
         if path not in PUBLIC_PATHS:
-            refused = self._authorised(request, params, body, signed=path not in KEY_ONLY_PATHS)
+            refused = self._authorised(request, params, query, body, signed=path not in KEY_ONLY_PATHS)
             if refused is not None:
                 return refused
         try:
@@ -146,7 +147,8 @@ class BinanceRest:
             return web.Response(status=504, text="<html><body>504 Gateway Time-out</body></html>")
         return response
 
-    def _authorised(self, request: web.Request, params: Mapping[str, str], body: str, *, signed: bool) -> web.Response | None:
+    def _authorised(self, request: web.Request, params: Mapping[str, str], query: str, body: str, *,
+                    signed: bool) -> web.Response | None:
         key = request.headers.get("X-MBX-APIKEY")
         if not key:
             return error(-2014, "API-key format invalid.", status=401)
@@ -155,7 +157,7 @@ class BinanceRest:
         if not signed:
             return None
         sent = params.get("signature", "")
-        total = _without_signature(request.query_string) + _without_signature(body)
+        total = _without_signature(query) + _without_signature(body)
         expected = hmac.new(self.api_secret.encode(), total.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
         if not sent or not hmac.compare_digest(sent.lower().encode("utf-8", "replace"), expected.encode()):
             return error(-1022, "Signature for this request is not valid.")

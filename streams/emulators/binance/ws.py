@@ -145,6 +145,8 @@ class UserDataHub:
             if record.conditional:
                 if record.status in ("Filled", "PartiallyFilled"):
                     return []  # told with its fill (ORDER_TRADE_UPDATE TRADE, then ALGO_UPDATE FINISHED)
+                if record.status == "Triggered" and not record.fill_order_id:
+                    return []  # nothing to reduce at its trigger: told once, as EXPIRED
                 events = [("algo", payloads.algo_update(record, instrument, now_ms=now))]
                 if record.status == "Triggered":  # the actual MARKET order enters the book
                     events.append(("order", payloads.order_trade_update(record, instrument, now_ms=now)))

@@ -471,19 +471,20 @@ class Engine:
     def _trigger(self, order: EmuOrder, price: float) -> None:
         order.status = "Triggered"
         order.updated_ms = order.triggered_ms = now_ms()
-        order.fill_order_id = self.new_id()
-        self._order_changed(order)
         position = self.positions.get(order.symbol)
         reduces = bool(position and position.side and position.side != order.side)
         if (order.reduce_only or order.close_position) and not reduces:
+            self._order_changed(order)  # triggered, but no order reaches the book
             order.status = "Deactivated"
             order.reject_reason = "EC_ReduceOnlySetButNotReducing"
             order.cancel_type = "CancelByPositionClosed" if order.close_position else order.cancel_type
             self._order_changed(order)
             return
+        order.fill_order_id = self.new_id()
         if order.close_position and position is not None:
             order.qty = position.size  # the whole position, whatever its size now
-        elif order.reduce_only and position is not None:
+        self._order_changed(order)
+        if order.reduce_only and position is not None:
             order.qty = min(order.qty, position.size)
         self._execute(order, price)
 
