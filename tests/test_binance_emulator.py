@@ -535,3 +535,19 @@ async def test_ccxt_stream_comes_back_on_a_new_key_after_listen_key_expired() ->
             since = len(recorder.events)
             await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-after"))
             await recorder.wait_for(Execution, lambda e: e.client_order_id == "cx-after", since=since)
+
+
+async def test_ccxt_stream_reconnects_when_the_server_ends_a_connection_at_its_age_limit() -> None:
+    """Binance closes a user-data connection at 24 hours (here 1 s): the stream comes back and
+    pushes flow again on the same key."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        emu.faults.ws_connection_lifetime = 1.0
+        async with recording(venue) as recorder:
+            mark = len(recorder.events)
+            await recorder.wait_for(StreamStatus, lambda s: not s.connected, since=mark, timeout=10)
+            emu.faults.ws_connection_lifetime = 86_400.0
+            await recorder.wait_for(StreamStatus, lambda s: s.connected and s.reason == "reconnected", since=mark, timeout=10)
+            assert emu.hub.connects >= 2
+            since = len(recorder.events)
+            await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-aged"))
+            await recorder.wait_for(Execution, lambda e: e.client_order_id == "cx-aged", since=since)

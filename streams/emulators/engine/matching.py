@@ -67,8 +67,11 @@ republished because one of its orders changed: Bybit pushes it, Binance does not
 IdRule = Literal["forever", "open_only"]
 """``forever``: a client order id can be used once (Bybit ``orderLinkId``, retCode 110072).
 ``open_only``: unique among the *open* orders of the same book only (Binance
-``newClientOrderId`` / ``clientAlgoId``: "A unique id among open orders"), so a filled
-market order's id can be sent again and opens a second position."""
+``newClientOrderId`` / ``clientAlgoId``: "A unique id among open orders. Automatically
+generated if not sent." on https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api
+and .../trade/rest-api/New-Algo-Order), so a filled market order's id can be sent again and
+opens a second position. Bybit: https://bybit-exchange.github.io/docs/v5/order/create-order
+("orderLinkId ... should be unique"; a repeat is 110072)."""
 
 RejectReason = Literal[
     "bad_symbol", "bad_qty", "qty_step", "qty_min", "qty_max", "duplicate_id", "nothing_to_reduce",
