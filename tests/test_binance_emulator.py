@@ -118,6 +118,10 @@ async def test_signed_requests_only_and_unknown_paths_answer_an_error() -> None:
         assert await w.refused("POST", "/fapi/v1/order", **market("w-2")) == (400, -1021)
         emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="rate_limit"))
         assert await w.refused("POST", "/fapi/v1/order", **market("w-3")) == (429, -1003)
+        emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="server_error"))
+        assert await w.refused("POST", "/fapi/v1/order", **market("w-4")) == (500, -1001)
+        emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="http_503"))
+        assert (await w.call("POST", "/fapi/v1/order", **market("w-5")))[0] == 503
         assert [o["order_link_id"] for o in emu.truth()["orders"]] == ["pg:w/1.a"]
         # Public: no key needed.
         assert (await w.call("GET", "/fapi/v1/time", key=None, signed=False))[0] == 200
@@ -336,7 +340,8 @@ async def test_events_follow_the_documented_shapes() -> None:
         assert kinds == [
             ("ORDER_TRADE_UPDATE", "NEW"), ("ORDER_TRADE_UPDATE", "TRADE"), ("TRADE_LITE", ""), ("ACCOUNT_UPDATE", ""),
             ("ALGO_UPDATE", "NEW"),
-            ("ALGO_UPDATE", "TRIGGERED"), ("ORDER_TRADE_UPDATE", "NEW"), ("ORDER_TRADE_UPDATE", "TRADE"),
+            ("ALGO_UPDATE", "TRIGGERING"), ("ALGO_UPDATE", "TRIGGERED"), ("ORDER_TRADE_UPDATE", "NEW"),
+            ("ORDER_TRADE_UPDATE", "TRADE"),
             ("TRADE_LITE", ""), ("ALGO_UPDATE", "FINISHED"),
         ]
         fill = next(e for e in seen if e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["x"] == "TRADE")

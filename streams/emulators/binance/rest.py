@@ -92,7 +92,6 @@ class BinanceRest:
         get("/fapi/v1/allAlgoOrders", self.all_algo_orders)
         get("/fapi/v1/userTrades", self.user_trades)
         get("/fapi/v3/positionRisk", self.position_risk)
-        get("/fapi/v2/positionRisk", self.position_risk)
         get("/fapi/v1/symbolConfig", self.symbol_config)
         post("/fapi/v1/leverage", self.leverage)
         get("/fapi/v1/positionSide/dual", self.get_dual_side)

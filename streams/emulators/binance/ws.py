@@ -147,10 +147,15 @@ class UserDataHub:
                     return []  # told with its fill (ORDER_TRADE_UPDATE TRADE, then ALGO_UPDATE FINISHED)
                 if record.status == "Triggered" and not record.fill_order_id:
                     return []  # nothing to reduce at its trigger: told once, as EXPIRED
-                events = [("algo", payloads.algo_update(record, instrument, now_ms=now))]
-                if record.status == "Triggered":  # the actual MARKET order enters the book
-                    events.append(("order", payloads.order_trade_update(record, instrument, now_ms=now)))
-                return events
+                if record.status == "Triggered":
+                    # "met the triggering condition and forwarded to the matching engine", then
+                    # "successfully placed into the matching engine": the actual MARKET order.
+                    return [
+                        ("algo", payloads.algo_update(record, instrument, now_ms=now, status="TRIGGERING")),
+                        ("algo", payloads.algo_update(record, instrument, now_ms=now)),
+                        ("order", payloads.order_trade_update(record, instrument, now_ms=now)),
+                    ]
+                return [("algo", payloads.algo_update(record, instrument, now_ms=now))]
             if record.status == "New":
                 return [("order", payloads.order_trade_update(record, instrument, now_ms=now))]
             if record.status == "Cancelled":
