@@ -134,7 +134,8 @@ async def test_exchange_info_and_the_answers_have_the_documented_shapes() -> Non
         filters = {f["filterType"]: f for f in btc["filters"]}
         assert (btc["contractType"], btc["marginAsset"], btc["status"]) == ("PERPETUAL", "USDT", "TRADING")
         assert filters["MARKET_LOT_SIZE"]["stepSize"] == "0.001" and filters["PRICE_FILTER"]["tickSize"] == "0.10"
-        assert filters["MIN_NOTIONAL"]["notional"] == "5" and filters["MAX_NUM_ALGO_ORDERS"]["limit"] == 200
+        assert filters["MIN_NOTIONAL"]["notional"] == "5"
+        assert "MAX_NUM_ALGO_ORDERS" not in filters  # removed 2025-12-29: the limit is account-wide
 
         ack = await w.ok("POST", "/fapi/v1/order", **(market("w-ack") | {"newOrderRespType": "ACK"}))
         assert (ack["status"], ack["executedQty"]) == ("NEW", "0")  # ACK: accepted, before the result
@@ -207,15 +208,21 @@ async def test_close_position_rules_from_the_docs() -> None:
         assert is_protected(emu.truth(), "BTCUSDT")
 
 
-def test_at_most_200_open_conditional_orders_per_symbol() -> None:
+def test_at_most_200_open_conditional_orders_across_all_symbols() -> None:
+    """Change log 2025-12-29: "The condtional order limits is 200 across all symbols"."""
     emu = EmulatorServer()
-    for n in range(200):
+    for n in range(199):
         algo_order(emu.engine, {k: str(v) for k, v in stop(f"many-{n}", trigger=50_000 + n, quantity="0.001").items()})
-    with pytest.raises(BinanceReject) as refused:
-        algo_order(emu.engine, {k: str(v) for k, v in stop("many-200", quantity="0.001").items()})
-    assert (refused.value.code, refused.value.message) == (-4045, "Reach max stop order limit.")
-    other = {k: str(v) for k, v in stop("eth-1", quantity="0.01").items()} | {"symbol": "ETHUSDT", "triggerPrice": "2900"}
-    algo_order(emu.engine, other)  # the limit is per symbol
+    eth = {k: str(v) for k, v in stop("eth-1", quantity="0.01").items()} | {"symbol": "ETHUSDT", "triggerPrice": "2900"}
+    algo_order(emu.engine, eth)  # the 200th, on another symbol
+    for symbol, trigger in (("BTCUSDT", "57000"), ("ETHUSDT", "2800")):
+        with pytest.raises(BinanceReject) as refused:
+            algo_order(emu.engine, {k: str(v) for k, v in stop("one-more", quantity="0.01").items()}
+                       | {"symbol": symbol, "triggerPrice": trigger})
+        assert (refused.value.code, refused.value.message) == (-4045, "Reach max stop order limit.")
+    [first] = [o for o in emu.engine.orders.values() if o.link_id == "many-0"]
+    emu.engine.cancel_order(first, "BTCUSDT")
+    algo_order(emu.engine, {k: str(v) for k, v in stop("one-more", quantity="0.001").items()})  # room again
 
 
 async def test_an_order_reads_does_not_exist_during_the_order_list_lag_then_is_found() -> None:

@@ -93,6 +93,7 @@ def exchange_info(instruments: list[Instrument], now_ms: int) -> dict[str, Any]:
 
 
 def _symbol(i: Instrument) -> dict[str, Any]:
+    """One symbol; no MAX_NUM_ALGO_ORDERS filter since 2025-12-29 (the limit is account-wide)."""
     perpetual = i.contract_type == "LinearPerpetual"
     return {
         "symbol": i.symbol, "pair": i.symbol, "contractType": "PERPETUAL" if perpetual else "CURRENT_QUARTER",
@@ -108,7 +109,6 @@ def _symbol(i: Instrument) -> dict[str, Any]:
             {"filterType": "LOT_SIZE", "minQty": i.min_qty, "maxQty": i.max_qty, "stepSize": i.step},
             {"filterType": "MARKET_LOT_SIZE", "minQty": i.min_qty, "maxQty": i.max_qty, "stepSize": i.step},
             {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 200},
             {"filterType": "MIN_NOTIONAL", "notional": i.min_notional},
             {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"},
         ],

@@ -254,7 +254,7 @@ class Engine:
         self.id_rule: IdRule = id_rule
         self.new_id = new_id or uuid_ids()
         self.max_open_conditional = max_open_conditional
-        """Open conditional orders allowed per symbol (None: no limit)."""
+        """Open conditional orders allowed in the account, all symbols together (None: no limit)."""
         self.orders: dict[str, EmuOrder] = {}  # by order id, in creation order
         self.positions: dict[str, EmuPosition] = {}
         self.executions: list[EmuExecution] = []
@@ -308,10 +308,12 @@ class Engine:
                 raise Reject("would_trigger", variant="rising", trigger=trigger, price=price)
             if direction == 2 and trigger >= price:
                 raise Reject("would_trigger", variant="falling", trigger=trigger, price=price)
-            open_here = [o for o in self.orders.values() if o.symbol == order.symbol and o.is_open and o.conditional]
-            if new.close_position and any(o.close_position and o.side == new.side for o in open_here):
+            armed = [o for o in self.orders.values() if o.is_open and o.conditional]
+            if new.close_position and any(
+                o.close_position and o.side == new.side and o.symbol == order.symbol for o in armed
+            ):
                 raise Reject("close_position_exists", side=new.side)
-            if self.max_open_conditional is not None and len(open_here) >= self.max_open_conditional:
+            if self.max_open_conditional is not None and len(armed) >= self.max_open_conditional:
                 raise Reject("too_many_conditionals", limit=self.max_open_conditional)
             order.trigger_price = trigger
             order.trigger_direction = direction
