@@ -185,6 +185,12 @@ async def test_a_stop_on_the_old_endpoint_is_refused_4120_and_the_algo_endpoint_
         assert armed["clientAlgoId"] == "w-s" and armed["triggerPrice"] == "57000"
         assert await w.ok("GET", "/fapi/v1/openOrders", symbol="BTCUSDT") == []  # not in the plain book
         assert is_protected(emu.truth(), "BTCUSDT")
+        await w.ok("POST", "/fapi/v1/order", **market("w-x", side="SELL", reduceOnly=True))
+        # Flat, but with an open order: v3 still lists the symbol, at 0.
+        [flat] = await w.ok("GET", "/fapi/v3/positionRisk")
+        assert (flat["symbol"], flat["positionAmt"]) == ("BTCUSDT", "0.000")
+        await w.ok("DELETE", "/fapi/v1/algoOrder", clientAlgoId="w-s")
+        assert await w.ok("GET", "/fapi/v3/positionRisk") == []
 
 
 async def test_close_position_rules_from_the_docs() -> None:
@@ -534,15 +540,17 @@ async def test_posguard_run_trades_against_the_binance_emulator_from_run_config(
 
 
 async def test_ccxt_stream_comes_back_on_a_new_key_after_listen_key_expired() -> None:
-    """The key lapses (no keepalive within its short lifetime): ``listenKeyExpired`` arrives,
+    """The key lapses (its hour ran out without a keepalive): ``listenKeyExpired`` arrives,
     the stream goes down, reconnects on a new key, and pushes flow again."""
     async with running_binance_emulator() as emu, binance_venue(emu) as venue:
-        emu.faults.listen_key_lifetime = 1.0
         async with recording(venue) as recorder:
             mark = len(recorder.events)
+            key = emu.hub.keys.current()
+            assert key is not None
+            emu.hub.keys.expire(key)
             await recorder.wait_for(StreamStatus, lambda s: not s.connected, since=mark, timeout=10)
-            emu.faults.listen_key_lifetime = 3600.0  # the next key lives
             await recorder.wait_for(StreamStatus, lambda s: s.connected and s.reason == "reconnected", since=mark, timeout=10)
+            assert emu.hub.keys.current() not in (None, key)
             assert emu.hub.keys.created >= 2, "a new listen key"
             since = len(recorder.events)
             await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-after"))
@@ -555,9 +563,9 @@ async def test_ccxt_stream_reconnects_when_the_server_ends_a_connection_at_its_a
     async with running_binance_emulator() as emu, binance_venue(emu) as venue:
         emu.faults.ws_connection_lifetime = 1.0
         async with recording(venue) as recorder:
+            emu.faults.ws_connection_lifetime = 86_400.0  # for the connections that replace these
             mark = len(recorder.events)
             await recorder.wait_for(StreamStatus, lambda s: not s.connected, since=mark, timeout=10)
-            emu.faults.ws_connection_lifetime = 86_400.0
             await recorder.wait_for(StreamStatus, lambda s: s.connected and s.reason == "reconnected", since=mark, timeout=10)
             assert emu.hub.connects >= 2
             since = len(recorder.events)

@@ -35,7 +35,7 @@ from aiohttp import web
 from posguard.streams.emulators.binance import payloads
 from posguard.streams.emulators.binance.orders import BinanceReject, algo_order, mandatory, market_order
 from posguard.streams.emulators.engine.faults import take_scripted
-from posguard.streams.emulators.engine.matching import LEVERAGE, EmuOrder, Engine, Reject, fmt, now_ms
+from posguard.streams.emulators.engine.matching import LEVERAGE, EmuOrder, EmuPosition, Engine, Reject, fmt, now_ms
 
 if TYPE_CHECKING:
     from posguard.streams.emulators.binance.ws import UserDataHub
@@ -313,13 +313,19 @@ class BinanceRest:
         return web.json_response([payloads.user_trade(e, instrument) for e in fills[:limit]])
 
     async def position_risk(self, request: web.Request) -> web.Response:
-        """V3 lists only symbols with a position (one-way mode: one row each)."""
+        """V3: "Only symbol that has position or open orders will be returned" (one-way mode:
+        one row each; a flat one with open orders has ``positionAmt`` 0)
+        (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/Position-Information-V3)."""
         symbol = request[PARAMS].get("symbol")
         if symbol:
             self.engine.instrument(symbol)
+        with_orders = {o.symbol for o in self.engine.order_list() if o.is_open}
+        listed = {p.symbol: p for p in self.engine.position_list() if p.size or p.symbol in with_orders}
+        for flat in with_orders - set(listed):
+            listed[flat] = EmuPosition(symbol=flat, mark_price=self.engine.prices[flat])
         rows = [
-            payloads.position_risk(p, self.engine.instruments[p.symbol]) for p in self.engine.position_list()
-            if p.size and (not symbol or p.symbol == symbol)
+            payloads.position_risk(p, self.engine.instruments[p.symbol]) for p in listed.values()
+            if not symbol or p.symbol == symbol
         ]
         return web.json_response(rows)
 

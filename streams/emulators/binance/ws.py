@@ -86,6 +86,12 @@ class ListenKeys:
             if timer is not None:
                 timer.cancel()
 
+    def expire(self, key: str) -> None:
+        """Let ``key`` lapse now, as if its hour had run out without a keepalive."""
+        if key in self.expires:
+            self.expires[key] = time.monotonic()
+            self._lapse(key)
+
     def _arm(self, key: str) -> None:
         lifetime = self.engine.faults.listen_key_lifetime
         self.expires[key] = time.monotonic() + lifetime
