@@ -35,6 +35,7 @@ from aiohttp import web
 from posguard.streams.emulators.binance import payloads
 from posguard.streams.emulators.binance.orders import BinanceReject, algo_order, mandatory, market_order
 from posguard.streams.emulators.engine.faults import take_scripted
+from posguard.streams.emulators.engine.windows import history_window
 from posguard.streams.emulators.engine.matching import LEVERAGE, EmuOrder, EmuPosition, Engine, Reject, fmt, now_ms
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ WRITE_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder"})
 PARAMS = web.RequestKey("params", dict)
 """A request's parameters: the query string and the form body together, as Binance reads them."""
 DEFAULT_RECV_WINDOW = 5000
-SEVEN_DAYS_MS = 7 * 86_400_000
 
 
 def error(code: int, message: str, status: int = 400) -> web.Response:
@@ -412,21 +412,7 @@ def _ids(params: Mapping[str, str], id_name: str, client_name: str) -> tuple[str
 
 
 def _window(params: Mapping[str, str]) -> tuple[int, int]:
-    """``startTime``/``endTime`` as Binance's history endpoints read them: the last seven days
-    by default, at most seven days between the two."""
-    start = int(params["startTime"]) if params.get("startTime") else None
-    end = int(params["endTime"]) if params.get("endTime") else None
-    if start is None and end is None:
-        end = now_ms()
-        start = end - SEVEN_DAYS_MS
-    elif end is None:
-        assert start is not None
-        end = start + SEVEN_DAYS_MS
-    elif start is None:
-        start = end - SEVEN_DAYS_MS
-    if end - start > SEVEN_DAYS_MS:
-        raise BinanceReject(-1127, "Lookup interval is too big.")
-    return start, end
+    return history_window(params, lambda: BinanceReject(-1127, "Lookup interval is too big."))
 
 
 def _without_signature(encoded: str) -> str:

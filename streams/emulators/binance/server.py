@@ -9,9 +9,6 @@ and yields an `EmulatorServer` with the same interface as the Bybit one.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 from aiohttp import web
 
@@ -58,14 +55,7 @@ class EmulatorServer(EmulatorBase):
         add_control_routes(self.app, self)
 
 
-@asynccontextmanager
-async def running_binance_emulator(**kwargs: Any) -> AsyncIterator[EmulatorServer]:
-    server = EmulatorServer(**kwargs)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+running_binance_emulator = EmulatorServer.running
 
 
 async def serve_forever(port: int, *, api_key: str, seed: int, api_secret: str = DEFAULT_API_SECRET) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from posguard.streams.emulators.binance import payloads
+from posguard.streams.emulators.engine.outbox import Outbox
 from posguard.streams.emulators.engine.matching import EmuExecution, EmuOrder, EmuPosition, Engine, now_ms
 
 __all__ = ["Connection", "ListenKeys", "UserDataHub"]
@@ -113,20 +114,11 @@ class Connection:
         self.engine = engine
         self.key = key
         self.expired = False
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox = Outbox(ws)
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.engine.faults.mute_ws and not self.expired:
-            self.outbox.put_nowait(json.dumps(message))
-
-    async def write_loop(self) -> None:
-        while (text := await self.outbox.get()) is not None:
-            if self.ws.closed:
-                return
-            try:
-                await self.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
+            self.outbox.put(message)
 
 
 class UserDataHub:
@@ -215,7 +207,7 @@ class UserDataHub:
         return len(dropped)
 
     async def _close(self, connection: Connection, why: bytes) -> None:
-        connection.outbox.put_nowait(None)
+        connection.outbox.close()
         await connection.ws.close(code=1001, message=why)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -230,7 +222,7 @@ class UserDataHub:
         connection = Connection(ws, self.engine, key)
         self.connections.add(connection)
         self.connects += 1
-        writer = asyncio.ensure_future(connection.write_loop())
+        writer = asyncio.ensure_future(connection.outbox.run())
         loop = asyncio.get_running_loop()
         limit = loop.call_later(
             self.engine.faults.ws_connection_lifetime,
@@ -243,6 +235,6 @@ class UserDataHub:
         finally:
             limit.cancel()
             self.connections.discard(connection)
-            connection.outbox.put_nowait(None)
+            connection.outbox.close()
             await writer
         return ws

@@ -27,13 +27,13 @@ from posguard.streams.emulators.bybit.orders import REJECTS, VenueReject, cancel
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.emulators.engine.faults import take_scripted
 from posguard.streams.emulators.engine.matching import Engine, EmuOrder, Reject, now_ms
+from posguard.streams.emulators.engine.windows import history_window
 from posguard.streams.emulators.bybit.signatures import rest_signature, signature_matches
 
-__all__ = ["BybitRest", "Handler", "PRIVATE_PREFIXES", "SEVEN_DAYS_MS", "WRITE_PATHS", "answer"]
+__all__ = ["BybitRest", "Handler", "PRIVATE_PREFIXES", "WRITE_PATHS", "answer"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRIVATE_PREFIXES = ("/v5/order/", "/v5/position/", "/v5/execution/")
-SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 WRITE_PATHS = ("/v5/order/create", "/v5/order/cancel")
 
 
@@ -254,19 +254,7 @@ def _filter_orders(orders: list[dict[str, Any]], query: dict[str, str]) -> list[
 
 def _window(query: dict[str, str]) -> tuple[int, int]:
     """Bybit's execution window: at most seven days, anchored as its docs say."""
-    start = int(query["startTime"]) if query.get("startTime") else None
-    end = int(query["endTime"]) if query.get("endTime") else None
-    if start is None and end is None:
-        end = now_ms()
-        start = end - SEVEN_DAYS_MS
-    elif end is None:
-        assert start is not None
-        end = start + SEVEN_DAYS_MS
-    elif start is None:
-        start = end - SEVEN_DAYS_MS
-    if end - start > SEVEN_DAYS_MS:
-        raise VenueReject(10001, "params error: endTime - startTime must be within 7 days")
-    return start, end
+    return history_window(query, lambda: VenueReject(10001, "params error: endTime - startTime must be within 7 days"))
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

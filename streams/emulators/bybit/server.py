@@ -8,9 +8,6 @@ takes, its ``engine`` is the ground truth. `serve_forever` is the command-line e
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 from aiohttp import web
 
@@ -49,14 +46,7 @@ class EmulatorServer(EmulatorBase):
         add_control_routes(self.app, self)
 
 
-@asynccontextmanager
-async def running_emulator(**kwargs: Any) -> AsyncIterator[EmulatorServer]:
-    server = EmulatorServer(**kwargs)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+running_emulator = EmulatorServer.running
 
 
 async def serve_forever(port: int, *, api_key: str, seed: int, api_secret: str = DEFAULT_API_SECRET) -> None:

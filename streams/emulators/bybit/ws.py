@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
+from posguard.streams.emulators.engine.outbox import Outbox
 from posguard.streams.emulators.engine.matching import EmuExecution, EmuOrder, EmuPosition, Engine, now_ms
 from posguard.streams.emulators.bybit.signatures import signature_matches, ws_signature
 
@@ -40,20 +41,11 @@ class Connection:
         self.conn_id = f"emu-{uuid.uuid4().hex[:12]}"
         self.authenticated = False
         self.topics: set[str] = set()
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox = Outbox(ws)
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.engine.faults.mute_ws:
-            self.outbox.put_nowait(json.dumps(message))
-
-    async def write_loop(self) -> None:
-        while (text := await self.outbox.get()) is not None:
-            if self.ws.closed:
-                return
-            try:
-                await self.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
+            self.outbox.put(message)
 
 
 class PrivateHub:
@@ -96,7 +88,7 @@ class PrivateHub:
         """Drop every private connection (a close frame, as a venue restart sends)."""
         dropped = list(self.connections)
         for connection in dropped:
-            connection.outbox.put_nowait(None)
+            connection.outbox.close()
             await connection.ws.close(code=1001, message=b"emulator: forced disconnect")
         return len(dropped)
 
@@ -108,7 +100,7 @@ class PrivateHub:
         connection = Connection(ws, self.engine)
         self.connections.add(connection)
         self.connects += 1
-        writer = asyncio.ensure_future(connection.write_loop())
+        writer = asyncio.ensure_future(connection.outbox.run())
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -119,7 +111,7 @@ class PrivateHub:
                     connection.send({"success": False, "ret_msg": "Params Error", "conn_id": connection.conn_id})
         finally:
             self.connections.discard(connection)
-            connection.outbox.put_nowait(None)
+            connection.outbox.close()
             await writer
         return ws
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, Self
 
 from aiohttp import web
 
@@ -82,6 +84,17 @@ class EmulatorBase:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, **kwargs: Any) -> AsyncIterator[Self]:
+        """The emulator on a free 127.0.0.1 port for the block (``kwargs``: its constructor's)."""
+        server = cls(**kwargs)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
 
 
 async def serve(server: EmulatorBase, port: int, banner: str) -> None:
