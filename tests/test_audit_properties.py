@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posguard.actors import ids
+from posguard.actors.coverage import guards
 from posguard.actors.findings import Finding
-from posguard.actors.lifecycle.repairs import assess, guards
+from posguard.actors.lifecycle.repairs import assess
 from posguard.actors.records import PositionRecord, Protection, State
 from posguard.streams.venue.events import Order, Position, position_side_of
 

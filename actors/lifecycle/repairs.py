@@ -50,7 +50,7 @@ from posguard.streams.venue.errors import VenueUnavailable
 from posguard.streams.venue.events import Order, Position
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
-__all__ = ["Resume", "assess", "carry_out", "covered_qty", "guards", "follow_venue", "reconcile_symbol", "repair"]
+__all__ = ["Resume", "assess", "carry_out", "follow_venue", "reconcile_symbol", "repair"]
 
 log = logging.getLogger("posguard.audit")
 actor_log = logging.getLogger("posguard.actor")
