@@ -121,3 +121,94 @@ def test_simulated_venue_rule_follows_its_duplicate_id_knob() -> None:
     assert bybit_like.unknown_is_final and not bybit_like.entry_needs_silence
     assert not binance_like.unknown_is_final and binance_like.entry_needs_silence
     assert binance_like.entry_grace is not None and binance_like.entry_grace >= 60.0
+
+
+# -- the "unverified forever" gap: an entry the venue never saw, past the venue's grace ----------
+
+
+async def settled(engine: Engine, venue: FakeVenue, states: frozenset[State], *, within: float = 600.0) -> PositionRecord:
+    """The record once a saved transition puts it in one of ``states`` (virtual seconds)."""
+    reached = anyio.Event()
+    engine.ctx.observers.append(lambda record, _note: reached.set() if record.state in states else None)
+    record = await engine.store.load_record(SYMBOL)
+    if record is None or record.state not in states:
+        with anyio.fail_after(within):
+            await reached.wait()
+        record = await engine.store.load_record(SYMBOL)
+    assert record is not None
+    return record
+
+
+async def test_binance_like_lost_request_past_the_deadline_is_settled_rejected_by_the_audit(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The defaults (hard_deadline 60 s = the venue's 60 s grace): the request never reached the
+    venue, the entry goes unverified at its deadline with a stop armed for nothing. Once the
+    audit has seen the venue silent for its grace, the record is settled rejected, the stray
+    stop is cancelled, the slot is free; nothing is ever sent twice."""
+    knobs = FaultKnobs(push_drop=EVERY_PUSH_DROPPED, reject_duplicate_client_ids=False)
+    async with FakeVenue(seed=146, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        venue.fail_next("create_order", VenueUnavailable("request timed out"))
+        record = await open_one(engine, venue)
+        assert record.state is State.UNVERIFIED
+        record = await settled(engine, venue, frozenset({State.REJECTED}))
+        assert "never reached the venue" in record.reason
+        assert venue.calls["create_order"] == 1, "settled, so never resent"
+        assert venue.truth.entries_filled[SYMBOL] == 0 and venue.truth.position(SYMBOL) is None
+        assert venue.truth.open_stops(SYMBOL) == [], "the stop armed for nothing is cancelled"
+        assert engine.slots.statistics().occupied == 0, "the slot is given back"
+        # Settled once and for good: later audits leave it (and the venue) alone.
+        await engine.audit_now()
+        assert (await engine.store.load_record(SYMBOL)).state is State.REJECTED
+        assert venue.calls["create_order"] == 1
+
+
+async def test_bybit_like_lost_request_keeps_resending_after_lookup_grace_with_the_defaults(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The same lost request on a venue that keeps ids for good: resent within the deadline
+    (lookup_grace 5 s), verified and protected, as before."""
+    knobs = FaultKnobs(push_drop=EVERY_PUSH_DROPPED, reject_duplicate_client_ids=True)
+    async with FakeVenue(seed=146, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        venue.fail_next("create_order", VenueUnavailable("request timed out"))
+        record = await open_one(engine, venue)
+        assert record.state is State.PROTECTED
+        assert venue.calls["create_order"] == 2
+        assert venue.truth.entries_filled[SYMBOL] == 1 and venue.truth.is_protected(SYMBOL)
+        await engine.audit_now()
+        assert (await engine.store.load_record(SYMBOL)).state is State.PROTECTED
+
+
+async def test_binance_like_unverified_entry_whose_fill_shows_after_the_grace_is_protected_not_settled(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The order reached the venue and filled, but every trace of it shows late: REST calls it
+    unknown for 90 s, its executions and the position appear at 75 s (past the 60 s grace), no
+    push arrives. It goes unverified at its deadline, protected anyway; the audit must not
+    settle it on the venue's silence, and once the fill shows it is verified at the full size."""
+    knobs = FaultKnobs(
+        lost_create_response_rate=1.0,
+        order_lag=Lag.fixed(90.0),
+        execution_lag=Lag.fixed(75.0),
+        position_lag=Lag.fixed(75.0),
+        push_drop=EVERY_PUSH_DROPPED,
+        reject_duplicate_client_ids=False,
+    )
+    async with FakeVenue(seed=147, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        record = await open_one(engine, venue)
+        assert record.state is State.UNVERIFIED
+        assert venue.truth.is_protected(SYMBOL), "protected while unverified"
+        record = await settled(engine, venue, frozenset({State.PROTECTED, State.REJECTED}))
+        assert record.state is State.PROTECTED
+        assert venue.calls["create_order"] == 1
+        assert venue.truth.entries_filled[SYMBOL] == 1
+        assert venue.truth.position(SYMBOL).size == record.qty == record.filled_qty
+        assert venue.truth.is_protected(SYMBOL)
+        await engine.audit_now()
+        assert venue.truth.is_protected(SYMBOL) and venue.truth.entries_filled[SYMBOL] == 1
