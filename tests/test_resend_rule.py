@@ -139,6 +139,15 @@ async def settled(engine: Engine, venue: FakeVenue, states: frozenset[State], *,
     return record
 
 
+async def audit_finished(engine: Engine) -> None:
+    """The audit run under way (if any) has finished, its repairs included (a later run
+    would tidy a stray stop on its own, as a ``stale_stop``)."""
+    runs = engine.auditor.runs
+    with anyio.fail_after(120):
+        while engine.auditor.runs == runs:
+            await anyio.sleep(0.01)
+
+
 async def test_binance_like_lost_request_past_the_deadline_is_settled_rejected_by_the_audit(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
@@ -155,6 +164,7 @@ async def test_binance_like_lost_request_past_the_deadline_is_settled_rejected_b
         assert record.state is State.UNVERIFIED
         record = await settled(engine, venue, frozenset({State.REJECTED}))
         assert "never reached the venue" in record.reason
+        await audit_finished(engine)  # the audit run that settled it, its repair included
         assert venue.calls["create_order"] == 1, "settled, so never resent"
         assert venue.truth.entries_filled[SYMBOL] == 0 and venue.truth.position(SYMBOL) is None
         assert venue.truth.open_stops(SYMBOL) == [], "the stop armed for nothing is cancelled"
