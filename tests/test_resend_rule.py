@@ -214,6 +214,11 @@ async def test_binance_like_unverified_entry_whose_fill_shows_after_the_grace_is
         record = await open_one(engine, venue)
         assert record.state is State.UNVERIFIED
         assert venue.truth.is_protected(SYMBOL), "protected while unverified"
+        # An audit past the 60 s grace from the send, the venue still silent (the traces show at 75 s).
+        assert 60.0 <= (venue.now_ms() - record.sent_ms) / 1000 < 75.0
+        await engine.audit_now()
+        assert (await engine.store.load_record(SYMBOL)).state is State.UNVERIFIED, "settled on a silence"
+        assert venue.truth.is_protected(SYMBOL), "its stop was cancelled while the fill was on its way"
         record = await settled(engine, venue, frozenset({State.PROTECTED, State.REJECTED}))
         assert record.state is State.PROTECTED
         assert venue.calls["create_order"] == 1
