@@ -18,7 +18,10 @@ the end, against the fake venue's ground truth:
 ``POSGUARD_SCHEDULES`` sets how many schedules run (default 60, about a minute; 5,000 is the
 long run; ``POSGUARD_SCHEDULES_FROM`` sets the first seed, so a long run can be split across
 processes); the seed of a failing one is in the assertion message, rerun it alone with
-``POSGUARD_SCHEDULE_SEED``.
+``POSGUARD_SCHEDULE_SEED``. ``POSGUARD_SCHEDULES_RULE`` forces every schedule's client-id rule:
+``binance`` (a filled entry's id may be reused: `ids_reusable_once_closed`, order lag up to
+90 s) or ``bybit`` (ids refused for good); unset, about 30 % of the schedules draw Binance's.
+The rest of each schedule is drawn as without it, so a seed keeps its faults and intents.
 """
 
 from __future__ import annotations
@@ -52,12 +55,22 @@ QTY = {"BTC/USDT:USDT": 0.01, "ETH/USDT:USDT": 0.1, "SOL/USDT:USDT": 2.0}
 TOPICS = ("positions", "orders", "executions")
 
 
+def forced_rule(drawn: bool) -> bool:
+    """Whether the schedule's venue reuses a filled order's client id (Binance): as drawn,
+    unless ``POSGUARD_SCHEDULES_RULE`` forces it (the draw is made either way, so the rest of
+    the schedule stays the seed's)."""
+    rule = os.environ.get("POSGUARD_SCHEDULES_RULE", "").strip().lower()
+    if rule not in ("", "binance", "bybit"):
+        raise ValueError(f"POSGUARD_SCHEDULES_RULE={rule!r}: use binance or bybit (or leave it unset)")
+    return drawn if not rule else rule == "binance"
+
+
 def random_venue(rng: random.Random) -> tuple[FaultKnobs, bool]:
     """Knobs anywhere from well-behaved to hostile."""
     def maybe(p: float, high: float) -> float:
         return rng.uniform(0, high) if rng.random() < p else 0.0
 
-    reuse_ok = rng.random() < 0.3
+    reuse_ok = forced_rule(rng.random() < 0.3)
     blackout = rng.random() < 0.15  # every push lost: only REST can tell
     knobs = FaultKnobs(
         rest_latency=rng.uniform(0.005, 0.2),
