@@ -41,6 +41,7 @@ __all__ = [
     "Unverified",
     "Verdict",
     "ask_over_rest",
+    "partly_filled",
     "verify_entry",
 ]
 
@@ -215,7 +216,7 @@ async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float
     log.info("%s: %s: %s, asking over REST", record.symbol, record.client_order_id, reason)
     delays = settings.backoff.delays(ctx.rng)
     while True:
-        verdict = await ask_over_rest(ctx, record, evidence)
+        verdict = await ask_over_rest(ctx, record, evidence) or partly_filled(evidence)
         if verdict is not None:
             return verdict
         if hard_deadline.passed:
@@ -227,6 +228,21 @@ async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float
         verdict = evidence.decide(final=False)
         if verdict is not None:
             return verdict
+
+
+def partly_filled(evidence: EntryEvidence) -> Filled | None:
+    """Past the push deadline, a fill seen (executions, a position) of an entry order whose
+    state nobody has told us is decided at once: `Filled` with ``complete=False`` (its size a
+    lower bound), so what is open is protected now (the entry path sizes that stop for all the
+    entry may still fill) instead of sitting bare until the hard deadline, waiting for an order
+    state that may not come (Binance's REST calls a fresh order unknown for tens of seconds;
+    a thin book fills in parts meanwhile). An order known to be filling is waited for as
+    before: its own updates say when it is done. Exits covering the known part decide nothing
+    yet: the rest may be open or may not (`EntryEvidence.decide`)."""
+    if evidence.order is not None or evidence.filled_qty() <= QTY_TOLERANCE:
+        return None
+    verdict = evidence.decide(final=True)
+    return verdict if isinstance(verdict, Filled) else None
 
 
 async def ask_over_rest(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> Verdict | None:
