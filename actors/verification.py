@@ -144,8 +144,18 @@ class EntryEvidence:
         by_order = self.order.filled if self.order is not None else 0.0
         by_fills = sum(e.qty for e in self.fills.values())
         visible = self.visible_position()
-        by_position = visible.size + self.exit_qty() if visible is not None else 0.0
+        by_position = visible.size + self.exits_shown_by(visible) if visible is not None else 0.0
         return max(by_order, by_fills, min(by_position, self.record.qty))
+
+    def exits_shown_by(self, position: Position) -> float:
+        """The exits a position snapshot already shows (those up to its time): its size plus
+        these is what the entry had filled then. An exit after the snapshot (a stop-out while
+        the entry still fills) did not lower it, and counting it too would call the entry
+        filled by more than it was, complete, while its last part is still to come (seed 173
+        of the fault schedules). A snapshot without a time shows them all."""
+        if not position.ts_ms:
+            return self.exit_qty()
+        return exit_qty(self.record, (e for e in self.exits.values() if e.ts_ms <= position.ts_ms))
 
     def exit_qty(self) -> float:
         return exit_qty(self.record, self.exits.values())

@@ -316,3 +316,35 @@ async def test_split_fill_knob_fills_in_parts_over_time() -> None:
         await anyio.sleep(5.0)
         assert venue.truth.orders["pgsplit-e"].status == "filled"
         assert venue.truth.position("BTC/USDT:USDT").size == 0.01  # type: ignore[union-attr]
+
+
+def test_a_stop_out_after_the_position_snapshot_does_not_count_as_more_fill() -> None:
+    """Seed 173: an entry for 0.01 filling in parts had filled 0.006 (order ``partially_filled``,
+    two fills, the position short 0.006), then a stop-out bought 0.006 back after that snapshot.
+    Reading the position as 0.006 held *plus* 0.006 exited called the entry filled 0.01,
+    complete: its last part (0.004) filled after the close and was left open under a record
+    saying ``closed``. A snapshot only says what was filled less the exits it already shows."""
+    from posguard.actors.verification import EntryEvidence
+    from posguard.streams.venue.events import Execution, Order, Position
+
+    symbol, coid, sent = "BTC/USDT:USDT", ids.entry_id("t", "seed-173"), 1_000
+    record = PositionRecord(symbol=symbol, intent_id="seed-173", state=State.VERIFYING, side="sell", qty=0.01,
+                            stop_price=61_200.0, client_order_id=coid, sent_ms=sent)
+    evidence = EntryEvidence(record)
+    evidence.take_order(Order(symbol=symbol, order_id="o1", client_order_id=coid, side="sell", kind="market", qty=0.01,
+                              filled=0.006, avg_price=60_000.0, status="partially_filled", reduce_only=False,
+                              stop_price=None, ts_ms=sent + 1_100), "push")
+    fill = {"symbol": symbol, "order_id": "o1", "client_order_id": coid, "side": "sell", "price": 60_000.0}
+    evidence.take_executions([Execution(exec_id="f1", qty=0.003, ts_ms=sent + 10, **fill),
+                              Execution(exec_id="f2", qty=0.003, ts_ms=sent + 1_100, **fill)], "rest")
+    evidence.take_position(Position(symbol=symbol, side="short", size=0.006, entry_price=60_000.0, stop_price=61_200.0,
+                                    ts_ms=sent + 1_100), "rest")
+    evidence.take_executions([Execution(symbol=symbol, exec_id="x1", order_id="sl", client_order_id="", side="buy",
+                                        qty=0.006, price=61_200.0, ts_ms=sent + 1_700)], "rest")
+    assert evidence.filled_qty() == 0.006
+    assert not evidence.fill_complete()
+    assert evidence.decide(final=False) is None, "still filling: the rest may reopen the position"
+    # A snapshot taken after the exit shows it: flat, and held + exited is what was filled.
+    evidence.take_position(Position(symbol=symbol, side="short", size=0.004, entry_price=60_000.0,
+                                    stop_price=None, ts_ms=sent + 2_000), "rest")
+    assert evidence.filled_qty() == 0.01 and evidence.fill_complete()
