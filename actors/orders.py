@@ -20,10 +20,11 @@ import anyio
 from posguard.actors import ids
 from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
+from posguard.actors.proof import trace_of_entry
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
-from posguard.streams.venue.events import Order, Position
+from posguard.streams.venue.events import Order
 
 __all__ = ["ABSENT", "Absent", "cancel_leftover_stops", "look_up", "send_once"]
 
@@ -99,7 +100,7 @@ async def _until_resend_allowed(
         if not isinstance(answer, Absent):
             return answer
         try:
-            trace = await _trace_of_entry(ctx, record)
+            trace = await trace_of_entry(ctx, record)
         except VenueUnavailable as exc:
             log.warning("%s: cannot tell whether %s reached the venue (%s); not resending", record.symbol, client_order_id, exc)
         else:
@@ -111,25 +112,6 @@ async def _until_resend_allowed(
                 return ABSENT
         if not await sleep_within(next(delays), deadline):
             return None
-
-
-async def _trace_of_entry(ctx: ActorContext, record: PositionRecord) -> str | None:
-    """What says the entry may have reached the venue though the venue calls it unknown, or
-    None. Any execution on the symbol since the send counts, not only those under the entry's
-    id: a venue's trade list may not carry client ids (Binance ``userTrades``), and the actor
-    owns the symbol (I4), so no other order of ours should be filling there. A position counts
-    if open, or if dated since the send (opened and closed again). Raises `VenueUnavailable`."""
-    symbol, since = record.symbol, record.sent_ms
-    ctx.count_rest(record, "fetch_executions")
-    executions = ctx.board.executions(symbol, since) + await ctx.venue.fetch_executions(symbol, since)
-    if executions:
-        return f"{len(executions)} execution(s) on {symbol} since it was sent"
-    ctx.count_rest(record, "fetch_positions")
-    listed = [p for p in await ctx.venue.fetch_positions() if p.symbol == symbol]
-    seen: list[Position | None] = [ctx.board.position(symbol), *listed]
-    if any(p is not None and (p.is_open or p.ts_ms >= since) for p in seen):
-        return f"the {symbol} position changed since it was sent"
-    return None
 
 
 async def look_up(

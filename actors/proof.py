@@ -41,10 +41,13 @@ __all__ = [
     "exit_qty",
     "known",
     "ledger",
+    "never_reached",
     "outlives",
     "prove_gone",
-    "unknown_grace_passed",
     "proven_gone",
+    "settle_window",
+    "trace_of_entry",
+    "unknown_grace_passed",
 ]
 
 log = logging.getLogger("posguard.actor")
@@ -240,6 +243,95 @@ def _unknown_means_not_working(ctx: ActorContext, record: PositionRecord, execut
     if record.order_id or record.filled_qty > QTY_TOLERANCE or entry_qty(record, executions) > QTY_TOLERANCE:
         return False
     return unknown_grace_passed(ctx, record)
+
+
+async def trace_of_entry(ctx: ActorContext, record: PositionRecord) -> str | None:
+    """What says the entry may have reached the venue though the venue calls it unknown, or
+    None: the silence `UnknownOrderRule.entry_needs_silence` asks for. Any execution on the
+    symbol since the send counts, not only those under the entry's id: a venue's trade list may
+    not carry client ids (Binance ``userTrades``), and the actor owns the symbol (I4), so no
+    other order of ours should be filling there. A position counts if open, or if dated since
+    the send (opened and closed again). Raises `VenueUnavailable`."""
+    symbol, since = record.symbol, record.sent_ms
+    ctx.count_rest(record, "fetch_executions")
+    executions = ctx.board.executions(symbol, since) + await ctx.venue.fetch_executions(symbol, since)
+    if executions:
+        return f"{len(executions)} execution(s) on {symbol} since it was sent"
+    ctx.count_rest(record, "fetch_positions")
+    listed = [p for p in await ctx.venue.fetch_positions() if p.symbol == symbol]
+    seen: list[Position | None] = [ctx.board.position(symbol), *listed]
+    if any(p is not None and (p.is_open or p.ts_ms >= since) for p in seen):
+        return f"the {symbol} position changed since it was sent"
+    return None
+
+
+async def never_reached(ctx: ActorContext, record: PositionRecord) -> str | None:
+    """Whether an entry the actor gave up on (``unverified``) is proven never to have reached
+    the venue; the proof as text, or None. The one home of that verdict (the audit settles the
+    record ``rejected`` on it and cancels its stray stop).
+
+    The proof is the venue's own word, asked now, that it has no such order, with nothing of
+    ours saying otherwise (no acknowledged order id, no fill, no push of the order), past the
+    venue's window (`settle_window`), and then the venue's rule:
+
+    * ids kept for good (`UnknownOrderRule.unknown_is_final`, Bybit): no fill of the entry and
+      no open position on the symbol;
+    * ids reusable once closed (`UnknownOrderRule.entry_needs_silence`, Binance): the silence
+      the resend rule asks for (`trace_of_entry`): no execution on the symbol since the send,
+      no position open or dated since.
+
+    Why ``rejected`` and not a resend once the same silence has held (the resend rule would
+    allow one): the entry's deadline has passed and its intent was answered (``unverified``);
+    the audit repairs what the venue holds, it never opens a position the client is no longer
+    waiting for, minutes after the signal, at a price its stop was not set for. And of the two
+    ways to be wrong about a silence, ``rejected`` is the one that stays safe: a fill that shows
+    later is an orphan the audit adopts and protects (I2), where a resend would open a second
+    position (I3). So it is never both: a settled record is never sent again.
+
+    A venue that cannot answer proves nothing (None)."""
+    rule = ctx.venue.unknown_order_rule
+    if not (rule.unknown_is_final or rule.entry_needs_silence):
+        return None
+    coid = record.client_order_id
+    if record.order_id or record.filled_qty > QTY_TOLERANCE or ctx.board.order(coid) is not None \
+            or ctx.board.fills(coid):
+        return None
+    window = settle_window(ctx)
+    if ctx.venue.now_ms() - record.sent_ms < window * 1000:
+        return None
+    try:
+        ctx.count_rest(record, "fetch_order")
+        if await ctx.venue.fetch_order(record.symbol, coid) is not None:
+            return None
+        if rule.entry_needs_silence:
+            if await trace_of_entry(ctx, record) is not None:
+                return None
+            return (f"{coid} still unknown (open and history) over {window:g} s after it was sent, with no execution"
+                    f" on {record.symbol} and no position change since")
+        ctx.count_rest(record, "fetch_executions")
+        if entry_qty(record, await ctx.venue.fetch_executions(record.symbol, record.sent_ms)) > 0:
+            return None
+        ctx.count_rest(record, "fetch_positions")
+        if any(p.symbol == record.symbol and p.is_open for p in await ctx.venue.fetch_positions()):
+            return None
+    except VenueUnavailable:
+        return None
+    return f"{coid} still unknown (open and history) over {window:g} s after it was sent, no fill, no position"
+
+
+def settle_window(ctx: ActorContext) -> float:
+    """Seconds after the send before the audit may take an unknown entry as never placed.
+
+    Where "unknown" is final (Bybit), the venue's entry grace: past it, a venue that refuses a
+    reused id for good has had time to list its own order. Where ids are reused and REST calls
+    fresh orders unknown for tens of seconds (Binance: 22 s and 62 s measured, against a 60 s
+    grace), the grace counts from the entry's hand-off to the audit, its verification deadline:
+    the audit never saw the actor's looks, and it has no reason to hurry. Waiting costs a slot
+    for a while, since the unverified entry's stop guards whatever appears meanwhile; settling
+    early cancels that stop while a fill may still be on its way (the issue's "fill at 61 s")."""
+    rule = ctx.venue.unknown_order_rule
+    grace = rule.grace_for_entry(ctx.settings.verification.lookup_grace)
+    return grace + ctx.settings.verification.hard_deadline if rule.entry_needs_silence else grace
 
 
 def unknown_grace_passed(ctx: ActorContext, record: PositionRecord) -> bool:

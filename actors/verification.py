@@ -41,6 +41,7 @@ __all__ = [
     "Unverified",
     "Verdict",
     "ask_over_rest",
+    "partly_filled",
     "verify_entry",
 ]
 
@@ -143,8 +144,18 @@ class EntryEvidence:
         by_order = self.order.filled if self.order is not None else 0.0
         by_fills = sum(e.qty for e in self.fills.values())
         visible = self.visible_position()
-        by_position = visible.size + self.exit_qty() if visible is not None else 0.0
+        by_position = visible.size + self.exits_shown_by(visible) if visible is not None else 0.0
         return max(by_order, by_fills, min(by_position, self.record.qty))
+
+    def exits_shown_by(self, position: Position) -> float:
+        """The exits a position snapshot already shows (those up to its time): its size plus
+        these is what the entry had filled then. An exit after the snapshot (a stop-out while
+        the entry still fills) did not lower it, and counting it too would call the entry
+        filled by more than it was, complete, while its last part is still to come (seed 173
+        of the fault schedules). A snapshot without a time shows them all."""
+        if not position.ts_ms:
+            return self.exit_qty()
+        return exit_qty(self.record, (e for e in self.exits.values() if e.ts_ms <= position.ts_ms))
 
     def exit_qty(self) -> float:
         return exit_qty(self.record, self.exits.values())
@@ -215,7 +226,7 @@ async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float
     log.info("%s: %s: %s, asking over REST", record.symbol, record.client_order_id, reason)
     delays = settings.backoff.delays(ctx.rng)
     while True:
-        verdict = await ask_over_rest(ctx, record, evidence)
+        verdict = await ask_over_rest(ctx, record, evidence) or partly_filled(evidence)
         if verdict is not None:
             return verdict
         if hard_deadline.passed:
@@ -227,6 +238,21 @@ async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float
         verdict = evidence.decide(final=False)
         if verdict is not None:
             return verdict
+
+
+def partly_filled(evidence: EntryEvidence) -> Filled | None:
+    """Past the push deadline, a fill seen (executions, a position) of an entry order whose
+    state nobody has told us is decided at once: `Filled` with ``complete=False`` (its size a
+    lower bound), so what is open is protected now (the entry path sizes that stop for all the
+    entry may still fill) instead of sitting bare until the hard deadline, waiting for an order
+    state that may not come (Binance's REST calls a fresh order unknown for tens of seconds;
+    a thin book fills in parts meanwhile). An order known to be filling is waited for as
+    before: its own updates say when it is done. Exits covering the known part decide nothing
+    yet: the rest may be open or may not (`EntryEvidence.decide`)."""
+    if evidence.order is not None or evidence.filled_qty() <= QTY_TOLERANCE:
+        return None
+    verdict = evidence.decide(final=True)
+    return verdict if isinstance(verdict, Filled) else None
 
 
 async def ask_over_rest(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> Verdict | None:

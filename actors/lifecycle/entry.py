@@ -137,7 +137,11 @@ async def settle_entry(
             record.transition(State.OPEN)
             partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
             await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
-            outcome = await protect(ctx, record, verdict.open_qty, verdict.position_seen, sent_at)  # recorded there
+            # An entry still filling is protected for all it may yet fill: a reduce-only stop
+            # larger than the position is cut to it at the trigger, and a part that fills
+            # after verification is covered from the start, not from the next audit's look.
+            size = verdict.open_qty if verdict.complete else verdict.open_qty + max(0.0, record.qty - verdict.filled_qty)
+            outcome = await protect(ctx, record, size, verdict.position_seen, sent_at)  # recorded there
             if isinstance(outcome, Protected):
                 await recheck_liquidation(ctx, record, verdict.position_seen)
         case Unverified(reason=reason):

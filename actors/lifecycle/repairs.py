@@ -34,7 +34,7 @@ from posguard.actors.lifecycle.protection import (
     record_for_venue_position,
 )
 from posguard.actors.orders import cancel_leftover_stops
-from posguard.actors.proof import entry_qty, outlives, prove_gone, unknown_grace_passed
+from posguard.actors.proof import never_reached, outlives, prove_gone
 from posguard.actors.records import (
     IN_FLIGHT_STATES,
     BadRecord,
@@ -302,36 +302,13 @@ async def _resolve(ctx: ActorContext, record: PositionRecord, position: Position
             record.transition(settled, "audit: fill confirmed from order history")
             await ctx.save(record)
             return f"resolved: filled {verdict.open_qty}; {record.state}"
-    if await _never_reached(ctx, record, evidence):
-        grace = ctx.venue.unknown_order_rule.grace_for_entry(ctx.settings.verification.lookup_grace)
-        record.transition(State.REJECTED, f"audit: never reached the venue: {record.client_order_id} still unknown"
-                                          f" (open and history) over {grace:g} s after it was sent, no fill, no position")
+    why = await never_reached(ctx, record)  # the one home of that verdict (and of why not a resend)
+    if why is not None:
+        record.transition(State.REJECTED, f"audit: never reached the venue: {why}")
         await ctx.save(record)
         await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
         return "resolved: the entry never reached the venue; its stray stop cancelled"
     return "still no evidence either way; stays unverified and protected"
-
-
-async def _never_reached(ctx: ActorContext, record: PositionRecord, evidence: EntryEvidence) -> bool:
-    """The venue's own word, given after its grace from the send (`unknown_grace_passed`),
-    that it has no such order, no fill of it and no position: the entry never reached it.
-    Only where that word is final (`UnknownOrderRule.unknown_is_final`: not Binance, issue 14).
-    A venue that cannot answer proves nothing. A fill seen later makes the audit adopt it."""
-    if not ctx.venue.unknown_order_rule.unknown_is_final or not unknown_grace_passed(ctx, record):
-        return False
-    if evidence.order is not None or evidence.fills or (evidence.position is not None and evidence.position.is_open):
-        return False
-    try:
-        ctx.count_rest(record, "fetch_order")
-        if await ctx.venue.fetch_order(record.symbol, record.client_order_id) is not None:
-            return False
-        ctx.count_rest(record, "fetch_executions")
-        if entry_qty(record, await ctx.venue.fetch_executions(record.symbol, record.sent_ms)) > 0:
-            return False
-        ctx.count_rest(record, "fetch_positions")
-        return not any(p.symbol == record.symbol and p.is_open for p in await ctx.venue.fetch_positions())
-    except VenueUnavailable:
-        return False
 
 
 async def _prove_gone(ctx: ActorContext, record: PositionRecord) -> str:
