@@ -149,6 +149,12 @@ async def test_stream_disconnect_during_verification_switches_to_rest_at_once(re
         await assert_redis_equals_venue(engine, emu)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "finding: -1021 is mapped to VenueUnavailable (streams/ccxt_adapter/errors.py translate: "
+    "codes.clock -> 'outcome unknown'), so send_once looks the entry up and, on Binance, waits "
+    "resend_grace (60 s) of silence; the hard_deadline (60 s) comes first and the intent is answered "
+    "'unverified' with nothing on the venue. A clock refusal is final for that request (nothing "
+    "placed): it should be resent at once after the clock is measured again (a NotPlaced error)"))
 async def test_binance_entry_refused_for_the_clock_minus_1021_is_one_position_protected(redis_url: str) -> None:
     """-1021 (timestamp outside recvWindow) refuses the create before it takes effect
     (https://developers.binance.com/docs/derivatives/usds-margined-futures/error-code: "Timestamp
