@@ -1,0 +1,211 @@
+"""A hostile tester's attacks on the Binance path, through the emulator's knobs and control.
+
+Each attack is taken from README's "Venues" rows (closePosition stops, ids unique among open
+orders only, listen keys, the 24 h connection limit) and asserts against the emulator's
+ground truth: one entry per intent, never bare beyond the bound
+(`protection.stop_confirm_deadline` + `stop_deadline`), Redis equal to the venue at the end.
+Real ccxt.pro ``binanceusdm``, real time, a real redis-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from posguard.actors.intents import CloseIntent
+from posguard.actors.records import PositionRecord, State
+from posguard.streams.emulators.engine.faults import ScriptedFailure
+from posguard.streams.emulators.engine.matching import NewOrder
+from posguard.streams.emulators.engine.serving import EmulatorBase
+from posguard.streams.emulators.engine.truth import is_protected
+from posguard.supervisor.supervision import AuditSettings
+from tests.emulator_fixtures import loopback_network_only  # noqa: F401
+from tests.test_ccxt_end_to_end import BTC, open_btc, system
+from tests.test_emulator_faults import assert_redis_equals_venue, entries
+
+pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
+
+
+class Bare:
+    """Samples the emulator's truth every 10 ms: the longest stretch BTCUSDT was held bare."""
+
+    def __init__(self, emu: EmulatorBase) -> None:
+        self.emu = emu
+        self.longest = 0.0
+        self._since: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            now = anyio.current_time()
+            if is_protected(self.emu.truth(), "BTCUSDT"):
+                self._since = None
+            else:
+                self._since = now if self._since is None else self._since
+                self.longest = max(self.longest, now - self._since)
+            await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def attacked(redis_url: str, **engine_options: Any) -> AsyncIterator[tuple[Any, Any, Any, Bare]]:
+    async with system(redis_url, engine_options or None, on="binance") as (emu, _venue, engine, watch):
+        bare = Bare(emu)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bare.run)
+            yield emu, engine, watch, bare
+            tg.cancel_scope.cancel()
+        protection = engine.settings.protection
+        bound = protection.stop_confirm_deadline + protection.stop_deadline
+        assert bare.longest <= bound, f"bare for {bare.longest:.2f} s, beyond the bound {bound} s"
+        await assert_redis_equals_venue(engine, emu)
+
+
+def on_state(engine: Any, state: State, action: Any) -> None:
+    """Run ``action()`` (sync) the first time a record reaches ``state``."""
+    fired = []
+
+    def observer(record: PositionRecord, _note: str) -> None:
+        if record.state is state and not fired:
+            fired.append(True)
+            action()
+
+    engine.ctx.observers.append(observer)
+
+
+def by_hand(emu: EmulatorBase, side: str, qty: float) -> None:
+    """A person trading on the venue's own site: a reduce-only market order, not ours."""
+    emu.engine.create_order(NewOrder(symbol="BTCUSDT", side=side, qty=qty, reduce_only=True))
+
+
+async def settles(engine: Any, states: tuple[State, ...], timeout: float = 20.0) -> PositionRecord:
+    with anyio.fail_after(timeout):
+        while True:
+            record = await engine.store.load_record(BTC)
+            if record is not None and record.state in states:
+                return record
+            await anyio.sleep(0.1)
+
+
+async def test_every_stop_refused_by_the_algo_service_ends_closed_within_the_bound(redis_url: str) -> None:
+    """The algo service answers every stop with HTTP 500 -1001 (before it takes effect): the
+    retries run out and the position is closed reduce-only, never left bare past the bound."""
+    async with attacked(redis_url) as (emu, engine, _watch, _bare):
+        emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/algoOrder", kind="server_error", count=1000))
+        reply = await (await engine.submit(open_btc("a-stop-refused"))).wait()
+        record = await settles(engine, (State.CLOSED, State.PROTECTED))
+        truth = emu.truth()
+        assert len(entries(truth)) == 1
+        assert truth["positions"] == {} or is_protected(truth, "BTCUSDT"), (reply, record.state, truth["positions"])
+        emu.faults.fail_next.clear()
+
+
+async def test_listen_key_lapsing_mid_entry_is_a_disconnect_and_the_entry_is_verified(redis_url: str) -> None:
+    """The listen key lapses right after the entry is sent (`listenKeyExpired`, the socket
+    left open and silent): REST verifies the entry, one position, protected."""
+    async with attacked(redis_url) as (emu, engine, _watch, _bare):
+        emu.faults.push_delay = {"order": 0.5, "execution": 0.5, "position": 0.5, "algo": 0.5}
+
+        def lapse() -> None:
+            keys = emu.hub.keys
+            for key in list(keys.expires):
+                keys.expires[key] = 0.0
+                keys._lapse(key)
+
+        on_state(engine, State.SUBMITTED, lapse)
+        reply = await (await engine.submit(open_btc("a-key-lapse"))).wait()
+        truth = emu.truth()
+        assert reply.outcome == "protected", reply
+        assert len(entries(truth)) == 1 and truth["positions"]["BTCUSDT"]["size"] == 0.01
+        assert await engine.streams_ready(timeout=15), "no new key and stream after the lapse"
+        assert emu.hub.keys.created >= 2
+
+
+async def test_disconnect_between_fill_and_stop_still_protects(redis_url: str) -> None:
+    """The socket drops (and handshakes are refused) when the fill is known and before the
+    stop is sent: the stop is confirmed over REST."""
+    async with attacked(redis_url) as (emu, engine, _watch, _bare):
+        async def drop() -> None:
+            emu.faults.refuse_ws = True
+            await emu.hub.disconnect_all()
+
+        async with anyio.create_task_group() as tg:
+            on_state(engine, State.OPEN, lambda: tg.start_soon(drop))
+            reply = await (await engine.submit(open_btc("a-dc-fill-stop"))).wait()
+        truth = emu.truth()
+        assert reply.outcome == "protected", reply
+        assert len(entries(truth)) == 1 and is_protected(truth, "BTCUSDT")
+        emu.faults.refuse_ws = False
+        assert await engine.streams_ready(timeout=15)
+
+
+async def test_a_partial_close_by_hand_stays_covered_and_the_close_closes_the_rest(redis_url: str) -> None:
+    """Half the position is closed by hand on the venue: the closePosition stop still covers
+    what is left; posguard's close then closes the rest and says `closed` only when flat."""
+    async with attacked(redis_url, audit=AuditSettings(interval=1.0)) as (emu, engine, _watch, _bare):
+        assert (await (await engine.submit(open_btc("a-partial", qty=0.02))).wait()).outcome == "protected"
+        by_hand(emu, "Sell", 0.01)
+        truth = emu.truth()
+        assert truth["positions"]["BTCUSDT"]["size"] == 0.01 and is_protected(truth, "BTCUSDT")
+        audits = engine.auditor.runs
+        with anyio.fail_after(15):
+            while engine.auditor.runs < audits + 2:
+                await anyio.sleep(0.1)
+        closed = await (await engine.submit(CloseIntent(intent_id="a-partial-close", symbol=BTC))).wait()
+        truth = emu.truth()
+        assert truth["positions"] == {}, truth["positions"]
+        assert closed.outcome == "closed", closed
+        assert [o for o in truth["orders"] if o["status"] == "Untriggered"] == [], "a stop left armed"
+
+
+async def test_a_position_closed_by_hand_expires_its_stop_and_is_settled_closed_externally(redis_url: str) -> None:
+    """The whole position closed by hand: Binance expires the closePosition stop; the audit
+    (or the pushes) must settle the record `closed_externally`, with nothing left armed."""
+    async with attacked(redis_url, audit=AuditSettings(interval=1.0)) as (emu, engine, _watch, _bare):
+        assert (await (await engine.submit(open_btc("a-by-hand"))).wait()).outcome == "protected"
+        by_hand(emu, "Sell", 0.01)
+        truth = emu.truth()
+        assert truth["positions"] == {}
+        [stop] = [o for o in truth["orders"] if o["trigger_price"]]
+        assert stop["status"] != "Untriggered", "Binance cancels a closePosition stop once the position is closed"
+        record = await settles(engine, (State.CLOSED_EXTERNALLY, State.CLOSED))
+        assert record.state is State.CLOSED_EXTERNALLY
+        assert [o for o in emu.truth()["orders"] if o["status"] == "Untriggered"] == []
+
+
+async def test_an_intent_id_sent_again_after_its_fill_opens_nothing(redis_url: str) -> None:
+    """Binance would accept the filled entry's client id again (unique among open orders only):
+    the same intent sent again after its fill, and again after its close, must send nothing."""
+    async with attacked(redis_url) as (emu, engine, _watch, _bare):
+        assert (await (await engine.submit(open_btc("a-reuse"))).wait()).outcome == "protected"
+        again = await (await engine.submit(open_btc("a-reuse"))).wait()
+        assert again.status in ("duplicate", "rejected"), again
+        assert len(entries(emu.truth())) == 1
+        assert (await (await engine.submit(CloseIntent(intent_id="a-reuse-close", symbol=BTC))).wait()).outcome == "closed"
+        third = await (await engine.submit(open_btc("a-reuse"))).wait()
+        assert third.status in ("duplicate", "rejected"), third
+        truth = emu.truth()
+        assert len(entries(truth)) == 1 and truth["positions"] == {}, truth
+
+
+async def test_the_24h_connection_limit_striking_mid_entry_loses_nothing(redis_url: str) -> None:
+    """The server closes the connection for its 24 h limit right after the entry is sent,
+    with the entry's pushes still in flight: one position, protected, the stream back."""
+    async with attacked(redis_url) as (emu, engine, _watch, _bare):
+        emu.faults.push_delay = {"order": 0.3, "execution": 0.3, "position": 0.3, "algo": 0.3}
+        emu.faults.position_list_lag = 3.0
+        hub = emu.hub
+
+        async def rotate() -> None:
+            for connection in list(hub.connections):
+                await hub._close(connection, b"24 hour connection limit")
+
+        async with anyio.create_task_group() as tg:
+            on_state(engine, State.SUBMITTED, lambda: tg.start_soon(rotate))
+            reply = await (await engine.submit(open_btc("a-rotate"))).wait()
+        truth = emu.truth()
+        assert reply.outcome == "protected", reply
+        assert len(entries(truth)) == 1 and is_protected(truth, "BTCUSDT")
+        assert await engine.streams_ready(timeout=15)
