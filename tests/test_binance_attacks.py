@@ -50,7 +50,11 @@ class Bare:
 
 
 @asynccontextmanager
-async def attacked(redis_url: str, **engine_options: Any) -> AsyncIterator[tuple[Any, Any, Any, Bare]]:
+async def attacked(
+    redis_url: str, *, bare_budget: bool = False, **engine_options: Any
+) -> AsyncIterator[tuple[Any, Any, Any, Bare]]:
+    """The Binance system, a `Bare` sampler, and at the end the three checks. ``bare_budget``:
+    the bound is the whole protection budget (every stop attempt failing, then the close)."""
     async with system(redis_url, engine_options or None, on="binance") as (emu, _venue, engine, watch):
         bare = Bare(emu)
         async with anyio.create_task_group() as tg:
@@ -59,6 +63,8 @@ async def attacked(redis_url: str, **engine_options: Any) -> AsyncIterator[tuple
             tg.cancel_scope.cancel()
         protection = engine.settings.protection
         bound = protection.stop_confirm_deadline + protection.stop_deadline
+        if bare_budget:
+            bound = protection.stop_attempts * (protection.stop_deadline + protection.stop_backoff.maximum)
         assert bare.longest <= bound, f"bare for {bare.longest:.2f} s, beyond the bound {bound} s"
         await assert_redis_equals_venue(engine, emu)
 
@@ -89,16 +95,22 @@ async def settles(engine: Any, states: tuple[State, ...], timeout: float = 20.0)
             await anyio.sleep(0.1)
 
 
-async def test_every_stop_refused_by_the_algo_service_ends_closed_within_the_bound(redis_url: str) -> None:
-    """The algo service answers every stop with HTTP 500 -1001 (before it takes effect): the
-    retries run out and the position is closed reduce-only, never left bare past the bound."""
-    async with attacked(redis_url) as (emu, engine, _watch, _bare):
+async def test_the_algo_service_down_ends_in_an_emergency_close_within_the_protection_budget(
+    redis_url: str,
+) -> None:
+    """Every call to the algo service (placing and looking up stops) answers HTTP 500 -1001:
+    each of the `stop_attempts` placements waits its `stop_deadline` for a lookup that cannot
+    answer, then the position is closed reduce-only. Measured: bare about 82 s with the
+    defaults (5 x 15 s and the backoff); the bound that holds is the protection budget, not the
+    18 s of a stop merely slow to confirm (see the report of issue 14's demo helper)."""
+    async with attacked(redis_url, bare_budget=True) as (emu, engine, _watch, bare):
         emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/algoOrder", kind="server_error", count=1000))
         reply = await (await engine.submit(open_btc("a-stop-refused"))).wait()
-        record = await settles(engine, (State.CLOSED, State.PROTECTED))
+        record = await settles(engine, (State.CLOSED,), timeout=30)
         truth = emu.truth()
-        assert len(entries(truth)) == 1
-        assert truth["positions"] == {} or is_protected(truth, "BTCUSDT"), (reply, record.state, truth["positions"])
+        assert len(entries(truth)) == 1 and truth["positions"] == {}, (reply, truth["positions"])
+        assert "emergency" in record.reason
+        assert bare.longest > engine.settings.protection.stop_deadline, "the attack did not bite"
         emu.faults.fail_next.clear()
 
 
@@ -177,16 +189,21 @@ async def test_a_position_closed_by_hand_expires_its_stop_and_is_settled_closed_
 
 async def test_an_intent_id_sent_again_after_its_fill_opens_nothing(redis_url: str) -> None:
     """Binance would accept the filled entry's client id again (unique among open orders only):
-    the same intent sent again after its fill, and again after its close, must send nothing."""
+    the same intent sent again after its fill, and again after its close, must send nothing
+    (the engine answers with the first answer)."""
     async with attacked(redis_url) as (emu, engine, _watch, _bare):
-        assert (await (await engine.submit(open_btc("a-reuse"))).wait()).outcome == "protected"
+        first = await (await engine.submit(open_btc("a-reuse"))).wait()
+        assert first.outcome == "protected"
+        sent = emu.requests("POST /fapi/v1/order")
         again = await (await engine.submit(open_btc("a-reuse"))).wait()
-        assert again.status in ("duplicate", "rejected"), again
-        assert len(entries(emu.truth())) == 1
+        assert (again.status, again.created_at) in (("duplicate", again.created_at), ("done", first.created_at)), again
+        assert emu.requests("POST /fapi/v1/order") == sent and len(entries(emu.truth())) == 1
         assert (await (await engine.submit(CloseIntent(intent_id="a-reuse-close", symbol=BTC))).wait()).outcome == "closed"
+        sent = emu.requests("POST /fapi/v1/order")
         third = await (await engine.submit(open_btc("a-reuse"))).wait()
-        assert third.status in ("duplicate", "rejected"), third
+        assert (third.status, third.created_at) in (("duplicate", third.created_at), ("done", first.created_at)), third
         truth = emu.truth()
+        assert emu.requests("POST /fapi/v1/order") == sent
         assert len(entries(truth)) == 1 and truth["positions"] == {}, truth
 
 
@@ -209,3 +226,38 @@ async def test_the_24h_connection_limit_striking_mid_entry_loses_nothing(redis_u
         assert reply.outcome == "protected", reply
         assert len(entries(truth)) == 1 and is_protected(truth, "BTCUSDT")
         assert await engine.streams_ready(timeout=15)
+
+
+async def test_a_position_closed_by_hand_while_every_push_is_lost_is_settled_from_the_trades(redis_url: str) -> None:
+    """The hand close of the previous attack with every push lost and the position list 3 s
+    behind: only the audit's REST reads can see it, and it must settle on proof (the trades),
+    not on the list's word."""
+    async with attacked(redis_url, audit=AuditSettings(interval=1.0)) as (emu, engine, watch, _bare):
+        assert (await (await engine.submit(open_btc("a-by-hand-quiet"))).wait()).outcome == "protected"
+        emu.faults.push_drop = {"order": 1.0, "execution": 1.0, "position": 1.0, "algo": 1.0}
+        emu.faults.position_list_lag = 3.0
+        by_hand(emu, "Sell", 0.01)
+        record = await settles(engine, (State.CLOSED_EXTERNALLY, State.CLOSED), timeout=30)
+        assert record.state is State.CLOSED_EXTERNALLY
+        assert [o for o in emu.truth()["orders"] if o["status"] == "Untriggered"] == []
+        assert watch.violations == []
+
+
+async def test_a_position_grown_by_hand_is_still_covered_and_closed_whole(redis_url: str) -> None:
+    """Someone adds to the position by hand: the closePosition stop covers any size (no
+    second stop needed); posguard's close must leave the venue flat, not close only its own
+    0.01."""
+    async with attacked(redis_url, audit=AuditSettings(interval=1.0)) as (emu, engine, _watch, _bare):
+        assert (await (await engine.submit(open_btc("a-grown"))).wait()).outcome == "protected"
+        emu.engine.create_order(NewOrder(symbol="BTCUSDT", side="Buy", qty=0.01))
+        truth = emu.truth()
+        assert truth["positions"]["BTCUSDT"]["size"] == 0.02 and is_protected(truth, "BTCUSDT")
+        audits = engine.auditor.runs
+        with anyio.fail_after(15):
+            while engine.auditor.runs < audits + 2:
+                await anyio.sleep(0.1)
+        assert len([o for o in emu.truth()["orders"] if o["status"] == "Untriggered"]) == 1, "a second stop"
+        closed = await (await engine.submit(CloseIntent(intent_id="a-grown-close", symbol=BTC))).wait()
+        truth = emu.truth()
+        assert truth["positions"] == {}, truth["positions"]
+        assert closed.outcome == "closed"
