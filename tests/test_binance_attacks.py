@@ -239,7 +239,12 @@ async def test_a_position_closed_by_hand_while_every_push_is_lost_is_settled_fro
         by_hand(emu, "Sell", 0.01)
         record = await settles(engine, (State.CLOSED_EXTERNALLY, State.CLOSED), timeout=30)
         assert record.state is State.CLOSED_EXTERNALLY
-        assert [o for o in emu.truth()["orders"] if o["status"] == "Untriggered"] == []
+        # The audit may read the lagging list (0.01 still listed) after Binance expired the
+        # stop and place a new closePosition stop for a position that is gone; seen once in
+        # five runs. It must be cancelled as stale by a later audit, not left armed.
+        with anyio.fail_after(10):
+            while [o for o in emu.truth()["orders"] if o["status"] == "Untriggered"]:
+                await anyio.sleep(0.1)
         assert watch.violations == []
 
 
@@ -261,3 +266,22 @@ async def test_a_position_grown_by_hand_is_still_covered_and_closed_whole(redis_
         truth = emu.truth()
         assert truth["positions"] == {}, truth["positions"]
         assert closed.outcome == "closed"
+
+
+async def test_an_audit_reading_the_lagging_list_after_a_hand_close_leaves_no_stop_armed(redis_url: str) -> None:
+    """The race the previous attack hit once in five runs, forced: right after the hand close
+    (stop expired, position list still 3 s behind showing 0.01, pushes lost) an audit runs.
+    Whatever it places for the ghost, nothing of ours may stay armed once the record is settled."""
+    async with attacked(redis_url, audit=AuditSettings(interval=1.0)) as (emu, engine, _watch, _bare):
+        assert (await (await engine.submit(open_btc("a-ghost"))).wait()).outcome == "protected"
+        emu.faults.push_drop = {"order": 1.0, "execution": 1.0, "position": 1.0, "algo": 1.0}
+        emu.faults.position_list_lag = 3.0
+        by_hand(emu, "Sell", 0.01)
+        report = await engine.auditor.run()
+        placed = [o for o in emu.truth()["orders"] if o["status"] == "Untriggered"]
+        record = await settles(engine, (State.CLOSED_EXTERNALLY, State.CLOSED), timeout=30)
+        assert record.state is State.CLOSED_EXTERNALLY
+        with anyio.fail_after(15):
+            while armed := [o for o in emu.truth()["orders"] if o["status"] == "Untriggered"]:
+                await anyio.sleep(0.1)
+        assert armed == [], (report, placed)
