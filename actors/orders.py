@@ -22,7 +22,7 @@ from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline, sleep_within
-from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
+from posguard.streams.venue.errors import DuplicateClientOrderId, NotPlaced, VenueUnavailable
 from posguard.streams.venue.events import Order, Position
 
 __all__ = ["ABSENT", "Absent", "cancel_leftover_stops", "look_up", "send_once"]
@@ -54,6 +54,7 @@ async def send_once(
     None means the order's fate is still unknown at the deadline (the caller must not
     assume it was not placed). `OrderRejected` propagates: the venue placed nothing.
     """
+    not_placed_delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
         if maybe_sent:
             answer = await _until_resend_allowed(ctx, record, client_order_id, deadline)
@@ -70,6 +71,13 @@ async def send_once(
             log.info("%s: %s already on the venue; looking it up", record.symbol, client_order_id)
             found = await look_up(ctx, record, client_order_id, deadline)
             return found if isinstance(found, Order) else None
+        except NotPlaced as exc:
+            # Refused before it took effect (the adapter has measured the clock again): send it
+            # again under the same id, paced, without the lookup an unknown outcome needs.
+            log.warning("%s: sending %s: refused before it took effect (%s); sending it again",
+                        record.symbol, client_order_id, exc)
+            if not await sleep_within(next(not_placed_delays), deadline):
+                return None
         except VenueUnavailable as exc:
             log.warning("%s: sending %s: outcome unknown (%s); looking it up", record.symbol, client_order_id, exc)
             maybe_sent = True
