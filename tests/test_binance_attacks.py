@@ -123,8 +123,7 @@ async def test_listen_key_lapsing_mid_entry_is_a_disconnect_and_the_entry_is_ver
         def lapse() -> None:
             keys = emu.hub.keys
             for key in list(keys.expires):
-                keys.expires[key] = 0.0
-                keys._lapse(key)
+                keys.expire(key)
 
         on_state(engine, State.SUBMITTED, lapse)
         reply = await (await engine.submit(open_btc("a-key-lapse"))).wait()

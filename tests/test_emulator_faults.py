@@ -68,7 +68,6 @@ async def test_seed_lag_with_every_push_dropped_keeps_asking_over_rest_past_six_
         )
         assert State.REJECTED not in watch.states and State.CLOSED_EXTERNALLY not in watch.states
         await assert_redis_equals_venue(engine, emu)
-        assert emu.requests(f"POST {kind.create_path}") == 2, "sent again at once after the clock refusal"
 
 
 async def test_binance_create_answered_504_after_it_filled_and_lookups_lagging_leaves_one_position(
@@ -90,7 +89,6 @@ async def test_binance_create_answered_504_after_it_filled_and_lookups_lagging_l
         assert truth["positions"]["BTCUSDT"]["size"] == 0.01 and is_protected(truth, "BTCUSDT")
         assert reply.outcome in ("protected", "unverified")
         await assert_redis_equals_venue(engine, emu)
-        assert emu.requests(f"POST {kind.create_path}") == 2, "sent again at once after the clock refusal"
 
 
 @both_venues
@@ -121,7 +119,6 @@ async def test_bursts_of_5xx_and_rate_limits_after_the_entry_are_bounded_and_mee
         settings = engine.settings
         assert elapsed <= settings.verification.hard_deadline + settings.protection.stop_deadline * settings.protection.stop_attempts
         await assert_redis_equals_venue(engine, emu)
-        assert emu.requests(f"POST {kind.create_path}") == 2, "sent again at once after the clock refusal"
 
 
 @both_venues
@@ -150,7 +147,6 @@ async def test_stream_disconnect_during_verification_switches_to_rest_at_once(re
         emu.faults.refuse_ws = False
         assert await engine.streams_ready(timeout=10)
         await assert_redis_equals_venue(engine, emu)
-        assert emu.requests(f"POST {kind.create_path}") == 2, "sent again at once after the clock refusal"
 
 
 @both_venues
