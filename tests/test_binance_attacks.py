@@ -213,9 +213,11 @@ async def test_the_24h_connection_limit_striking_mid_entry_loses_nothing(redis_u
         emu.faults.push_delay = {"order": 0.3, "execution": 0.3, "position": 0.3, "algo": 0.3}
         emu.faults.position_list_lag = 3.0
         hub = emu.hub
+        connects, rotated = hub.connects, []
 
         async def rotate() -> None:
             for connection in list(hub.connections):
+                rotated.append(connection)
                 await hub._close(connection, b"24 hour connection limit")
 
         async with anyio.create_task_group() as tg:
@@ -225,6 +227,7 @@ async def test_the_24h_connection_limit_striking_mid_entry_loses_nothing(redis_u
         assert reply.outcome == "protected", reply
         assert len(entries(truth)) == 1 and is_protected(truth, "BTCUSDT")
         assert await engine.streams_ready(timeout=15)
+        assert rotated and hub.connects > connects, "the connection was not replaced"
 
 
 async def test_a_position_closed_by_hand_while_every_push_is_lost_is_settled_from_the_trades(redis_url: str) -> None:
