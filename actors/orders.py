@@ -23,7 +23,7 @@ from posguard.actors.context import ActorContext
 from posguard.actors.proof import trace_of_entry
 from posguard.actors.records import PositionRecord
 from posguard.streams.backoff import Deadline, sleep_within
-from posguard.streams.venue.errors import DuplicateClientOrderId, VenueUnavailable
+from posguard.streams.venue.errors import DuplicateClientOrderId, NotPlaced, VenueUnavailable
 from posguard.streams.venue.events import Order
 
 __all__ = ["ABSENT", "Absent", "cancel_leftover_stops", "look_up", "send_once"]
@@ -55,6 +55,7 @@ async def send_once(
     None means the order's fate is still unknown at the deadline (the caller must not
     assume it was not placed). `OrderRejected` propagates: the venue placed nothing.
     """
+    not_placed_delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
         if maybe_sent:
             answer = await _until_resend_allowed(ctx, record, client_order_id, deadline)
@@ -71,6 +72,13 @@ async def send_once(
             log.info("%s: %s already on the venue; looking it up", record.symbol, client_order_id)
             found = await look_up(ctx, record, client_order_id, deadline)
             return found if isinstance(found, Order) else None
+        except NotPlaced as exc:
+            # Refused before it took effect (the adapter has measured the clock again): send it
+            # again under the same id, paced, without the lookup an unknown outcome needs.
+            log.warning("%s: sending %s: refused before it took effect (%s); sending it again",
+                        record.symbol, client_order_id, exc)
+            if not await sleep_within(next(not_placed_delays), deadline):
+                return None
         except VenueUnavailable as exc:
             log.warning("%s: sending %s: outcome unknown (%s); looking it up", record.symbol, client_order_id, exc)
             maybe_sent = True

@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--positions", type=int, help="positions to open and close (default from config: 20)")
     demo.add_argument("--symbols", type=int, help="symbols to spread them over, 1-8 (default 5)")
     demo.add_argument("--seed", type=int, help="the simulated venue's random seed")
-    demo.add_argument("--venue", choices=["fake", "emulator", "emulator-binance"], default="fake",
-                      help="fake: the built-in simulated venue; emulator: real ccxt.pro against the "
-                           "local Bybit emulator; emulator-binance: against the local Binance USD-M "
-                           "emulator (both shipped with posguard)")
+    demo.add_argument("--venue", choices=["fake", "emulator"], default="fake",
+                      help="fake: the built-in simulated venue; emulator: real ccxt.pro against a "
+                           "local exchange emulator (shipped with posguard, see --exchange)")
+    demo.add_argument("--exchange", choices=["bybit", "binanceusdm"], default=None,
+                      help="with --venue emulator: the emulator's exchange, named as [venue] kind names it "
+                           "(default bybit); the same faults on both")
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
 
     run = commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")
@@ -229,6 +231,10 @@ def _demo(config: Config, args: argparse.Namespace) -> int:
 
     from posguard.supervisor.demo import run_demo
 
+    if args.exchange is not None and args.venue != "emulator":
+        raise ConfigError(f"--exchange {args.exchange}: applies to --venue emulator only (the simulated venue is "
+                          "neither exchange); add --venue emulator or drop --exchange")
+    exchange = args.exchange or "bybit"
     overrides = {k: v for k in ("positions", "symbols", "seed") if (v := getattr(args, k)) is not None}
     if overrides:
         try:
@@ -239,10 +245,10 @@ def _demo(config: Config, args: argparse.Namespace) -> int:
     if config.redis.url:
         from posguard.supervisor.config import redis_connection
 
-        return _run_async(config, lambda: run_demo(config, redis_connection(config), args.venue))
+        return _run_async(config, lambda: run_demo(config, redis_connection(config), args.venue, exchange))
     server = start_redis_server()
     try:
-        code = anyio.run(run_demo, config, server.url, args.venue, backend="asyncio")
+        code = anyio.run(run_demo, config, server.url, args.venue, exchange, backend="asyncio")
         print(f"\ninspect it:  redis-cli -p {server.port} --scan --pattern 'posguard:{{demo}}:*'")
         print(f"             redis-cli -p {server.port} HGETALL 'posguard:{{demo}}:position:BTC/USDT:USDT'")
         print(f"             redis-cli -p {server.port} XREVRANGE 'posguard:{{demo}}:journal' + - COUNT 10")

@@ -4,8 +4,8 @@ On the simulated venue (the default) the venue lags like a busy exchange (most p
 updates within 0.5 s, 2 % taking 5-15 s, the seed's failure), drops 1 % of pushes, fails 2 %
 of REST calls, loses 2 % of create-order responses after placing the order, and sometimes
 forgets an attached stop. With ``--venue emulator`` the same demo runs through real ccxt.pro
-against the local Bybit V5 emulator, with ``--venue emulator-binance`` against the Binance
-USD-M one (supervisor/demo_emulator.py).
+against a local emulator: Bybit V5 (``--exchange bybit``, the default) or Binance USD-M
+(``--exchange binanceusdm``), with the same faults on both (supervisor/demo_emulator.py).
 The demo opens, protects, holds and closes positions over several symbols, prints each as it
 settles, and ends with a summary taken from the venue's own ground truth.
 """
@@ -136,18 +136,20 @@ class FakeDemoVenue:
 
 
 @asynccontextmanager
-async def open_demo_venue(config: Config, kind: str) -> AsyncIterator[DemoVenue]:
+async def open_demo_venue(config: Config, kind: str, exchange: str = "bybit") -> AsyncIterator[DemoVenue]:
     if kind == "fake":
         async with FakeVenue(seed=config.demo.seed, knobs=demo_knobs()) as venue:
             yield FakeDemoVenue(venue)
         return
     from posguard.supervisor.demo_emulator import open_emulator_demo_venue
 
-    async with open_emulator_demo_venue(config, "binance" if kind == "emulator-binance" else "bybit") as view:
+    async with open_emulator_demo_venue(config, exchange) as view:
         yield view
 
 
-async def run_demo(config: Config, redis: RedisConnection | str, venue_kind: str = "fake", *, out=print) -> int:  # noqa: ANN001
+async def run_demo(
+    config: Config, redis: RedisConnection | str, venue_kind: str = "fake", exchange: str = "bybit", *, out=print  # noqa: ANN001
+) -> int:
     """Run the demo; returns the process exit code (1 if any position was left unprotected)."""
     settings = msgspec.structs.replace(config.actor_settings(), account=DEMO_ACCOUNT)
     symbols = list(DEFAULT_MARKETS)[: config.demo.symbols]
@@ -161,7 +163,7 @@ async def run_demo(config: Config, redis: RedisConnection | str, venue_kind: str
     redis = as_connection(redis)
     async with open_redis(redis) as client:
         await _clear_demo_keys(client, out)
-        async with open_demo_venue(config, venue_kind) as view, anyio.create_task_group() as tg:
+        async with open_demo_venue(config, venue_kind, exchange) as view, anyio.create_task_group() as tg:
             engine = Engine(
                 venue=view.venue,
                 store=RedisStore(client, DEMO_ACCOUNT),

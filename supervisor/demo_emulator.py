@@ -1,9 +1,10 @@
-"""`posguard demo --venue emulator` (or ``emulator-binance``): the demo through real ccxt.pro
-and the Bybit (or Binance USD-M) emulator.
+"""`posguard demo --venue emulator`: the demo through real ccxt.pro and a local emulator.
 
-The emulators ship with posguard (`posguard.streams.emulators.bybit`, `...binance`, also
-runnable alone as ``posguard emulator [--venue binance]``). It is started in this process on a
-free 127.0.0.1 port; nothing leaves the machine.
+``--exchange bybit`` (the default) runs it against the Bybit V5 emulator, ``--exchange
+binanceusdm`` against the Binance USD-M one (the names are ``[venue] kind``'s). Both ship with
+posguard (`posguard.streams.emulators`, also runnable alone as ``posguard emulator``), share
+one matching engine and get the same faults here. The emulator is started in this process on
+a free 127.0.0.1 port; nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -16,25 +17,38 @@ import anyio
 
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.binance.server import running_binance_emulator
-from posguard.streams.emulators.bybit.client import emulator_venue
+from posguard.streams.emulators.bybit.client import EXCHANGES, emulator_venue
 from posguard.streams.emulators.bybit.server import running_emulator
+from posguard.streams.emulators.engine.faults import Faults
 from posguard.streams.emulators.engine.serving import EmulatorBase
 from posguard.streams.emulators.engine.truth import unprotected
 from posguard.supervisor.config import Config
 
-__all__ = ["EmulatorDemoVenue", "open_emulator_demo_venue"]
+__all__ = ["DEMO_EXCHANGES", "EmulatorDemoVenue", "demo_faults", "open_emulator_demo_venue"]
+
+_NAMES = {"bybit": "the local Bybit V5 emulator", "binance": "the local Binance USD-M emulator"}
+_RUNNING = {"bybit": running_emulator, "binance": running_binance_emulator}
+DEMO_EXCHANGES = {exchange: venue for venue, exchange in EXCHANGES.items()}
+"""``--exchange`` (a ``[venue] kind``: ``bybit``, ``binanceusdm``) -> the emulator that speaks it."""
 
 
-NAMES = {"bybit": "Bybit V5", "binance": "Binance USD-M futures"}
+def demo_faults() -> Faults:
+    """The demo's trouble, the same on both emulators (one place, so the two runs compare)."""
+    return Faults(
+        position_list_lag=1.0,
+        push_drop={"position": 0.01, "order": 0.01, "execution": 0.01, "algo": 0.01},
+        rest_error_rate=0.01,
+        rate_limit_rate=0.01,
+    )
 
 
 class EmulatorDemoVenue:
     faults = "position list lags 1 s, 1 % pushes dropped, 2 % REST errors (5xx and rate limits)"
 
     def __init__(self, emu: EmulatorBase, venue: CcxtVenue) -> None:
-        self.description = f"the local {NAMES[emu.venue]} emulator through real ccxt.pro"
         self.emu = emu
         self.venue = venue
+        self.description = f"{_NAMES[emu.venue]} through real ccxt.pro ({EXCHANGES[emu.venue]})"
         self._since: dict[str, float] = {}
         self._windows: list[tuple[str, float]] = []
         self._epoch_offset = time.time() - anyio.current_time()
@@ -73,13 +87,12 @@ class EmulatorDemoVenue:
 
 
 @asynccontextmanager
-async def open_emulator_demo_venue(config: Config, venue_name: str = "bybit") -> AsyncIterator[EmulatorDemoVenue]:
-    running = running_binance_emulator if venue_name == "binance" else running_emulator
+async def open_emulator_demo_venue(config: Config, exchange: str = "bybit") -> AsyncIterator[EmulatorDemoVenue]:
+    """The emulator for ``exchange`` (a key of `DEMO_EXCHANGES`) with `demo_faults`, and a
+    `CcxtVenue` on it."""
+    running = _RUNNING[DEMO_EXCHANGES[exchange]]
     async with running(seed=config.demo.seed) as emu, emulator_venue(emu) as venue:
-        emu.faults.position_list_lag = 1.0
-        emu.faults.push_drop = {"position": 0.01, "order": 0.01, "execution": 0.01, "algo": 0.01}
-        emu.faults.rest_error_rate = 0.01
-        emu.faults.rate_limit_rate = 0.01
+        emu.engine.faults = demo_faults()
         view = EmulatorDemoVenue(emu, venue)
         async with anyio.create_task_group() as tg:
             tg.start_soon(view.watch)

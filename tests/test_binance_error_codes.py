@@ -22,6 +22,7 @@ from posguard.streams.ccxt_adapter.dialects import BINANCE_CODES
 from posguard.streams.ccxt_adapter.errors import translate
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
+    NotPlaced,
     NothingToReduce,
     OrderRejected,
     StopSlotTaken,
@@ -119,7 +120,7 @@ def stop(coid: str = "pgbinance-s1") -> StopRequest:
         (MARGIN, "/fapi/v1/order", "entry", OrderRejected),
         (PRECISION, "/fapi/v1/order", "entry", OrderRejected),
         (QTY_ZERO, "/fapi/v1/order", "entry", OrderRejected),
-        (CLOCK, "/fapi/v1/order", "entry", VenueUnavailable),
+        (CLOCK, "/fapi/v1/order", "entry", NotPlaced),
     ],
 )
 async def test_refusals_are_decided_by_binance_code(

@@ -18,6 +18,7 @@ from posguard.streams.ccxt_adapter.errors import clock_rejected, redact, transla
 from posguard.streams.emulators.bybit import DEFAULT_API_SECRET, ScriptedFailure, running_emulator
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
+    NotPlaced,
     OrderRejected,
     RateLimited,
     VenueAuthFailed,
@@ -133,7 +134,7 @@ def test_translation_by_venue_code_wins_over_ccxt_class() -> None:
     assert type(bybit(ccxt.InsufficientFunds('bybit {"retCode":110007,"retMsg":"ab not enough"}'))) is OrderRejected
     assert type(bybit(ccxt.BadSymbol("bybit does not have market symbol X"))) is OrderRejected
     assert clock_rejected(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'), BYBIT_CODES)
-    assert type(bybit(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'))) is VenueUnavailable
+    assert type(bybit(ccxt.BadRequest('bybit {"retCode":10002,"retMsg":"invalid request"}'))) is NotPlaced
 
     binance_duplicate = translate(
         ccxt.InvalidOrder('binanceusdm {"code":-2010,"msg":"Duplicate clientOrderId"}'),

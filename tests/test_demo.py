@@ -28,16 +28,34 @@ def test_demo_runs_to_its_summary_with_its_own_redis() -> None:
     assert len(re.findall(r"^\[\s*\d+/4\]", out, flags=re.M)) == 4, "one progress line per position"
 
 
-@pytest.mark.parametrize(("venue", "named"), [
-    ("emulator", "Bybit V5 emulator through real ccxt.pro"),
-    ("emulator-binance", "Binance USD-M futures emulator through real ccxt.pro"),
-])
-def test_demo_runs_through_real_ccxt_against_the_emulator(venue: str, named: str) -> None:
+@pytest.mark.parametrize(
+    ("exchange", "banner"),
+    [(None, "Bybit V5 emulator through real ccxt.pro (bybit)"),
+     ("binanceusdm", "Binance USD-M emulator through real ccxt.pro (binanceusdm)")],
+)
+def test_demo_runs_through_real_ccxt_against_the_emulator(exchange: str | None, banner: str) -> None:
+    """Both emulators, the same faults; the figures come from the emulator's ground truth."""
+    pick = ["--exchange", exchange] if exchange else []
     result = subprocess.run(
-        [sys.executable, "-m", "posguard", "demo", "--venue", venue, "--positions", "3", "--symbols", "3"],
+        [sys.executable, "-m", "posguard", "demo", "--venue", "emulator", *pick, "--positions", "3", "--symbols", "3"],
         capture_output=True, text=True, cwd=REPO, timeout=180,
     )
     assert result.returncode == 0, result.stderr
-    assert named in result.stdout
-    assert re.search(r"positions opened\s+3", result.stdout)
-    assert re.search(r"positions unprotected at the end\s+0", result.stdout)
+    out = result.stdout
+    assert banner in out
+    assert "position list lags 1 s, 1 % pushes dropped" in out, "the same faults on both emulators"
+    assert re.search(r"positions opened\s+3", out)
+    assert re.search(r"positions ever left unprotected \(> \d+ s\)\s+0", out)
+    assert re.search(r"positions unprotected at the end\s+0", out)
+    calls = re.search(r"REST calls \(all, incl. closes\)\s+(\d+)", out)
+    assert calls is not None and int(calls.group(1)) >= 3 * 3, "entry, stop and close reached the emulator"
+
+
+def test_demo_refuses_an_exchange_without_the_emulator() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "posguard", "demo", "--exchange", "binanceusdm", "--positions", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--exchange binanceusdm: applies to --venue emulator only" in result.stderr
+    assert "Traceback" not in result.stderr

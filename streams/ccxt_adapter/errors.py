@@ -25,6 +25,7 @@ import msgspec
 
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
+    NotPlaced,
     OrderRejected,
     RateLimited,
     VenueAuthFailed,
@@ -140,7 +141,7 @@ def translate(
     detail = redact(f"{codes.exchange} {action}: {venue_message or exc}", secrets)
     if code:
         detail += f" (code {code})"
-    kind = VenueUnavailable if code in codes.clock else codes.errors.get(code)
+    kind = NotPlaced if code in codes.clock else codes.errors.get(code)
     if code and _DUPLICATE_WORDS.search(venue_message) and _CLIENT_ID_WORDS.search(venue_message):
         kind = DuplicateClientOrderId  # e.g. Bybit 10001 or Binance -2010 saying so in words
     if kind is DuplicateClientOrderId:
