@@ -73,8 +73,9 @@ async def send_once(
             found = await look_up(ctx, record, client_order_id, deadline)
             return found if isinstance(found, Order) else None
         except NotPlaced as exc:
-            # Refused before it took effect (the adapter has measured the clock again): send it
-            # again under the same id, paced, without the lookup an unknown outcome needs.
+            # Refused before it took effect (a clock the adapter has measured again, a rate
+            # limit): send it again under the same id, paced, without the lookup an unknown
+            # outcome needs.
             log.warning("%s: sending %s: refused before it took effect (%s); sending it again",
                         record.symbol, client_order_id, exc)
             if not await sleep_within(next(not_placed_delays), deadline):

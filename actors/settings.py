@@ -43,7 +43,8 @@ class ProtectionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     stop_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5
     """Stop placements tried before the position is closed instead (emergency close)."""
     stop_deadline: StopDeadline = 15.0
-    """How long one stop placement (or one close order) may take, lookups included."""
+    """How long a position may wait for a separate stop, every attempt and lookup included,
+    before it is closed instead; and how long one close order may take, lookups included."""
     stop_backoff: Backoff = Backoff(initial=0.5, maximum=5.0)
     close_backoff: Backoff = Backoff(initial=1.0, maximum=30.0)
     """Retrying a close (emergency or requested) never gives up; this paces it."""

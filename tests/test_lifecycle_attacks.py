@@ -261,9 +261,11 @@ async def test_a_close_while_the_entry_is_unverified_closes_it_and_answers(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
     """REST down past the verification deadline with every push dropped: unverified (the fill
-    is real). A close then, with REST back: the venue must end flat and the close answered."""
+    is real). A close then, with REST back: the venue must end flat and the close answered.
+    The outage ends within the stop budget after the deadline (60 + 15 s), so the unverified
+    entry gets its stop; after a longer one the position is closed instead, once REST answers."""
     knobs = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in TOPICS}, push_drop={t: 1.0 for t in TOPICS},
-                       rest_outage_for=Lag.fixed(90.0))
+                       rest_outage_for=Lag.fixed(68.0))
     async with FakeVenue(seed=1308, knobs=knobs) as venue, running_engine(
         redis_url, venue, clock, audit=QUIET_AUDIT
     ) as engine:

@@ -29,7 +29,7 @@ from posguard.actors.lifecycle.closing import close_key, close_position, settle_
 from posguard.actors.orders import send_once
 from posguard.actors.proof import Gone, prove_gone
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
-from posguard.streams.backoff import Deadline
+from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.ingestion.evidence import newer_position
 from posguard.streams.venue.errors import OrderRejected, StopSlotTaken, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
@@ -166,7 +166,12 @@ def record_for_venue_position(ctx: ActorContext, position: Position, *, intent_i
 
 
 async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> StopResult:
-    """Place a separate reduce-only stop, retrying with backoff up to the attempt limit.
+    """Place a separate reduce-only stop, retrying with backoff up to the attempt limit,
+    all within one `ProtectionSettings.stop_deadline`: that is how long the position may be
+    bare waiting for a stop, whatever each attempt meets (a refusal, an unknown outcome and
+    its lookups). Each attempt with a deadline of its own kept a position bare for the
+    attempts times the deadline (82 s with the defaults) when the venue's stop service was
+    down, where the bound promised 18.
 
     No backoff follows the last attempt: the position is bare until the caller closes it.
     A stop the venue reports filled (it triggered at once) is an exit: "filled", never "live".
@@ -180,6 +185,7 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
     """
     settings = ctx.settings.protection
     delays = settings.stop_backoff.delays(ctx.rng)
+    budget = Deadline(settings.stop_deadline)
     side = closing_side(position_side_of(record.side))
     whole = True
     attempt = 1
@@ -193,7 +199,7 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
                               client_order_id=coid, whole_position=whole)
         try:
             order = await send_once(
-                ctx, record, coid, lambda: ctx.venue.place_stop(request), Deadline(settings.stop_deadline)
+                ctx, record, coid, lambda: ctx.venue.place_stop(request), _attempt_share(budget, settings.stop_attempts - attempt + 1)
             )
         except StopWouldTrigger as exc:
             record.reason = f"market already through the stop: {exc.reason}"
@@ -216,12 +222,20 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
         if order is not None and order.filled > QTY_TOLERANCE:
             record.reason = f"stop {coid} filled {order.filled} as soon as it was placed"
             return "filled"
-        if attempt >= settings.stop_attempts:
+        if attempt >= settings.stop_attempts or not await sleep_within(next(delays), budget):
             break
         attempt += 1
-        await anyio.sleep(next(delays))
-    record.reason = f"no stop could be placed in {settings.stop_attempts} attempts ({record.reason})"
+    record.reason = f"no stop could be placed in {attempt} attempts within {settings.stop_deadline:g} s ({record.reason})"
     return "failed"
+
+
+def _attempt_share(budget: Deadline, attempts_left: int) -> Deadline:
+    """One stop attempt's part of what is left of the budget. An attempt whose outcome is
+    unknown looks its stop up for this long, then the next goes out under a new id (two
+    reduce-only stops are harmless; the spare is cancelled once one is live), rather than
+    waiting out `lookup_grace` for leave to resend the same one: under a burst of 5xx that
+    wait spent the whole budget on one attempt."""
+    return Deadline(budget.remaining / max(1, attempts_left))
 
 
 async def protect(

@@ -5,10 +5,11 @@ what it gets into one of these, and the actor decides from the class alone:
 
 * `VenueUnavailable`: the request may or may not have taken effect (timeout, lost response,
   5xx, network). A write is followed by a lookup of its client order id before anything else.
-* `RateLimited`: like `VenueUnavailable`, but the venue asked us to slow down.
 * `NotPlaced`: a `VenueUnavailable` the venue answered before it took effect (our timestamp
   outside its window: Binance -1021, Bybit 10002). Nothing was placed, so it is sent again,
   under the same id, as soon as the clock is measured again: no lookup, no resend grace.
+* `RateLimited`: a `NotPlaced` because the venue asked us to slow down (Bybit 10006, Binance
+  429 / -1003): the gateway refused the request, nothing was placed; sent again, paced.
 * `OrderRejected`: the venue refused the request; nothing was placed. Final. Two refusals
   change what the actor does next and have their own subclasses: `StopWouldTrigger`,
   `NothingToReduce` and `StopSlotTaken`.
@@ -44,16 +45,20 @@ class VenueUnavailable(VenueError):
     """The outcome is unknown: the request may have been executed. Retry only after a lookup."""
 
 
-class RateLimited(VenueUnavailable):
-    """The venue is throttling us. Back off harder than for a plain transient error."""
-
-
 class NotPlaced(VenueUnavailable):
     """The venue refused the request before it took effect, for a reason of ours that a retry
     fixes (the clock): nothing was placed, so it may be sent again at once under the same id.
     Callers that treat it as `VenueUnavailable` (look up first) stay safe, only slower: on a
     venue whose resend rule waits a minute of silence (Binance) the entry would then sit
     `unverified` for an order that never existed."""
+
+
+class RateLimited(NotPlaced):
+    """The venue is throttling us: it refused the request at its gateway, so nothing was
+    placed. Sent again after a backoff, never looked up first: a lookup under a rate limit
+    costs another refused call, and on Binance an entry looked up would wait out a minute's
+    resend grace for an order that does not exist (a stop's lookup spent the whole stop
+    budget of a 60 % error burst, and the position was closed instead of protected)."""
 
 
 class VenueAuthFailed(VenueUnavailable):
