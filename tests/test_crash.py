@@ -77,6 +77,11 @@ class CrashVenue:
     stop_path: str
     """Where a separate stop is POSTed: Bybit's one create path; Binance's algo service
     (STOP_MARKET ``closePosition=true`` through ``POST /fapi/v1/algoOrder``)."""
+    audit_interval: float
+    """``audit.interval``: as often as the venue's request weights allow. A Binance audit lists
+    the account's open orders and open algo orders without a symbol (weight 40 each, and ccxt
+    spends 50 ms of its throttle per unit: 4 s for one audit), so audits every 3 s would keep
+    every other call waiting behind them for good."""
     failpoint_wait: float
     """Seconds a failpoint run may take to reach its failpoint. Bybit: `unverified` takes about
     25 s (the lagging lists outlast the hard deadline). Binance: a failpoint run can queue
@@ -100,13 +105,14 @@ class CrashVenue:
 
 
 VENUES = {
-    "bybit": CrashVenue(EMULATORS["bybit"], stop_path="/v5/order/create", failpoint_wait=60.0),
-    "binance": CrashVenue(EMULATORS["binance"], stop_path="/fapi/v1/algoOrder", failpoint_wait=60.0 + ID_REUSE_GRACE),
+    "bybit": CrashVenue(EMULATORS["bybit"], stop_path="/v5/order/create", audit_interval=3.0, failpoint_wait=60.0),
+    "binance": CrashVenue(EMULATORS["binance"], stop_path="/fapi/v1/algoOrder", audit_interval=15.0,
+                          failpoint_wait=60.0 + ID_REUSE_GRACE),
 }
 assert set(VENUES) == set(EMULATORS), "every emulator gets the crash test"
 
 
-def write_config(path: Path, emu: EmulatorBase, redis_url: str) -> Path:
+def write_config(path: Path, emu: EmulatorBase, redis_url: str, venue: CrashVenue) -> Path:
     path.write_text(run_config(emu, redis_url, ACCOUNT, f"""
 [streams]
 stale_after = 5.0
@@ -123,7 +129,7 @@ close_alert_after = 3
 [supervisor]
 shutdown_grace = 10.0
 [audit]
-interval = 3.0
+interval = {venue.audit_interval}
 [intents]
 # Intents here may wait through many kills: staleness is not what this test is about.
 max_age = 3600.0
@@ -136,8 +142,10 @@ class ExposureMonitor:
 
     def __init__(self, emu: EmulatorBase) -> None:
         self.emu = emu
-        self.since: dict[str, float] = {}
+        self.since: dict[str, tuple[float, str]] = {}  # venue symbol -> bare since (anyio time, UTC clock)
         self.longest = 0.0
+        self.worst = ""
+        """Which symbol went longest without a stop, and from when (UTC, to read the log by)."""
 
     async def run(self) -> None:
         while True:
@@ -146,9 +154,11 @@ class ExposureMonitor:
             for bybit_symbol, _qty, _price in SYMBOLS.values():
                 if is_protected(truth, bybit_symbol):
                     self.since.pop(bybit_symbol, None)
-                else:
-                    start = self.since.setdefault(bybit_symbol, now)
-                    self.longest = max(self.longest, now - start)
+                    continue
+                start, clock = self.since.setdefault(bybit_symbol, (now, time.strftime("%H:%M:%S", time.gmtime())))
+                if now - start > self.longest:
+                    self.longest = now - start
+                    self.worst = f"{bybit_symbol} from {clock} UTC"
             await anyio.sleep(0.1)
 
 
@@ -433,7 +443,7 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
     started = time.monotonic()
     async with venue.kind.running() as emu, coredis.Redis.from_url(redis_url, decode_responses=True) as client, \
             anyio.create_task_group() as tg:
-        config = write_config(tmp_path / "config.toml", emu, redis_url)
+        config = write_config(tmp_path / "config.toml", emu, redis_url, venue)
         monitor = ExposureMonitor(emu)
         tg.start_soon(monitor.run)
         trader = Trader(emu, venue, client, rng)
@@ -480,7 +490,7 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
         print(f"\ncrash test on {venue.name}: {kills} SIGKILLs ({sum(reached.values())} at failpoints: {dict(sorted(reached.items()))}),"
               f" {len(trader.intents)} intents ({len(trader.reused)} ids sent again),"
               f" {len(entry_orders)} entry orders, {len(truth['executions'])} executions,"
-              f" longest unprotected {monitor.longest:.2f} s, open at the end {sorted(truth['positions'])};"
+              f" longest unprotected {monitor.longest:.2f} s ({monitor.worst}), open at the end {sorted(truth['positions'])};"
               f" failpoints tried but not reached: {missed}; not tried: {sorted(set(TARGETS) - set(tried))};"
               f" unanswered: {unanswered}; {time.monotonic() - started:.0f} s")
 
@@ -489,7 +499,7 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
         assert code == 0, "SIGTERM must stop posguard gracefully with exit code 0"
         assert set(entry_orders) <= asked, f"entry orders nobody asked for: {set(entry_orders) - asked}"
         assert all(n == 1 for n in entry_orders.values()), f"an intent produced two entries: {entry_orders}"
-        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop"
+        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
         assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
         if kills >= 2 * len(TARGETS):
             assert set(tried) == set(TARGETS)
