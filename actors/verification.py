@@ -194,8 +194,18 @@ class EntryEvidence:
         )
 
 
-async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float) -> Verdict:
-    """Wait for pushed evidence, fall back to REST, decide. ``sent_at`` is anyio time."""
+async def verify_entry(
+    ctx: ActorContext, record: PositionRecord, sent_at: float, acknowledged: Order | None = None
+) -> Verdict:
+    """Wait for pushed evidence, fall back to REST, decide. ``sent_at`` is anyio time.
+
+    ``acknowledged``: the venue's answer to the send (or the lookup that stood for it): once
+    the pushes are late, the first REST evidence, before anything is asked again. Binance
+    answers a market entry with its final result (ccxt sends ``newOrderRespType=RESULT``;
+    "MARKET order: the final FILLED result of the order will be returned directly", New
+    Order, USD-M futures REST docs): a fill it reports is the venue's word, as good as the
+    same order read back by client id. Without it, an entry whose pushes are lost waits for
+    lists that may lag past the hard deadline, bare on a venue without attached stops."""
     settings = ctx.settings.verification
     evidence = EntryEvidence(record)
     push_deadline = Deadline(sent_at + settings.push_deadline - anyio.current_time())
@@ -212,6 +222,11 @@ async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float
             await ctx.board.wait_for_change(record.symbol)
 
     reason = "stream unhealthy" if not ctx.board.is_healthy() else "push late"
+    evidence.take_order(acknowledged, "rest")
+    verdict = evidence.decide(final=False)
+    if verdict is not None:
+        log.info("%s: %s: %s; the venue's answer to the send decides", record.symbol, record.client_order_id, reason)
+        return verdict
     log.info("%s: %s: %s, asking over REST", record.symbol, record.client_order_id, reason)
     delays = settings.backoff.delays(ctx.rng)
     while True:

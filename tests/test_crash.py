@@ -82,6 +82,8 @@ class CrashVenue:
     the account's open orders and open algo orders without a symbol (weight 40 each, and ccxt
     spends 50 ms of its throttle per unit: 4 s for one audit), so audits every 3 s would keep
     every other call waiting behind them for good."""
+    answer_carries_fill: bool
+    """The answer to an entry's send says what filled (Binance ``RESULT``), not only its ids."""
     failpoint_wait: float
     """Seconds a failpoint run may take to reach its failpoint. Bybit: `unverified` takes about
     25 s (the lagging lists outlast the hard deadline). Binance: a failpoint run can queue
@@ -105,9 +107,10 @@ class CrashVenue:
 
 
 VENUES = {
-    "bybit": CrashVenue(EMULATORS["bybit"], stop_path="/v5/order/create", audit_interval=3.0, failpoint_wait=60.0),
+    "bybit": CrashVenue(EMULATORS["bybit"], stop_path="/v5/order/create", audit_interval=3.0,
+                        answer_carries_fill=False, failpoint_wait=60.0),
     "binance": CrashVenue(EMULATORS["binance"], stop_path="/fapi/v1/algoOrder", audit_interval=15.0,
-                          failpoint_wait=60.0 + ID_REUSE_GRACE),
+                          answer_carries_fill=True, failpoint_wait=60.0 + ID_REUSE_GRACE),
 }
 assert set(VENUES) == set(EMULATORS), "every emulator gets the crash test"
 
@@ -362,10 +365,13 @@ async def reused_after_answer(trader: Trader) -> None:
 
 async def no_evidence(trader: Trader) -> None:
     """Every push lost and every REST list lagging past the hard deadline: the entry is
-    `unverified` (protected anyway)."""
+    `unverified` (protected anyway). Binance answers a market entry with its result (ccxt asks
+    for ``RESULT``), which is evidence of the fill: there the answer to the send is lost too."""
     lag = HARD_DEADLINE + 5
     trader.emu.engine.faults = Faults(position_list_lag=lag, order_list_lag=lag, execution_list_lag=lag,
                                       push_drop={"position": 1.0, "order": 1.0, "execution": 1.0})
+    if trader.venue.answer_carries_fill:
+        trader.emu.engine.faults.fail_next.append(ScriptedFailure(path=trader.venue.entry_path, kind="lost_504"))
     await trader.open(await trader.flat_symbol())
 
 

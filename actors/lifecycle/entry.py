@@ -23,6 +23,7 @@ from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected
+from posguard.streams.venue.events import Order
 from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = ["drive_entry", "open_position", "settle_entry"]
@@ -68,6 +69,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     been sent already; it is looked up by client order id before it is ever sent.
     """
     sent_at = anyio.current_time()
+    acknowledged: Order | None = None
     if record.state is State.SUBMITTING:
         record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
         await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
@@ -90,6 +92,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             return record
         failpoint(ENTRY_SENT)
         if order is not None:
+            acknowledged = order
             record.order_id = order.order_id
             record.transition(State.SUBMITTED)
             await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
@@ -97,7 +100,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
         if record.state is not State.VERIFYING:
             record.transition(State.VERIFYING)
             await ctx.save(record)
-        verdict = await verify_entry(ctx, record, sent_at)
+        verdict = await verify_entry(ctx, record, sent_at, acknowledged)
         await settle_entry(ctx, record, verdict, sent_at)
     elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not is_protected(record)):
         await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)  # records its own outcome
