@@ -366,12 +366,15 @@ async def reused_after_answer(trader: Trader) -> None:
 async def no_evidence(trader: Trader) -> None:
     """Every push lost and every REST list lagging past the hard deadline: the entry is
     `unverified` (protected anyway). Binance answers a market entry with its result (ccxt asks
-    for ``RESULT``), which is evidence of the fill: there the answer to the send is lost too."""
+    for ``RESULT``), which is evidence of the fill: there the answers to the run's sends are
+    lost too (every one: a scripted failure is spent by any request to its path, lookups
+    included, and only writes lose their answer)."""
     lag = HARD_DEADLINE + 5
     trader.emu.engine.faults = Faults(position_list_lag=lag, order_list_lag=lag, execution_list_lag=lag,
                                       push_drop={"position": 1.0, "order": 1.0, "execution": 1.0})
     if trader.venue.answer_carries_fill:
-        trader.emu.engine.faults.fail_next.append(ScriptedFailure(path=trader.venue.entry_path, kind="lost_504"))
+        trader.emu.engine.faults.fail_next.append(ScriptedFailure(path=trader.venue.entry_path, kind="lost_504",
+                                                                  count=10_000))
     await trader.open(await trader.flat_symbol())
 
 
