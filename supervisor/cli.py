@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--positions", type=int, help="positions to open and close (default from config: 20)")
     demo.add_argument("--symbols", type=int, help="symbols to spread them over, 1-8 (default 5)")
     demo.add_argument("--seed", type=int, help="the simulated venue's random seed")
-    demo.add_argument("--venue", choices=["fake", "emulator"], default="fake",
+    demo.add_argument("--venue", choices=["fake", "emulator", "emulator-binance"], default="fake",
                       help="fake: the built-in simulated venue; emulator: real ccxt.pro against the "
-                           "local Bybit emulator (shipped with posguard)")
+                           "local Bybit emulator; emulator-binance: against the local Binance USD-M "
+                           "emulator (both shipped with posguard)")
     demo.add_argument("--keep-redis", action="store_true", help="leave the private redis-server running at exit")
 
     run = commands.add_parser("run", help="run posguard: take intents from Redis and guard the positions")

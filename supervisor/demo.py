@@ -4,7 +4,8 @@ On the simulated venue (the default) the venue lags like a busy exchange (most p
 updates within 0.5 s, 2 % taking 5-15 s, the seed's failure), drops 1 % of pushes, fails 2 %
 of REST calls, loses 2 % of create-order responses after placing the order, and sometimes
 forgets an attached stop. With ``--venue emulator`` the same demo runs through real ccxt.pro
-against the local Bybit V5 emulator (supervisor/demo_emulator.py).
+against the local Bybit V5 emulator, with ``--venue emulator-binance`` against the Binance
+USD-M one (supervisor/demo_emulator.py).
 The demo opens, protects, holds and closes positions over several symbols, prints each as it
 settles, and ends with a summary taken from the venue's own ground truth.
 """
@@ -142,7 +143,7 @@ async def open_demo_venue(config: Config, kind: str) -> AsyncIterator[DemoVenue]
         return
     from posguard.supervisor.demo_emulator import open_emulator_demo_venue
 
-    async with open_emulator_demo_venue(config) as view:
+    async with open_emulator_demo_venue(config, "binance" if kind == "emulator-binance" else "bybit") as view:
         yield view
 
 

@@ -1,8 +1,9 @@
-"""`posguard demo --venue emulator`: the demo through real ccxt.pro and the Bybit emulator.
+"""`posguard demo --venue emulator` (or ``emulator-binance``): the demo through real ccxt.pro
+and the Bybit (or Binance USD-M) emulator.
 
-The emulator ships with posguard (`posguard.streams.emulators.bybit`, also runnable alone as
-``posguard emulator``). It is started in this process on a free 127.0.0.1 port; nothing leaves
-the machine.
+The emulators ship with posguard (`posguard.streams.emulators.bybit`, `...binance`, also
+runnable alone as ``posguard emulator [--venue binance]``). It is started in this process on a
+free 127.0.0.1 port; nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -14,19 +15,24 @@ from contextlib import asynccontextmanager
 import anyio
 
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
-from posguard.streams.emulators.bybit.client import bybit_venue
-from posguard.streams.emulators.bybit.server import EmulatorServer, running_emulator
+from posguard.streams.emulators.binance.server import running_binance_emulator
+from posguard.streams.emulators.bybit.client import emulator_venue
+from posguard.streams.emulators.bybit.server import running_emulator
+from posguard.streams.emulators.engine.serving import EmulatorBase
 from posguard.streams.emulators.engine.truth import unprotected
 from posguard.supervisor.config import Config
 
 __all__ = ["EmulatorDemoVenue", "open_emulator_demo_venue"]
 
 
+NAMES = {"bybit": "Bybit V5", "binance": "Binance USD-M futures"}
+
+
 class EmulatorDemoVenue:
-    description = "the local Bybit V5 emulator through real ccxt.pro"
     faults = "position list lags 1 s, 1 % pushes dropped, 2 % REST errors (5xx and rate limits)"
 
-    def __init__(self, emu: EmulatorServer, venue: CcxtVenue) -> None:
+    def __init__(self, emu: EmulatorBase, venue: CcxtVenue) -> None:
+        self.description = f"the local {NAMES[emu.venue]} emulator through real ccxt.pro"
         self.emu = emu
         self.venue = venue
         self._since: dict[str, float] = {}
@@ -67,10 +73,11 @@ class EmulatorDemoVenue:
 
 
 @asynccontextmanager
-async def open_emulator_demo_venue(config: Config) -> AsyncIterator[EmulatorDemoVenue]:
-    async with running_emulator(seed=config.demo.seed) as emu, bybit_venue(emu) as venue:
+async def open_emulator_demo_venue(config: Config, venue_name: str = "bybit") -> AsyncIterator[EmulatorDemoVenue]:
+    running = running_binance_emulator if venue_name == "binance" else running_emulator
+    async with running(seed=config.demo.seed) as emu, emulator_venue(emu) as venue:
         emu.faults.position_list_lag = 1.0
-        emu.faults.push_drop = {"position": 0.01, "order": 0.01, "execution": 0.01}
+        emu.faults.push_drop = {"position": 0.01, "order": 0.01, "execution": 0.01, "algo": 0.01}
         emu.faults.rest_error_rate = 0.01
         emu.faults.rate_limit_rate = 0.01
         view = EmulatorDemoVenue(emu, venue)

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import aiohttp
 import anyio
 import pytest
+from yarl import URL
 
 from posguard.streams.ccxt_adapter.dialects import ListenKey
 from posguard.streams.emulators.binance import EmulatorServer, ScriptedFailure, running_binance_emulator
@@ -56,8 +57,8 @@ class Wire:
             fields["signature"] = hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
         headers = {"X-MBX-APIKEY": key} if key is not None else {}
         query = urlencode(fields)
-        if method in ("GET", "DELETE"):
-            request = self.http.request(method, f"{path}?{query}", headers=headers)
+        if method in ("GET", "DELETE"):  # sent as encoded, as ccxt sends it
+            request = self.http.request(method, URL(f"{path}?{query}", encoded=True), headers=headers)
         else:
             request = self.http.request(method, path, data=query, headers=headers | {
                 "Content-Type": "application/x-www-form-urlencoded"})
@@ -108,13 +109,20 @@ async def test_signed_requests_only_and_unknown_paths_answer_an_error() -> None:
         assert await w.refused("GET", "/fapi/v1/openOrders", timestamp=stale) == (400, -1021)
         assert await w.ok("GET", "/fapi/v1/openOrders", timestamp=stale, recvWindow=10_000) == []
         assert await w.refused("GET", "/fapi/v1/noSuchThing") == (404, -1099)
+        # Signed over the query as sent: an id with characters that are percent-encoded.
+        await w.ok("POST", "/fapi/v1/order", **market("pg:w/1.a"))
+        assert (await w.ok("GET", "/fapi/v1/order", symbol="BTCUSDT", origClientOrderId="pg:w/1.a"))["clientOrderId"] == "pg:w/1.a"
         assert await w.refused("POST", "/fapi/v1/order", **market("w-1"), secret="wrong") == (400, -1022)
-        assert emu.truth()["orders"] == []  # nothing refused took effect
+        assert truth_orders(emu, "w-1") == []  # nothing refused took effect
         emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="clock_skew"))
         assert await w.refused("POST", "/fapi/v1/order", **market("w-2")) == (400, -1021)
         emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="rate_limit"))
         assert await w.refused("POST", "/fapi/v1/order", **market("w-3")) == (429, -1003)
-        assert emu.truth()["orders"] == []
+        emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="server_error"))
+        assert await w.refused("POST", "/fapi/v1/order", **market("w-4")) == (500, -1001)
+        emu.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="http_503"))
+        assert (await w.call("POST", "/fapi/v1/order", **market("w-5")))[0] == 503
+        assert [o["order_link_id"] for o in emu.truth()["orders"]] == ["pg:w/1.a"]
         # Public: no key needed.
         assert (await w.call("GET", "/fapi/v1/time", key=None, signed=False))[0] == 200
 
@@ -126,7 +134,8 @@ async def test_exchange_info_and_the_answers_have_the_documented_shapes() -> Non
         filters = {f["filterType"]: f for f in btc["filters"]}
         assert (btc["contractType"], btc["marginAsset"], btc["status"]) == ("PERPETUAL", "USDT", "TRADING")
         assert filters["MARKET_LOT_SIZE"]["stepSize"] == "0.001" and filters["PRICE_FILTER"]["tickSize"] == "0.10"
-        assert filters["MIN_NOTIONAL"]["notional"] == "5" and filters["MAX_NUM_ALGO_ORDERS"]["limit"] == 200
+        assert filters["MIN_NOTIONAL"]["notional"] == "5"
+        assert "MAX_NUM_ALGO_ORDERS" not in filters  # removed 2025-12-29: the limit is account-wide
 
         ack = await w.ok("POST", "/fapi/v1/order", **(market("w-ack") | {"newOrderRespType": "ACK"}))
         assert (ack["status"], ack["executedQty"]) == ("NEW", "0")  # ACK: accepted, before the result
@@ -176,6 +185,12 @@ async def test_a_stop_on_the_old_endpoint_is_refused_4120_and_the_algo_endpoint_
         assert armed["clientAlgoId"] == "w-s" and armed["triggerPrice"] == "57000"
         assert await w.ok("GET", "/fapi/v1/openOrders", symbol="BTCUSDT") == []  # not in the plain book
         assert is_protected(emu.truth(), "BTCUSDT")
+        await w.ok("POST", "/fapi/v1/order", **market("w-x", side="SELL", reduceOnly=True))
+        # Flat, but with an open order: v3 still lists the symbol, at 0.
+        [flat] = await w.ok("GET", "/fapi/v3/positionRisk")
+        assert (flat["symbol"], flat["positionAmt"]) == ("BTCUSDT", "0.000")
+        await w.ok("DELETE", "/fapi/v1/algoOrder", clientAlgoId="w-s")
+        assert await w.ok("GET", "/fapi/v3/positionRisk") == []
 
 
 async def test_close_position_rules_from_the_docs() -> None:
@@ -199,15 +214,21 @@ async def test_close_position_rules_from_the_docs() -> None:
         assert is_protected(emu.truth(), "BTCUSDT")
 
 
-def test_at_most_200_open_conditional_orders_per_symbol() -> None:
+def test_at_most_200_open_conditional_orders_across_all_symbols() -> None:
+    """Change log 2025-12-29: "The condtional order limits is 200 across all symbols"."""
     emu = EmulatorServer()
-    for n in range(200):
+    for n in range(199):
         algo_order(emu.engine, {k: str(v) for k, v in stop(f"many-{n}", trigger=50_000 + n, quantity="0.001").items()})
-    with pytest.raises(BinanceReject) as refused:
-        algo_order(emu.engine, {k: str(v) for k, v in stop("many-200", quantity="0.001").items()})
-    assert (refused.value.code, refused.value.message) == (-4045, "Reach max stop order limit.")
-    other = {k: str(v) for k, v in stop("eth-1", quantity="0.01").items()} | {"symbol": "ETHUSDT", "triggerPrice": "2900"}
-    algo_order(emu.engine, other)  # the limit is per symbol
+    eth = {k: str(v) for k, v in stop("eth-1", quantity="0.01").items()} | {"symbol": "ETHUSDT", "triggerPrice": "2900"}
+    algo_order(emu.engine, eth)  # the 200th, on another symbol
+    for symbol, trigger in (("BTCUSDT", "57000"), ("ETHUSDT", "2800")):
+        with pytest.raises(BinanceReject) as refused:
+            algo_order(emu.engine, {k: str(v) for k, v in stop("one-more", quantity="0.01").items()}
+                       | {"symbol": symbol, "triggerPrice": trigger})
+        assert (refused.value.code, refused.value.message) == (-4045, "Reach max stop order limit.")
+    [first] = [o for o in emu.engine.orders.values() if o.link_id == "many-0"]
+    emu.engine.cancel_order(first, "BTCUSDT")
+    algo_order(emu.engine, {k: str(v) for k, v in stop("one-more", quantity="0.001").items()})  # room again
 
 
 async def test_an_order_reads_does_not_exist_during_the_order_list_lag_then_is_found() -> None:
@@ -332,7 +353,8 @@ async def test_events_follow_the_documented_shapes() -> None:
         assert kinds == [
             ("ORDER_TRADE_UPDATE", "NEW"), ("ORDER_TRADE_UPDATE", "TRADE"), ("TRADE_LITE", ""), ("ACCOUNT_UPDATE", ""),
             ("ALGO_UPDATE", "NEW"),
-            ("ALGO_UPDATE", "TRIGGERED"), ("ORDER_TRADE_UPDATE", "NEW"), ("ORDER_TRADE_UPDATE", "TRADE"),
+            ("ALGO_UPDATE", "TRIGGERING"), ("ALGO_UPDATE", "TRIGGERED"), ("ORDER_TRADE_UPDATE", "NEW"),
+            ("ORDER_TRADE_UPDATE", "TRADE"),
             ("TRADE_LITE", ""), ("ALGO_UPDATE", "FINISHED"),
         ]
         fill = next(e for e in seen if e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["x"] == "TRADE")
@@ -374,6 +396,17 @@ async def test_ccxt_entry_fills_and_its_id_reused_after_the_fill_opens_a_second_
         assert again.status == "filled" and again.order_id != first.order_id
         assert emu.truth()["positions"]["BTCUSDT"]["size"] == 0.02
         assert len(truth_orders(emu, "cx-e")) == 2
+
+
+async def test_ccxt_signs_ids_with_characters_it_percent_encodes() -> None:
+    """Binance allows ``.:/`` in client ids; ccxt signs the query string as it sends it (``%3A``),
+    so the emulator must check the signature over the raw query, not the decoded one (seen
+    failing with the decoded one: -1022 for a valid request)."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="pg:e/1.a"))
+        found = await venue.fetch_order(BTC, "pg:e/1.a")
+        assert found is not None and (found.client_order_id, found.status) == ("pg:e/1.a", "filled")
+        assert [o["order_link_id"] for o in emu.truth()["orders"]] == ["pg:e/1.a"]
 
 
 async def test_ccxt_an_open_stop_id_is_refused_and_the_stop_protects() -> None:
@@ -507,16 +540,34 @@ async def test_posguard_run_trades_against_the_binance_emulator_from_run_config(
 
 
 async def test_ccxt_stream_comes_back_on_a_new_key_after_listen_key_expired() -> None:
-    """The key lapses (no keepalive within its short lifetime): ``listenKeyExpired`` arrives,
+    """The key lapses (its hour ran out without a keepalive): ``listenKeyExpired`` arrives,
     the stream goes down, reconnects on a new key, and pushes flow again."""
     async with running_binance_emulator() as emu, binance_venue(emu) as venue:
-        emu.faults.listen_key_lifetime = 1.0
         async with recording(venue) as recorder:
             mark = len(recorder.events)
+            key = emu.hub.keys.current()
+            assert key is not None
+            emu.hub.keys.expire(key)
             await recorder.wait_for(StreamStatus, lambda s: not s.connected, since=mark, timeout=10)
-            emu.faults.listen_key_lifetime = 3600.0  # the next key lives
             await recorder.wait_for(StreamStatus, lambda s: s.connected and s.reason == "reconnected", since=mark, timeout=10)
+            assert emu.hub.keys.current() not in (None, key)
             assert emu.hub.keys.created >= 2, "a new listen key"
             since = len(recorder.events)
             await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-after"))
             await recorder.wait_for(Execution, lambda e: e.client_order_id == "cx-after", since=since)
+
+
+async def test_ccxt_stream_reconnects_when_the_server_ends_a_connection_at_its_age_limit() -> None:
+    """Binance closes a user-data connection at 24 hours (here 1 s): the stream comes back and
+    pushes flow again on the same key."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        emu.faults.ws_connection_lifetime = 1.0
+        async with recording(venue) as recorder:
+            emu.faults.ws_connection_lifetime = 86_400.0  # for the connections that replace these
+            mark = len(recorder.events)
+            await recorder.wait_for(StreamStatus, lambda s: not s.connected, since=mark, timeout=10)
+            await recorder.wait_for(StreamStatus, lambda s: s.connected and s.reason == "reconnected", since=mark, timeout=10)
+            assert emu.hub.connects >= 2
+            since = len(recorder.events)
+            await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-aged"))
+            await recorder.wait_for(Execution, lambda e: e.client_order_id == "cx-aged", since=since)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,12 +28,16 @@ def test_demo_runs_to_its_summary_with_its_own_redis() -> None:
     assert len(re.findall(r"^\[\s*\d+/4\]", out, flags=re.M)) == 4, "one progress line per position"
 
 
-def test_demo_runs_through_real_ccxt_against_the_emulator() -> None:
+@pytest.mark.parametrize(("venue", "named"), [
+    ("emulator", "Bybit V5 emulator through real ccxt.pro"),
+    ("emulator-binance", "Binance USD-M futures emulator through real ccxt.pro"),
+])
+def test_demo_runs_through_real_ccxt_against_the_emulator(venue: str, named: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "posguard", "demo", "--venue", "emulator", "--positions", "3", "--symbols", "3"],
+        [sys.executable, "-m", "posguard", "demo", "--venue", venue, "--positions", "3", "--symbols", "3"],
         capture_output=True, text=True, cwd=REPO, timeout=180,
     )
     assert result.returncode == 0, result.stderr
-    assert "Bybit V5 emulator through real ccxt.pro" in result.stdout
+    assert named in result.stdout
     assert re.search(r"positions opened\s+3", result.stdout)
     assert re.search(r"positions unprotected at the end\s+0", result.stdout)

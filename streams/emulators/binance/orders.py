@@ -20,8 +20,10 @@ Parameters: https://developers.binance.com/docs/derivatives/usds-margined-future
   TAKE_PROFIT_MARKET) triggers when the price falls to ``triggerPrice``; the opposite pairs
   when it rises. A trigger already crossed answers -2021.
 * One open ``closePosition`` stop per symbol and direction (-4130), at most
-  `MAX_OPEN_ALGO_ORDERS` open conditional orders per symbol (-4045, "Reach max stop order
-  limit."; the exchangeInfo filter MAX_NUM_ALGO_ORDERS says so).
+  `MAX_OPEN_ALGO_ORDERS` open conditional orders in the account (-4045, "Reach max stop order
+  limit."): change log 2025-12-29, https://developers.binance.com/docs/derivatives/change-log
+  ("The condtional order limits is 200 across all symbols", and the MAX_NUM_ALGO_ORDERS filter
+  left exchangeInfo).
 * A ``closePosition`` stop with no position is accepted and expires at trigger (Binance's
   ALGO_UPDATE status EXPIRED: "canceled by the system").
 
@@ -45,7 +47,7 @@ CLIENT_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 ALGO_ONLY_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT", "TRAILING_STOP_MARKET"})
 EMULATED_ALGO_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET"})
 MAX_OPEN_ALGO_ORDERS = 200
-"""Open conditional orders per symbol (Binance change log 2025-12-29: 200)."""
+"""Open conditional orders in the account, across all symbols (Binance change log 2025-12-29)."""
 
 REJECTS: dict[str, tuple[int, str]] = {
     "bad_symbol": (-1121, "Invalid symbol."),

@@ -93,6 +93,7 @@ def exchange_info(instruments: list[Instrument], now_ms: int) -> dict[str, Any]:
 
 
 def _symbol(i: Instrument) -> dict[str, Any]:
+    """One symbol; no MAX_NUM_ALGO_ORDERS filter since 2025-12-29 (the limit is account-wide)."""
     perpetual = i.contract_type == "LinearPerpetual"
     return {
         "symbol": i.symbol, "pair": i.symbol, "contractType": "PERPETUAL" if perpetual else "CURRENT_QUARTER",
@@ -108,7 +109,6 @@ def _symbol(i: Instrument) -> dict[str, Any]:
             {"filterType": "LOT_SIZE", "minQty": i.min_qty, "maxQty": i.max_qty, "stepSize": i.step},
             {"filterType": "MARKET_LOT_SIZE", "minQty": i.min_qty, "maxQty": i.max_qty, "stepSize": i.step},
             {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 200},
             {"filterType": "MIN_NOTIONAL", "notional": i.min_notional},
             {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"},
         ],
@@ -223,15 +223,16 @@ def order_trade_update(order: EmuOrder, i: Instrument, *, now_ms: int, execution
     }
 
 
-def algo_update(order: EmuOrder, i: Instrument, *, now_ms: int) -> dict[str, Any]:
-    """``ALGO_UPDATE``: ``caid`` the client algo id, ``aid`` the algo id, ``X`` the algo status,
-    ``ai`` the actual order id once triggered."""
+def algo_update(order: EmuOrder, i: Instrument, *, now_ms: int, status: str | None = None) -> dict[str, Any]:
+    """``ALGO_UPDATE``: ``caid`` the client algo id, ``aid`` the algo id, ``X`` the algo status
+    (``status`` overrides it: TRIGGERING, the step before TRIGGERED), ``ai`` the actual order id
+    once triggered."""
     return {
         "e": "ALGO_UPDATE", "T": order.updated_ms, "E": now_ms,
         "o": {
             "caid": order.link_id, "aid": int(order.order_id), "at": "CONDITIONAL", "o": order.order_type,
             "s": order.symbol, "S": _side(order.side), "ps": "BOTH", "f": "GTC", "q": fmt(order.qty, i.step),
-            "X": algo_status(order), "ai": order.fill_order_id, "ap": fmt(order.avg_price, i.tick) if order.cum_qty else "0",
+            "X": status or algo_status(order), "ai": order.fill_order_id if status != "TRIGGERING" else "", "ap": fmt(order.avg_price, i.tick) if order.cum_qty else "0",
             "aq": fmt(order.cum_qty, i.step), "act": "0", "tp": fmt(order.trigger_price, i.tick), "p": "0",
             "V": "EXPIRE_MAKER", "wt": order.working_type or "CONTRACT_PRICE", "pm": "NONE",
             "cp": order.close_position, "pP": False, "R": order.reduce_only, "tt": order.triggered_ms, "gtd": 0,

@@ -35,7 +35,7 @@ from aiohttp import web
 from posguard.streams.emulators.binance import payloads
 from posguard.streams.emulators.binance.orders import BinanceReject, algo_order, mandatory, market_order
 from posguard.streams.emulators.engine.faults import take_scripted
-from posguard.streams.emulators.engine.matching import LEVERAGE, EmuOrder, Engine, Reject, fmt, now_ms
+from posguard.streams.emulators.engine.matching import LEVERAGE, EmuOrder, EmuPosition, Engine, Reject, fmt, now_ms
 
 if TYPE_CHECKING:
     from posguard.streams.emulators.binance.ws import UserDataHub
@@ -92,7 +92,6 @@ class BinanceRest:
         get("/fapi/v1/allAlgoOrders", self.all_algo_orders)
         get("/fapi/v1/userTrades", self.user_trades)
         get("/fapi/v3/positionRisk", self.position_risk)
-        get("/fapi/v2/positionRisk", self.position_risk)
         get("/fapi/v1/symbolConfig", self.symbol_config)
         post("/fapi/v1/leverage", self.leverage)
         get("/fapi/v1/positionSide/dual", self.get_dual_side)
@@ -125,10 +124,11 @@ class BinanceRest:
             self.unknown[f"{request.method} {path}"] += 1
             return error(-1099, "Not found, unauthenticated, or unauthorized.", status=404)
         body = await request.text() if request.can_read_body else ""
-        params = dict(parse_qsl(request.query_string, keep_blank_values=True)) | dict(parse_qsl(body, keep_blank_values=True))
+        query = request.rel_url.raw_query_string  # as sent (and signed), not decoded
+        params = dict(parse_qsl(query, keep_blank_values=True)) | dict(parse_qsl(body, keep_blank_values=True))
         request[PARAMS] = params
         if path not in PUBLIC_PATHS:
-            refused = self._authorised(request, params, body, signed=path not in KEY_ONLY_PATHS)
+            refused = self._authorised(request, params, query, body, signed=path not in KEY_ONLY_PATHS)
             if refused is not None:
                 return refused
         try:
@@ -146,7 +146,8 @@ class BinanceRest:
             return web.Response(status=504, text="<html><body>504 Gateway Time-out</body></html>")
         return response
 
-    def _authorised(self, request: web.Request, params: Mapping[str, str], body: str, *, signed: bool) -> web.Response | None:
+    def _authorised(self, request: web.Request, params: Mapping[str, str], query: str, body: str, *,
+                    signed: bool) -> web.Response | None:
         key = request.headers.get("X-MBX-APIKEY")
         if not key:
             return error(-2014, "API-key format invalid.", status=401)
@@ -155,7 +156,7 @@ class BinanceRest:
         if not signed:
             return None
         sent = params.get("signature", "")
-        total = _without_signature(request.query_string) + _without_signature(body)
+        total = _without_signature(query) + _without_signature(body)
         expected = hmac.new(self.api_secret.encode(), total.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
         if not sent or not hmac.compare_digest(sent.lower().encode("utf-8", "replace"), expected.encode()):
             return error(-1022, "Signature for this request is not valid.")
@@ -312,13 +313,19 @@ class BinanceRest:
         return web.json_response([payloads.user_trade(e, instrument) for e in fills[:limit]])
 
     async def position_risk(self, request: web.Request) -> web.Response:
-        """V3 lists only symbols with a position (one-way mode: one row each)."""
+        """V3: "Only symbol that has position or open orders will be returned" (one-way mode:
+        one row each; a flat one with open orders has ``positionAmt`` 0)
+        (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/Position-Information-V3)."""
         symbol = request[PARAMS].get("symbol")
         if symbol:
             self.engine.instrument(symbol)
+        with_orders = {o.symbol for o in self.engine.order_list() if o.is_open}
+        listed = {p.symbol: p for p in self.engine.position_list() if p.size or p.symbol in with_orders}
+        for flat in with_orders - set(listed):
+            listed[flat] = EmuPosition(symbol=flat, mark_price=self.engine.prices[flat])
         rows = [
-            payloads.position_risk(p, self.engine.instruments[p.symbol]) for p in self.engine.position_list()
-            if p.size and (not symbol or p.symbol == symbol)
+            payloads.position_risk(p, self.engine.instruments[p.symbol]) for p in listed.values()
+            if not symbol or p.symbol == symbol
         ]
         return web.json_response(rows)
 

@@ -1,6 +1,6 @@
 """Assembling the Binance USD-M emulator: REST, user-data WebSocket and the shared control API
 on one aiohttp app, over the shared matching engine with Binance's rules (client ids unique
-among open orders only, numeric ids, at most 200 open conditional orders per symbol).
+among open orders only, numeric ids, at most 200 open conditional orders across all symbols).
 
 `running_binance_emulator` starts it on a free 127.0.0.1 port inside the caller's asyncio loop
 and yields an `EmulatorServer` with the same interface as the Bybit one.

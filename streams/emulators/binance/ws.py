@@ -86,6 +86,12 @@ class ListenKeys:
             if timer is not None:
                 timer.cancel()
 
+    def expire(self, key: str) -> None:
+        """Let ``key`` lapse now, as if its hour had run out without a keepalive."""
+        if key in self.expires:
+            self.expires[key] = time.monotonic()
+            self._lapse(key)
+
     def _arm(self, key: str) -> None:
         lifetime = self.engine.faults.listen_key_lifetime
         self.expires[key] = time.monotonic() + lifetime
@@ -145,10 +151,17 @@ class UserDataHub:
             if record.conditional:
                 if record.status in ("Filled", "PartiallyFilled"):
                     return []  # told with its fill (ORDER_TRADE_UPDATE TRADE, then ALGO_UPDATE FINISHED)
-                events = [("algo", payloads.algo_update(record, instrument, now_ms=now))]
-                if record.status == "Triggered":  # the actual MARKET order enters the book
-                    events.append(("order", payloads.order_trade_update(record, instrument, now_ms=now)))
-                return events
+                if record.status == "Triggered" and not record.fill_order_id:
+                    return []  # nothing to reduce at its trigger: told once, as EXPIRED
+                if record.status == "Triggered":
+                    # "met the triggering condition and forwarded to the matching engine", then
+                    # "successfully placed into the matching engine": the actual MARKET order.
+                    return [
+                        ("algo", payloads.algo_update(record, instrument, now_ms=now, status="TRIGGERING")),
+                        ("algo", payloads.algo_update(record, instrument, now_ms=now)),
+                        ("order", payloads.order_trade_update(record, instrument, now_ms=now)),
+                    ]
+                return [("algo", payloads.algo_update(record, instrument, now_ms=now))]
             if record.status == "New":
                 return [("order", payloads.order_trade_update(record, instrument, now_ms=now))]
             if record.status == "Cancelled":

@@ -1,10 +1,5 @@
-"""The emulator's instruments in Bybit's ``/v5/market/instruments-info`` shape.
-
-The USDT perpetuals mirror the fake venue's markets (same prices and steps), so a demo or a
-test can move between the two. One USDC perpetual and one dated USDT future are listed too,
-because Bybit's linear category holds them: an adapter that means "USDT perpetuals" must
-filter them out itinstrument.
-"""
+"""The emulator's instruments (`posguard.streams.emulators.engine.instruments`) in Bybit's
+``/v5/market/instruments-info`` shape."""
 
 from __future__ import annotations
 

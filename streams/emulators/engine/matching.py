@@ -67,8 +67,11 @@ republished because one of its orders changed: Bybit pushes it, Binance does not
 IdRule = Literal["forever", "open_only"]
 """``forever``: a client order id can be used once (Bybit ``orderLinkId``, retCode 110072).
 ``open_only``: unique among the *open* orders of the same book only (Binance
-``newClientOrderId`` / ``clientAlgoId``: "A unique id among open orders"), so a filled
-market order's id can be sent again and opens a second position."""
+``newClientOrderId`` / ``clientAlgoId``: "A unique id among open orders. Automatically
+generated if not sent." on https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api
+and .../trade/rest-api/New-Algo-Order), so a filled market order's id can be sent again and
+opens a second position. Bybit: https://bybit-exchange.github.io/docs/v5/order/create-order
+("orderLinkId ... should be unique"; a repeat is 110072)."""
 
 RejectReason = Literal[
     "bad_symbol", "bad_qty", "qty_step", "qty_min", "qty_max", "duplicate_id", "nothing_to_reduce",
@@ -251,7 +254,7 @@ class Engine:
         self.id_rule: IdRule = id_rule
         self.new_id = new_id or uuid_ids()
         self.max_open_conditional = max_open_conditional
-        """Open conditional orders allowed per symbol (None: no limit)."""
+        """Open conditional orders allowed in the account, all symbols together (None: no limit)."""
         self.orders: dict[str, EmuOrder] = {}  # by order id, in creation order
         self.positions: dict[str, EmuPosition] = {}
         self.executions: list[EmuExecution] = []
@@ -305,10 +308,12 @@ class Engine:
                 raise Reject("would_trigger", variant="rising", trigger=trigger, price=price)
             if direction == 2 and trigger >= price:
                 raise Reject("would_trigger", variant="falling", trigger=trigger, price=price)
-            open_here = [o for o in self.orders.values() if o.symbol == order.symbol and o.is_open and o.conditional]
-            if new.close_position and any(o.close_position and o.side == new.side for o in open_here):
+            armed = [o for o in self.orders.values() if o.is_open and o.conditional]
+            if new.close_position and any(
+                o.close_position and o.side == new.side and o.symbol == order.symbol for o in armed
+            ):
                 raise Reject("close_position_exists", side=new.side)
-            if self.max_open_conditional is not None and len(open_here) >= self.max_open_conditional:
+            if self.max_open_conditional is not None and len(armed) >= self.max_open_conditional:
                 raise Reject("too_many_conditionals", limit=self.max_open_conditional)
             order.trigger_price = trigger
             order.trigger_direction = direction
@@ -471,19 +476,20 @@ class Engine:
     def _trigger(self, order: EmuOrder, price: float) -> None:
         order.status = "Triggered"
         order.updated_ms = order.triggered_ms = now_ms()
-        order.fill_order_id = self.new_id()
-        self._order_changed(order)
         position = self.positions.get(order.symbol)
         reduces = bool(position and position.side and position.side != order.side)
         if (order.reduce_only or order.close_position) and not reduces:
+            self._order_changed(order)  # triggered, but no order reaches the book
             order.status = "Deactivated"
             order.reject_reason = "EC_ReduceOnlySetButNotReducing"
             order.cancel_type = "CancelByPositionClosed" if order.close_position else order.cancel_type
             self._order_changed(order)
             return
+        order.fill_order_id = self.new_id()
         if order.close_position and position is not None:
             order.qty = position.size  # the whole position, whatever its size now
-        elif order.reduce_only and position is not None:
+        self._order_changed(order)
+        if order.reduce_only and position is not None:
             order.qty = min(order.qty, position.size)
         self._execute(order, price)
 
