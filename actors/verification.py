@@ -91,6 +91,8 @@ class EntryEvidence:
         self.exits: dict[str, Execution] = {}
         """Fills on the symbol since the entry was sent that are not the entry's (`exit_qty` counts the closing side)."""
         self.position: Position | None = None
+        self.recorded = 0.0
+        """The record's own proven fill (`take_recorded_fill`)."""
         self.source: Source = "push"
 
     def take_order(self, order: Order | None, source: Source) -> None:
@@ -124,6 +126,14 @@ class EntryEvidence:
                 self.source = source
             self.position = position
 
+    def take_recorded_fill(self) -> None:
+        """The fill the record holds from before (the answer to the send, written with the
+        record in `submitted`): proven then, so a floor now, whatever a restart forgot."""
+        if self.record.filled_qty > self.recorded + QTY_TOLERANCE:
+            self.recorded = self.record.filled_qty
+            if self.filled_qty() <= self.recorded:
+                self.source = "rest"
+
     def take_board(self, ctx: ActorContext) -> None:
         board = ctx.board
         self.take_order(board.order(self.record.client_order_id), "push")
@@ -144,7 +154,7 @@ class EntryEvidence:
         by_fills = sum(e.qty for e in self.fills.values())
         visible = self.visible_position()
         by_position = visible.size + self.exit_qty() if visible is not None else 0.0
-        return max(by_order, by_fills, min(by_position, self.record.qty))
+        return max(by_order, by_fills, min(by_position, self.record.qty), self.recorded)
 
     def exit_qty(self) -> float:
         return exit_qty(self.record, self.exits.values())
@@ -152,6 +162,8 @@ class EntryEvidence:
     def avg_price(self) -> float:
         if self.order is not None and self.order.avg_price:
             return self.order.avg_price
+        if self.recorded and self.record.entry_price:
+            return self.record.entry_price
         qty = sum(e.qty for e in self.fills.values())
         if qty > 0:
             return sum(e.qty * e.price for e in self.fills.values()) / qty
@@ -223,6 +235,7 @@ async def verify_entry(
 
     reason = "stream unhealthy" if not ctx.board.is_healthy() else "push late"
     evidence.take_order(acknowledged, "rest")
+    evidence.take_recorded_fill()
     verdict = evidence.decide(final=False)
     if verdict is not None:
         log.info("%s: %s: %s; the venue's answer to the send decides", record.symbol, record.client_order_id, reason)

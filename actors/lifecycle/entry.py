@@ -11,6 +11,7 @@ from __future__ import annotations
 import anyio
 
 from posguard.actors import ids
+from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import ENTRY_SENT, failpoint
 from posguard.actors.intents import OpenIntent
@@ -94,6 +95,12 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
         if order is not None:
             acknowledged = order
             record.order_id = order.order_id
+            if belongs_to(record, order) and order.filled > record.filled_qty:
+                # The answer reports a fill (Binance's RESULT): written ahead with the record, so
+                # that a restart verifies from it instead of asking again, bare meanwhile on a
+                # venue without attached stops, behind the start-up's own REST calls.
+                record.filled_qty = min(order.filled, record.qty)
+                record.entry_price = order.avg_price or record.entry_price
             record.transition(State.SUBMITTED)
             await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
     if record.state in IN_FLIGHT_STATES:
