@@ -92,6 +92,8 @@ class EntryEvidence:
         self.exits: dict[str, Execution] = {}
         """Fills on the symbol since the entry was sent that are not the entry's (`exit_qty` counts the closing side)."""
         self.position: Position | None = None
+        self.recorded = 0.0
+        """The record's own proven fill (`take_recorded_fill`)."""
         self.source: Source = "push"
 
     def take_order(self, order: Order | None, source: Source) -> None:
@@ -125,6 +127,14 @@ class EntryEvidence:
                 self.source = source
             self.position = position
 
+    def take_recorded_fill(self) -> None:
+        """The fill the record holds from before (the answer to the send, written with the
+        record in `submitted`): proven then, so a floor now, whatever a restart forgot."""
+        if self.record.filled_qty > self.recorded + QTY_TOLERANCE:
+            self.recorded = self.record.filled_qty
+            if self.filled_qty() <= self.recorded:
+                self.source = "rest"
+
     def take_board(self, ctx: ActorContext) -> None:
         board = ctx.board
         self.take_order(board.order(self.record.client_order_id), "push")
@@ -145,7 +155,7 @@ class EntryEvidence:
         by_fills = sum(e.qty for e in self.fills.values())
         visible = self.visible_position()
         by_position = visible.size + self.exits_shown_by(visible) if visible is not None else 0.0
-        return max(by_order, by_fills, min(by_position, self.record.qty))
+        return max(by_order, by_fills, min(by_position, self.record.qty), self.recorded)
 
     def exits_shown_by(self, position: Position) -> float:
         """The exits a position snapshot already shows (those up to its time): its size plus
@@ -163,6 +173,8 @@ class EntryEvidence:
     def avg_price(self) -> float:
         if self.order is not None and self.order.avg_price:
             return self.order.avg_price
+        if self.recorded and self.record.entry_price:
+            return self.record.entry_price
         qty = sum(e.qty for e in self.fills.values())
         if qty > 0:
             return sum(e.qty * e.price for e in self.fills.values()) / qty
@@ -205,8 +217,18 @@ class EntryEvidence:
         )
 
 
-async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float) -> Verdict:
-    """Wait for pushed evidence, fall back to REST, decide. ``sent_at`` is anyio time."""
+async def verify_entry(
+    ctx: ActorContext, record: PositionRecord, sent_at: float, acknowledged: Order | None = None
+) -> Verdict:
+    """Wait for pushed evidence, fall back to REST, decide. ``sent_at`` is anyio time.
+
+    ``acknowledged``: the venue's answer to the send (or the lookup that stood for it): once
+    the pushes are late, the first REST evidence, before anything is asked again. Binance
+    answers a market entry with its final result (ccxt sends ``newOrderRespType=RESULT``;
+    "MARKET order: the final FILLED result of the order will be returned directly", New
+    Order, USD-M futures REST docs): a fill it reports is the venue's word, as good as the
+    same order read back by client id. Without it, an entry whose pushes are lost waits for
+    lists that may lag past the hard deadline, bare on a venue without attached stops."""
     settings = ctx.settings.verification
     evidence = EntryEvidence(record)
     push_deadline = Deadline(sent_at + settings.push_deadline - anyio.current_time())
@@ -223,6 +245,12 @@ async def verify_entry(ctx: ActorContext, record: PositionRecord, sent_at: float
             await ctx.board.wait_for_change(record.symbol)
 
     reason = "stream unhealthy" if not ctx.board.is_healthy() else "push late"
+    evidence.take_order(acknowledged, "rest")
+    evidence.take_recorded_fill()
+    verdict = evidence.decide(final=False)
+    if verdict is not None:
+        log.info("%s: %s: %s; the venue's answer to the send decides", record.symbol, record.client_order_id, reason)
+        return verdict
     log.info("%s: %s: %s, asking over REST", record.symbol, record.client_order_id, reason)
     delays = settings.backoff.delays(ctx.rng)
     while True:

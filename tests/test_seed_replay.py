@@ -8,9 +8,12 @@ longer than the seed's whole 6 s of patience.
 from __future__ import annotations
 
 import anyio
+import msgspec
 
 from posguard.actors.records import State
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.streams.venue.events import Order
+from posguard.streams.venue.protocol import OrderRequest
 from tests.clock import IOAwareMockClock
 from tests.support import assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 
@@ -24,6 +27,19 @@ def seed_knobs(*, push_drop: float) -> FaultKnobs:
         push_delay={t: Lag.fixed(0.05) for t in TOPICS},
         push_drop={t: push_drop for t in TOPICS},
     )
+
+
+def answering_with_ids_only(venue: FakeVenue) -> None:
+    """Bybit's answer to a create carries the order's ids only, not its fill (ccxt parses an id
+    and a client id from it): here too, so that only pushes and lookups can verify the entry.
+    (An answer that reports the fill, as Binance's ``RESULT`` does, is evidence: see
+    tests/test_entry_answer_evidence.py.)"""
+    create = venue.create_order
+
+    async def ids_only(request: OrderRequest) -> Order:
+        return msgspec.structs.replace(await create(request), status="open", filled=0.0, avg_price=None)
+
+    venue.create_order = ids_only  # type: ignore[method-assign]
 
 
 async def test_seed_lag_with_push_verifies_from_the_push_and_never_rolls_back(
@@ -54,6 +70,7 @@ async def test_seed_lag_with_push_dropped_keeps_asking_over_rest_past_six_second
     knobs.order_lag = Lag.fixed(8.0)
     knobs.execution_lag = Lag.fixed(8.0)
     async with FakeVenue(seed=11, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        answering_with_ids_only(venue)
         states: list[str] = []
         engine.ctx.observers.append(lambda r, _: (states.append(str(r.state)), assert_never_falsely_closed(r, venue)))
         await wait_streams_healthy(engine)

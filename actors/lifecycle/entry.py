@@ -11,6 +11,7 @@ from __future__ import annotations
 import anyio
 
 from posguard.actors import ids
+from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import ENTRY_SENT, failpoint
 from posguard.actors.intents import OpenIntent
@@ -23,6 +24,7 @@ from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected
+from posguard.streams.venue.events import Order
 from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = ["drive_entry", "open_position", "settle_entry"]
@@ -68,6 +70,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     been sent already; it is looked up by client order id before it is ever sent.
     """
     sent_at = anyio.current_time()
+    acknowledged: Order | None = None
     if record.state is State.SUBMITTING:
         record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
         await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
@@ -90,14 +93,21 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             return record
         failpoint(ENTRY_SENT)
         if order is not None:
+            acknowledged = order
             record.order_id = order.order_id
+            if belongs_to(record, order) and order.filled > record.filled_qty:
+                # The answer reports a fill (Binance's RESULT): written ahead with the record, so
+                # that a restart verifies from it instead of asking again, bare meanwhile on a
+                # venue without attached stops, behind the start-up's own REST calls.
+                record.filled_qty = min(order.filled, record.qty)
+                record.entry_price = order.avg_price or record.entry_price
             record.transition(State.SUBMITTED)
             await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
     if record.state in IN_FLIGHT_STATES:
         if record.state is not State.VERIFYING:
             record.transition(State.VERIFYING)
             await ctx.save(record)
-        verdict = await verify_entry(ctx, record, sent_at)
+        verdict = await verify_entry(ctx, record, sent_at, acknowledged)
         await settle_entry(ctx, record, verdict, sent_at)
     elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not is_protected(record)):
         await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)  # records its own outcome
