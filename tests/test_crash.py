@@ -531,6 +531,7 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
         if kills >= 2 * len(TARGETS):
             assert set(tried) == set(TARGETS)
         exposure = f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
-        if monitor.longest > UNPROTECTED_BOUND and venue_name in OPEN_EXPOSURE_FINDINGS:
-            pytest.xfail(f"{exposure}: {OPEN_EXPOSURE_FINDINGS[venue_name]}")
-        assert monitor.longest <= UNPROTECTED_BOUND, exposure
+        known_miss = monitor.longest > UNPROTECTED_BOUND and venue_name in OPEN_EXPOSURE_FINDINGS
+        assert known_miss or monitor.longest <= UNPROTECTED_BOUND, exposure
+    if known_miss:  # outside the task group, which would wrap the outcome in an exception group
+        pytest.xfail(f"{exposure}: {OPEN_EXPOSURE_FINDINGS[venue_name]}")
