@@ -34,7 +34,7 @@ from aiohttp import web
 
 from posguard.streams.emulators.binance import payloads
 from posguard.streams.emulators.binance.orders import BinanceReject, algo_order, mandatory, market_order
-from posguard.streams.emulators.engine.faults import take_scripted
+from posguard.streams.emulators.engine.faults import draw_failure
 from posguard.streams.emulators.engine.windows import history_window
 from posguard.streams.emulators.engine.matching import LEVERAGE, EmuOrder, EmuPosition, Engine, Reject, fmt, now_ms
 
@@ -109,11 +109,10 @@ class BinanceRest:
             return await handler(request)
         self.requests[f"{request.method} {path}"] += 1
         faults = self.engine.faults
-        scripted = take_scripted(faults, path)
-        roll = self.rng.random()
-        if scripted == "http_503" or (scripted is None and roll < faults.rest_error_rate):
+        scripted = draw_failure(faults, path, self.rng)
+        if scripted == "http_503":
             return web.Response(status=503, text="<html><body>503 Service Temporarily Unavailable</body></html>")
-        if scripted == "rate_limit" or (scripted is None and roll < faults.rest_error_rate + faults.rate_limit_rate):
+        if scripted == "rate_limit":
             return error(-1003, "Too many requests; current limit is 2400 requests per minute. Please use the "
                                 "websocket for live updates to avoid polling the API.", status=429)
         if scripted == "server_error":

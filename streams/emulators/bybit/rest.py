@@ -25,7 +25,7 @@ from aiohttp import web
 from posguard.streams.emulators.bybit.instruments import instrument_payload
 from posguard.streams.emulators.bybit.orders import REJECTS, VenueReject, cancel_order, create_order
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
-from posguard.streams.emulators.engine.faults import take_scripted
+from posguard.streams.emulators.engine.faults import draw_failure
 from posguard.streams.emulators.engine.matching import Engine, EmuOrder, Reject, now_ms
 from posguard.streams.emulators.engine.windows import history_window
 from posguard.streams.emulators.bybit.signatures import rest_signature, signature_matches
@@ -70,11 +70,10 @@ class BybitRest:
             return await handler(request)
         self.requests[f"{request.method} {path}"] += 1
         faults = self.engine.faults
-        scripted = take_scripted(faults, path)
-        roll = self.rng.random()
-        if scripted == "http_503" or (scripted is None and roll < faults.rest_error_rate):
+        scripted = draw_failure(faults, path, self.rng)
+        if scripted == "http_503":
             return web.Response(status=503, text="<html><body>503 Service Temporarily Unavailable</body></html>")
-        if scripted == "rate_limit" or (scripted is None and roll < faults.rest_error_rate + faults.rate_limit_rate):
+        if scripted == "rate_limit":
             return answer({}, 10006, "Too many visits. Exceeded the API Rate Limit.")
         if scripted == "server_error":
             return answer({}, 10016, "Server error.")

@@ -7,11 +7,12 @@ that need a fault exactly once.
 
 from __future__ import annotations
 
+import random
 from typing import Literal
 
 import msgspec
 
-__all__ = ["FailureKind", "Faults", "ScriptedFailure", "WsTopic", "take_scripted"]
+__all__ = ["FailureKind", "draw_failure", "Faults", "ScriptedFailure", "WsTopic", "take_scripted"]
 
 FailureKind = Literal["http_503", "rate_limit", "server_error", "clock_skew", "lost_504", "lost_drop"]
 """``http_503``, ``rate_limit`` (Bybit retCode 10006; Binance HTTP 429 -1003),
@@ -70,6 +71,21 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mute_ws: bool = False
     """While set, open private connections stay open but nothing is sent on them: no pongs,
     no acknowledgements, no pushes (a half-dead connection the client must detect itself)."""
+
+
+def draw_failure(faults: Faults, path: str, rng: random.Random) -> FailureKind | None:
+    """The failure, if any, that meets one request to ``path``: a scripted one first, else
+    one drawn from `Faults.rest_error_rate` (``http_503``) and `Faults.rate_limit_rate`
+    (``rate_limit``). One roll per request, on both fronts, so a seed replays the same faults."""
+    scripted = take_scripted(faults, path)
+    roll = rng.random()
+    if scripted is not None:
+        return scripted
+    if roll < faults.rest_error_rate:
+        return "http_503"
+    if roll < faults.rest_error_rate + faults.rate_limit_rate:
+        return "rate_limit"
+    return None
 
 
 def take_scripted(faults: Faults, path: str) -> FailureKind | None:
