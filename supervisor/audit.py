@@ -91,6 +91,10 @@ def plan_audit(findings: list[Finding], *, orphan_stop_distance: float, prices: 
             p = f.position
             stop = p.stop_price or orphan_stop_for(p, orphan_stop_distance, rules.get(p.symbol))
             price = prices.get(p.symbol) or p.mark_price
+            # Bybit checks a stop's trigger against LastPrice by default (triggerBy, "Place Order",
+            # https://bybit-exchange.github.io/docs/v5/order/create-order) and refuses one already
+            # crossed (110092/110093); Binance refuses a STOP_MARKET that would trigger immediately
+            # (-2021). ``prices`` are last prices (`Venue.fetch_price`), the closest we can read.
             closes = price is not None and (price <= stop if p.side == "long" else price >= stop)
             if closes:
                 will = (f"adopt it, then CLOSE {p.side} {p.size:g} at market (reduce-only): the price {price:g} is"
