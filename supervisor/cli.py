@@ -5,7 +5,9 @@ rejected or failed, a demo position left unprotected); 2 invalid configuration o
 (including a wrong Redis password, a metrics port in use, ``run`` without a real venue);
 3 a required program or service is missing or refuses us (redis-server, Redis unreachable,
 the venue refusing the API credentials); 4 no answer in time (open/close/audit waiting on a
-posguard that is not running); 130 interrupted. Each failure is one line on stderr.
+posguard that is not running); 5 ``audit`` refused to adopt: the venue holds positions and
+Redis has a record of none of them (the wrong database?; ``--adopt`` takes them over);
+130 interrupted. Each failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                           " reaches any exchange); without it, run refuses a config that names no real venue")
     commands.add_parser("status", help="every position record, stream health and safe mode")
     audit = commands.add_parser("audit", help="reconcile the venue with Redis now")
-    audit.add_argument("--dry-run", action="store_true", help="report what would be repaired, change nothing")
+    audit.add_argument("--dry-run", action="store_true", help="print the plan: what would be repaired, change nothing")
+    audit.add_argument("--adopt", action="store_true",
+                       help="take over venue positions although Redis has a record of none of them (without it that"
+                            " case is refused, exit 5: it is usually the wrong redis.url or account.name)")
     events = commands.add_parser("events", help="show (and follow) a Redis stream")
     events.add_argument("--stream", choices=["journal", "audit", "alerts", "events", "intents"], default="journal")
     events.add_argument("--count", type=_bounded(int, 1, 100_000), default=20,
@@ -148,7 +153,8 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
             return _run_async(config, lambda: operator.status(config))
         case "audit":
             secrets = load_secrets(config)
-            return _run_async(config, lambda: operator.audit(config, secrets, dry_run=args.dry_run))
+            return _run_async(config, lambda: operator.audit(config, secrets, dry_run=args.dry_run,
+                                                             adopt=args.adopt))
         case "events":
             return _run_async(config, lambda: operator.events(config, args.stream, count=args.count,
                                                               follow=args.follow))

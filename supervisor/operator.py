@@ -16,20 +16,21 @@ from datetime import UTC, datetime
 import anyio
 
 from posguard.actors.intents import body_of
-from posguard.actors.store.client import open_redis
+from posguard.actors.store.client import open_redis, redact_url
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import Health, OperatorRequests
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
 from posguard.streams.ccxt_adapter.config import ApiCredentials
-from posguard.streams.venue.events import TOPICS
+from posguard.streams.venue.events import TOPICS, Position
+from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.config import Config, redis_connection
 from posguard.supervisor.intake import BadIntent, parse_intent
 
-__all__ = ["ALIVE_WITHIN_MS", "Out", "audit", "events", "safe_mode_off", "status", "submit_and_follow"]
+__all__ = ["ALIVE_WITHIN_MS", "EXIT_ADOPT_REFUSED", "Out", "audit", "events", "safe_mode_off", "status", "submit_and_follow"]
 
 Out = Callable[[str], None]
 ALIVE_WITHIN_MS = 5_000
-EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 1, 4
+EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER, EXIT_ADOPT_REFUSED = 0, 1, 4, 5
 
 
 def _age(stamp: str, now: datetime) -> str:
@@ -97,8 +98,14 @@ def _venue_line(venue: str | None) -> str:
     return f"venue: {venue or 'unknown'}"
 
 
-async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: bool, out: Out = print) -> int:
-    from posguard.supervisor.audit import Auditor
+async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: bool, adopt: bool = False,
+                out: Out = print) -> int:
+    """Reconcile now: through the running posguard if one is alive, else here.
+
+    Here, the plan (`plan_audit`) is computed and printed before anything acts, so a close of
+    an adopted position is on stdout before it reaches the venue. If the venue holds positions
+    and Redis has a hash for none of them (`foreign_positions`: the wrong database), it
+    refuses without ``adopt``: nothing sent, nothing written, exit `EXIT_ADOPT_REFUSED`."""
     from posguard.supervisor.service import open_venue
 
     async with open_redis(redis_connection(config)) as client:
@@ -110,20 +117,58 @@ async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: 
         from posguard.actors.store.positions import RedisStore
 
         store = RedisStore(client, config.account.name)
-        async with open_venue(config, credentials) as venue:
-            if dry_run:
-                await venue.load_markets()
-                auditor = Auditor(venue, store, _no_actor, lambda _symbol: False)
-                report = await auditor.run(dry_run=True)
-            else:
-                out("no running posguard seen: running one audit here")
-                report = await _audit_here(config, venue, store)
+        async with open_venue(config, credentials) as opened:
+            return await _audit_with(config, opened, store, dry_run=dry_run, adopt=adopt, out=out)
+
+
+async def _audit_with(config: Config, venue: Venue, store, *, dry_run: bool, adopt: bool, out: Out) -> int:  # noqa: ANN001
+    from posguard.supervisor.audit import Auditor, foreign_positions, plan_audit
+
+    rules = await venue.load_markets()
+    snapshot = await Auditor(venue, store, _no_actor, lambda _symbol: False).assess()
+    foreign = foreign_positions(snapshot)
+    if foreign and not adopt:
+        _say_foreign(config, foreign, out, dry_run=dry_run)
+        if not dry_run:
+            return EXIT_ADOPT_REFUSED
+    prices = {}
+    for f in snapshot.findings:
+        if f.kind == "orphan" and f.position is not None and f.position.symbol not in prices:
+            prices[f.position.symbol] = await venue.fetch_price(f.position.symbol)
+    steps = plan_audit(snapshot.findings, orphan_stop_distance=config.actor_settings().protection.orphan_stop_distance,
+                       prices=prices, rules=rules)
+    if steps:
+        out(f"audit plan{' (dry run: nothing is done)' if dry_run else ''}:")
+        _table([["SYMBOL", "KIND", "SEEN", "WILL" if not dry_run else "WOULD"]]
+               + [[s.symbol, s.kind, s.seen, s.will] for s in steps], out)
+        for step in steps:
+            if step.closes:
+                out(f"{'would close' if dry_run else 'CLOSING'} {step.symbol}: {step.will}")
+    if dry_run:
+        report = await Auditor(venue, store, _no_actor, lambda _symbol: False).run(dry_run=True)
+    else:
+        out("no running posguard seen: running one audit here")
+        report = await _audit_here(config, venue, store)
     out(f"audit{' (dry run)' if dry_run else ''}: {report.positions} venue positions, {report.records} records,"
         f" {len(report.findings)} findings")
     if report.findings:
         _table([["SYMBOL", "KIND", "SEEN", "ACTION"]]
                + [[f.symbol, f.kind, f.seen, f.action] for f in report.findings], out)
     return EXIT_OK
+
+
+def _say_foreign(config: Config, positions: list[Position], out: Out, *, dry_run: bool) -> None:
+    """The refusal's message: what was found and what the operator does next."""
+    head = "would refuse without --adopt" if dry_run else "refused"
+    out(f"posguard audit {head}: the venue holds {len(positions)} open position(s) and Redis"
+        f" ({redact_url(redis_connection(config).url)}, account {config.account.name!r}) has no record of any of them:")
+    for p in positions:
+        out(f"  {p.symbol}  {p.side}  {p.size:g}  entry {p.entry_price:g}")
+    if not dry_run:
+        out("nothing was sent to the venue and nothing was written. If this is the wrong database, check redis.url and"
+            " account.name (another posguard may own these positions); if posguard should take them over (adopt,"
+            " protect, and close any already past orphan_stop_distance), run: posguard audit --dry-run to see the"
+            " plan, then posguard audit --adopt")
 
 
 def _no_actor(symbol: str):  # noqa: ANN202 - a dry run never repairs

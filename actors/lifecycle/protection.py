@@ -33,7 +33,7 @@ from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.ingestion.evidence import newer_position
 from posguard.streams.venue.errors import OrderRejected, StopSlotTaken, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
-from posguard.streams.venue.markets import QTY_TOLERANCE
+from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 from posguard.streams.venue.protocol import StopRequest
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "confirm_attached_stop",
     "describe_outcome",
     "emergency_close",
+    "orphan_stop_for",
     "orphan_stop_price",
     "place_stop",
     "protect",
@@ -139,9 +140,13 @@ async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen:
 def orphan_stop_price(ctx: ActorContext, position: Position) -> float:
     """The stop for a position posguard did not open (an orphan, a quarantined symbol's):
     `ProtectionSettings.orphan_stop_distance` from its entry price, on the venue's tick."""
-    distance = ctx.settings.protection.orphan_stop_distance
+    return orphan_stop_for(position, ctx.settings.protection.orphan_stop_distance, ctx.rules.get(position.symbol))
+
+
+def orphan_stop_for(position: Position, distance: float, rules: MarketRules | None) -> float:
+    """`orphan_stop_price` without an actor: ``posguard audit`` predicts with it, before any
+    actor exists, whether an adopted position's stop would already be through the market."""
     raw_stop = position.entry_price * (1 - distance if position.side == "long" else 1 + distance)
-    rules = ctx.rules.get(position.symbol)
     return rules.round_price(raw_stop) if rules is not None else raw_stop
 
 
