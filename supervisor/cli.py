@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--dry-run", action="store_true", help="print the plan: what would be repaired, change nothing")
     audit.add_argument("--adopt", action="store_true",
                        help="take over venue positions although Redis has a record of none of them (without it that"
-                            " case is refused, exit 5: it is usually the wrong redis.url or account.name)")
+                            " case is refused, exit 6: it is usually the wrong redis.url or account.name)")
     events = commands.add_parser("events", help="show (and follow) a Redis stream")
     events.add_argument("--stream", choices=["journal", "audit", "alerts", "events", "intents"], default="journal")
     events.add_argument("--count", type=_bounded(int, 1, 100_000), default=20,

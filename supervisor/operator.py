@@ -30,7 +30,7 @@ __all__ = ["ALIVE_WITHIN_MS", "EXIT_ADOPT_REFUSED", "Out", "audit", "events", "s
 
 Out = Callable[[str], None]
 ALIVE_WITHIN_MS = 5_000
-EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER, EXIT_ADOPT_REFUSED = 0, 1, 4, 5
+EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER, EXIT_ADOPT_REFUSED = 0, 1, 4, 6
 
 
 def _age(stamp: str, now: datetime) -> str:

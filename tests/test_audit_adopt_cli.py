@@ -42,7 +42,7 @@ async def test_cli_audit_refuses_then_adopts_with_the_flag(redis_url: str, tmp_p
         assert position["size"] == 0.01 and not is_protected(emu.truth(), "BTCUSDT")
 
         code, text = await posguard(config, "audit")
-        assert code == 5, text
+        assert code == 6, text
         assert "refused" in text and f"{BTC}  long  0.01" in text and "--adopt" in text
         code, dry = await posguard(config, "audit", "--dry-run")
         assert code == 0, dry
