@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
-from posguard.actors.store.client import RedisConnection, TlsOptions
+from posguard.actors.store.client import ClusterUrlRefused, RedisConnection, TlsOptions, cluster_seed
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
 from posguard.streams.units import Seconds
 from posguard.supervisor.risk import RiskLimits
@@ -79,6 +79,9 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """For rediss://: a client certificate and its key, if the server asks for one."""
     tls_insecure_skip_verify: bool = False
     """For rediss://: check neither the certificate nor the hostname (logged as a warning)."""
+    cluster: bool = False
+    """redis.url names one node (a seed) of a Redis Cluster; posguard finds the others. Every
+    key of an account shares its hash tag (one slot), so an account lives on one master."""
 
 
 STREAMS_KEYS = frozenset({"listen_key_keepalive", "max_connection_age"})
@@ -245,6 +248,13 @@ def _check_redis(redis: RedisConfig) -> None:
         raise ConfigError("redis.ssl_keyfile: set redis.ssl_certfile too (the client certificate)")
     if redis.password_env and parts.password:
         raise ConfigError("redis.password_env: redis.url carries a password too; keep one (the environment's)")
+    if redis.cluster:
+        if not redis.url:
+            raise ConfigError("redis.cluster: set redis.url to one node of the cluster (e.g. redis://10.0.0.5:6379)")
+        try:
+            cluster_seed(redis.url)
+        except ClusterUrlRefused as exc:
+            raise ConfigError(f"redis.url: with redis.cluster = true, {exc}") from None
 
 
 def redis_connection(config: Config, environ: Mapping[str, str] | None = None) -> RedisConnection:
@@ -262,7 +272,7 @@ def redis_connection(config: Config, environ: Mapping[str, str] | None = None) -
             )
     tls = TlsOptions(ca_certs=redis.ssl_ca_certs, certfile=redis.ssl_certfile, keyfile=redis.ssl_keyfile,
                      insecure_skip_verify=redis.tls_insecure_skip_verify)
-    return RedisConnection(url=redis.url, password=password, tls=tls)
+    return RedisConnection(url=redis.url, password=password, tls=tls, cluster=redis.cluster)
 
 
 def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
