@@ -68,6 +68,9 @@ class AccountEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     api_secret_env: str = ""
     """Environment variables holding this account's API key and secret; empty: derived from
     the name (`account_credential_envs`), never another account's."""
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """This account's process's metrics port; unset: ``metrics.port`` (which two accounts
+    can share only when it is 0, off)."""
 
 
 def account_credential_envs(name: str, entry: AccountEntry) -> tuple[str, str]:
@@ -88,6 +91,10 @@ class FleetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     restart_delay_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     healthy_after: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
     """A child that ran this long before it died starts its next backoff from restart_delay."""
+
+    def __post_init__(self) -> None:
+        if self.restart_delay_max < self.restart_delay:
+            raise ValueError("restart_delay_max: must be at least restart_delay")
 
 
 class VenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -270,12 +277,19 @@ def _check_accounts(config: Config) -> None:
         raise ConfigError(f"accounts: {len(config.accounts)} accounts configured, more than fleet.max_accounts ="
                           f" {config.fleet.max_accounts}; raise the maximum or split the file")
     seen: dict[str, str] = {}
+    ports: dict[int, str] = {}
     for name in sorted(config.accounts):
-        for variable in account_credential_envs(name, config.accounts[name]):
+        entry = config.accounts[name]
+        for variable in account_credential_envs(name, entry):
             if variable in seen:
                 raise ConfigError(f"accounts.{name}: reads {variable}, which is account {seen[variable]}'s too; give"
                                   " each account its own api_key_env / api_secret_env")
             seen[variable] = name
+        port = config.metrics.port if entry.metrics_port is None else entry.metrics_port
+        if port and port in ports:
+            raise ConfigError(f"accounts.{name}.metrics_port: {port} is account {ports[port]}'s too (each account is"
+                              " its own process); give each account its own metrics_port, or set metrics.port = 0")
+        ports[port] = name
 
 
 _TLS_KEYS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "tls_insecure_skip_verify")
@@ -367,9 +381,12 @@ def select_account(config: Config, name: str | None) -> Config:
                           " name one with --account NAME, or start them all with 'posguard fleet'")
     if name not in config.accounts:
         raise ConfigError(f"--account {name}: no [accounts.{name}] table; configured: {', '.join(sorted(config.accounts))}")
-    key_env, secret_env = account_credential_envs(name, config.accounts[name])
+    entry = config.accounts[name]
+    key_env, secret_env = account_credential_envs(name, entry)
     venue = msgspec.structs.replace(config.venue, api_key_env=key_env, api_secret_env=secret_env)
-    return msgspec.structs.replace(config, account=AccountConfig(name=name), venue=venue)
+    metrics = config.metrics if entry.metrics_port is None else msgspec.structs.replace(config.metrics,
+                                                                                        port=entry.metrics_port)
+    return msgspec.structs.replace(config, account=AccountConfig(name=name), venue=venue, metrics=metrics)
 
 
 def check_run_venue(config: Config, *, simulated_venue: bool) -> None:

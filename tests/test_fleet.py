@@ -61,6 +61,9 @@ def test_each_account_reads_its_own_credentials_and_never_anothers() -> None:
     ('[accounts.a-b]\n[accounts.a_b]\n', "accounts.a_b: reads POSGUARD_A_B_API_KEY, which is account a-b's too"),
     ('[fleet]\nmax_accounts = 1\n[accounts.a]\n[accounts.b]\n',
      "accounts: 2 accounts configured, more than fleet.max_accounts = 1"),
+    ('[metrics]\nport = 9100\n[accounts.a]\n[accounts.b]\n',
+     "accounts.b.metrics_port: 9100 is account a's too"),
+    ('[metrics]\nport = 9100\n[accounts.a]\n[accounts.b]\nmetrics_port = 9101\n', None),
 ])
 def test_accounts_that_would_share_credentials_or_exceed_the_maximum_are_refused(text: str, refusal: str | None) -> None:
     config = parse_config(text)
