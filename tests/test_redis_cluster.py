@@ -268,3 +268,36 @@ def test_a_cluster_keeps_the_password_and_tls_rules() -> None:
     check_config(config)
     conn = redis_connection(config, {"PG_REDIS_PW": "s3cret"})
     assert conn.cluster and conn.password == "s3cret" and "s3cret" not in repr(conn)
+
+
+@pytest.mark.asyncio_backend
+async def test_a_master_that_goes_down_is_redis_unavailable_for_its_accounts() -> None:
+    """A master of the cluster stops: its accounts' writes fail as "Redis unavailable"
+    (`is_redis_failure`: entries pause, stops stay, everything resumes when it answers), and so
+    does a whole-cluster round trip (PING, the start-up check), never as a bug of ours. Its own
+    cluster: the session's one stays whole."""
+    from posguard.actors.store.client import is_redis_failure, ping
+    from tests.redis_cluster import start_cluster
+
+    with start_cluster() as cluster:
+        first, second = accounts_on_two_masters(cluster)
+        victim = next(node for node in cluster.nodes if node.port == cluster.master_of_key(Keys(first).journal))
+        async with open_redis(connection(cluster)) as client:
+            await RedisStore(client, first).publish_status(HealthStatus(venue="simulated"))
+            victim.halt()
+            failures: dict[str, BaseException | None] = {}
+            for what, call in (("write", lambda: RedisStore(client, first).publish_status(HealthStatus(pid=1))),
+                               ("ping", lambda: ping(client))):
+                try:
+                    with anyio.fail_after(30):
+                        await call()
+                    failures[what] = None
+                except Exception as exc:  # noqa: BLE001 - judged below
+                    failures[what] = exc
+            try:  # the other master's account: served until the cluster itself says CLUSTERDOWN
+                await RedisStore(client, second).publish_status(HealthStatus(pid=2))
+            except Exception as exc:  # noqa: BLE001
+                assert is_redis_failure(exc), repr(exc)
+    assert all(exc is not None for exc in failures.values()), failures
+    assert {what: is_redis_failure(exc) for what, exc in failures.items() if exc} == {"write": True, "ping": True}, (
+        {what: repr(exc) for what, exc in failures.items()})

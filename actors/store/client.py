@@ -65,6 +65,9 @@ REDIS_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.AuthorizationError,  # NOPERM
     coredis.exceptions.ClusterDownError,
     coredis.exceptions.TryAgainError,
+    # A command sent to every master (PING) that some did not answer: a master is down
+    # (tests/test_redis_cluster.py); the cluster declares CLUSTERDOWN itself once it notices.
+    coredis.exceptions.ClusterResponseError,
     coredis.exceptions.WrongTypeError,  # WRONGTYPE: a key of ours holds another type (hand-edited)
     TimeoutError,
     OSError,
