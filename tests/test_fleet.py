@@ -192,3 +192,22 @@ async def test_fleet_runs_two_accounts_on_one_redis(tmp_path: Path, redis_url: s
 @pytest.mark.asyncio_backend
 async def test_fleet_runs_two_accounts_on_the_cluster(tmp_path: Path, redis_cluster: LocalCluster) -> None:
     await _fleet_serves_two_accounts(tmp_path, RedisConnection(url=redis_cluster.url, cluster=True), redis_cluster)
+
+
+@pytest.mark.asyncio_backend
+async def test_a_child_with_an_invalid_config_is_reported_and_not_restarted(tmp_path: Path) -> None:
+    """Exit 2 means the file is wrong; restarting fixes nothing: the fleet reports it, keeps no
+    child, and ends 1 once every account has given up (here: no redis.url, which run needs)."""
+    config = tmp_path / "config.toml"
+    config.write_text("[accounts.a]\n[accounts.b]\n[fleet]\nrestart_delay = 0.1\n")
+    with anyio.fail_after(120):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "posguard", "--config", str(config), "fleet", "--simulated-venue"],
+            cwd=REPO, check=False)
+    text = done.stderr.decode()
+    assert done.returncode == 1, text
+    for name in ("a", "b"):
+        assert text.count(f"account {name}: started") == 1, text
+        assert f"account {name}: exit code 2 (invalid configuration" in text, text
+    assert "redis.url: 'posguard run' needs a Redis" in text
+    assert "every account has given up; stopping" in text
