@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local Bybit V5 (--venue bybit) or Binance USD-M futures (--venue binance) emulator that "
                     "real ccxt.pro can drive: rehearse a bot against it with venue.rest_url/ws_url pointed at the "
                     "addresses it prints. Binds 127.0.0.1 only.")
+    for name, sub in commands.choices.items():
+        if name not in ("emulator", "fleet"):  # also after the command: 'posguard run --account alpha'
+            sub.add_argument("--account", default=argparse.SUPPRESS, help="as before the command")
     from posguard.streams.emulators.command import add_arguments as add_emulator_arguments
 
     add_emulator_arguments(emulator)

@@ -92,6 +92,12 @@ def test_the_cli_refuses_a_missing_account_in_one_line(tmp_path: Path, redis_url
     assert done.stderr.strip().splitlines() == [
         "posguard: invalid configuration: accounts: 2 accounts are configured (a, b); name one with --account NAME,"
         " or start them all with 'posguard fleet'"]
+    # --account may also follow the command; an account the file does not have is refused.
+    done = subprocess.run([sys.executable, "-m", "posguard", "--config", str(config), "run", "--account", "c"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "posguard: invalid configuration: --account c: no [accounts.c] table; configured: a, b"]
 
 
 # -- the launcher: two accounts, two processes -------------------------------------------
