@@ -130,7 +130,7 @@ def _spawn(binary: str, port: int, workdir: Path, appendonly: bool, extra_args: 
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
+                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (NOAUTH: it wants a password)
                     return server
         except OSError:
             pass

@@ -21,8 +21,14 @@ CLUSTER_READY_TIMEOUT = 30.0
 class LocalCluster:
     """Three running cluster masters; ``url`` names the first one (the client's seed)."""
 
-    def __init__(self, nodes: list[PrivateRedisServer]) -> None:
+    def __init__(self, nodes: list[PrivateRedisServer], password: str = "") -> None:
         self.nodes = nodes
+        self.password = password
+
+    @property
+    def auth(self) -> list[str]:
+        """redis-cli's password options (``--no-auth-warning`` keeps its stderr quiet)."""
+        return ["-a", self.password, "--no-auth-warning"] if self.password else []
 
     @property
     def url(self) -> str:
@@ -34,7 +40,7 @@ class LocalCluster:
 
     def cli(self, port: int, *args: str) -> str:
         """One redis-cli command against one node (plain text, as an operator would type it)."""
-        out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["redis-cli", *self.auth, "-p", str(port), *args], capture_output=True, text=True, timeout=10,
                              check=True)
         return out.stdout.strip()
 
@@ -73,16 +79,18 @@ class LocalCluster:
         self.stop()
 
 
-def start_cluster() -> LocalCluster:
+def start_cluster(*, password: str = "") -> LocalCluster:
+    """Start the three masters and join them; with ``password``, every node requires it
+    (``requirepass``, and ``masterauth`` for each other)."""
     if shutil.which("redis-cli") is None:
         raise RedisServerMissing("redis-cli was not found on PATH (it ships with redis-server)")
     nodes: list[PrivateRedisServer] = []
     try:
         for _ in range(3):
-            nodes.append(_cluster_node())
-        cluster = LocalCluster(nodes)
+            nodes.append(_cluster_node(password))
+        cluster = LocalCluster(nodes, password)
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
+            ["redis-cli", *cluster.auth, "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
              "--cluster-replicas", "0", "--cluster-yes"],
             capture_output=True, text=True, timeout=60, check=True,
         )
@@ -94,7 +102,7 @@ def start_cluster() -> LocalCluster:
         raise
 
 
-def _cluster_node() -> PrivateRedisServer:
+def _cluster_node(password: str) -> PrivateRedisServer:
     from posguard.supervisor.redis_server import free_port
 
     port = free_port()
@@ -105,6 +113,7 @@ def _cluster_node() -> PrivateRedisServer:
         "--cluster-port", str(free_port()),  # the bus on a free port of its own, not port + 10000
         "--cluster-config-file", f"nodes-{port}.conf",  # relative to --dir: the node's temporary directory
         "--cluster-node-timeout", "2000",
+        *(["--requirepass", password, "--masterauth", password] if password else []),
     ])
 
 

@@ -8,6 +8,10 @@ Two accounts are chosen so that their hash tags land on different masters.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,6 +38,7 @@ from tests.redis_cluster import LocalCluster
 from tests.support import assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
 
 BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def connection(cluster: LocalCluster) -> RedisConnection:
@@ -301,3 +306,51 @@ async def test_a_master_that_goes_down_is_redis_unavailable_for_its_accounts() -
     assert all(exc is not None for exc in failures.values()), failures
     assert {what: is_redis_failure(exc) for what, exc in failures.items() if exc} == {"write": True, "ping": True}, (
         {what: repr(exc) for what, exc in failures.items()})
+
+
+@pytest.mark.asyncio_backend
+async def test_a_cluster_with_a_password_takes_it_from_the_connection_and_refuses_without() -> None:
+    """The password rules hold on a cluster: the one kept apart from the URL
+    (``redis.password_env``) logs every node in; none, or a wrong one, is a refusal
+    (`is_redis_refusal`: exit 2 naming redis.url at start), not an outage."""
+    from posguard.actors.store.client import is_redis_refusal, ping
+    from posguard.supervisor.startup import innermost
+    from tests.redis_cluster import start_cluster
+
+    with start_cluster(password="cluster-pw-81") as cluster:
+        first, second = accounts_on_two_masters(cluster)
+        async with open_redis(RedisConnection(url=cluster.url, password="cluster-pw-81", cluster=True)) as client:
+            await ping(client)
+            for name in (first, second):  # both masters, so every node took the password
+                await RedisStore(client, name).publish_status(HealthStatus(venue="simulated"))
+                assert (await RedisStore(client, name).read_health()).status.venue == "simulated"
+        for password in (None, "wrong"):
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - judged below
+                with anyio.fail_after(30):
+                    async with open_redis(RedisConnection(url=cluster.url, password=password, cluster=True)) as client:
+                        await ping(client)
+            assert is_redis_refusal(innermost(caught.value)), repr(caught.value)
+
+
+def test_posguard_status_on_a_cluster_it_cannot_use_says_why_in_one_line(tmp_path: Path) -> None:
+    """Unreachable seed: exit 3 "unreachable"; a refused password: exit 2 naming redis.url.
+    Never coredis' "Redis Cluster cannot be connected" traceback (seen before `_node_error`)."""
+    from posguard.supervisor.redis_server import free_port
+    from tests.redis_cluster import start_cluster
+
+    def status(url: str, env: dict[str, str]) -> tuple[int, list[str]]:
+        config = tmp_path / "config.toml"
+        config.write_text(f'[redis]\nurl = "{url}"\ncluster = true\npassword_env = "PG_TEST_REDIS_PW"\n')
+        done = subprocess.run([sys.executable, "-m", "posguard", "--config", str(config), "status"],
+                              cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        return done.returncode, [line for line in done.stderr.splitlines() if "Retry attempt" not in line]
+
+    code, lines = status(f"redis://127.0.0.1:{free_port()}", {"PG_TEST_REDIS_PW": "x"})
+    assert code == 3 and len(lines) == 1 and "is unreachable" in lines[0] and "redis.url" in lines[0], lines
+    with start_cluster(password="cluster-pw-82") as cluster:
+        code, lines = status(cluster.url, {"PG_TEST_REDIS_PW": "wrong-pw-5"})
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("posguard: invalid configuration: redis.url: Redis at") and "refused us" in lines[0]
+        assert "wrong-pw-5" not in lines[0]
+        code, lines = status(cluster.url, {"PG_TEST_REDIS_PW": "cluster-pw-82"})
+        assert code == 0 and lines == [], lines

@@ -26,7 +26,7 @@ import os
 import re
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import coredis
@@ -158,13 +158,23 @@ async def open_redis(target: RedisConnection | str) -> AsyncIterator[RedisClient
         options["password"] = connection.password
     if urlsplit(connection.url).scheme == "rediss":
         options["ssl_context"] = tls_context(connection.tls)
-    client: RedisClient
-    if connection.cluster:
-        client = _cluster_client(connection.url, options)
-    else:
-        client = coredis.Redis.from_url(connection.url, decode_responses=True, **options)
-    async with client:
-        yield client
+    if not connection.cluster:
+        single: RedisClient = coredis.Redis.from_url(connection.url, decode_responses=True, **options)
+        async with single:
+            yield single
+        return
+    cluster = _cluster_client(connection.url, options)
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(cluster)
+        except coredis.exceptions.RedisClusterError as exc:
+            # The seed's own error (refused connection, refused password) is what the operator
+            # must fix; coredis hides it under "cannot be connected" (`_node_error`).
+            node = _node_error(exc)
+            if node is exc:
+                raise
+            raise node from exc
+        yield cluster
 
 
 class ClusterUrlRefused(ValueError):
@@ -213,6 +223,9 @@ def is_redis_failure(exc: BaseException) -> bool:
     resumes by itself when Redis answers (README, "When things go wrong")."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_redis_failure(inner) for inner in exc.exceptions)
+    exc = _node_error(exc)
+    if type(exc) is coredis.exceptions.RedisClusterError:
+        return True  # the cluster's layout could not be learnt (not every slot served): unavailable
     if isinstance(exc, REDIS_CONNECTION_ERRORS):
         return True
     if isinstance(exc, coredis.exceptions.ResponseError) and exc.args:
@@ -225,7 +238,17 @@ def is_redis_refusal(exc: BaseException) -> bool:
     """Whether Redis answered but refused us: a wrong user or password (``WRONGPASS``), none
     given where one is needed (``NOAUTH``), or an ACL user without the permission (``NOPERM``).
     Waiting does not fix these; the configuration (``redis.url``) does."""
+    exc = _node_error(exc)
     return isinstance(exc, (coredis.exceptions.AuthenticationError, coredis.exceptions.AuthorizationError))
+
+
+def _node_error(exc: BaseException) -> BaseException:
+    """What a node said, under the cluster client's own wrapping: it reports a seed it could
+    not use as "Redis Cluster cannot be connected" with the node's error (a refused password,
+    a refused connection) as the cause."""
+    while type(exc) is coredis.exceptions.RedisClusterError and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 async def ping(client: RedisClient) -> None:
