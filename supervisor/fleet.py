@@ -87,8 +87,10 @@ async def _keep_running(config: Config, config_path: Path, name: str, run_args: 
     delay = fleet.restart_delay
     while not stopping.is_set():
         started = time.monotonic()
+        # Its own session: a Ctrl-C at the terminal reaches the fleet only, which forwards it
+        # once (a child signalled twice would not stop gracefully).
         process = await anyio.open_process(child_command(config_path, name, run_args), stdin=None, stdout=None,
-                                           stderr=None)
+                                           stderr=None, start_new_session=True)
         children[name] = process
         if stopping.is_set():  # the signal came while this child was being started: it gets it too
             process.send_signal(signal.SIGTERM)

@@ -138,7 +138,9 @@ async def _all_keys(client: object) -> set[str]:
 
 
 async def _fleet_serves_two_accounts(tmp_path: Path, connection: RedisConnection,
-                                     cluster: LocalCluster | None) -> None:
+                                     cluster: LocalCluster | None, *, ctrl_c: bool = False) -> None:
+    """``ctrl_c``: stop it as a terminal's Ctrl-C does, SIGINT to its whole process group
+    (each child must still be signalled once, by the fleet, and stop cleanly)."""
     config = tmp_path / "config.toml"
     config.write_text(
         f'[redis]\nurl = "{connection.url}"\ncluster = {"true" if connection.cluster else "false"}\n'
@@ -147,7 +149,7 @@ async def _fleet_serves_two_accounts(tmp_path: Path, connection: RedisConnection
     with log.open("wb") as sink:
         fleet = await anyio.open_process(
             [sys.executable, "-m", "posguard", "--config", str(config), "fleet", "--simulated-venue"],
-            cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=sink)
+            cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
     try:
         async with open_redis(connection) as client:
             pids = {name: await _wait_for_pid(client, name) for name in (ALPHA, BETA)}
@@ -180,7 +182,10 @@ async def _fleet_serves_two_accounts(tmp_path: Path, connection: RedisConnection
             assert [r["status"] for r in again] == ["accepted", "done"], again
     finally:
         if fleet.returncode is None:
-            fleet.send_signal(signal.SIGTERM)
+            if ctrl_c:
+                os.killpg(fleet.pid, signal.SIGINT)
+            else:
+                fleet.send_signal(signal.SIGTERM)
         with anyio.fail_after(60):
             code = await fleet.wait()
     text = log.read_text()
@@ -197,7 +202,8 @@ async def test_fleet_runs_two_accounts_on_one_redis(tmp_path: Path, redis_url: s
 
 @pytest.mark.asyncio_backend
 async def test_fleet_runs_two_accounts_on_the_cluster(tmp_path: Path, redis_cluster: LocalCluster) -> None:
-    await _fleet_serves_two_accounts(tmp_path, RedisConnection(url=redis_cluster.url, cluster=True), redis_cluster)
+    await _fleet_serves_two_accounts(tmp_path, RedisConnection(url=redis_cluster.url, cluster=True), redis_cluster,
+                                     ctrl_c=True)
 
 
 @pytest.mark.asyncio_backend
