@@ -223,3 +223,31 @@ async def test_a_child_with_an_invalid_config_is_reported_and_not_restarted(tmp_
         assert f"account {name}: exit code 2 (invalid configuration" in text, text
     assert "redis.url: 'posguard run' needs a Redis" in text
     assert "every account has given up; stopping" in text
+
+
+@pytest.mark.asyncio_backend
+async def test_a_child_that_keeps_dying_is_restarted_with_a_doubling_capped_backoff(tmp_path: Path) -> None:
+    """Redis unreachable: every child exits 3 at once; the fleet starts it again after 0.1,
+    0.2, 0.4, 0.4 s (restart_delay doubling up to restart_delay_max), reporting each exit, and
+    still stops cleanly on SIGTERM."""
+    from posguard.supervisor.redis_server import free_port
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\n[accounts.a]\n'
+                      "[fleet]\nrestart_delay = 0.1\nrestart_delay_max = 0.4\n")
+    log = tmp_path / "fleet.log"
+    with log.open("wb") as sink:
+        fleet = await anyio.open_process(
+            [sys.executable, "-m", "posguard", "--config", str(config), "fleet", "--simulated-venue"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
+    try:
+        with anyio.fail_after(120):
+            while log.read_text().count("exited with code 3") < 4:
+                await anyio.sleep(0.1)
+    finally:
+        fleet.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            await fleet.wait()
+    delays = [line.rsplit("restarting in ", 1)[1] for line in log.read_text().splitlines()
+              if "account a: exited with code 3" in line]
+    assert delays[:4] == ["0.1 s", "0.2 s", "0.4 s", "0.4 s"], log.read_text()[-2000:]
