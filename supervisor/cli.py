@@ -34,6 +34,9 @@ EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG, EXIT_MISSING, EXIT_INTERRUPTED = 0, 1, 2, 3,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posguard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="config.toml (default: built-in defaults)")
+    parser.add_argument("--account", default=None,
+                        help="with [accounts.NAME] tables in the config: the account this command acts for"
+                             " (its keys, its credential variables); a single-account config needs none")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -53,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--simulated-venue", action="store_true",
                      help="trade on the built-in simulated venue instead of [venue] kind (a rehearsal: no order"
                           " reaches any exchange); without it, run refuses a config that names no real venue")
+    fleet = commands.add_parser(
+        "fleet", help="run every [accounts.NAME] of the config: one 'posguard --account NAME run' child each,"
+                      " signals forwarded, a child that dies restarted with backoff")
+    fleet.add_argument("--simulated-venue", action="store_true", help="passed to every child's run (a rehearsal)")
     commands.add_parser("status", help="every position record, stream health and safe mode")
     audit = commands.add_parser("audit", help="reconcile the venue with Redis now")
     audit.add_argument("--dry-run", action="store_true", help="print the plan: what would be repaired, change nothing")
@@ -85,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local Bybit V5 (--venue bybit) or Binance USD-M futures (--venue binance) emulator that "
                     "real ccxt.pro can drive: rehearse a bot against it with venue.rest_url/ws_url pointed at the "
                     "addresses it prints. Binds 127.0.0.1 only.")
+    for name, sub in commands.choices.items():
+        if name not in ("emulator", "fleet"):  # also after the command: 'posguard run --account alpha'
+            sub.add_argument("--account", default=argparse.SUPPRESS, help="as before the command")
     from posguard.streams.emulators.command import add_arguments as add_emulator_arguments
 
     add_emulator_arguments(emulator)
@@ -116,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         return serve_from_args(args)
     try:
         config = load_config(args.config)
+        if args.command == "fleet":
+            _configure_logging(config, args)
+            return _fleet(config, args)
+        if args.command != "demo" or args.account is not None:
+            from posguard.supervisor.config import select_account
+
+            config = select_account(config, args.account)
         _configure_logging(config, args)
         if args.command == "demo":
             return _demo(config, args)
@@ -200,6 +217,16 @@ def _configure_logging(config: Config, args: argparse.Namespace) -> None:
     if config.redis.password_env:
         secrets.append(os.environ.get(config.redis.password_env, ""))
     configure_logging(level, config.log.format, secrets)
+
+
+def _fleet(config: Config, args: argparse.Namespace) -> int:
+    from posguard.supervisor.fleet import run_fleet
+
+    if args.account is not None:
+        raise ConfigError(f"--account {args.account}: 'posguard fleet' runs every configured account; to run one,"
+                          f" use 'posguard --account {args.account} run'")
+    run_args = ["--simulated-venue"] if args.simulated_venue else []
+    return anyio.run(lambda: run_fleet(config, args.config, run_args), backend="asyncio")
 
 
 def _run(config: Config, *, simulated_venue: bool) -> int:

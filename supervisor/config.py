@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
-from posguard.actors.store.client import RedisConnection, TlsOptions
+from posguard.actors.store.client import ClusterUrlRefused, RedisConnection, TlsOptions, cluster_seed
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig, ConfigRefused
 from posguard.streams.units import Seconds
 from posguard.supervisor.risk import RiskLimits
@@ -25,6 +25,10 @@ from posguard.supervisor.supervision import AuditSettings, SupervisorSettings
 
 __all__ = [
     "AccountConfig",
+    "AccountEntry",
+    "FleetConfig",
+    "account_credential_envs",
+    "select_account",
     "Config",
     "ConfigError",
     "DemoConfig",
@@ -56,6 +60,43 @@ class AccountConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     name: Name = "main"
 
 
+class AccountEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One account of several (``[accounts.NAME]``), run by its own process
+    (``posguard run --account NAME``, or ``posguard fleet`` for all of them)."""
+
+    api_key_env: str = ""
+    api_secret_env: str = ""
+    """Environment variables holding this account's API key and secret; empty: derived from
+    the name (`account_credential_envs`), never another account's."""
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """This account's process's metrics port; unset: ``metrics.port`` (which two accounts
+    can share only when it is 0, off)."""
+
+
+def account_credential_envs(name: str, entry: AccountEntry) -> tuple[str, str]:
+    """The account's own environment variables: the configured ones, else
+    ``POSGUARD_<NAME>_API_KEY`` / ``POSGUARD_<NAME>_API_SECRET`` (upper case, ``-`` as ``_``),
+    so that two accounts never read the same variable unless told to in so many words."""
+    stem = "POSGUARD_" + name.upper().replace("-", "_")
+    return entry.api_key_env or f"{stem}_API_KEY", entry.api_secret_env or f"{stem}_API_SECRET"
+
+
+class FleetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`posguard fleet`: one ``posguard run --account NAME`` child per ``[accounts.NAME]``."""
+
+    max_accounts: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    """At most this many accounts (children) per fleet; more configured is refused at start."""
+    restart_delay: Annotated[float, msgspec.Meta(gt=0, le=600)] = 1.0
+    """Seconds before a child that died is started again; doubles at each death in a row."""
+    restart_delay_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    healthy_after: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    """A child that ran this long before it died starts its next backoff from restart_delay."""
+
+    def __post_init__(self) -> None:
+        if self.restart_delay_max < self.restart_delay:
+            raise ValueError("restart_delay_max: must be at least restart_delay")
+
+
 class VenueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     kind: Literal["fake", "bybit", "binanceusdm"] = "fake"
     testnet: bool = True
@@ -79,6 +120,9 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """For rediss://: a client certificate and its key, if the server asks for one."""
     tls_insecure_skip_verify: bool = False
     """For rediss://: check neither the certificate nor the hostname (logged as a warning)."""
+    cluster: bool = False
+    """redis.url names one node (a seed) of a Redis Cluster; posguard finds the others. Every
+    key of an account shares its hash tag (one slot), so an account lives on one master."""
 
 
 STREAMS_KEYS = frozenset({"listen_key_keepalive", "max_connection_age"})
@@ -123,6 +167,9 @@ class DemoConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     account: AccountConfig = AccountConfig()
+    accounts: dict[Name, AccountEntry] = {}
+    """Several accounts from one file (``[accounts.NAME]``); empty: the one of ``[account]``."""
+    fleet: FleetConfig = FleetConfig()
     venue: VenueConfig = VenueConfig()
     redis: RedisConfig = RedisConfig()
     streams: StreamsConfig = StreamsConfig()
@@ -220,6 +267,29 @@ def check_config(config: Config) -> None:
         raise ConfigError("venue.resend_grace: is for binanceusdm only; the simulated venue takes its resend rule"
                           " from the venue it imitates: remove the key")
     _check_redis(config.redis)
+    _check_accounts(config)
+
+
+def _check_accounts(config: Config) -> None:
+    """Two accounts never share a credential variable (one account's key must not trade
+    another's), and a fleet holds at most ``fleet.max_accounts``."""
+    if len(config.accounts) > config.fleet.max_accounts:
+        raise ConfigError(f"accounts: {len(config.accounts)} accounts configured, more than fleet.max_accounts ="
+                          f" {config.fleet.max_accounts}; raise the maximum or split the file")
+    seen: dict[str, str] = {}
+    ports: dict[int, str] = {}
+    for name in sorted(config.accounts):
+        entry = config.accounts[name]
+        for variable in account_credential_envs(name, entry):
+            if variable in seen:
+                raise ConfigError(f"accounts.{name}: reads {variable}, which is account {seen[variable]}'s too; give"
+                                  " each account its own api_key_env / api_secret_env")
+            seen[variable] = name
+        port = config.metrics.port if entry.metrics_port is None else entry.metrics_port
+        if port and port in ports:
+            raise ConfigError(f"accounts.{name}.metrics_port: {port} is account {ports[port]}'s too (each account is"
+                              " its own process); give each account its own metrics_port, or set metrics.port = 0")
+        ports[port] = name
 
 
 _TLS_KEYS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "tls_insecure_skip_verify")
@@ -245,6 +315,13 @@ def _check_redis(redis: RedisConfig) -> None:
         raise ConfigError("redis.ssl_keyfile: set redis.ssl_certfile too (the client certificate)")
     if redis.password_env and parts.password:
         raise ConfigError("redis.password_env: redis.url carries a password too; keep one (the environment's)")
+    if redis.cluster:
+        if not redis.url:
+            raise ConfigError("redis.cluster: set redis.url to one node of the cluster (e.g. redis://10.0.0.5:6379)")
+        try:
+            cluster_seed(redis.url)
+        except ClusterUrlRefused as exc:
+            raise ConfigError(f"redis.url: with redis.cluster = true, {exc}") from None
 
 
 def redis_connection(config: Config, environ: Mapping[str, str] | None = None) -> RedisConnection:
@@ -262,7 +339,7 @@ def redis_connection(config: Config, environ: Mapping[str, str] | None = None) -
             )
     tls = TlsOptions(ca_certs=redis.ssl_ca_certs, certfile=redis.ssl_certfile, keyfile=redis.ssl_keyfile,
                      insecure_skip_verify=redis.tls_insecure_skip_verify)
-    return RedisConnection(url=redis.url, password=password, tls=tls)
+    return RedisConnection(url=redis.url, password=password, tls=tls, cluster=redis.cluster)
 
 
 def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
@@ -286,6 +363,30 @@ def ccxt_venue_config(config: Config) -> CcxtVenueConfig:
     except ConfigRefused as exc:
         section = "streams" if exc.key in STREAMS_KEYS else "venue"
         raise ConfigError(f"{section}.{exc.key}: {exc.reason}") from None
+
+
+def select_account(config: Config, name: str | None) -> Config:
+    """The configuration one process serves: with ``[accounts.NAME]`` tables, the one named by
+    ``--account`` (its name in every key, its own credential variables); without them, the
+    ``[account]`` of a single-account file, unchanged. Refused: ``--account`` naming an
+    account the file does not have, and a multi-account file with no ``--account`` (which
+    account a process acts for is never guessed)."""
+    if not config.accounts:
+        if name is None or name == config.account.name:
+            return config
+        raise ConfigError(f"--account {name}: the config has no [accounts.{name}] table (its one account is"
+                          f" [account] name = {config.account.name!r}); add the table or drop --account")
+    if name is None:
+        raise ConfigError(f"accounts: {len(config.accounts)} accounts are configured ({', '.join(sorted(config.accounts))});"
+                          " name one with --account NAME, or start them all with 'posguard fleet'")
+    if name not in config.accounts:
+        raise ConfigError(f"--account {name}: no [accounts.{name}] table; configured: {', '.join(sorted(config.accounts))}")
+    entry = config.accounts[name]
+    key_env, secret_env = account_credential_envs(name, entry)
+    venue = msgspec.structs.replace(config.venue, api_key_env=key_env, api_secret_env=secret_env)
+    metrics = config.metrics if entry.metrics_port is None else msgspec.structs.replace(config.metrics,
+                                                                                        port=entry.metrics_port)
+    return msgspec.structs.replace(config, account=AccountConfig(name=name), venue=venue, metrics=metrics)
 
 
 def check_run_venue(config: Config, *, simulated_venue: bool) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -80,18 +81,20 @@ class PrivateRedisServer:
         self.stop()
 
 
-def start_redis_server(port: int | None = None, *, appendonly: bool = False) -> PrivateRedisServer:
+def start_redis_server(port: int | None = None, *, appendonly: bool = False,
+                       extra_args: Sequence[str] = ()) -> PrivateRedisServer:
     """Start redis-server on 127.0.0.1 and wait until it accepts connections.
 
     ``appendonly`` keeps data across a restart on the same ``port`` and directory (used by
-    the Redis-restart test); by default nothing is persisted.
+    the Redis-restart test); by default nothing is persisted. ``extra_args`` are more
+    redis-server options (the test cluster's ``--cluster-enabled yes``).
     """
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisServerMissing(INSTALL_HINT)
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="posguard-redis-"))
-    return _spawn(binary, port, workdir, appendonly)
+    return _spawn(binary, port, workdir, appendonly, extra_args)
 
 
 def restart_redis_server(server: PrivateRedisServer, *, appendonly: bool = True) -> PrivateRedisServer:
@@ -102,7 +105,7 @@ def restart_redis_server(server: PrivateRedisServer, *, appendonly: bool = True)
     return _spawn(binary, server.port, server.workdir, appendonly)
 
 
-def _spawn(binary: str, port: int, workdir: Path, appendonly: bool) -> PrivateRedisServer:
+def _spawn(binary: str, port: int, workdir: Path, appendonly: bool, extra_args: Sequence[str] = ()) -> PrivateRedisServer:
     args = [
         binary,
         "--bind", "127.0.0.1",
@@ -114,6 +117,7 @@ def _spawn(binary: str, port: int, workdir: Path, appendonly: bool) -> PrivateRe
         "--protected-mode", "yes",
         "--loglevel", "warning",
         "--logfile", str(workdir / "redis.log"),
+        *extra_args,
     ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = PrivateRedisServer(process, port, workdir)
@@ -126,7 +130,7 @@ def _spawn(binary: str, port: int, workdir: Path, appendonly: bool) -> PrivateRe
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
+                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (NOAUTH: it wants a password)
                     return server
         except OSError:
             pass

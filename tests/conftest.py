@@ -72,3 +72,24 @@ def redis_url(redis_server: str) -> str:
         reply = sock.recv(64)
     assert reply.startswith(b"+OK"), f"FLUSHALL failed: {reply!r}"
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[object]:
+    """A local three-master Redis Cluster (`tests.redis_cluster`), started once per session."""
+    from posguard.supervisor.redis_server import RedisServerMissing
+    from tests.redis_cluster import start_cluster
+
+    try:
+        cluster = start_cluster()
+    except RedisServerMissing as exc:
+        pytest.exit(f"tests need redis-server and redis-cli: {exc}", returncode=3)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_server: object) -> object:
+    """The session's cluster, every master flushed before the test."""
+    redis_cluster_server.flush()  # type: ignore[attr-defined]
+    return redis_cluster_server

@@ -13,7 +13,7 @@ import anyio
 from posguard.actors.intents import OpenIntent
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
-from posguard.actors.store.client import open_redis
+from posguard.actors.store.client import RedisConnection, open_redis
 from posguard.actors.store.event_cache import RedisEventCache
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue
@@ -49,13 +49,14 @@ class ClockHeld:
 
 @asynccontextmanager
 async def running_engine(
-    redis_url: str,
+    redis_url: str | RedisConnection,
     venue: FakeVenue,
     clock: IOAwareMockClock | None,
     settings: ActorSettings | None = None,
     **engine_kwargs: Any,
 ) -> AsyncIterator[Engine]:
-    """An `Engine` running against ``venue`` (already entered) and a real Redis."""
+    """An `Engine` running against ``venue`` (already entered) and a real Redis (a URL, or a
+    `RedisConnection`: the test cluster's)."""
     settings = settings or ActorSettings(account=ACCOUNT)
     async with open_redis(redis_url) as client, anyio.create_task_group() as tg:
         engine = Engine(

@@ -10,6 +10,13 @@ checks no hostname, so any certificate a trusted CA signed for any name would be
 with it the password and the power to forge records and intents; `tls_context` is the one
 place that decides, and turning the checks off (``redis.tls_insecure_skip_verify``) is said
 loudly in the log every time a connection is opened that way.
+
+A Redis Cluster (``RedisConnection.cluster``) is reached through coredis' cluster client,
+seeded by the one node the URL names; the same password and TLS rules hold (the certificate
+of every node must name the address that node announces). The client is opened with
+``non_atomic_cross_slot=False``: a command that would touch two slots is refused by the
+client instead of being split silently, so the rule that every store operation stays in its
+account's slot (`keys.Keys`) is enforced on every call, not only in the tests.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import os
 import re
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import coredis
@@ -28,11 +35,13 @@ import msgspec
 
 __all__ = [
     "REDIS_CONNECTION_ERRORS",
+    "ClusterUrlRefused",
     "RedisClient",
     "REFUSAL_CODES",
     "RedisConnection",
     "TlsOptions",
     "as_connection",
+    "cluster_seed",
     "is_redis_failure",
     "is_redis_refusal",
     "open_redis",
@@ -43,8 +52,9 @@ __all__ = [
 
 log = logging.getLogger("posguard.redis")
 
-RedisClient = coredis.Redis[str]
-"""The client every store object is built on; callers outside the store only pass it along."""
+RedisClient = coredis.Redis[str] | coredis.RedisCluster[str]
+"""The client every store object is built on (a single server or a cluster: both speak the
+same commands); callers outside the store only pass it along."""
 
 REDIS_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.ConnectionError,  # also LOADING (BusyLoadingError) and protocol errors
@@ -55,6 +65,9 @@ REDIS_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.AuthorizationError,  # NOPERM
     coredis.exceptions.ClusterDownError,
     coredis.exceptions.TryAgainError,
+    # A command sent to every master (PING) that some did not answer: a master is down
+    # (tests/test_redis_cluster.py); the cluster declares CLUSTERDOWN itself once it notices.
+    coredis.exceptions.ClusterResponseError,
     coredis.exceptions.WrongTypeError,  # WRONGTYPE: a key of ours holds another type (hand-edited)
     TimeoutError,
     OSError,
@@ -89,10 +102,13 @@ class RedisConnection(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     password: str | None = None
     tls: TlsOptions = TlsOptions()
+    cluster: bool = False
+    """The URL names one node (a seed) of a Redis Cluster; the client finds the others."""
 
     def __repr__(self) -> str:  # the password never shows, not even in a traceback's locals
         password = "***" if self.password else None
-        return f"RedisConnection(url={redact_url(self.url)!r}, password={password}, tls={self.tls!r})"
+        return (f"RedisConnection(url={redact_url(self.url)!r}, password={password}, tls={self.tls!r},"
+                f" cluster={self.cluster})")
 
     __str__ = __repr__
 
@@ -142,9 +158,60 @@ async def open_redis(target: RedisConnection | str) -> AsyncIterator[RedisClient
         options["password"] = connection.password
     if urlsplit(connection.url).scheme == "rediss":
         options["ssl_context"] = tls_context(connection.tls)
-    client: RedisClient = coredis.Redis.from_url(connection.url, decode_responses=True, **options)
-    async with client:
-        yield client
+    if not connection.cluster:
+        single: RedisClient = coredis.Redis.from_url(connection.url, decode_responses=True, **options)
+        async with single:
+            yield single
+        return
+    cluster = _cluster_client(connection.url, options)
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(cluster)
+        except coredis.exceptions.RedisClusterError as exc:
+            # The seed's own error (refused connection, refused password) is what the operator
+            # must fix; coredis hides it under "cannot be connected" (`_node_error`).
+            node = _node_error(exc)
+            if node is exc:
+                raise
+            raise node from exc
+        yield cluster
+
+
+class ClusterUrlRefused(ValueError):
+    """A URL that cannot name a cluster seed node; the message says what to change."""
+
+
+def cluster_seed(url: str) -> tuple[str, int]:
+    """The seed node's host and port. A cluster has one database (0) and no unix sockets:
+    anything else in the URL is refused here, the one place that decides it (the config check
+    calls this too, so ``posguard`` refuses at start-up with the key's path)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ClusterUrlRefused("a Redis Cluster is reached over TCP: use a redis:// or rediss:// URL naming one"
+                                " of its nodes")
+    if not parts.hostname:
+        raise ClusterUrlRefused("name one node of the cluster, e.g. redis://10.0.0.5:6379")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ClusterUrlRefused(f"a Redis Cluster has only database 0; remove {parts.path!r} from the URL")
+    if parts.query:
+        raise ClusterUrlRefused("no query options with a cluster URL (TLS options have their own redis.* keys)")
+    return parts.hostname, parts.port or 6379
+
+
+def _cluster_client(url: str, options: dict[str, object]) -> coredis.RedisCluster[str]:
+    host, port = cluster_seed(url)
+    parts = urlsplit(url)
+    password = options.pop("password", None) or parts.password
+    ssl_context = options.pop("ssl_context", None)
+    return coredis.RedisCluster(
+        host, port,
+        username=parts.username or None,
+        password=password,  # type: ignore[arg-type]
+        ssl=ssl_context is not None,
+        ssl_context=ssl_context,  # type: ignore[arg-type]
+        decode_responses=True,
+        non_atomic_cross_slot=False,
+    )
 
 
 def is_redis_failure(exc: BaseException) -> bool:
@@ -156,6 +223,9 @@ def is_redis_failure(exc: BaseException) -> bool:
     resumes by itself when Redis answers (README, "When things go wrong")."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_redis_failure(inner) for inner in exc.exceptions)
+    exc = _node_error(exc)
+    if type(exc) is coredis.exceptions.RedisClusterError:
+        return True  # the cluster's layout could not be learnt (not every slot served): unavailable
     if isinstance(exc, REDIS_CONNECTION_ERRORS):
         return True
     if isinstance(exc, coredis.exceptions.ResponseError) and exc.args:
@@ -168,7 +238,17 @@ def is_redis_refusal(exc: BaseException) -> bool:
     """Whether Redis answered but refused us: a wrong user or password (``WRONGPASS``), none
     given where one is needed (``NOAUTH``), or an ACL user without the permission (``NOPERM``).
     Waiting does not fix these; the configuration (``redis.url``) does."""
+    exc = _node_error(exc)
     return isinstance(exc, (coredis.exceptions.AuthenticationError, coredis.exceptions.AuthorizationError))
+
+
+def _node_error(exc: BaseException) -> BaseException:
+    """What a node said, under the cluster client's own wrapping: it reports a seed it could
+    not use as "Redis Cluster cannot be connected" with the node's error (a refused password,
+    a refused connection) as the cause."""
+    while type(exc) is coredis.exceptions.RedisClusterError and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 async def ping(client: RedisClient) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import coredis
 from coredis.tokens import PureToken
 
+from posguard.actors.store.client import RedisClient
 from posguard.actors.store.health import StreamHealth, encode_fields
 from posguard.actors.store.keys import Keys
 from posguard.streams.venue.events import Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent, encode_event
@@ -30,7 +30,7 @@ def _num(value: float | None) -> str:
 
 
 class RedisEventCache:
-    def __init__(self, client: coredis.Redis[str], account: str) -> None:
+    def __init__(self, client: RedisClient, account: str) -> None:
         self.client = client
         self.keys = Keys(account)
         self.round_trips = 0

@@ -13,11 +13,13 @@ from typing import Protocol
 import coredis
 import coredis.exceptions
 import msgspec
+from coredis.patterns.pipeline import ClusterPipeline, Pipeline
 from coredis.tokens import PureToken
 
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
 from posguard.actors.records import RETIRED_FIELDS, BadRecord, PositionRecord, RecordDefect, decode_record, utc_now
+from posguard.actors.store.client import RedisClient
 from posguard.actors.store.health import Health, HealthStatus, StreamHealth, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
 
@@ -31,6 +33,10 @@ REPLY_TTL_SECONDS = 86_400
 INTENT_TTL_SECONDS = 7 * 86_400
 """An intent record lives a week after its last change: that long, its id is recognised as
 already handled (a duplicate); after that the id may be used again (README, "Intents")."""
+
+
+_Pipeline = Pipeline[str] | ClusterPipeline[str]
+"""A MULTI of one account's keys, on a single server or on the cluster node of its slot."""
 
 
 class RecordScan(msgspec.Struct, kw_only=True):
@@ -103,7 +109,7 @@ class Store(Protocol):
 
 
 class RedisStore:
-    def __init__(self, client: coredis.Redis[str], account: str) -> None:
+    def __init__(self, client: RedisClient, account: str) -> None:
         self.client = client
         self.keys = Keys(account)
 
@@ -130,7 +136,7 @@ class RedisStore:
         async with self.client.pipeline(transaction=True) as pipe:
             self._journal(pipe, record, note)
 
-    def _journal(self, pipe: coredis.patterns.pipeline.Pipeline[str], record: PositionRecord, note: str) -> None:
+    def _journal(self, pipe: _Pipeline, record: PositionRecord, note: str) -> None:
         entry = {
             "symbol": record.symbol,
             "state": str(record.state),
@@ -163,7 +169,7 @@ class RedisStore:
         async with self.client.pipeline(transaction=True) as pipe:
             self._intent(pipe, intent)
 
-    def _intent(self, pipe: coredis.patterns.pipeline.Pipeline[str], intent: IntentRecord) -> None:
+    def _intent(self, pipe: _Pipeline, intent: IntentRecord) -> None:
         intent.updated_at = utc_now()
         reply_key = self.keys.reply(intent.intent_id)
         intent_key = self.keys.intent(intent.intent_id)
@@ -226,7 +232,7 @@ class RedisStore:
         return decode_health(dict(await self.client.hgetall(self.keys.health)))
 
 
-async def read_position_hashes(client: coredis.Redis[str], keys: Keys) -> RecordScan:
+async def read_position_hashes(client: RedisClient, keys: Keys) -> RecordScan:
     """Every position hash of the account (one pipeline), each decoded on its own."""
     scan = RecordScan(usable=[], bad=[])
     # A member that is not text (a hand-written SADD) names no record posguard could have written.
