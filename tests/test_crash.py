@@ -264,15 +264,18 @@ class Trader:
     async def live_symbols(self) -> list[str]:
         return sorted(s for s, r in (await load_records(self.client)).items() if r.state.is_live and s in SYMBOLS)
 
-    async def flat_symbol(self) -> str:
+    async def flat_symbol(self, *, settled: bool = False) -> str:
         """A symbol with no live record: closed first if every symbol has one (the actor
-        serves the close, then whatever is sent next, in order)."""
+        serves the close, then whatever is sent next, in order). ``settled``: the close is
+        waited for too, for a scenario whose faults would otherwise meet the close as well."""
         live = await self.live_symbols()
         free = [s for s in SYMBOLS if s not in live]
         if free:
             return self.rng.choice(free)
         symbol = self.rng.choice(live)
-        await self.close(symbol)
+        close_id = await self.close(symbol)
+        while settled and await self.answer(close_id) not in FINAL_STATUSES:
+            await anyio.sleep(0.05)
         return symbol
 
     async def protected_symbol(self) -> str:
@@ -388,13 +391,14 @@ async def no_evidence(trader: Trader) -> None:
     (20 s here, 60 s by default), longer if a restart comes first (the deadline counts from the
     restart): this run breaks `UNPROTECTED_BOUND` on Binance until posguard protects an entry
     of unknown outcome at once (a ``closePosition`` stop covers whatever position appears)."""
+    symbol = await trader.flat_symbol(settled=True)  # before the faults: a close under them outlasts the run
     lag = HARD_DEADLINE + 5
     trader.emu.engine.faults = Faults(position_list_lag=lag, order_list_lag=lag, execution_list_lag=lag,
                                       push_drop={"position": 1.0, "order": 1.0, "execution": 1.0})
     if trader.venue.answer_carries_fill:
         trader.emu.engine.faults.fail_next.append(ScriptedFailure(path=trader.venue.entry_path, kind="lost_504",
                                                                   count=10_000))
-    await trader.open(await trader.flat_symbol())
+    await trader.open(symbol)
 
 
 async def no_stop_placeable(trader: Trader) -> None:
