@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from posguard.actors.records import PositionRecord, is_protected
 from posguard.streams.venue.events import Order, Position, closing_side
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
-__all__ = ["covered_qty", "covers", "guards"]
+__all__ = ["covered_qty", "covers", "guards", "record_stop_covers_any_size"]
 
 
 def guards(stop: Order, position: Position) -> bool:
@@ -43,3 +44,10 @@ def covered_qty(position: Position, stops: Iterable[Order]) -> float:
 def covers(position: Position, stops: Iterable[Order]) -> bool:
     """Whether the stops cover the whole position (within `QTY_TOLERANCE`)."""
     return covered_qty(position, stops) >= position.size - QTY_TOLERANCE
+
+
+def record_stop_covers_any_size(record: PositionRecord) -> bool:
+    """Whether the record's live stop covers its position whatever size it turns out to be: a
+    whole-position stop (the rule above, as the record knows it), so that protecting the
+    verified fill needs no second stop (the venue would refuse it: one per side)."""
+    return is_protected(record) and record.stop_scope == "whole_position"

@@ -142,6 +142,10 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     evidence: EvidenceSource = ""
     protection: Protection = Protection.NONE
     stop_client_order_id: str = ""
+    stop_scope: Literal["", "whole_position"] = ""
+    """``whole_position``: the live stop (`stop_client_order_id`) is a whole-position stop
+    (Binance closePosition), which covers the position at any size
+    (`posguard.actors.coverage.record_stop_covers_any_size`); empty: sized, or none."""
     stop_attempts: int = 0
     close_client_order_id: str = ""
     close_intent_id: str = ""

@@ -52,6 +52,11 @@ class ProtectionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """Failed close attempts before the record goes `unverified` and an alert is raised."""
     orphan_stop_distance: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.02
     """Stop distance, as a fraction of the entry price, for positions the audit adopts."""
+    armed_stop_retry: Annotated[float, msgspec.Meta(ge=0.2, le=10.0)] = 1.0
+    """Seconds between tries of the whole-position stop armed while an entry's outcome is
+    unknown, on a venue that attaches no stop to the entry (Binance refuses it, -4509, until
+    there is a position to close): about the longest such an entry's fill stays bare. One
+    order request per try: at 1 s well inside Binance's order rate limits."""
     stop_fill_timeout: StopFillTimeout = 10.0
     """How long the market may stay past a protected position's stop with the position still
     open before the stop is given up as not filling and the position closed reduce-only.

@@ -30,7 +30,13 @@ from posguard.streams.emulators.binance.orders import BinanceReject, algo_order
 from posguard.streams.emulators.bybit.client import binance_venue, run_config
 from posguard.streams.emulators.engine.truth import is_protected
 from posguard.streams.emulators.engine.serving import DEFAULT_API_KEY, DEFAULT_API_SECRET
-from posguard.streams.venue.errors import DuplicateClientOrderId, RateLimited, StopWouldTrigger
+from posguard.streams.venue.errors import (
+    DuplicateClientOrderId,
+    NothingToClose,
+    RateLimited,
+    StopSlotTaken,
+    StopWouldTrigger,
+)
 from posguard.streams.venue.events import Execution, Order, Position, StreamStatus
 from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from tests.emulator_fixtures import loopback_network_only, recording  # noqa: F401
@@ -282,12 +288,15 @@ async def test_a_close_position_stop_expires_when_the_position_is_closed_by_a_ma
         assert (await w.ok("GET", "/fapi/v1/algoOrder", clientAlgoId="w-ro"))["algoStatus"] == "EXPIRED"
 
 
-async def test_a_close_position_stop_with_no_position_is_accepted_and_expires_at_trigger() -> None:
+async def test_a_close_position_stop_with_nothing_to_close_is_refused_4509() -> None:
+    """Real Binance refuses a closePosition stop while there is no position (nor open order)
+    on the side it would close: -4509, HTTP 400 (many field reports). The emulator used to
+    accept it and expire it at trigger (seen failing: 200 where -4509 is due)."""
     async with wire() as (emu, w):
-        await w.ok("POST", "/fapi/v1/algoOrder", **stop("w-none", closePosition=True))
-        emu.engine.set_price("BTCUSDT", 56_000)
-        assert emu.truth()["positions"] == {} and emu.truth()["executions"] == []
-        assert (await w.ok("GET", "/fapi/v1/algoOrder", clientAlgoId="w-none"))["algoStatus"] == "EXPIRED"
+        assert await w.refused("POST", "/fapi/v1/algoOrder", **stop("w-none", closePosition=True)) == (400, -4509)
+        assert truth_orders(emu, "w-none") == []
+        await w.ok("POST", "/fapi/v1/order", **market("w-short", side="SELL"))  # a short: a SELL stop closes nothing
+        assert await w.refused("POST", "/fapi/v1/algoOrder", **stop("w-none", closePosition=True)) == (400, -4509)
 
 
 async def test_a_lost_response_took_effect() -> None:
@@ -430,6 +439,23 @@ async def test_ccxt_an_open_stop_id_is_refused_and_the_stop_protects() -> None:
         # Closed now: its id may be used again, as Binance allows.
         await venue.place_stop(StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=57_000, client_order_id="cx-s"))
         assert is_protected(emu.truth(), "BTCUSDT")
+
+
+async def test_ccxt_a_whole_position_stop_is_refused_while_flat_and_accepted_once_the_position_exists() -> None:
+    """-4509 through real ccxt (which knows no such code: a plain ExchangeError) is
+    `NothingToClose`, decided by the code; the same stop goes on once the entry has filled."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        armed = StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=57_000, client_order_id="cx-w1")
+        with pytest.raises(NothingToClose) as refused:
+            await venue.place_stop(armed)
+        assert refused.value.code == "-4509" and truth_orders(emu, "cx-w1") == []
+        await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-e"))
+        placed = await venue.place_stop(armed)
+        assert (placed.status, placed.closes_position) == ("open", True)
+        assert [o["close_position"] for o in truth_orders(emu, "cx-w1")] == [True]
+        assert is_protected(emu.truth(), "BTCUSDT")
+        with pytest.raises(StopSlotTaken):  # one per side (-4130)
+            await venue.place_stop(StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=56_000, client_order_id="cx-w2"))
 
 
 async def test_ccxt_reads_unknown_during_the_lag_then_the_filled_order() -> None:

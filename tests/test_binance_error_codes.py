@@ -23,6 +23,7 @@ from posguard.streams.ccxt_adapter.errors import translate
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
     NotPlaced,
+    NothingToClose,
     NothingToReduce,
     OrderRejected,
     StopSlotTaken,
@@ -55,6 +56,10 @@ UNKNOWN_ORDER = (-2011, "Unknown order sent.")
 NO_SUCH_ORDER = (-2013, "Order does not exist.")
 STOP_SLOT_TAKEN = (-4130, "An open stop or take profit order with GTE and closePosition in the direction is existing.")
 MAX_STOP_ORDERS = (-4045, "Reach max stop order limit.")
+# Not on Binance's error-code page; the message of many field reports of a closePosition stop
+# placed while flat on that side.
+NOTHING_TO_CLOSE = (-4509, "Time in Force (TIF) GTE can only be used with open positions or open orders."
+                           " Please ensure that positions are available.")
 
 
 @pytest.mark.parametrize(
@@ -66,6 +71,9 @@ MAX_STOP_ORDERS = (-4045, "Reach max stop order limit.")
         (WOULD_TRIGGER, ccxt.OrderImmediatelyFillable, ccxt.ExchangeError),
         (DUPLICATE, ccxt.InvalidOrder, ccxt.ExchangeError),
         (MARGIN, ccxt.InsufficientFunds, ccxt.ExchangeError),
+        # ccxt 4.5.90 knows no -4509 at all: a plain ExchangeError wherever it comes from,
+        # which alone would read as "outcome unknown".
+        (NOTHING_TO_CLOSE, ccxt.ExchangeError, ccxt.ExchangeError),
         # ccxt's address-free table knows these, with classes that would mislead on their own:
         # a listen key gone reads as refused credentials (at any address), an unknown order as
         # a rejected one (OrderNotFound is an InvalidOrder).
@@ -114,6 +122,9 @@ def stop(coid: str = "pgbinance-s1") -> StopRequest:
         # One closePosition stop per symbol and direction: the slot is taken, nothing placed;
         # the protection path sends the replacement sized instead.
         (STOP_SLOT_TAKEN, "/fapi/v1/algoOrder", "stop", StopSlotTaken),
+        # A whole-position stop while there is nothing to close yet: nothing placed, and no
+        # evidence that the entry was refused (the armed-stop loop only tries again).
+        (NOTHING_TO_CLOSE, "/fapi/v1/algoOrder", "stop", NothingToClose),
         # Too many open conditional orders: a refusal (retried, then the position closed).
         (MAX_STOP_ORDERS, "/fapi/v1/algoOrder", "stop", OrderRejected),
         (DUPLICATE, "/fapi/v1/order", "entry", DuplicateClientOrderId),

@@ -138,6 +138,9 @@ def random_intents(rng: random.Random) -> list[list[Intent]]:
 async def run_schedule(seed: int, redis_url: str, clock: IOAwareMockClock, tally: Counter[str]) -> None:
     rng = random.Random(seed)
     knobs, attached = random_venue(rng)
+    if not knobs.reject_duplicate_client_ids and not attached:
+        # Binance whole: its stops are closePosition ones, one per side, refused while flat (-4509).
+        knobs = msgspec.structs.replace(knobs, whole_position_stops=True)
     plan = random_intents(rng)
     context = f"schedule seed {seed}: attached={attached} knobs={knobs}"
     settings = ActorSettings(account=f"sched{seed}")

@@ -15,6 +15,7 @@ from posguard.actors.belonging import belongs_to
 from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import ENTRY_SENT, failpoint
 from posguard.actors.intents import OpenIntent
+from posguard.actors.lifecycle.armed_stop import ArmedStop, disarm, needs_armed_stop
 from posguard.actors.lifecycle.closing import settle_closed_externally
 from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
 from posguard.actors.lifecycle.protection import Protected, protect
@@ -23,8 +24,9 @@ from posguard.actors.orders import send_once
 from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection, State, is_protected, utc_now
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from posguard.streams.backoff import Deadline
-from posguard.streams.venue.errors import OrderRejected
+from posguard.streams.venue.errors import NotPlaced, OrderRejected, VenueUnavailable
 from posguard.streams.venue.events import Order
+from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = ["drive_entry", "open_position", "settle_entry"]
@@ -70,6 +72,24 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     been sent already; it is looked up by client order id before it is ever sent.
     """
     sent_at = anyio.current_time()
+    if record.state not in IN_FLIGHT_STATES or not needs_armed_stop(ctx, record):
+        return await _drive(ctx, record, resumed=resumed, owned=owned, sent_at=sent_at, armed=None)
+    # No stop rides on the entry here: while its outcome is unknown a whole-position stop is
+    # armed beside the send and the verification (`armed_stop`), not after them.
+    armed = ArmedStop(ctx, record)
+    if resumed and record.filled_qty <= QTY_TOLERANCE:
+        armed.outcome_unknown()  # a restart: the entry may be on the venue, its fate unknown
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(armed.run)
+        try:
+            await _drive(ctx, record, resumed=resumed, owned=owned, sent_at=sent_at, armed=armed)
+        finally:
+            armed.stop()
+    return record
+
+
+async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, owned: Owned, sent_at: float,
+                 armed: ArmedStop | None) -> PositionRecord:
     acknowledged: Order | None = None
     if record.state is State.SUBMITTING:
         record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
@@ -82,14 +102,28 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
             client_order_id=record.client_order_id,
             stop_loss=record.stop_price if record.protection is Protection.ATTACHED_REQUESTED else None,
         )
+
+        async def send() -> Order:
+            try:
+                return await ctx.venue.create_order(request)
+            except NotPlaced:
+                raise  # refused before it took effect: nothing placed
+            except VenueUnavailable:
+                if armed is not None:
+                    armed.outcome_unknown()
+                raise
+
         try:
             order = await send_once(
-                ctx, record, record.client_order_id, lambda: ctx.venue.create_order(request),
+                ctx, record, record.client_order_id, send,
                 Deadline(ctx.settings.verification.hard_deadline), maybe_sent=resumed,
             )
         except OrderRejected as exc:
+            if armed is not None:
+                await armed.finish()
             record.transition(State.REJECTED, f"venue rejected the entry: {exc.reason}")
             await ctx.save(record)
+            await disarm(ctx, record)
             return record
         failpoint(ENTRY_SENT)
         if order is not None:
@@ -107,7 +141,11 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
         if record.state is not State.VERIFYING:
             record.transition(State.VERIFYING)
             await ctx.save(record)
+        if armed is not None and acknowledged is None and record.filled_qty <= QTY_TOLERANCE:
+            armed.outcome_unknown()  # no answer by the send's deadline
         verdict = await verify_entry(ctx, record, sent_at, acknowledged)
+        if armed is not None:
+            await armed.finish()
         await settle_entry(ctx, record, verdict, sent_at)
     elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not is_protected(record)):
         await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)  # records its own outcome
@@ -128,6 +166,7 @@ async def settle_entry(
             record.transition(State.REJECTED, reason)
             await ctx.save(record)
             ctx.board.forget(record.client_order_id)
+            await disarm(ctx, record)
         case ClosedExternally(filled_qty=filled, exit_qty=exit_qty, avg_price=avg, source=source):
             record.filled_qty, record.entry_price, record.evidence = filled, avg, source
             record.sent_to_verified_ms = elapsed_ms

@@ -25,6 +25,7 @@ import msgspec
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
+from posguard.actors.coverage import record_stop_covers_any_size
 from posguard.actors.lifecycle.closing import close_key, close_position, settle_closed
 from posguard.actors.orders import send_once
 from posguard.actors.proof import Gone, prove_gone
@@ -262,6 +263,10 @@ async def protect(
             return exited
     if view == "stop_on":
         return await _protected(ctx, record, Protection.ATTACHED_CONFIRMED, sent_at)
+    if record_stop_covers_any_size(record):
+        # The whole-position stop armed while the entry's outcome was unknown is live and
+        # covers whatever filled: a second would only be refused (one per side).
+        return await _protected(ctx, record, record.protection, sent_at)
     if record.protection is Protection.ATTACHED_REQUESTED:
         log.warning("%s: attached stop %s; placing a separate stop", record.symbol,
                     "missing" if view == "stop_off" else "not confirmed")
@@ -274,6 +279,7 @@ async def protect_with_stop_order(
     """A separate reduce-only stop for ``qty``, or the position's end: a stop that fills at
     once is the venue closing it; a stop that cannot be placed means closing it ourselves."""
     record.protection = Protection.NONE
+    record.stop_scope = ""
     result = await place_stop(ctx, record, qty)
     match result:
         case "live":

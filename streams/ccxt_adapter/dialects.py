@@ -25,6 +25,7 @@ from posguard.streams.venue.errors import (
     NothingToReduce,
     OrderRejected,
     RateLimited,
+    NothingToClose,
     StopSlotTaken,
     StopWouldTrigger,
     VenueAuthFailed,
@@ -380,6 +381,12 @@ BINANCE_CODES = VenueCodes(
         # existing": one closePosition stop per symbol and direction. Nothing placed; the armed
         # one still guards the position, and the replacement goes out sized instead.
         "-4130": StopSlotTaken,
+        # "Time in Force (TIF) GTE can only be used with open positions or open orders. Please
+        # ensure that positions are available.": a closePosition stop while there is nothing
+        # to close on that side (not on the error-code page; many independent field reports;
+        # ccxt 4.5.90 has no entry for it, a plain ExchangeError). Nothing placed, and no
+        # evidence about an entry either way: the stop armed for an unknown entry retries.
+        "-4509": NothingToClose,
         # "Reach max stop order limit" (at most 200 open conditional orders per symbol since
         # 2025-12-29): nothing placed, a refusal like any other (retried, then closed).
         "-4045": OrderRejected,

@@ -73,6 +73,13 @@ class FaultKnobs(msgspec.Struct, kw_only=True):
     reject_duplicate_client_ids: bool = True
     """Bybit refuses any reused client order id. False models Binance, which accepts a reused
     id once the first order is no longer open: a blind resend could then open twice."""
+    whole_position_stops: bool = False
+    """Binance's whole-position stops (``closePosition=true``): a `StopRequest.whole_position`
+    stop is an order that `closes_position`, one per side (a second: `StopSlotTaken`, -4130),
+    refused while there is nothing to close on its side (`NothingToClose`, -4509: real
+    Binance, many field reports of "Time in Force (TIF) GTE can only be used with open
+    positions or open orders"), and cancelled once the position is closed. False: every
+    stop is sized to its ``qty`` and accepted whatever the position (Bybit's conditional orders)."""
     heartbeat_interval: float = 5.0
     """Seconds between stream heartbeats while connected."""
     disconnect_every: Lag | None = None

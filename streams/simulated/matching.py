@@ -23,8 +23,10 @@ from posguard.streams.simulated.truth import GroundTruth
 from posguard.streams.simulated.views import RestViews
 from posguard.streams.venue.errors import (
     DuplicateClientOrderId,
+    NothingToClose,
     NothingToReduce,
     OrderRejected,
+    StopSlotTaken,
     StopWouldTrigger,
     UnknownSymbol,
 )
@@ -99,7 +101,10 @@ class MatchingEngine:
                 f"stop price {request.stop_price} is on the wrong side of the market {price}",
                 code="fake-stop-side",
             )
-        if request.qty < rules.min_qty:
+        whole = request.whole_position and self._knobs.whole_position_stops
+        if whole:
+            self._check_whole_position_stop(request)
+        elif request.qty < rules.min_qty:
             raise OrderRejected(f"qty {request.qty} below minimum {rules.min_qty}", code="fake-min-qty")
         order = Order(
             symbol=request.symbol,
@@ -114,10 +119,24 @@ class MatchingEngine:
             reduce_only=True,
             stop_price=request.stop_price,
             ts_ms=self._clock.now_ms(),
+            closes_position=whole,
         )
         self._record_order(order, self._rng("stop-visibility", request.client_order_id))
         self._update_protection(request.symbol)
         return order
+
+    def _check_whole_position_stop(self, request: StopRequest) -> None:
+        """Binance's rules for a closePosition stop (`FaultKnobs.whole_position_stops`)."""
+        if any(o.closes_position and o.side == request.side for o in self.truth.open_stops(request.symbol)):
+            raise StopSlotTaken("An open stop or take profit order with GTE and closePosition in the direction"
+                                " is existing.", code="-4130")
+        position = self.truth.position(request.symbol)
+        if position is None or closing_side(position.side) != request.side:
+            # Real Binance: -4509 "Time in Force (TIF) GTE can only be used with open positions or
+            # open orders. Please ensure that positions are available." (many field reports);
+            # market entries fill at once here, so no open order counts.
+            raise NothingToClose("Time in Force (TIF) GTE can only be used with open positions or open orders.",
+                                 code="-4509")
 
     def cancel(self, symbol: str, client_order_id: str) -> Order | None:
         """Cancel an open order; None when there is no open order by that id for the symbol."""
@@ -265,6 +284,9 @@ class MatchingEngine:
             new = msgspec.structs.replace(position, size=remaining, ts_ms=self._clock.now_ms())
         else:
             new = Position(symbol=symbol, side="flat", size=0.0, entry_price=0.0, stop_price=None, ts_ms=self._clock.now_ms())
+            for stop in self.truth.open_stops(symbol):
+                if stop.closes_position:  # Binance cancels a closePosition stop once the position is closed
+                    self._record_order(msgspec.structs.replace(stop, status="cancelled", ts_ms=self._clock.now_ms()), rng)
         self._set_position(new, rng)
 
     def _stop_out(self, symbol: str) -> None:
@@ -300,7 +322,7 @@ class MatchingEngine:
                 # Reduce-only with nothing to reduce: the venue cancels it at trigger time.
                 self._record_order(msgspec.structs.replace(stop, status="cancelled", ts_ms=self._clock.now_ms()), rng)
                 continue
-            qty = min(stop.qty, position.size)
+            qty = position.size if stop.closes_position else min(stop.qty, position.size)
             filled = msgspec.structs.replace(stop, status="filled", filled=qty, avg_price=price, ts_ms=self._clock.now_ms())
             self._record_order(filled, rng)
             self._fill_close(symbol, qty, order_id=stop.order_id, client_order_id=stop.client_order_id)

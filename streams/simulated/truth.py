@@ -42,9 +42,10 @@ class GroundTruth:
             return True
         if position.stop_price is not None:
             return True
-        covering = sum(
-            o.qty for o in self.open_stops(symbol) if o.side == closing_side(position.side)
-        )
+        guarding = [o for o in self.open_stops(symbol) if o.side == closing_side(position.side)]
+        if any(o.closes_position for o in guarding):
+            return True  # a whole-position stop closes it at any size
+        covering = sum(o.qty for o in guarding)
         return covering >= position.size - QTY_TOLERANCE
 
     def unprotected_now(self) -> list[str]:

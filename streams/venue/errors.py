@@ -12,7 +12,7 @@ what it gets into one of these, and the actor decides from the class alone:
   429 / -1003): the gateway refused the request, nothing was placed; sent again, paced.
 * `OrderRejected`: the venue refused the request; nothing was placed. Final. Two refusals
   change what the actor does next and have their own subclasses: `StopWouldTrigger`,
-  `NothingToReduce` and `StopSlotTaken`.
+  `NothingToReduce`, `StopSlotTaken` and `NothingToClose`.
 * `VenueAuthFailed`: the venue refused the API credentials (wrong key or secret, revoked,
   expired, missing permission or IP binding). Nothing was done, and retrying will not help
   until an operator fixes the key; the supervisor refuses entries meanwhile.
@@ -25,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "DuplicateClientOrderId",
     "NotPlaced",
+    "NothingToClose",
     "NothingToReduce",
     "OrderRejected",
     "RateLimited",
@@ -89,6 +90,17 @@ class StopSlotTaken(OrderRejected):
     Nothing was placed, and the stop already armed still guards the position. A replacement
     (posguard places the new stop before it cancels the old, never the other way round) is
     sent as a stop sized to the position instead (`StopRequest.whole_position` False).
+    """
+
+
+class NothingToClose(OrderRejected):
+    """A whole-position stop was refused because there is no position (nor open order) on the
+    side it would close yet (Binance ``-4509``: "Time in Force (TIF) GTE can only be used with
+    open positions or open orders").
+
+    Nothing was placed. It is NOT evidence that an entry was refused or never reached the
+    venue (I1): an entry whose answer was lost may fill a moment later. The stop armed while
+    an entry's outcome is unknown (`posguard.actors.lifecycle.armed_stop`) only tries again.
     """
 
 

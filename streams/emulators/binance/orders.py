@@ -24,8 +24,11 @@ Parameters: https://developers.binance.com/docs/derivatives/usds-margined-future
   limit."): change log 2025-12-29, https://developers.binance.com/docs/derivatives/change-log
   ("The condtional order limits is 200 across all symbols", and the MAX_NUM_ALGO_ORDERS filter
   left exchangeInfo).
-* A ``closePosition`` stop with no position is accepted and expires at trigger (Binance's
-  ALGO_UPDATE status EXPIRED: "canceled by the system").
+* A ``closePosition`` stop with no position (and no open order) on the side it would close is
+  refused -4509 "Time in Force (TIF) GTE can only be used with open positions or open orders.
+  Please ensure that positions are available." (HTTP 400; not on the error-code page, but the
+  message of many independent field reports of exactly this case). One accepted while a
+  position existed expires once the position is closed (ALGO_UPDATE status EXPIRED).
 
 The emulator trades MARKET and the MARKET-triggered conditional types only: LIMIT and the
 limit conditional types answer -1116 "Invalid orderType." (an emulator limitation, on purpose).
@@ -64,6 +67,8 @@ REJECTS: dict[str, tuple[int, str]] = {
     "not_found": (-2013, "Order does not exist."),
     "close_position_exists": (-4130, "An open stop or take profit order with GTE and closePosition in the direction is existing."),
     "too_many_conditionals": (-4045, "Reach max stop order limit."),
+    "nothing_to_close": (-4509, "Time in Force (TIF) GTE can only be used with open positions or open orders."
+                                " Please ensure that positions are available."),
     "stop_loss_side": (-1106, "Parameter 'stopLoss' sent when not required."),
 }
 

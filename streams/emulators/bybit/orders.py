@@ -34,6 +34,7 @@ REJECTS: dict[str, tuple[int, str]] = {
     "not_found": (110001, "order not exists or too late to cancel"),
     "close_position_exists": (10001, "params error: closePosition is not a Bybit parameter"),
     "too_many_conditionals": (10001, "params error: too many conditional orders"),
+    "nothing_to_close": (10001, "params error: closePosition is not a Bybit parameter"),
 }
 
 

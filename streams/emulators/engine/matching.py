@@ -11,8 +11,9 @@ halves, with `Faults.split_fill_after`); positions average their entry; reduce-o
 only ever reduce (a quantity above the position is cut to it, a reduce-only order with nothing
 to reduce is refused); a stop-loss attached to an entry becomes the position's stop (Bybit);
 conditional orders trigger when the price crosses them; a close-position conditional order
-(Binance ``closePosition=true``) closes whatever the position is at trigger and expires when
-the position is closed by other means. Client order ids follow the venue's `IdRule`.
+(Binance ``closePosition=true``) is refused while there is nothing to close (Binance -4509),
+closes whatever the position is at trigger and expires when the position is closed by other
+means. Client order ids follow the venue's `IdRule`.
 
 Statuses are the engine's own vocabulary (``New``, ``PartiallyFilled``, ``Filled``,
 ``Cancelled``, ``Untriggered``, ``Triggered``, ``Deactivated``); sides are ``Buy``/``Sell``.
@@ -76,7 +77,7 @@ opens a second position. Bybit: https://bybit-exchange.github.io/docs/v5/order/c
 RejectReason = Literal[
     "bad_symbol", "bad_qty", "qty_step", "qty_min", "qty_max", "duplicate_id", "nothing_to_reduce",
     "would_trigger", "min_notional", "insufficient_margin", "stop_loss_side", "not_found",
-    "close_position_exists", "too_many_conditionals",
+    "close_position_exists", "too_many_conditionals", "nothing_to_close",
 ]
 
 
@@ -313,6 +314,8 @@ class Engine:
                 o.close_position and o.side == new.side and o.symbol == order.symbol for o in armed
             ):
                 raise Reject("close_position_exists", side=new.side)
+            if new.close_position and not self._something_to_close(order):
+                raise Reject("nothing_to_close", side=new.side)
             if self.max_open_conditional is not None and len(armed) >= self.max_open_conditional:
                 raise Reject("too_many_conditionals", limit=self.max_open_conditional)
             order.trigger_price = trigger
@@ -331,6 +334,21 @@ class Engine:
             return order
         self._execute(order, price)
         return order
+
+    def _something_to_close(self, order: EmuOrder) -> bool:
+        """Whether a ``closePosition`` stop has anything to close: a position it would reduce,
+        or an open (non-conditional) order on the opposite side that may open one.
+
+        Real Binance refuses a closePosition conditional order when there is neither (-4509
+        "Time in Force (TIF) GTE can only be used with open positions or open orders. Please
+        ensure that positions are available.", HTTP 400; many independent field reports of
+        that message, e.g. ccxt and python-binance users placing a closePosition STOP_MARKET
+        while flat). The emulator used to accept it and expire it at trigger."""
+        position = self.positions.get(order.symbol)
+        if position is not None and position.side and position.side != order.side and position.size > 0:
+            return True
+        return any(o.symbol == order.symbol and o.is_open and not o.conditional and o.side != order.side
+                   for o in self.orders.values())
 
     def clashes(self, client_id: str, *, conditional: bool) -> bool:
         """Whether ``client_id`` may not be used now, by the venue's `IdRule`."""
