@@ -6,7 +6,9 @@ holder checks before each action, by its local clock (`Lease.holds`). The refusa
 `LeaseNotHeld`, a `NotPlaced`: raised before anything is sent, so the lifecycle treats it as
 "not placed, send it again later" (`actors.orders.send_once`), never as an unknown outcome
 that would need a lookup (on Binance an entry looked up waits `venue.resend_grace` and would go
-`unverified` for an order that never existed). Reads pass: they change nothing on the venue.
+`unverified` for an order that never existed). Reads pass within the margin (they change
+nothing on the venue) but not once the lease has run out by the local clock or the fence is
+lost: a process woken from a pause (SIGSTOP, a frozen VM) sends nothing at all.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class LeasedVenue:
         self.refused = 0
         """Actions refused (none of them reached the venue)."""
 
-    def _check(self, what: str) -> None:
-        if not self.lease.holds(self.margin):
+    def _check(self, what: str, margin: float | None = None) -> None:
+        if not self.lease.holds(self.margin if margin is None else margin):
             self.refused += 1
             why = self.lease.fence.why or f"less than lease.margin ({self.margin:g} s) of the lease is left"
             raise LeaseNotHeld(f"{what} not sent: {why}")
@@ -53,6 +55,31 @@ class LeasedVenue:
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
         self._check(f"cancel of {client_order_id}")
         return await self.inner.cancel_order(symbol, client_order_id)
+
+    async def _read(self, name: str, *args: Any) -> Any:
+        self._check(f"read {name}", margin=0.0)
+        return await getattr(self.inner, name)(*args)
+
+    async def load_markets(self) -> Any:
+        return await self._read("load_markets")
+
+    async def fetch_price(self, symbol: str) -> float:
+        return await self._read("fetch_price", symbol)
+
+    async def fetch_leverage(self, symbol: str) -> float | None:
+        return await self._read("fetch_leverage", symbol)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
+        return await self._read("fetch_order", symbol, client_order_id)
+
+    async def fetch_executions(self, symbol: str, since_ms: int) -> Any:
+        return await self._read("fetch_executions", symbol, since_ms)
+
+    async def fetch_positions(self) -> Any:
+        return await self._read("fetch_positions")
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> Any:
+        return await self._read("fetch_open_orders", symbol)
 
     def __getattr__(self, name: str) -> Any:
         # Reads, properties and adapter extras (statistics, stream) are the inner venue's.
