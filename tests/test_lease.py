@@ -84,11 +84,11 @@ async def test_the_margin_check_refuses_a_venue_action_and_nothing_reaches_the_v
             await venue.create_order(request)
         assert isinstance(refused.value, NotPlaced), "a refusal is 'not placed', never an unknown outcome"
         assert venue.refused == 1
-        assert fake.truth().orders == {}, "the venue's ground truth: it never saw the order"
+        assert fake.truth.orders == {}, "the venue's ground truth: it never saw the order"
         # With enough of the lease left, the same request goes through.
         venue.margin = 1
         await venue.create_order(request)
-        assert "pg-margin-1" in fake.truth().orders
+        assert "pg-margin-1" in fake.truth.orders
 
 
 async def test_the_token_survives_a_restart_and_redis_data_loss_restarts_it_higher(redis_url: str) -> None:
