@@ -20,6 +20,7 @@ from posguard.actors.store.client import open_redis
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import Health, OperatorRequests
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
+from posguard.actors.store.lease import LeaseHolder, read_lease, read_standbys
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS
 from posguard.supervisor.config import Config, redis_connection
@@ -50,7 +51,15 @@ def _table(rows: list[list[str]], out: Out) -> None:
 
 
 def _alive(health: Health) -> bool:
+    """A heartbeat seen recently (what `open`/`close` warn by; the leader is judged by its lease)."""
     return time.time() * 1000 - (health.status.heartbeat_ms or 0) < ALIVE_WITHIN_MS
+
+
+def _holder_line(role: str, holder: LeaseHolder) -> str:
+    since = datetime.fromtimestamp(holder.since_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    left = f", lease {holder.ttl_ms / 1000:.1f}s left" if holder.ttl_ms is not None and holder.ttl_ms >= 0 else ""
+    token = f", token {holder.token}" if holder.token else ""
+    return f"{role}: pid {holder.pid} on {holder.host} since {since}{token}{left} ({holder.owner})"
 
 
 async def status(config: Config, out: Out = print) -> int:
@@ -58,6 +67,8 @@ async def status(config: Config, out: Out = print) -> int:
         console = OperatorConsole(client, config.account.name)
         scan = await console.records()
         health = await console.health()
+        leader = await read_lease(client, config.account.name)
+        standbys = await read_standbys(client, config.account.name)
     records = scan.usable
     now = datetime.now(UTC)
     out(f"account {config.account.name}: {len(records)} position records "
@@ -76,6 +87,9 @@ async def status(config: Config, out: Out = print) -> int:
     process = "alive" if _alive(health) else "not seen in the last 5 s"
     status = health.status
     out(f"posguard run: {process}" + (f" (pid {status.pid})" if status.pid else ""))
+    out(_holder_line("leader", leader) if leader else "leader: none (no process holds the lease)")
+    for standby in standbys:
+        out(_holder_line("standby", standby))
     out(_venue_line(status.venue))
     for topic in TOPICS:
         stream = health.stream(topic)

@@ -38,6 +38,7 @@ from typing import Any
 import anyio
 import coredis.exceptions
 import msgspec
+from coredis.tokens import PureToken
 
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.keys import Keys
@@ -330,5 +331,5 @@ async def read_lease(client: RedisClient, account: str) -> LeaseHolder | None:
 async def read_standbys(client: RedisClient, account: str) -> list[LeaseHolder]:
     """Standbys whose presence has not expired."""
     now_ms = int(time.time() * 1000)
-    members = await client.zrangebyscore(Keys(account).standbys, now_ms, "+inf")
+    members = await client.zrange(Keys(account).standbys, now_ms, "+inf", sortby=PureToken.BYSCORE)
     return [msgspec.json.decode(m, type=LeaseHolder) for m in members]
