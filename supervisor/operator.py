@@ -112,26 +112,41 @@ def _venue_line(venue: str | None) -> str:
 
 
 async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: bool, out: Out = print) -> int:
+    from posguard.actors.store.lease import Lease
     from posguard.supervisor.audit import Auditor
+    from posguard.supervisor.leased_venue import LeasedVenue
     from posguard.supervisor.service import open_venue
 
     async with open_redis(redis_connection(config)) as client:
         console = OperatorConsole(client, config.account.name)
-        health = await console.health()
-        if not dry_run and _alive(health):
-            out(f"asking the running posguard (pid {health.status.pid or '?'}) to audit now ...")
+        leader = await read_lease(client, config.account.name)
+        # The leader is judged by its lease, not by a heartbeat's age (a long audit may delay one).
+        lease = Lease(client, config.account.name, ttl=config.lease.ttl)
+        if not dry_run and (leader is not None or not await lease.acquire()):
+            pid = leader.pid if leader else "?"
+            out(f"asking the running posguard (pid {pid}) to audit now ...")
             return await _audit_by_the_running_process(console, out)
         from posguard.actors.store.positions import RedisStore
 
-        store = RedisStore(client, config.account.name)
-        async with open_venue(config, credentials) as venue:
-            if dry_run:
+        if dry_run:
+            async with open_venue(config, credentials) as venue:
                 await venue.load_markets()
-                auditor = Auditor(venue, store, _no_actor, lambda _symbol: False)
+                auditor = Auditor(venue, RedisStore(client, config.account.name), _no_actor, lambda _symbol: False)
                 report = await auditor.run(dry_run=True)
-            else:
-                out("no running posguard seen: running one audit here")
-                report = await _audit_here(config, venue, store)
+        else:
+            # No leader: this command holds the lease for its run, writes fenced like the service.
+            out("no running posguard holds the lease: holding it for one audit here")
+            store = RedisStore(client, config.account.name, lease.fence)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: lease.keep(renew_every=config.lease.renew_every))
+                    async with open_venue(config, credentials) as raw:
+                        venue = LeasedVenue(raw, lease, margin=config.lease.margin)
+                        report = await _audit_here(config, venue, store)
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await lease.release()
     out(f"audit{' (dry run)' if dry_run else ''}: {report.positions} venue positions, {report.records} records,"
         f" {len(report.findings)} findings")
     if report.findings:

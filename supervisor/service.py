@@ -107,13 +107,13 @@ async def run_service(config: Config, credentials: ApiCredentials | None, redis:
 async def wait_for_lease(lease: Lease, config: Config) -> None:
     """Be a hot standby until the lease is free, then take it. Meanwhile the only write is this
     process's own presence (`Standby`); the venue is not even connected."""
-    if await lease.acquire():
+    if await lease.acquire() or await lease.take_from_dead_holder():
         return
     standby = Standby(lease.client, lease.keys.account, lease.owner)
     log.warning("account %s is led by another process: standing by for its lease (%s)", lease.keys.account,
                 lease.keys.lease)
     try:
-        while not await lease.acquire():
+        while not (await lease.acquire() or await lease.take_from_dead_holder()):
             await standby.announce(config.lease.ttl)
             await anyio.sleep(min(config.lease.renew_every, 0.5))
     finally:

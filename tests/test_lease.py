@@ -108,3 +108,71 @@ async def test_the_token_survives_a_restart_and_redis_data_loss_restarts_it_high
         assert await after.acquire()
         assert int(after.fence.token) > int(restarted.fence.token), (
             "after a loss the epoch restarts from Redis' clock: above every token handed out before")
+
+
+async def test_a_dead_holder_on_this_host_is_taken_over_and_a_live_one_waited_for(redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            dead = Lease(client, ACCOUNT, ttl=60)
+            assert await dead.acquire()
+            value = (await client.get(KEYS.lease)).replace(f'"pid": {__import__("os").getpid()}', f'"pid": {child.pid}')
+            await client.set(KEYS.lease, value)  # as the child would have written it
+            dead.value = value
+            successor = Lease(client, ACCOUNT, ttl=60)
+            assert not await successor.take_from_dead_holder(), "a live holder (even idle) is waited for"
+        finally:
+            child.kill()
+            child.wait()
+        assert await successor.take_from_dead_holder(), "a holder on this host whose process is gone is replaced"
+        assert int(successor.fence.token) > int(dead.fence.token)
+        with pytest.raises(Fenced):  # whatever the dead one had in flight is fenced
+            await RedisStore(client, ACCOUNT, dead.fence).save_record(record())
+
+
+async def test_audit_asks_the_lease_holder_even_when_its_heartbeat_is_old(redis_url: str) -> None:
+    """Issue 15: a long audit stalled the heartbeat and `posguard audit` started a second engine
+    beside the service. The leader is judged by its lease now, not by a heartbeat's age."""
+    import anyio
+
+    from posguard.actors.store.health import HealthStatus
+    from posguard.supervisor import operator
+    from posguard.supervisor.config import parse_config
+
+    config = parse_config(f'[redis]\nurl = "{redis_url}"\n[account]\nname = "{ACCOUNT}"\n')
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        leader = Lease(client, ACCOUNT, ttl=60)
+        assert await leader.acquire()
+        store = RedisStore(client, ACCOUNT, leader.fence)
+        await store.publish_status(HealthStatus(heartbeat_ms=1))  # a heartbeat from long ago
+
+        async def answer_as_the_leader() -> None:
+            with anyio.fail_after(30):
+                while (requested := await client.hget(KEYS.health, "audit_requested")) is None:
+                    await anyio.sleep(0.02)
+            await store.publish_status(HealthStatus(audit_started=int(requested), audit_done=int(requested)))
+
+        lines: list[str] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer_as_the_leader)
+            assert await operator.audit(config, None, dry_run=False, out=lines.append) == 0
+        assert any(line.startswith("asking the running posguard") for line in lines), lines
+        assert not any("holding it for one audit here" in line for line in lines), lines
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == leader.owner, "the leader keeps its lease"
+
+
+async def test_audit_with_no_leader_holds_the_lease_for_its_run(redis_url: str) -> None:
+    from posguard.supervisor import operator
+    from posguard.supervisor.config import parse_config
+
+    config = parse_config(f'[redis]\nurl = "{redis_url}"\n[account]\nname = "{ACCOUNT}"\n')
+    lines: list[str] = []
+    assert await operator.audit(config, None, dry_run=False, out=lines.append) == 0
+    assert any("holding it for one audit here" in line for line in lines), lines
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        assert await read_lease(client, ACCOUNT) is None, "released after the run"
+        assert await client.get(KEYS.epoch) is not None, "it took a token: its writes were fenced"

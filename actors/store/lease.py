@@ -267,6 +267,23 @@ class Lease:
             self.expires_at = sent + self.ttl
         return bool(kept)
 
+    async def take_from_dead_holder(self) -> bool:
+        """Take the lease at once from a holder on this host whose process is gone (a restart
+        after a crash or SIGKILL need not wait out the ttl): its value is deleted only if it is
+        still exactly that holder's (compare-and-delete), then acquired with a new token, so
+        anything the dead process had in flight is fenced. A holder on another host, or a pid
+        that is alive (even if stopped: SIGSTOP), is waited for."""
+        value = await self.client.get(self.keys.lease)
+        if not value:
+            return await self.acquire()
+        holder = msgspec.json.decode(value, type=LeaseHolder)
+        if holder.host != socket.gethostname() or not _process_gone(holder.pid) or holder.pid == os.getpid():
+            return False
+        log.warning("the lease of account %s is held by pid %d on this host, which is gone: taking it over",
+                    self.keys.account, holder.pid)
+        await self.client.eval(_RELEASE, [self.keys.lease], [value])
+        return await self.acquire()
+
     async def release(self) -> None:
         """Give the lease up (compare-and-delete): a standby takes over at once, not after a ttl."""
         if self.value:
@@ -299,6 +316,23 @@ class Lease:
                     raise LeaseLost(self.fence.why) from None
                 log.warning("renewing the lease failed (%s); retrying, %.1f s left", exc,
                             self.expires_at - time.monotonic())
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no live process has this pid (a zombie, killed and not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 class Standby:
