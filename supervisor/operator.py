@@ -145,7 +145,7 @@ async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: 
                         report = await _audit_here(config, venue, store)
                     tg.cancel_scope.cancel()
             finally:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await lease.release()
     out(f"audit{' (dry run)' if dry_run else ''}: {report.positions} venue positions, {report.records} records,"
         f" {len(report.findings)} findings")

@@ -91,9 +91,8 @@ async def run_service(config: Config, credentials: ApiCredentials | None, redis:
                 try:
                     await _lead(config, credentials, client, lease, metrics, label, engines)
                 finally:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                        if not lease.fence.is_lost:
-                            await lease.release()
+                    if not lease.fence.is_lost:
+                        await _release(lease)
     except* (Fenced, LeaseLost) as group:
         fenced.append(group.exceptions[0])
     if fenced:
@@ -118,7 +117,22 @@ async def wait_for_lease(lease: Lease, config: Config) -> None:
             await anyio.sleep(min(config.lease.renew_every, 0.5))
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            await standby.withdraw()
+            try:
+                await standby.withdraw()
+            except Exception as exc:  # noqa: BLE001 - its presence expires by itself
+                log.warning("could not withdraw the standby presence (%s); it expires by itself", exc)
+
+
+async def _release(lease: Lease) -> None:
+    """Give the lease up at a graceful stop, so that a standby takes over at once. Best effort:
+    a stop may have cut a Redis connection mid-command (a blocking read cancelled), and a lease
+    not released only makes the standby wait out its ttl; it must not turn exit 0 into an error."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        try:
+            await lease.release()
+            return
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("could not release the lease (%s); a standby takes over when it expires", exc)
 
 
 async def _lead(config: Config, credentials: ApiCredentials | None, client: RedisClient, lease: Lease,
