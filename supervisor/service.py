@@ -77,16 +77,18 @@ async def run_service(config: Config, credentials: ApiCredentials | None, redis:
     if label == "simulated":
         log.critical(SIMULATED_VENUE_WARNING)
     engines: list[Engine] = []
+    leases: list[Lease] = []
     fenced: list[BaseException] = []
     try:
         async with anyio.create_task_group() as tg:
             # Signals first: a SIGTERM during the start-up checks stops posguard cleanly too.
-            await tg.start(_stop_on_signal, engines, tg.cancel_scope)
+            await tg.start(_stop_on_signal, engines, tg.cancel_scope, leases)
             async with open_redis(connection) as client:
                 await check_redis(client, config)
                 metrics = Metrics(config.venue.kind)
                 serve_metrics(metrics, config)
                 lease = Lease(client, account, ttl=config.lease.ttl)
+                leases.append(lease)
                 await wait_for_lease(lease, config)
                 try:
                     await _lead(config, credentials, client, lease, metrics, label, engines)
@@ -177,7 +179,7 @@ async def _serve(config: Config, venue: Venue, client: RedisClient, metrics: Met
         log.warning("posguard is running (pid %d); intents from %s", os.getpid(), intake.stream.keys.intents)
 
 
-async def _stop_on_signal(engines: list[Engine], scope: anyio.CancelScope, *,
+async def _stop_on_signal(engines: list[Engine], scope: anyio.CancelScope, leases: list[Lease], *,
                           task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """On SIGINT/SIGTERM: let the engine (once there is one) stop gracefully, then end."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -186,5 +188,11 @@ async def _stop_on_signal(engines: list[Engine], scope: anyio.CancelScope, *,
             log.warning("%s received: stopping gracefully", signal.Signals(signum).name)
             for engine in engines:
                 await engine.stop()
+            # Released before the task groups are cancelled (which cuts Redis connections), so
+            # that a standby takes over at once rather than after the ttl.
+            for lease in leases:
+                if not lease.fence.is_lost:
+                    await _release(lease)
+                    lease.value = ""  # released: the fallback in run_service has nothing left to do
             scope.cancel()
             return

@@ -173,3 +173,24 @@ async def test_a_paused_leader_is_fenced_sends_nothing_and_exits_5(redis_url: st
             if leader.returncode is None:
                 leader.send_signal(signal.SIGCONT)
                 leader.kill()
+
+
+async def test_a_graceful_stop_releases_the_lease_and_exits_0(redis_url: str, tmp_path: Path) -> None:
+    from posguard.actors.store.lease import read_lease
+
+    async with running_emulator() as emu, coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        config = tmp_path / "config.toml"
+        config.write_text(run_config(emu, redis_url, ACCOUNT, FAST_LEASE.replace(f"ttl = {TTL}", "ttl = 60")))
+        log = tmp_path / "a.log"
+        leader = await start(config, log)
+        try:
+            reply = await open_and_wait(client, "gs-1", "BTC/USDT:USDT", 55_000, timeout=60)
+            assert reply["status"] == "done", reply
+            leader.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await leader.wait()
+            assert code == 0, log.read_text()[-3000:]
+            assert await read_lease(client, ACCOUNT) is None, "released: a standby need not wait out the 60 s ttl"
+        finally:
+            if leader.returncode is None:
+                leader.kill()
