@@ -96,7 +96,8 @@ async def bench(rounds: int, ttl: float) -> None:
                     standby = await start(config, log)
                     processes.append(standby)
                     await wait_standing_by(client, standby.pid)
-                    leader = next(p for p in processes if p.pid == await leader_pid(client))
+                    holder = await leader_pid(client)
+                    leader = next(p for p in processes if p.pid == holder)
                     if how.startswith("SIGSTOP"):
                         leader.send_signal(signal.SIGSTOP)
                     else:
