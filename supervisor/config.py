@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "DemoConfig",
     "IntentsConfig",
+    "LeaseConfig",
     "LogConfig",
     "MetricsConfig",
     "RedisConfig",
@@ -158,6 +159,26 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     bind: str = "127.0.0.1"
 
 
+class LeaseConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One owner per account (`posguard.actors.store.lease`; README, "One owner per account")."""
+
+    ttl: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
+    """Seconds the lease lasts unrenewed: a dead leader's standby takes over after at most this."""
+    renew_every: Annotated[float, msgspec.Meta(gt=0, le=100)] = 2.0
+    """Seconds between renewals, on a task of their own."""
+    margin: Annotated[float, msgspec.Meta(ge=0, le=100)] = 3.0
+    """A venue action is sent only while the lease is ours for at least this many more seconds
+    (by the local clock, from the last renewal): time for the request to reach the venue."""
+
+    def __post_init__(self) -> None:
+        if self.margin >= self.ttl:
+            raise msgspec.ValidationError(f"lease.margin: {self.margin:g} must be below lease.ttl ({self.ttl:g})")
+        if self.renew_every >= self.ttl - self.margin:
+            raise msgspec.ValidationError(
+                f"lease.renew_every: {self.renew_every:g} must be below lease.ttl - lease.margin"
+                f" ({self.ttl - self.margin:g}), or the lease would be unusable between renewals")
+
+
 class DemoConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     positions: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
     symbols: Annotated[int, msgspec.Meta(ge=1, le=8)] = 5
@@ -181,6 +202,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     intents: IntentsConfig = IntentsConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    lease: LeaseConfig = LeaseConfig()
     demo: DemoConfig = DemoConfig()
 
     def actor_settings(self) -> ActorSettings:
@@ -193,7 +215,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 _MSGSPEC_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
-_FIELD_RULE = re.compile(r"^(?P<field>[a-z_]+): (?P<what>.*)$", re.DOTALL)
+_FIELD_RULE = re.compile(r"^(?P<field>[a-z_.]+): (?P<what>.*)$", re.DOTALL)
 """A settings struct's own cross-field rule (its ``__post_init__``) says ``field: why``."""
 
 

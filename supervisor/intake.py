@@ -35,6 +35,7 @@ from anyio.abc import TaskStatus
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import Ticket
 from posguard.actors.store.client import RedisClient, is_redis_failure
+from posguard.actors.store.lease import Fenced
 from posguard.actors.store.intent_stream import KEEP_ENTRIES, IntentGroupMissing, IntentStream, StreamEntry
 from posguard.supervisor.engine import Engine
 
@@ -157,8 +158,13 @@ class IntentIntake:
         max_age: float = DEFAULT_MAX_AGE,
         trim_interval: float = TRIM_INTERVAL,
         keep_entries: int = KEEP_ENTRIES,
+        stream: IntentStream | None = None,
+        take_over: bool = False,
     ) -> None:
-        self.stream = IntentStream(client, account)
+        self.stream = stream or IntentStream(client, account)
+        self.take_over = take_over
+        """The lease holder, the only reader of the stream: at start, take over at once every
+        entry other consumers left pending (they are processes that are gone) and delete them."""
         self.engine = engine
         self.consumer = consumer
         self.block_ms = block_ms
@@ -184,6 +190,8 @@ class IntentIntake:
         await self.stream.ensure_group()
         async with anyio.create_task_group() as tg:
             task_status.started()
+            if self.take_over:
+                await self._take_over(tg)
             tg.start_soon(self._reclaim_stalled, tg)
             tg.start_soon(self._trim_periodically)
             start = "0"  # first what this consumer had read but not acknowledged before a crash
@@ -220,6 +228,20 @@ class IntentIntake:
             # venue holds, rather than refusing them as "paused".
             log.warning("intents group created again; reading resumes after the audit")
             await self.engine.redis_lost_data(why)
+
+    async def _take_over(self, tg: anyio.abc.TaskGroup) -> None:
+        """Adopt what dead consumers left pending (XAUTOCLAIM with no idle time: only the lease
+        holder reads, so nobody else is working on them), then forget those consumers."""
+        while entries := await self.stream.reclaim(self.consumer, min_idle_ms=0, count=BATCH):
+            for entry in entries:
+                log.warning("intent entry %s was pending with a consumer that is gone; taking it over",
+                            entry.entry_id)
+                await self._take(tg, entry)
+            if len(entries) < BATCH:
+                break
+        gone = await self.stream.forget_consumers(self.consumer)
+        if gone:
+            log.warning("deleted consumers of processes that are gone: %s", ", ".join(gone))
 
     async def _reclaim_stalled(self, tg: anyio.abc.TaskGroup) -> None:
         """Take again entries left pending too long: read by a consumer that died (another
@@ -269,8 +291,8 @@ class IntentIntake:
         try:
             await self._handle(tg, entry)
         except Exception as exc:
-            if is_redis_failure(exc):
-                raise
+            if is_redis_failure(exc) or isinstance(exc, Fenced):
+                raise  # fenced: another process owns the account; this one exits, the entry stays pending
             await self._internal_error(entry, exc)
 
     async def _handle(self, tg: anyio.abc.TaskGroup, entry: StreamEntry) -> None:

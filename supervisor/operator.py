@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from datetime import UTC, datetime
 
 import anyio
@@ -20,11 +21,14 @@ from posguard.actors.store.client import open_redis, redact_url
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import Health, OperatorRequests
 from posguard.actors.store.intent_stream import IntentStream, StreamEntry
+from posguard.actors.store.lease import LeaseHolder, read_lease, read_standbys
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS, Position
-from posguard.streams.venue.protocol import Venue
 from posguard.supervisor.config import Config, redis_connection
 from posguard.supervisor.intake import BadIntent, parse_intent
+
+if TYPE_CHECKING:
+    from posguard.supervisor.audit import PlannedStep
 
 __all__ = ["ALIVE_WITHIN_MS", "EXIT_ADOPT_REFUSED", "Out", "audit", "events", "safe_mode_off", "status", "submit_and_follow"]
 
@@ -51,7 +55,15 @@ def _table(rows: list[list[str]], out: Out) -> None:
 
 
 def _alive(health: Health) -> bool:
+    """A heartbeat seen recently (what `open`/`close` warn by; the leader is judged by its lease)."""
     return time.time() * 1000 - (health.status.heartbeat_ms or 0) < ALIVE_WITHIN_MS
+
+
+def _holder_line(role: str, holder: LeaseHolder) -> str:
+    since = datetime.fromtimestamp(holder.since_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    left = f", lease {holder.ttl_ms / 1000:.1f}s left" if holder.ttl_ms is not None and holder.ttl_ms >= 0 else ""
+    token = f", token {holder.token}" if holder.token else ""
+    return f"{role}: pid {holder.pid} on {holder.host} since {since}{token}{left} ({holder.owner})"
 
 
 async def status(config: Config, out: Out = print) -> int:
@@ -59,6 +71,8 @@ async def status(config: Config, out: Out = print) -> int:
         console = OperatorConsole(client, config.account.name)
         scan = await console.records()
         health = await console.health()
+        leader = await read_lease(client, config.account.name)
+        standbys = await read_standbys(client, config.account.name)
     records = scan.usable
     now = datetime.now(UTC)
     out(f"account {config.account.name}: {len(records)} position records "
@@ -77,6 +91,9 @@ async def status(config: Config, out: Out = print) -> int:
     process = "alive" if _alive(health) else "not seen in the last 5 s"
     status = health.status
     out(f"posguard run: {process}" + (f" (pid {status.pid})" if status.pid else ""))
+    out(_holder_line("leader", leader) if leader else "leader: none (no process holds the lease)")
+    for standby in standbys:
+        out(_holder_line("standby", standby))
     out(_venue_line(status.venue))
     for topic in TOPICS:
         stream = health.stream(topic)
@@ -100,61 +117,82 @@ def _venue_line(venue: str | None) -> str:
 
 async def audit(config: Config, credentials: ApiCredentials | None, *, dry_run: bool, adopt: bool = False,
                 out: Out = print) -> int:
-    """Reconcile now: through the running posguard if one is alive, else here.
+    """Reconcile now: through the running posguard if one holds the lease, else here, holding
+    the lease for the run (writes fenced like the service's, venue actions margin-checked).
 
     Here, the plan (`plan_audit`) is computed and printed before anything acts, so a close of
     an adopted position is on stdout before it reaches the venue. If the venue holds positions
     and Redis has a hash for none of them (`foreign_positions`: the wrong database), it
-    refuses without ``adopt``: nothing sent, nothing written, exit `EXIT_ADOPT_REFUSED`."""
+    refuses without ``adopt``: nothing sent, nothing written (not even a lease), exit
+    `EXIT_ADOPT_REFUSED`. The look that decides it only reads, so it goes before the lease."""
+    from posguard.actors.store.lease import Lease
+    from posguard.actors.store.positions import RedisStore
+    from posguard.supervisor.audit import Auditor, foreign_positions, plan_audit
+    from posguard.supervisor.leased_venue import LeasedVenue
     from posguard.supervisor.service import open_venue
 
     async with open_redis(redis_connection(config)) as client:
         console = OperatorConsole(client, config.account.name)
-        health = await console.health()
-        if not dry_run and _alive(health):
-            out(f"asking the running posguard (pid {health.status.pid or '?'}) to audit now ...")
-            return await _audit_by_the_running_process(console, out)
-        from posguard.actors.store.positions import RedisStore
-
-        store = RedisStore(client, config.account.name)
-        async with open_venue(config, credentials) as opened:
-            return await _audit_with(config, opened, store, dry_run=dry_run, adopt=adopt, out=out)
-
-
-async def _audit_with(config: Config, venue: Venue, store, *, dry_run: bool, adopt: bool, out: Out) -> int:  # noqa: ANN001
-    from posguard.supervisor.audit import Auditor, foreign_positions, plan_audit
-
-    rules = await venue.load_markets()
-    snapshot = await Auditor(venue, store, _no_actor, lambda _symbol: False).assess()
-    foreign = foreign_positions(snapshot)
-    if foreign and not adopt:
-        _say_foreign(config, foreign, out, dry_run=dry_run)
-        if not dry_run:
-            return EXIT_ADOPT_REFUSED
-    prices = {}
-    for f in snapshot.findings:
-        if f.kind == "orphan" and f.position is not None and f.position.symbol not in prices:
-            prices[f.position.symbol] = await venue.fetch_price(f.position.symbol)
-    steps = plan_audit(snapshot.findings, orphan_stop_distance=config.actor_settings().protection.orphan_stop_distance,
-                       prices=prices, rules=rules)
-    if steps:
-        out(f"audit plan{' (dry run: nothing is done)' if dry_run else ''}:")
-        _table([["SYMBOL", "KIND", "SEEN", "WILL" if not dry_run else "WOULD"]]
-               + [[s.symbol, s.kind, s.seen, s.will] for s in steps], out)
-        for step in steps:
-            if step.closes:
-                out(f"{'would close' if dry_run else 'CLOSING'} {step.symbol}: {step.will}")
-    if dry_run:
-        report = await Auditor(venue, store, _no_actor, lambda _symbol: False).run(dry_run=True)
-    else:
-        out("no running posguard seen: running one audit here")
-        report = await _audit_here(config, venue, store)
+        # The leader is judged by its lease, not by a heartbeat's age (a long audit may delay one).
+        if not dry_run and (leader := await read_lease(client, config.account.name)) is not None:
+            return await _ask_the_leader(leader, console, out)
+        unfenced = RedisStore(client, config.account.name)
+        async with open_venue(config, credentials) as venue:
+            rules = await venue.load_markets()
+            snapshot = await Auditor(venue, unfenced, _no_actor, lambda _symbol: False).assess()
+            foreign = foreign_positions(snapshot)
+            if foreign and not adopt:
+                _say_foreign(config, foreign, out, dry_run=dry_run)
+                if not dry_run:
+                    return EXIT_ADOPT_REFUSED
+            prices = {}
+            for f in snapshot.findings:
+                if f.kind == "orphan" and f.position is not None and f.position.symbol not in prices:
+                    prices[f.position.symbol] = await venue.fetch_price(f.position.symbol)
+            steps = plan_audit(snapshot.findings,
+                               orphan_stop_distance=config.actor_settings().protection.orphan_stop_distance,
+                               prices=prices, rules=rules)
+            if dry_run:
+                _say_plan(steps, out, dry_run=True)
+                report = await Auditor(venue, unfenced, _no_actor, lambda _symbol: False).run(dry_run=True)
+            else:
+                lease = Lease(client, config.account.name, ttl=config.lease.ttl)
+                if not await lease.acquire():  # a posguard run took it since we looked
+                    return await _ask_the_leader(await read_lease(client, config.account.name), console, out)
+                out("no running posguard holds the lease: holding it for one audit here")
+                _say_plan(steps, out, dry_run=False)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(lambda: lease.keep(renew_every=config.lease.renew_every))
+                        report = await _audit_here(config, LeasedVenue(venue, lease, margin=config.lease.margin),
+                                                   RedisStore(client, config.account.name, lease.fence))
+                        tg.cancel_scope.cancel()
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await lease.release()
     out(f"audit{' (dry run)' if dry_run else ''}: {report.positions} venue positions, {report.records} records,"
         f" {len(report.findings)} findings")
     if report.findings:
         _table([["SYMBOL", "KIND", "SEEN", "ACTION"]]
                + [[f.symbol, f.kind, f.seen, f.action] for f in report.findings], out)
     return EXIT_OK
+
+
+async def _ask_the_leader(leader: LeaseHolder | None, console: OperatorConsole, out: Out) -> int:
+    out(f"asking the running posguard (pid {leader.pid if leader else '?'}) to audit now ...")
+    return await _audit_by_the_running_process(console, out)
+
+
+def _say_plan(steps: list[PlannedStep], out: Out, *, dry_run: bool) -> None:
+    """The plan, before anything acts: one row per finding, and a line of its own for each close."""
+    if not steps:
+        return
+    out(f"audit plan{' (dry run: nothing is done)' if dry_run else ''}:")
+    _table([["SYMBOL", "KIND", "SEEN", "WOULD" if dry_run else "WILL"]]
+           + [[s.symbol, s.kind, s.seen, s.will] for s in steps], out)
+    for step in steps:
+        if step.closes:
+            out(f"{'would close' if dry_run else 'CLOSING'} {step.symbol}: {step.will}")
 
 
 def _say_foreign(config: Config, positions: list[Position], out: Out, *, dry_run: bool) -> None:

@@ -123,7 +123,26 @@ class RedisWatchdog:
 
     async def run(self) -> None:
         """Pause entries while Redis does not answer or refuses writes; audit and resume when
-        it does. Also picks up an operator's 'safe-mode off' and 'audit' from the health hash."""
+        it does. Also picks up an operator's 'safe-mode off' and 'audit' from the health hash.
+        The heartbeat has a task of its own: an audit run from a tick (an operator's request,
+        a recovery) may take long, and must not make the process look dead meanwhile."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._beat)
+            await self._watch()
+
+    async def _beat(self) -> None:
+        """Write the heartbeat every ``redis_check_interval`` seconds, whatever else is busy."""
+        while True:
+            heartbeat = HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid(),
+                                     venue=self.venue_label or None)
+            try:
+                await call_within_loop_time(self.timeout, lambda: self.store.publish_status(heartbeat))
+                self._heartbeat_written = True
+            except Exception as exc:  # noqa: BLE001 - the tick loop judges Redis; this only beats
+                log.debug("heartbeat not written (%s)", exc)
+            await anyio.sleep(self.settings.redis_check_interval)
+
+    async def _watch(self) -> None:
         while True:
             await anyio.sleep(self.settings.redis_check_interval)
             self.metrics.refresh(self.board, self.gate.safe_mode)
@@ -142,10 +161,9 @@ class RedisWatchdog:
         health = await call_within_loop_time(self.timeout, self.store.read_health)
         if self._heartbeat_written and health.status.heartbeat_ms is None:
             self.data_lost("the health hash, with this process's heartbeat, is gone")
-        heartbeat = HealthStatus(heartbeat_ms=int(time.time() * 1000), pid=os.getpid(),
-                                 venue=self.venue_label or None)
-        await call_within_loop_time(self.timeout, lambda: self.store.publish_status(heartbeat))
-        self._heartbeat_written = True
+        # A write too, timed like the read: Redis refusing writes (OOM, READONLY) pauses entries.
+        await call_within_loop_time(self.timeout, lambda: self.store.publish_status(
+            HealthStatus(pid=os.getpid(), venue=self.venue_label or None)))
         if UNREACHABLE in self.gate.paused or DATA_LOST in self.gate.paused:
             await self._recover()
         if self.gate.lifted_by(health.requests):

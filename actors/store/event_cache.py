@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coredis.tokens import PureToken
-
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.health import StreamHealth, encode_fields
 from posguard.actors.store.keys import Keys
+from posguard.actors.store.lease import Fence
 from posguard.streams.venue.events import Execution, Heartbeat, Order, Position, StreamStatus, VenueEvent, encode_event
 
 __all__ = ["RedisEventCache"]
@@ -30,15 +29,17 @@ def _num(value: float | None) -> str:
 
 
 class RedisEventCache:
-    def __init__(self, client: RedisClient, account: str) -> None:
+    def __init__(self, client: RedisClient, account: str, fence: Fence | None = None) -> None:
         self.client = client
         self.keys = Keys(account)
+        self.fence = fence or Fence(account)
+        """A stale process must not overwrite the leader's view of the venue: fenced too."""
         self.round_trips = 0
 
     async def write(self, batch: Sequence[VenueEvent]) -> None:
         keys = self.keys
         last_heard: dict[str, int] = {}
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self.fence.batch(self.client) as pipe:
             for event in batch:
                 last_heard[_TOPIC_OF.get(type(event)) or event.topic] = event.ts_ms  # type: ignore[union-attr]
                 match event:
@@ -87,9 +88,7 @@ class RedisEventCache:
                 pipe.xadd(
                     keys.events,
                     {"type": type(event).__name__.lower(), "symbol": symbol, "data": encode_event(event).decode()},
-                    trim_strategy=PureToken.MAXLEN,
-                    trim_operator=PureToken.APPROXIMATELY,
-                    threshold=EVENTS_MAXLEN,
+                    maxlen=EVENTS_MAXLEN,
                 )
             if last_heard:
                 pipe.hset(keys.health, {

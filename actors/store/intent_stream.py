@@ -25,6 +25,7 @@ from coredis.tokens import PureToken
 
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.keys import Keys
+from posguard.actors.store.lease import Fence
 
 __all__ = ["GROUP", "KEEP_ENTRIES", "IntentGroupMissing", "IntentStream", "StreamEntry"]
 
@@ -103,9 +104,11 @@ async def _unparsed(request: CommandRequest[Any]) -> Any:
 
 
 class IntentStream:
-    def __init__(self, client: RedisClient, account: str) -> None:
+    def __init__(self, client: RedisClient, account: str, fence: Fence | None = None) -> None:
         self.client = client
         self.keys = Keys(account)
+        self.fence = fence or Fence(account)
+        """Acknowledgements are fenced: a stale process must not ack an entry it never wrote ahead."""
 
     async def ensure_group(self) -> bool:
         """Create the stream and its consumer group if either is missing, reading from the
@@ -133,7 +136,21 @@ class IntentStream:
         return _entries(entries)
 
     async def ack(self, entry_id: str) -> None:
-        await self.client.xack(self.keys.intents, GROUP, [entry_id])
+        async with self.fence.batch(self.client) as pipe:
+            pipe.xack(self.keys.intents, GROUP, [entry_id])
+
+    async def forget_consumers(self, alive: str) -> list[str]:
+        """Delete every consumer of the group but ``alive`` that holds nothing pending: only the
+        lease holder reads the stream, so any other consumer is a process that is gone (its
+        pending entries are reclaimed first, `reclaim`). Returns the names deleted."""
+        gone = []
+        with _group_gone_is_missing(self.keys.intents):
+            for consumer in await self.client.xinfo_consumers(self.keys.intents, GROUP):
+                name = str(consumer.get("name"))
+                if name != alive and not int(consumer.get("pending") or 0):
+                    await self.client.xgroup_delconsumer(self.keys.intents, GROUP, name)
+                    gone.append(name)
+        return gone
 
     async def trim(self, *, keep: int = KEEP_ENTRIES) -> int:
         """Drop handled entries beyond the newest ``keep``; returns how many went.

@@ -72,6 +72,23 @@ class Keys(msgspec.Struct, frozen=True):
         return f"{self.prefix}:alerts"
 
     @property
+    def lease(self) -> str:
+        """String (JSON, expires after ``lease.ttl``): the process that owns the account now:
+        owner (host-pid-nonce), host, pid, since_ms and its fencing token (`store.lease`)."""
+        return f"{self.prefix}:lease"
+
+    @property
+    def epoch(self) -> str:
+        """String (integer): the latest fencing token; a write whose token differs is refused."""
+        return f"{self.prefix}:epoch"
+
+    @property
+    def standbys(self) -> str:
+        """Sorted set: processes waiting for the lease (JSON members, scored by the ms their
+        presence expires); each writes only its own member."""
+        return f"{self.prefix}:standbys"
+
+    @property
     def audit(self) -> str:
         """Stream: every audit finding, what was seen and what was done."""
         return f"{self.prefix}:audit"

@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-import coredis
 import coredis.exceptions
 import msgspec
-from coredis.patterns.pipeline import ClusterPipeline, Pipeline
-from coredis.tokens import PureToken
 
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
@@ -22,6 +19,7 @@ from posguard.actors.records import RETIRED_FIELDS, BadRecord, PositionRecord, R
 from posguard.actors.store.client import RedisClient
 from posguard.actors.store.health import Health, HealthStatus, StreamHealth, decode_health, encode_fields
 from posguard.actors.store.keys import Keys
+from posguard.actors.store.lease import Fence, FencedBatch
 
 __all__ = [
     "INTENT_TTL_SECONDS", "JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordScan", "RedisStore", "Store", "decode_hash",
@@ -33,10 +31,6 @@ REPLY_TTL_SECONDS = 86_400
 INTENT_TTL_SECONDS = 7 * 86_400
 """An intent record lives a week after its last change: that long, its id is recognised as
 already handled (a duplicate); after that the id may be used again (README, "Intents")."""
-
-
-_Pipeline = Pipeline[str] | ClusterPipeline[str]
-"""A MULTI of one account's keys, on a single server or on the cluster node of its slot."""
 
 
 class RecordScan(msgspec.Struct, kw_only=True):
@@ -109,9 +103,11 @@ class Store(Protocol):
 
 
 class RedisStore:
-    def __init__(self, client: RedisClient, account: str) -> None:
+    def __init__(self, client: RedisClient, account: str, fence: Fence | None = None) -> None:
         self.client = client
         self.keys = Keys(account)
+        self.fence = fence or Fence(account)
+        """Every write goes through it (`store.lease.fenced_write`); unfenced without a lease."""
 
     async def load_record(self, symbol: str) -> PositionRecord | None:
         try:
@@ -124,7 +120,7 @@ class RedisStore:
         record.updated_at = utc_now()
         if not record.created_at:
             record.created_at = record.updated_at
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.fence.batch(self.client) as pipe:
             pipe.hset(self.keys.position(record.symbol), record.to_fields())
             pipe.hdel(self.keys.position(record.symbol), RETIRED_FIELDS)
             pipe.sadd(self.keys.positions, [record.symbol])
@@ -133,10 +129,10 @@ class RedisStore:
                 self._intent(pipe, reply)
 
     async def append_journal(self, record: PositionRecord, note: str = "") -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.fence.batch(self.client) as pipe:
             self._journal(pipe, record, note)
 
-    def _journal(self, pipe: _Pipeline, record: PositionRecord, note: str) -> None:
+    def _journal(self, pipe: FencedBatch, record: PositionRecord, note: str) -> None:
         entry = {
             "symbol": record.symbol,
             "state": str(record.state),
@@ -146,13 +142,7 @@ class RedisStore:
             "stop_price": str(record.stop_price),
             "note": note or record.reason,
         }
-        pipe.xadd(
-            self.keys.journal,
-            entry,
-            trim_strategy=PureToken.MAXLEN,
-            trim_operator=PureToken.APPROXIMATELY,
-            threshold=JOURNAL_MAXLEN,
-        )
+        pipe.xadd(self.keys.journal, entry, maxlen=JOURNAL_MAXLEN)
 
     async def list_records(self) -> list[PositionRecord]:
         return (await self.read_records()).usable
@@ -166,10 +156,10 @@ class RedisStore:
 
     async def save_intent(self, intent: IntentRecord) -> None:
         """Write the intent's record and push the change to its reply list, atomically."""
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.fence.batch(self.client) as pipe:
             self._intent(pipe, intent)
 
-    def _intent(self, pipe: _Pipeline, intent: IntentRecord) -> None:
+    def _intent(self, pipe: FencedBatch, intent: IntentRecord) -> None:
         intent.updated_at = utc_now()
         reply_key = self.keys.reply(intent.intent_id)
         intent_key = self.keys.intent(intent.intent_id)
@@ -189,44 +179,33 @@ class RedisStore:
     async def push_reply(self, reply: IntentRecord) -> None:
         reply.updated_at = utc_now()
         reply_key = self.keys.reply(reply.intent_id)
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.fence.batch(self.client) as pipe:
             pipe.rpush(reply_key, [msgspec.json.encode(reply).decode()])
             pipe.expire(reply_key, REPLY_TTL_SECONDS)
 
     async def append_alert(self, symbol: str, message: str) -> None:
-        await self.client.xadd(
-            self.keys.alerts,
-            {"symbol": symbol, "message": message, "at": utc_now()},
-            trim_strategy=PureToken.MAXLEN,
-            trim_operator=PureToken.APPROXIMATELY,
-            threshold=100_000,
-        )
+        async with self.fence.batch(self.client) as pipe:
+            pipe.xadd(self.keys.alerts, {"symbol": symbol, "message": message, "at": utc_now()}, maxlen=100_000)
 
     async def append_audit(self, finding: Finding, *, dry_run: bool = False) -> None:
-        await self.client.xadd(
-            self.keys.audit,
-            {
+        async with self.fence.batch(self.client) as pipe:
+            pipe.xadd(self.keys.audit, {
                 "symbol": finding.symbol,
                 "kind": finding.kind,
                 "seen": finding.seen,
                 "action": finding.action,
                 "dry_run": "yes" if dry_run else "no",
                 "at": utc_now(),
-            },
-            trim_strategy=PureToken.MAXLEN,
-            trim_operator=PureToken.APPROXIMATELY,
-            threshold=100_000,
-        )
+            }, maxlen=100_000)
 
     async def publish_status(self, status: HealthStatus) -> None:
-        fields = encode_fields(status)
-        if fields:
-            await self.client.hset(self.keys.health, fields)
+        async with self.fence.batch(self.client) as pipe:
+            pipe.hset(self.keys.health, encode_fields(status))
 
     async def publish_streams(self, streams: dict[str, StreamHealth]) -> None:
         fields = {k: v for topic, stream in streams.items() for k, v in encode_fields(stream, topic=topic).items()}
-        if fields:
-            await self.client.hset(self.keys.health, fields)
+        async with self.fence.batch(self.client) as pipe:
+            pipe.hset(self.keys.health, fields)
 
     async def read_health(self) -> Health:
         return decode_health(dict(await self.client.hgetall(self.keys.health)))

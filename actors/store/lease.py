@@ -1,0 +1,369 @@
+"""One owner per account: the lease, its fencing token, and the one fenced write path.
+
+The design is Kleppmann's ("How to do distributed locking", 2016: a lock service hands out a
+monotonically increasing *fencing token* with each grant, and the storage refuses a write that
+carries an older token), not Redlock: a lease alone cannot stop a process that was paused (GC,
+SIGSTOP, a frozen VM) past its ttl from writing when it wakes; the token check in Redis can.
+
+Keys (all in the account's hash tag, so one Redis Cluster slot; `Keys` names them):
+
+* ``posguard:{acct}:lease`` (string, JSON, expires after ``lease.ttl``): who holds the lease:
+  ``{"owner": "host-pid-nonce", "host": ..., "pid": ..., "since_ms": ..., "token": "N"}``;
+* ``posguard:{acct}:epoch`` (string, integer): the latest fencing token handed out. Acquiring
+  is one script: ``SET lease NX PX ttl`` and, when set, ``INCR epoch``. If the epoch key is
+  missing (Redis lost its data) it starts again from Redis' clock in ms, so a token handed out
+  after a loss is larger than any handed out before it (ms since 1970 outgrow any count of
+  acquisitions) and a process paused across the loss cannot match it.
+
+Every write of the running service (records, journal, intents and replies, alerts, audit
+findings, the health hash's status, the venue event cache, intent acknowledgements) goes
+through `FencedBatch`, executed by `fenced_write`: one Lua script that compares the epoch with
+this process's token and, only if equal, runs the batch. Scripts are atomic, so nothing can
+slip between the check and the write. A refusal raises `Fenced` and marks the `Fence` lost:
+the service stops all venue action and exits with code 5 (README, "One owner per account").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import coredis.exceptions
+import msgspec
+from coredis.tokens import PureToken
+
+from posguard.actors.store.client import RedisClient
+from posguard.actors.store.keys import Keys
+
+__all__ = [
+    "Fence", "Fenced", "FencedBatch", "Lease", "LeaseHolder", "LeaseLost", "Standby", "fenced_write", "owner_id",
+    "read_lease", "read_standbys",
+]
+
+log = logging.getLogger("posguard.lease")
+
+
+class Fenced(Exception):
+    """Redis refused a write: the account's epoch is no longer this process's fencing token, so
+    another process holds (or held) the lease since. Nothing of the refused batch was written.
+    The process must stop all venue action and exit (code 5); the current leader carries on."""
+
+
+class LeaseLost(Exception):
+    """The lease could not be renewed before it expired (another process took it, or Redis did
+    not answer for a whole ttl): stop all venue action and exit (code 5)."""
+
+
+def owner_id() -> str:
+    """This process's name as a lease owner and intents consumer: host, pid and a random nonce
+    (a pid is reused after a restart, a nonce is not)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class LeaseHolder(msgspec.Struct, frozen=True, kw_only=True):
+    """The lease key's value, as ``redis-cli GET 'posguard:{acct}:lease'`` shows it."""
+
+    owner: str
+    host: str
+    pid: int
+    since_ms: int
+    token: str = ""
+    ttl_ms: int | None = None
+    """Left of the lease when read (PTTL); not stored."""
+
+
+class Fence:
+    """This process's fencing token for one account, shared by every store object that writes.
+
+    ``token`` empty means unfenced: the demo and tests that build a store without a lease; the
+    writes still go through `fenced_write`, which then skips the check."""
+
+    def __init__(self, account: str, token: str = "") -> None:
+        self.keys = Keys(account)
+        self.token = token
+        self.lost = anyio.Event()
+        self.why = ""
+
+    def refuse(self, why: str) -> None:
+        """Mark the fence lost (first reason kept): `LeasedVenue` refuses from now on and the
+        service's lease task ends the process."""
+        if not self.lost.is_set():
+            self.why = why
+            log.critical("fenced: %s; no further venue action, exiting", why)
+            self.lost.set()
+
+    @property
+    def is_lost(self) -> bool:
+        return self.lost.is_set()
+
+    def batch(self, client: RedisClient) -> FencedBatch:
+        return FencedBatch(client, self)
+
+
+_FENCED_WRITE = """
+local epoch = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' and epoch ~= ARGV[1] then
+  return redis.error_reply('FENCED epoch is ' .. tostring(epoch) .. ', our token ' .. ARGV[1])
+end
+local i = 2
+while i <= #ARGV do
+  local args = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
+  local n = tonumber(ARGV[i + 2])
+  for j = i + 3, i + 2 + n do args[#args + 1] = ARGV[j] end
+  redis.call(unpack(args))
+  i = i + 3 + n
+end
+return 1
+"""
+
+
+class FencedBatch:
+    """Writes collected like a MULTI (the subset of pipeline calls the store uses), sent as one
+    fenced script by `fenced_write` when the ``async with`` block ends without an error."""
+
+    def __init__(self, client: RedisClient, fence: Fence) -> None:
+        self.client = client
+        self.fence = fence
+        self.ops: list[tuple[str, str, list[str]]] = []
+
+    def _op(self, command: str, key: str, args: Iterable[Any]) -> None:
+        if not key.startswith(self.fence.keys.prefix + ":"):
+            raise ValueError(f"{key} is not a key of account {self.fence.keys.account}: a fenced write covers only"
+                             " the account's own hash-tag slot")
+        self.ops.append((command, key, [str(a) for a in args]))
+
+    def hset(self, key: str, mapping: Mapping[str, Any]) -> None:
+        if mapping:
+            self._op("HSET", key, [x for k, v in mapping.items() for x in (k, v)])
+
+    def hdel(self, key: str, fields: Iterable[str]) -> None:
+        fields = list(fields)
+        if fields:
+            self._op("HDEL", key, fields)
+
+    def sadd(self, key: str, members: Iterable[str]) -> None:
+        self._op("SADD", key, members)
+
+    def rpush(self, key: str, values: Iterable[str]) -> None:
+        self._op("RPUSH", key, values)
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._op("EXPIRE", key, [seconds])
+
+    def xadd(self, key: str, fields: Mapping[str, Any], *, maxlen: int | None = None) -> None:
+        trim = ["MAXLEN", "~", maxlen] if maxlen is not None else []
+        self._op("XADD", key, [*trim, "*", *(x for k, v in fields.items() for x in (k, v))])
+
+    def xack(self, key: str, group: str, entry_ids: Iterable[str]) -> None:
+        self._op("XACK", key, [group, *entry_ids])
+
+    async def __aenter__(self) -> FencedBatch:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if kind is None and self.ops:
+            await fenced_write(self.client, self.fence, self.ops)
+
+
+async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, str, list[str]]]) -> None:
+    """The one place that decides whether this process may still write: the epoch equals our
+    token (checked in the same script that writes, so atomically), or the fence is unfenced.
+    A refusal writes nothing, marks the fence lost and raises `Fenced`."""
+    if fence.is_lost:
+        raise Fenced(fence.why)
+    keys = [fence.keys.epoch]
+    argv: list[str] = [fence.token]
+    for command, key, args in ops:
+        if key not in keys:
+            keys.append(key)
+        argv += [command, str(keys.index(key) + 1), str(len(args)), *args]
+    try:
+        await client.eval(_FENCED_WRITE, keys, argv)
+    except coredis.exceptions.ResponseError as exc:
+        if "FENCED" not in str(exc):
+            raise
+        fence.refuse(f"Redis refused a write: {exc}")
+        raise Fenced(fence.why) from None
+
+
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+end
+local token = string.format('%d', redis.call('INCR', KEYS[2]))
+local value = ARGV[1] .. token .. '"}'
+redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2])
+return value
+"""
+_RENEW = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if current == false and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Lease:
+    """One account's lease as held (or sought) by this process.
+
+    ``expires_at`` is local (``time.monotonic``): the moment the lease runs out as far as this
+    process can be sure, counted from *before* the last successful renew was sent, so it is
+    never later than Redis' own expiry. `holds` with a margin is what a venue action asks."""
+
+    def __init__(self, client: RedisClient, account: str, *, ttl: float, owner: str | None = None) -> None:
+        self.client = client
+        self.keys = Keys(account)
+        self.ttl = ttl
+        self.owner = owner or owner_id()
+        self.value = ""
+        self.fence = Fence(account)
+        self.expires_at = 0.0
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.ttl * 1000)
+
+    async def acquire(self) -> bool:
+        """Take the lease if it is free; True if taken (then ``fence.token`` is the new token)."""
+        host, pid = socket.gethostname(), os.getpid()
+        head = json.dumps({"owner": self.owner, "host": host, "pid": pid, "since_ms": int(time.time() * 1000)})
+        sent = time.monotonic()
+        value = await self.client.eval(_ACQUIRE, [self.keys.lease, self.keys.epoch],
+                                       [head[:-1] + ', "token": "', self._ttl_ms])
+        if not value:
+            return False
+        self.value = str(value)
+        self.fence = Fence(self.keys.account, msgspec.json.decode(self.value, type=LeaseHolder).token)
+        self.expires_at = sent + self.ttl
+        log.warning("lease of account %s taken by %s (fencing token %s)", self.keys.account, self.owner,
+                    self.fence.token)
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease if it is still ours (compare-and-PEXPIRE); a lease that merely
+        expired while nobody else took it (the epoch still ours) is taken back. False: lost."""
+        sent = time.monotonic()
+        kept = await self.client.eval(_RENEW, [self.keys.lease, self.keys.epoch],
+                                      [self.value, self._ttl_ms, self.fence.token])
+        if kept:
+            self.expires_at = sent + self.ttl
+        return bool(kept)
+
+    async def take_from_dead_holder(self) -> bool:
+        """Take the lease at once from a holder on this host whose process is gone (a restart
+        after a crash or SIGKILL need not wait out the ttl): its value is deleted only if it is
+        still exactly that holder's (compare-and-delete), then acquired with a new token, so
+        anything the dead process had in flight is fenced. A holder on another host, or a pid
+        that is alive (even if stopped: SIGSTOP), is waited for."""
+        value = await self.client.get(self.keys.lease)
+        if not value:
+            return await self.acquire()
+        holder = msgspec.json.decode(value, type=LeaseHolder)
+        if holder.host != socket.gethostname() or not _process_gone(holder.pid) or holder.pid == os.getpid():
+            return False
+        log.warning("the lease of account %s is held by pid %d on this host, which is gone: taking it over",
+                    self.keys.account, holder.pid)
+        await self.client.eval(_RELEASE, [self.keys.lease], [value])
+        return await self.acquire()
+
+    async def release(self) -> None:
+        """Give the lease up (compare-and-delete): a standby takes over at once, not after a ttl."""
+        if self.value:
+            await self.client.eval(_RELEASE, [self.keys.lease], [self.value])
+
+    def holds(self, margin: float) -> bool:
+        """Whether the lease is surely ours for ``margin`` more seconds (and not fenced)."""
+        return not self.fence.is_lost and time.monotonic() < self.expires_at - margin
+
+    async def keep(self, *, renew_every: float) -> None:
+        """Renew every ``renew_every`` seconds on its own task (audits and busy work never
+        delay it). Raises `LeaseLost` when another process holds the lease or none could be
+        renewed before it ran out, and `Fenced` when a write was refused meanwhile."""
+        while True:
+            with anyio.move_on_after(renew_every):
+                await self.fence.lost.wait()
+            if self.fence.is_lost:
+                raise Fenced(self.fence.why)
+            try:
+                with anyio.fail_after(max(0.1, self.expires_at - time.monotonic())):
+                    if not await self.renew():
+                        self.fence.refuse("the lease is held by another process now")
+                        raise LeaseLost(self.fence.why)
+            except TimeoutError:
+                self.fence.refuse(f"the lease could not be renewed within its ttl ({self.ttl:g} s)")
+                raise LeaseLost(self.fence.why) from None
+            except (coredis.exceptions.RedisError, OSError) as exc:
+                if time.monotonic() >= self.expires_at:
+                    self.fence.refuse(f"the lease ran out while Redis did not answer ({exc})")
+                    raise LeaseLost(self.fence.why) from None
+                log.warning("renewing the lease failed (%s); retrying, %.1f s left", exc,
+                            self.expires_at - time.monotonic())
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no live process has this pid (a zombie, killed and not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+class Standby:
+    """A process waiting for the lease: it writes its own presence (a member of the
+    ``standbys`` sorted set, scored by when it expires) and nothing else."""
+
+    def __init__(self, client: RedisClient, account: str, owner: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+        self.member = json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                                  "since_ms": int(time.time() * 1000)})
+
+    async def announce(self, ttl: float) -> None:
+        await self.client.zadd(self.keys.standbys, {self.member: int((time.time() + ttl) * 1000)})
+
+    async def withdraw(self) -> None:
+        await self.client.zrem(self.keys.standbys, [self.member])
+
+
+async def read_lease(client: RedisClient, account: str) -> LeaseHolder | None:
+    """Who holds the account's lease now, with what is left of it; None when nobody does."""
+    keys = Keys(account)
+    value = await client.get(keys.lease)
+    if not value:
+        return None
+    holder = msgspec.json.decode(value, type=LeaseHolder)
+    return msgspec.structs.replace(holder, ttl_ms=await client.pttl(keys.lease))
+
+
+async def read_standbys(client: RedisClient, account: str) -> list[LeaseHolder]:
+    """Standbys whose presence has not expired."""
+    now_ms = int(time.time() * 1000)
+    members = await client.zrange(Keys(account).standbys, now_ms, "+inf", sortby=PureToken.BYSCORE)
+    return [msgspec.json.decode(m, type=LeaseHolder) for m in members]

@@ -1,0 +1,178 @@
+"""The account lease and its fencing token (issue 15), against this suite's real redis-server.
+
+Kleppmann's rule is what is checked: a writer whose token is no longer the account's epoch is
+refused by Redis itself, atomically with the write (nothing of the batch lands), and the venue
+wrapper refuses actions without the lease and its margin (nothing reaches the venue: the
+simulated venue's own ground truth says so).
+"""
+
+from __future__ import annotations
+
+import coredis
+import pytest
+
+from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.keys import Keys
+from posguard.actors.store.lease import Fenced, Lease, read_lease
+from posguard.actors.store.positions import RedisStore
+from posguard.streams.simulated import FakeVenue
+from posguard.streams.venue.errors import NotPlaced
+from posguard.streams.venue.protocol import OrderRequest
+from posguard.supervisor.leased_venue import LeasedVenue, LeaseNotHeld
+
+pytestmark = pytest.mark.asyncio_backend
+
+ACCOUNT = "lease"
+KEYS = Keys(ACCOUNT)
+
+
+def record(symbol: str = "BTC/USDT:USDT") -> PositionRecord:
+    return PositionRecord(symbol=symbol, state=State.SUBMITTING, side="buy", qty=0.01,
+                          intent_id="i-1", client_order_id="pg-i-1", stop_price=50_000.0)
+
+
+async def test_acquire_renew_release(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        first, second = Lease(client, ACCOUNT, ttl=10), Lease(client, ACCOUNT, ttl=10)
+        assert await first.acquire()
+        assert not await second.acquire(), "a held lease is not taken twice"
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == first.owner and holder.token == first.fence.token
+        assert await client.get(KEYS.epoch) == first.fence.token
+        assert await first.renew()
+        assert not await second.renew(), "renewing a lease one does not hold fails"
+        await second.release()
+        assert await read_lease(client, ACCOUNT) is not None, "release by a non-holder deletes nothing"
+        await first.release()
+        assert await read_lease(client, ACCOUNT) is None
+        assert await second.acquire()
+        assert int(second.fence.token) == int(first.fence.token) + 1, "each acquisition takes a new token"
+
+
+async def test_a_stale_token_is_refused_atomically(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        old = Lease(client, ACCOUNT, ttl=1)
+        assert await old.acquire()
+        store = RedisStore(client, ACCOUNT, old.fence)
+        await store.save_record(record("ETH/USDT:USDT"))  # while it holds the lease: written
+        assert await client.exists([KEYS.position("ETH/USDT:USDT")]) == 1
+        await client.delete([KEYS.lease])  # its lease ran out (as after a pause past the ttl) ...
+        new = Lease(client, ACCOUNT, ttl=10)
+        assert await new.acquire()  # ... and another process took it
+        journal_before = await client.xlen(KEYS.journal)
+        with pytest.raises(Fenced):
+            await store.save_record(record())
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 0, "the refused record is not written"
+        assert await client.xlen(KEYS.journal) == journal_before, "nor its journal entry"
+        assert await client.sismember(KEYS.positions, "BTC/USDT:USDT") is False
+        assert old.fence.is_lost and not old.holds(0)
+        with pytest.raises(Fenced):  # every later write too, without asking Redis
+            await store.append_alert("*", "x")
+        assert not await old.renew(), "the old holder cannot renew the new holder's lease"
+        # The new holder writes.
+        await RedisStore(client, ACCOUNT, new.fence).save_record(record())
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 1
+
+
+async def test_the_margin_check_refuses_a_venue_action_and_nothing_reaches_the_venue(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client, FakeVenue(seed=1) as fake:
+        lease = Lease(client, ACCOUNT, ttl=5)
+        assert await lease.acquire()
+        venue = LeasedVenue(fake, lease, margin=5)  # a margin the whole ttl: never enough left
+        request = OrderRequest(symbol="BTC/USDT:USDT", side="buy", qty=0.01, client_order_id="pg-margin-1")
+        with pytest.raises(LeaseNotHeld) as refused:
+            await venue.create_order(request)
+        assert isinstance(refused.value, NotPlaced), "a refusal is 'not placed', never an unknown outcome"
+        assert venue.refused == 1
+        assert fake.truth.orders == {}, "the venue's ground truth: it never saw the order"
+        # With enough of the lease left, the same request goes through.
+        venue.margin = 1
+        await venue.create_order(request)
+        assert "pg-margin-1" in fake.truth.orders
+
+
+async def test_the_token_survives_a_restart_and_redis_data_loss_restarts_it_higher(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        first = Lease(client, ACCOUNT, ttl=10)
+        assert await first.acquire()
+        await first.release()  # a clean stop: the next process (a restart) takes a higher token
+        restarted = Lease(client, ACCOUNT, ttl=10)
+        assert await restarted.acquire()
+        assert int(restarted.fence.token) > int(first.fence.token)
+        await client.flushall()  # Redis loses its data: lease and epoch gone
+        store = RedisStore(client, ACCOUNT, restarted.fence)
+        with pytest.raises(Fenced):  # the holder's token no longer matches anything: refused
+            await store.save_record(record())
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 0
+        after = Lease(client, ACCOUNT, ttl=10)
+        assert await after.acquire()
+        assert int(after.fence.token) > int(restarted.fence.token), (
+            "after a loss the epoch restarts from Redis' clock: above every token handed out before")
+
+
+async def test_a_dead_holder_on_this_host_is_taken_over_and_a_live_one_waited_for(redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            dead = Lease(client, ACCOUNT, ttl=60)
+            assert await dead.acquire()
+            value = (await client.get(KEYS.lease)).replace(f'"pid": {__import__("os").getpid()}', f'"pid": {child.pid}')
+            await client.set(KEYS.lease, value)  # as the child would have written it
+            dead.value = value
+            successor = Lease(client, ACCOUNT, ttl=60)
+            assert not await successor.take_from_dead_holder(), "a live holder (even idle) is waited for"
+        finally:
+            child.kill()
+            child.wait()
+        assert await successor.take_from_dead_holder(), "a holder on this host whose process is gone is replaced"
+        assert int(successor.fence.token) > int(dead.fence.token)
+        with pytest.raises(Fenced):  # whatever the dead one had in flight is fenced
+            await RedisStore(client, ACCOUNT, dead.fence).save_record(record())
+
+
+async def test_audit_asks_the_lease_holder_even_when_its_heartbeat_is_old(redis_url: str) -> None:
+    """Issue 15: a long audit stalled the heartbeat and `posguard audit` started a second engine
+    beside the service. The leader is judged by its lease now, not by a heartbeat's age."""
+    import anyio
+
+    from posguard.actors.store.health import HealthStatus
+    from posguard.supervisor import operator
+    from posguard.supervisor.config import parse_config
+
+    config = parse_config(f'[redis]\nurl = "{redis_url}"\n[account]\nname = "{ACCOUNT}"\n')
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        leader = Lease(client, ACCOUNT, ttl=60)
+        assert await leader.acquire()
+        store = RedisStore(client, ACCOUNT, leader.fence)
+        await store.publish_status(HealthStatus(heartbeat_ms=1))  # a heartbeat from long ago
+
+        async def answer_as_the_leader() -> None:
+            with anyio.fail_after(30):
+                while (requested := await client.hget(KEYS.health, "audit_requested")) is None:
+                    await anyio.sleep(0.02)
+            await store.publish_status(HealthStatus(audit_started=int(requested), audit_done=int(requested)))
+
+        lines: list[str] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer_as_the_leader)
+            assert await operator.audit(config, None, dry_run=False, out=lines.append) == 0
+        assert any(line.startswith("asking the running posguard") for line in lines), lines
+        assert not any("holding it for one audit here" in line for line in lines), lines
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == leader.owner, "the leader keeps its lease"
+
+
+async def test_audit_with_no_leader_holds_the_lease_for_its_run(redis_url: str) -> None:
+    from posguard.supervisor import operator
+    from posguard.supervisor.config import parse_config
+
+    config = parse_config(f'[redis]\nurl = "{redis_url}"\n[account]\nname = "{ACCOUNT}"\n')
+    lines: list[str] = []
+    assert await operator.audit(config, None, dry_run=False, out=lines.append) == 0
+    assert any("holding it for one audit here" in line for line in lines), lines
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        assert await read_lease(client, ACCOUNT) is None, "released after the run"
+        assert await client.get(KEYS.epoch) is not None, "it took a token: its writes were fenced"
