@@ -354,3 +354,35 @@ def test_posguard_status_on_a_cluster_it_cannot_use_says_why_in_one_line(tmp_pat
         assert "wrong-pw-5" not in lines[0]
         code, lines = status(cluster.url, {"PG_TEST_REDIS_PW": "cluster-pw-82"})
         assert code == 0 and lines == [], lines
+
+
+async def test_the_lease_and_its_fenced_writes_work_on_the_cluster(redis_cluster: LocalCluster) -> None:
+    """The fencing script runs where the account's slot lives: a holder writes, and once another
+    process took the lease the stale holder's write is refused with nothing of it landing."""
+    from posguard.actors.store.lease import Fenced, Lease, read_lease
+
+    account = "fenced"
+    keys = Keys(account)
+    record = PositionRecord(symbol="BTC/USDT:USDT", state=State.SUBMITTING, side="buy", qty=0.01,
+                            intent_id="i-1", client_order_id="pg-i-1", stop_price=50_000.0)
+    async with open_redis(connection(redis_cluster)) as client:
+        old = Lease(client, account, ttl=10)
+        assert await old.acquire()
+        holder = await read_lease(client, account)
+        assert holder is not None and holder.token == old.fence.token
+        await RedisStore(client, account, old.fence).save_record(record)
+        assert await client.exists([keys.position(record.symbol)]) == 1
+        await client.delete([keys.lease])  # its lease ran out ...
+        new = Lease(client, account, ttl=10)
+        assert await new.acquire()  # ... and another process took it, with a higher token
+        assert int(new.fence.token) > int(old.fence.token)
+        journal_before = await client.xlen(keys.journal)
+        with pytest.raises(Fenced):
+            await RedisStore(client, account, old.fence).save_record(
+                PositionRecord(symbol="ETH/USDT:USDT", state=State.SUBMITTING, side="buy", qty=0.1,
+                               intent_id="i-2", client_order_id="pg-i-2", stop_price=2_000.0))
+        assert await client.exists([keys.position("ETH/USDT:USDT")]) == 0
+        assert await client.xlen(keys.journal) == journal_before
+        assert await new.renew() and not await old.renew()
+        await new.release()
+        assert await read_lease(client, account) is None
