@@ -178,6 +178,31 @@ async def test_binance_like_lost_request_past_the_deadline_is_settled_rejected_b
         assert venue.calls["create_order"] == 1
 
 
+async def test_binance_like_lost_request_with_whole_position_stops_is_left_to_the_audit_not_closed(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """As above, with Binance's real stop rule (a whole-position stop is refused while there is
+    nothing to close, -4509): the unverified entry's stops are all refused. Seen failing before
+    `NothingToProtect`: an emergency close (a CRITICAL alert, a close order for nothing) that
+    recorded a position that never existed as `closed`. Now it stays `unverified` for the
+    audit, which settles it rejected; the venue saw one order only."""
+    knobs = FaultKnobs(push_drop=EVERY_PUSH_DROPPED, reject_duplicate_client_ids=False, whole_position_stops=True)
+    alerts: list[str] = []
+    async with FakeVenue(seed=146, knobs=knobs, supports_attached_stop=False) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine:
+        engine.ctx.observers.append(lambda record, note: alerts.append(note) if "emergency" in note else None)
+        venue.fail_next("create_order", VenueUnavailable("request timed out"))
+        record = await open_one(engine, venue)
+        assert record.state is State.UNVERIFIED, record.reason
+        record = await settled(engine, venue, frozenset({State.REJECTED, State.CLOSED, State.EMERGENCY_CLOSING}))
+        assert record.state is State.REJECTED and "never reached the venue" in record.reason, record.reason
+        assert alerts == []
+        assert venue.calls["create_order"] == 1, "no close sent for a position that never existed"
+        assert venue.truth.entries_filled[SYMBOL] == 0 and venue.truth.position(SYMBOL) is None
+        assert venue.truth.open_stops(SYMBOL) == []
+
+
 async def test_bybit_like_lost_request_keeps_resending_after_lookup_grace_with_the_defaults(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:

@@ -32,7 +32,7 @@ from posguard.actors.proof import Gone, prove_gone
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.ingestion.evidence import newer_position
-from posguard.streams.venue.errors import OrderRejected, StopSlotTaken, StopWouldTrigger, VenueUnavailable
+from posguard.streams.venue.errors import NothingToClose, OrderRejected, StopSlotTaken, StopWouldTrigger, VenueUnavailable
 from posguard.streams.venue.events import Position, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 from posguard.streams.venue.protocol import StopRequest
@@ -42,6 +42,7 @@ __all__ = [
     "ExitedOnVenue",
     "PositionView",
     "ProtectOutcome",
+    "NothingToProtect",
     "Protected",
     "StopResult",
     "confirm_attached_stop",
@@ -58,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger("posguard.actor")
 
-StopResult = Literal["live", "filled", "would_trigger", "failed"]
+StopResult = Literal["live", "filled", "would_trigger", "nothing_to_close", "failed"]
 PositionView = Literal["stop_on", "stop_off", "flat", "unknown"]
 
 
@@ -81,7 +82,16 @@ class ClosedInstead(msgspec.Struct, frozen=True, tag="closed"):
     outcome: Gone
 
 
-ProtectOutcome = Protected | ExitedOnVenue | ClosedInstead
+class NothingToProtect(msgspec.Struct, frozen=True, tag="nothing_to_protect"):
+    """An `unverified` entry for which the venue's own engine has nothing to close: every
+    whole-position stop was refused for want of a position (`NothingToClose`, Binance -4509).
+    The record stays `unverified`, for the audit (`proof.never_reached` settles an entry that
+    never reached the venue, and a position that does appear is adopted and protected). Not
+    closed instead: a close of nothing would record a position that never existed, with an
+    emergency alert for it."""
+
+
+ProtectOutcome = Protected | ExitedOnVenue | ClosedInstead | NothingToProtect
 
 
 def describe_outcome(outcome: ProtectOutcome) -> str:
@@ -93,6 +103,8 @@ def describe_outcome(outcome: ProtectOutcome) -> str:
             return f"closed by the venue first (exits {exit_qty}); recorded closed_externally"
         case ClosedInstead(outcome=closed):
             return f"no stop could be made to hold; closed reduce-only ({closed.describe()})"
+        case NothingToProtect():
+            return "the venue has nothing to close for this unverified entry; left unverified for the audit"
     assert_never(outcome)
 
 
@@ -195,6 +207,7 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
     side = closing_side(position_side_of(record.side))
     whole = True
     attempt = 1
+    nothing_to_close = True  # until an attempt is refused (or lost) for another reason
     while True:
         record.stop_attempts += 1
         coid = ids.stop_id(ctx.account, record.intent_id, record.stop_attempts)
@@ -219,10 +232,17 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
             log.warning("%s: stop %s rejected: %s", record.symbol, coid, exc.reason)
             record.reason = f"stop rejected: {exc.reason}"
             order = None
+        except NothingToClose as exc:
+            log.info("%s: stop %s refused, nothing to close on the venue: %s", record.symbol, coid, exc.reason)
+            record.reason = f"stop refused, nothing to close on the venue: {exc.reason}"
+            order = None
         except OrderRejected as exc:
             log.warning("%s: stop %s rejected: %s", record.symbol, coid, exc.reason)
             record.reason = f"stop rejected: {exc.reason}"
+            nothing_to_close = False
             order = None
+        else:
+            nothing_to_close = False  # placed, filled, or its outcome unknown
         if order is not None and order.status == "open":
             return "live"
         if order is not None and order.filled > QTY_TOLERANCE:
@@ -232,7 +252,7 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
             break
         attempt += 1
     record.reason = f"no stop could be placed in {attempt} attempts within {settings.stop_deadline:g} s ({record.reason})"
-    return "failed"
+    return "nothing_to_close" if nothing_to_close else "failed"
 
 
 def _attempt_share(budget: Deadline, attempts_left: int) -> Deadline:
@@ -291,7 +311,10 @@ async def protect_with_stop_order(
             # The executions do not show all of it closed yet: whatever is left is closed
             # reduce-only (the venue refuses it if nothing is), never left to a spent stop.
             return await emergency_close(ctx, record, qty)
-        case "would_trigger" | "failed":
+        case "nothing_to_close" if record.state is State.UNVERIFIED:
+            await ctx.save(record, f"left unverified for the audit: {record.reason}")
+            return NothingToProtect()
+        case "would_trigger" | "failed" | "nothing_to_close":
             return await emergency_close(ctx, record, qty)
     assert_never(result)
 
