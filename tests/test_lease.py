@@ -218,3 +218,34 @@ async def test_audit_with_no_leader_holds_the_lease_for_its_run(redis_url: str) 
     async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
         assert await read_lease(client, ACCOUNT) is None, "released after the run"
         assert await client.get(KEYS.epoch) is not None, "it took a token: its writes were fenced"
+
+
+class WriteLandsAfterReacquire:
+    """The client, except that the first fenced write (already carrying the old token) is run by
+    Redis only after another write of the same process re-acquired the lost lease: the order
+    two writes in flight across a data loss can take."""
+
+    def __init__(self, client: coredis.Redis[str], lease: Lease) -> None:
+        self.client, self.lease, self.held = client, lease, True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+    async def eval(self, script: str, keys: list[str], args: list[str]) -> object:
+        if self.held and script == _FENCED_WRITE:
+            self.held = False
+            await self.lease.fence.epoch_lost(self.lease.fence.token)  # the other write's re-acquire
+        return await self.client.eval(script, keys, args)
+
+
+async def test_a_write_in_flight_across_the_reacquire_is_sent_again_not_fenced(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        lease = Lease(client, ACCOUNT, ttl=10)
+        assert await lease.acquire()
+        before = int(lease.fence.token)
+        await client.flushall()
+        store = RedisStore(WriteLandsAfterReacquire(client, lease), ACCOUNT, lease.fence)  # type: ignore[arg-type]
+        await store.save_record(record())
+        assert not lease.fence.is_lost, lease.fence.why
+        assert int(lease.fence.token) > before and await client.get(KEYS.epoch) == lease.fence.token
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 1

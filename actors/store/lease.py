@@ -212,14 +212,17 @@ async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, s
     token (checked in the same script that writes, so atomically), or the fence is unfenced.
     A refusal writes nothing, marks the fence lost and raises `Fenced`. An epoch that is
     missing (Redis lost its data) is re-acquired (`Fence.epoch_lost`) and the batch is sent
-    once more under the new token; missing again at once, it is refused as well."""
+    once more under the new token; missing again at once, it is refused as well. A write sent
+    under the old token that Redis ran only after this process re-acquired finds the new token
+    (``FENCED``) and is sent again under it too: the token changed because *we* took it."""
     keys = [fence.keys.epoch]
     argv: list[str] = [""]
     for command, key, args in ops:
         if key not in keys:
             keys.append(key)
         argv += [command, str(keys.index(key) + 1), str(len(args)), *args]
-    for attempt in range(2):
+    retried = False
+    while True:
         if fence.is_lost:
             raise Fenced(fence.why)
         token = argv[0] = fence.token
@@ -227,11 +230,14 @@ async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, s
             await client.eval(_FENCED_WRITE, keys, argv)
             return
         except coredis.exceptions.ResponseError as exc:
-            if "EPOCHLOST" in str(exc) and attempt == 0:
-                await fence.epoch_lost(token)
-                continue
-            if "FENCED" not in str(exc) and "EPOCHLOST" not in str(exc):
+            refusal = next((r for r in ("EPOCHLOST", "FENCED") if r in str(exc)), "")
+            if not refusal:
                 raise
+            if not retried and (refusal == "EPOCHLOST" or fence.token != token):
+                retried = True
+                if refusal == "EPOCHLOST":
+                    await fence.epoch_lost(token)
+                continue
             fence.refuse(f"Redis refused a write: {exc}")
             raise Fenced(fence.why) from None
 
@@ -315,6 +321,8 @@ class Lease:
             return True
         if kept:
             self.expires_at = sent + self.ttl
+        elif self.fence.token != token and not self.fence.is_lost:
+            return True  # a write re-acquired while this renew was in flight (that acquire set the expiry)
         return bool(kept)
 
     async def reacquire_after_loss(self) -> bool:
