@@ -13,7 +13,7 @@ import pytest
 
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
-from posguard.actors.store.lease import _FENCED_WRITE, Fenced, Lease, read_lease
+from posguard.actors.store.lease import _FENCED_WRITE, _RENEW, Fenced, Lease, read_lease
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue
 from posguard.streams.venue.errors import NotPlaced
@@ -225,14 +225,14 @@ class WriteLandsAfterReacquire:
     Redis only after another write of the same process re-acquired the lost lease: the order
     two writes in flight across a data loss can take."""
 
-    def __init__(self, client: coredis.Redis[str], lease: Lease) -> None:
-        self.client, self.lease, self.held = client, lease, True
+    def __init__(self, client: coredis.Redis[str], lease: Lease, script: str = _FENCED_WRITE) -> None:
+        self.client, self.lease, self.script, self.held = client, lease, script, True
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.client, name)
 
     async def eval(self, script: str, keys: list[str], args: list[str]) -> object:
-        if self.held and script == _FENCED_WRITE:
+        if self.held and script == self.script:
             self.held = False
             await self.lease.fence.epoch_lost(self.lease.fence.token)  # the other write's re-acquire
         return await self.client.eval(script, keys, args)
@@ -249,3 +249,16 @@ async def test_a_write_in_flight_across_the_reacquire_is_sent_again_not_fenced(r
         assert not lease.fence.is_lost, lease.fence.why
         assert int(lease.fence.token) > before and await client.get(KEYS.epoch) == lease.fence.token
         assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 1
+
+
+async def test_a_renew_in_flight_across_the_reacquire_keeps_the_lease(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        lease = Lease(client, ACCOUNT, ttl=10)
+        assert await lease.acquire()
+        before = int(lease.fence.token)
+        await client.flushall()
+        lease.client = WriteLandsAfterReacquire(client, lease, _RENEW)  # type: ignore[assignment]
+        assert await lease.renew(), "the renew sent under the old token does not count as the lease lost"
+        assert int(lease.fence.token) > before and not lease.fence.is_lost
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == lease.owner and holder.token == lease.fence.token
