@@ -173,6 +173,9 @@ async def _serve(config: Config, venue: Venue, client: RedisClient, metrics: Met
                           max_age=config.intents.max_age, stream=IntentStream(client, account, lease.fence),
                           take_over=True)
     engines.append(engine)
+    # Redis lost its data (the epoch gone, so the lease re-acquired by the fenced write path):
+    # the same pause, alert and full audit as any data loss (README, "When things go wrong").
+    lease.fence.on_data_lost.append(engine.watchdog.data_lost)
     async with anyio.create_task_group() as tg:
         await tg.start(engine.run)
         await tg.start(intake.run)

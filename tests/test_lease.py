@@ -13,7 +13,7 @@ import pytest
 
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
-from posguard.actors.store.lease import Fenced, Lease, read_lease
+from posguard.actors.store.lease import _FENCED_WRITE, _RENEW, Fenced, Lease, read_lease
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.simulated import FakeVenue
 from posguard.streams.venue.errors import NotPlaced
@@ -101,13 +101,55 @@ async def test_the_token_survives_a_restart_and_redis_data_loss_restarts_it_high
         assert int(restarted.fence.token) > int(first.fence.token)
         await client.flushall()  # Redis loses its data: lease and epoch gone
         store = RedisStore(client, ACCOUNT, restarted.fence)
-        with pytest.raises(Fenced):  # the holder's token no longer matches anything: refused
-            await store.save_record(record())
-        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 0
-        after = Lease(client, ACCOUNT, ttl=10)
-        assert await after.acquire()
-        assert int(after.fence.token) > int(restarted.fence.token), (
+        told: list[str] = []
+        restarted.fence.on_data_lost.append(told.append)
+        before = int(restarted.fence.token)
+        # The holder is the only owner: its write re-acquires (the normal atomic acquire) and lands.
+        await store.save_record(record())
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 1
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == restarted.owner
+        assert holder.token == restarted.fence.token == await client.get(KEYS.epoch)
+        assert int(restarted.fence.token) > before, (
             "after a loss the epoch restarts from Redis' clock: above every token handed out before")
+        assert len(told) == 1 and not restarted.fence.is_lost, "the data-loss path is told once"
+        assert await restarted.renew()
+        after = Lease(client, ACCOUNT, ttl=10)
+        assert not await after.acquire(), "the re-acquired lease is held"
+
+
+async def test_the_fenced_script_tells_a_missing_epoch_from_another_token(redis_url: str) -> None:
+    """The script's two refusals, told apart atomically by the script itself (no separate read)."""
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        op = ["HSET", "2", "2", "f", "v"]
+        key = KEYS.position("X")
+        with pytest.raises(coredis.exceptions.ResponseError, match="^EPOCHLOST"):
+            await client.eval(_FENCED_WRITE, [KEYS.epoch, key], ["7", *op])
+        await client.set(KEYS.epoch, "8")
+        with pytest.raises(coredis.exceptions.ResponseError, match="^FENCED"):
+            await client.eval(_FENCED_WRITE, [KEYS.epoch, key], ["7", *op])
+        assert await client.exists([key]) == 0, "neither refusal writes anything"
+        await client.set(KEYS.epoch, "7")
+        assert await client.eval(_FENCED_WRITE, [KEYS.epoch, key], ["7", *op]) == 1
+        assert await client.hget(key, "f") == "v"
+
+
+async def test_after_a_data_loss_a_standby_that_took_the_lease_first_fences_the_old_holder(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        old = Lease(client, ACCOUNT, ttl=10)
+        assert await old.acquire()
+        store = RedisStore(client, ACCOUNT, old.fence)
+        await client.flushall()
+        standby = Lease(client, ACCOUNT, ttl=10)
+        assert await standby.acquire(), "the standby wins the race for the lost lease"
+        assert int(standby.fence.token) > int(old.fence.token), "a token is never reused"
+        with pytest.raises(Fenced):
+            await store.save_record(record())
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 0, "nothing of the old holder lands"
+        assert old.fence.is_lost
+        assert not await old.renew(), "nor can it renew the standby's lease"
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == standby.owner and holder.token == standby.fence.token
 
 
 async def test_a_dead_holder_on_this_host_is_taken_over_and_a_live_one_waited_for(redis_url: str) -> None:
@@ -176,3 +218,47 @@ async def test_audit_with_no_leader_holds_the_lease_for_its_run(redis_url: str) 
     async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
         assert await read_lease(client, ACCOUNT) is None, "released after the run"
         assert await client.get(KEYS.epoch) is not None, "it took a token: its writes were fenced"
+
+
+class WriteLandsAfterReacquire:
+    """The client, except that the first fenced write (already carrying the old token) is run by
+    Redis only after another write of the same process re-acquired the lost lease: the order
+    two writes in flight across a data loss can take."""
+
+    def __init__(self, client: coredis.Redis[str], lease: Lease, script: str = _FENCED_WRITE) -> None:
+        self.client, self.lease, self.script, self.held = client, lease, script, True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+    async def eval(self, script: str, keys: list[str], args: list[str]) -> object:
+        if self.held and script == self.script:
+            self.held = False
+            await self.lease.fence.epoch_lost(self.lease.fence.token)  # the other write's re-acquire
+        return await self.client.eval(script, keys, args)
+
+
+async def test_a_write_in_flight_across_the_reacquire_is_sent_again_not_fenced(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        lease = Lease(client, ACCOUNT, ttl=10)
+        assert await lease.acquire()
+        before = int(lease.fence.token)
+        await client.flushall()
+        store = RedisStore(WriteLandsAfterReacquire(client, lease), ACCOUNT, lease.fence)  # type: ignore[arg-type]
+        await store.save_record(record())
+        assert not lease.fence.is_lost, lease.fence.why
+        assert int(lease.fence.token) > before and await client.get(KEYS.epoch) == lease.fence.token
+        assert await client.exists([KEYS.position("BTC/USDT:USDT")]) == 1
+
+
+async def test_a_renew_in_flight_across_the_reacquire_keeps_the_lease(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        lease = Lease(client, ACCOUNT, ttl=10)
+        assert await lease.acquire()
+        before = int(lease.fence.token)
+        await client.flushall()
+        lease.client = WriteLandsAfterReacquire(client, lease, _RENEW)  # type: ignore[assignment]
+        assert await lease.renew(), "the renew sent under the old token does not count as the lease lost"
+        assert int(lease.fence.token) > before and not lease.fence.is_lost
+        holder = await read_lease(client, ACCOUNT)
+        assert holder is not None and holder.owner == lease.owner and holder.token == lease.fence.token

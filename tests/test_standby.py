@@ -194,3 +194,100 @@ async def test_a_graceful_stop_releases_the_lease_and_exits_0(redis_url: str, tm
         finally:
             if leader.returncode is None:
                 leader.kill()
+
+
+async def wait_for_adoption(client: coredis.Redis[str], symbol: str, timeout: float = 60) -> Any:
+    """The record of ``symbol`` written again by the audit after a data loss, protected."""
+    from posguard.actors.records import State
+    from posguard.actors.store.positions import RedisStore
+
+    store = RedisStore(client, ACCOUNT)  # reads only
+    with anyio.fail_after(timeout):
+        while True:
+            record = await store.load_record(symbol)
+            if record is not None and record.state is State.PROTECTED:
+                return record
+            await anyio.sleep(0.05)
+
+
+async def test_a_leader_survives_flushall_audits_adopts_and_serves_under_a_higher_token(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15 follow-up. Seen failing on main: the leader's next fenced write after the
+    FLUSHALL was refused (the epoch gone with the data) and `posguard run` exited 5."""
+    from posguard.actors.store.lease import read_lease
+    from posguard.streams.emulators.engine.truth import is_protected
+
+    async with running_emulator() as emu, coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        config = tmp_path / "config.toml"
+        config.write_text(run_config(emu, redis_url, ACCOUNT, FAST_LEASE))
+        log = tmp_path / "a.log"
+        leader = await start(config, log)
+        try:
+            first = await open_and_wait(client, "dl-1", "BTC/USDT:USDT", 55_000, timeout=60)
+            assert first["status"] == "done" and first["outcome"] == "protected", first
+            holder = await read_lease(client, ACCOUNT)
+            assert holder is not None and holder.pid == leader.pid
+            old_token = int(holder.token)
+
+            await client.flushall()  # Redis loses its data: lease, epoch, records, the intents group
+            record = await wait_for_adoption(client, "BTC/USDT:USDT")
+            assert "adopted" in record.reason, record
+            assert leader.returncode is None, log.read_text()[-3000:]
+            holder = await read_lease(client, ACCOUNT)
+            assert holder is not None and holder.pid == leader.pid, "the leader holds the lease again"
+            assert int(holder.token) > old_token, "a fresh token, above every earlier one (never reused)"
+            assert await client.get(KEYS.epoch) == holder.token
+            alerts = await client.xrange(KEYS.alerts, "-", "+")
+            assert any("Redis lost its data" in json.dumps(entry) for entry in alerts), alerts
+
+            second = await open_and_wait(client, "dl-2", "ETH/USDT:USDT", 2_900, timeout=60)
+            assert second["status"] == "done" and second["outcome"] == "protected", second
+            truth = emu.truth()
+            assert set(truth["positions"]) == {"BTCUSDT", "ETHUSDT"}, truth["positions"]
+            assert truth["positions"]["BTCUSDT"]["size"] == 0.01, "nothing was opened twice"
+            assert is_protected(truth, "BTCUSDT") and is_protected(truth, "ETHUSDT"), truth["orders"]
+            assert leader.returncode is None
+        finally:
+            await stop(leader)
+        assert leader.returncode == 0, log.read_text()[-3000:]
+
+
+async def test_flushall_then_a_standby_takes_the_lease_first_the_old_leader_is_fenced(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The race after a data loss: another process acquires the lost lease before the old
+    leader writes again (it is stopped meanwhile, so the order is certain): the old leader's
+    write finds a token that is not its own, not a missing epoch, so it is fenced (exit 5)
+    and sends nothing to the venue after."""
+    from posguard.actors.store.lease import Lease
+
+    async with running_emulator() as emu, coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        config = tmp_path / "config.toml"
+        config.write_text(run_config(emu, redis_url, ACCOUNT, FAST_LEASE))
+        log = tmp_path / "a.log"
+        leader = await start(config, log)
+        try:
+            first = await open_and_wait(client, "dr-1", "BTC/USDT:USDT", 55_000, timeout=60)
+            assert first["status"] == "done", first
+            leader.send_signal(signal.SIGSTOP)
+            await client.flushall()
+            other = Lease(client, ACCOUNT, ttl=60)
+            assert await other.acquire(), "the standby wins the lost lease"
+            await client.xadd(KEYS.intents, {"intent_id": "dr-2", "action": "open", "symbol": "ETH/USDT:USDT",
+                                             "side": "buy", "qty": "0.01", "stop_price": "2900"})
+            before = venue_calls(emu)
+            orders_before = len(emu.truth()["orders"])
+            leader.send_signal(signal.SIGCONT)
+            with anyio.fail_after(30):
+                code = await leader.wait()
+            assert code == 5, log.read_text()[-3000:]
+            assert venue_calls(emu) == before, "after SIGCONT the fenced process sent nothing to the venue"
+            assert len(emu.truth()["orders"]) == orders_before
+            assert await client.exists([KEYS.health, KEYS.position("BTC/USDT:USDT"), KEYS.reply("dr-2")]) == 0, \
+                "none of its writes landed"
+            assert await client.get(KEYS.epoch) == other.fence.token
+        finally:
+            if leader.returncode is None:
+                leader.send_signal(signal.SIGCONT)
+                leader.kill()

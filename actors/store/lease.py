@@ -21,6 +21,14 @@ through `FencedBatch`, executed by `fenced_write`: one Lua script that compares 
 this process's token and, only if equal, runs the batch. Scripts are atomic, so nothing can
 slip between the check and the write. A refusal raises `Fenced` and marks the `Fence` lost:
 the service stops all venue action and exits with code 5 (README, "One owner per account").
+
+Redis losing its data (FLUSHALL, a restart without persistence) deletes the epoch with the
+lease. The script tells that apart from another token itself (``EPOCHLOST`` vs ``FENCED``), and
+the holder then re-acquires through the normal acquire (`Lease.reacquire_after_loss`, the one
+home of that decision): the lease key is ``SET NX``, so if a standby took the lease first, this
+process is fenced as before; if it wins, the epoch restarts from Redis' clock, the token is new
+and higher than any before (never reused), the write is retried once under it, and the
+``on_data_lost`` listeners (the watchdog: pause entries, audit, adopt) are told.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -91,6 +99,28 @@ class Fence:
         self.token = token
         self.lost = anyio.Event()
         self.why = ""
+        self.reacquire: Callable[[], Awaitable[bool]] | None = None
+        """Set by the `Lease` that owns this fence: take the lease again after Redis lost the
+        epoch; True if won (then ``token`` is the new one). None (unfenced, tests): fenced."""
+        self.on_data_lost: list[Callable[[str], None]] = []
+        """Told (with the evidence) when this process re-acquired after the epoch was lost."""
+        self._reacquiring = anyio.Lock()
+
+    async def epoch_lost(self, stale: str) -> None:
+        """A write or renew under token ``stale`` found the epoch key missing: Redis lost its
+        data. Re-acquire once (concurrent writers wait on the lock and find the token already
+        renewed); refuse (`Fenced`) if another process holds the lease now."""
+        async with self._reacquiring:
+            if self.is_lost:
+                raise Fenced(self.why)
+            if self.token != stale:
+                return  # another write already re-acquired
+            if self.reacquire is None or not await self.reacquire():
+                self.refuse("Redis lost its data and another process took the lease first")
+                raise Fenced(self.why)
+            evidence = f"the fencing epoch was gone; the lease was taken again with token {self.token}"
+            for listener in self.on_data_lost:
+                listener(evidence)
 
     def refuse(self, why: str) -> None:
         """Mark the fence lost (first reason kept): `LeasedVenue` refuses from now on and the
@@ -110,6 +140,9 @@ class Fence:
 
 _FENCED_WRITE = """
 local epoch = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' and epoch == false then
+  return redis.error_reply('EPOCHLOST the epoch key is missing (Redis lost its data), our token ' .. ARGV[1])
+end
 if ARGV[1] ~= '' and epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch is ' .. tostring(epoch) .. ', our token ' .. ARGV[1])
 end
@@ -177,22 +210,36 @@ class FencedBatch:
 async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, str, list[str]]]) -> None:
     """The one place that decides whether this process may still write: the epoch equals our
     token (checked in the same script that writes, so atomically), or the fence is unfenced.
-    A refusal writes nothing, marks the fence lost and raises `Fenced`."""
-    if fence.is_lost:
-        raise Fenced(fence.why)
+    A refusal writes nothing, marks the fence lost and raises `Fenced`. An epoch that is
+    missing (Redis lost its data) is re-acquired (`Fence.epoch_lost`) and the batch is sent
+    once more under the new token; missing again at once, it is refused as well. A write sent
+    under the old token that Redis ran only after this process re-acquired finds the new token
+    (``FENCED``) and is sent again under it too: the token changed because *we* took it."""
     keys = [fence.keys.epoch]
-    argv: list[str] = [fence.token]
+    argv: list[str] = [""]
     for command, key, args in ops:
         if key not in keys:
             keys.append(key)
         argv += [command, str(keys.index(key) + 1), str(len(args)), *args]
-    try:
-        await client.eval(_FENCED_WRITE, keys, argv)
-    except coredis.exceptions.ResponseError as exc:
-        if "FENCED" not in str(exc):
-            raise
-        fence.refuse(f"Redis refused a write: {exc}")
-        raise Fenced(fence.why) from None
+    retried = False
+    while True:
+        if fence.is_lost:
+            raise Fenced(fence.why)
+        token = argv[0] = fence.token
+        try:
+            await client.eval(_FENCED_WRITE, keys, argv)
+            return
+        except coredis.exceptions.ResponseError as exc:
+            refusal = next((r for r in ("EPOCHLOST", "FENCED") if r in str(exc)), "")
+            if not refusal:
+                raise
+            if not retried and (refusal == "EPOCHLOST" or fence.token != token):
+                retried = True
+                if refusal == "EPOCHLOST":
+                    await fence.epoch_lost(token)
+                continue
+            fence.refuse(f"Redis refused a write: {exc}")
+            raise Fenced(fence.why) from None
 
 
 _ACQUIRE = """
@@ -213,6 +260,7 @@ if current == false and redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 2
 end
+if current == false and redis.call('EXISTS', KEYS[2]) == 0 then return 3 end
 return 0
 """
 _RELEASE = """
@@ -235,6 +283,7 @@ class Lease:
         self.owner = owner or owner_id()
         self.value = ""
         self.fence = Fence(account)
+        self.fence.reacquire = self.reacquire_after_loss
         self.expires_at = 0.0
 
     @property
@@ -251,7 +300,8 @@ class Lease:
         if not value:
             return False
         self.value = str(value)
-        self.fence = Fence(self.keys.account, msgspec.json.decode(self.value, type=LeaseHolder).token)
+        # The same Fence object: every store built with it writes under the new token.
+        self.fence.token = msgspec.json.decode(self.value, type=LeaseHolder).token
         self.expires_at = sent + self.ttl
         log.warning("lease of account %s taken by %s (fencing token %s)", self.keys.account, self.owner,
                     self.fence.token)
@@ -259,13 +309,32 @@ class Lease:
 
     async def renew(self) -> bool:
         """Extend the lease if it is still ours (compare-and-PEXPIRE); a lease that merely
-        expired while nobody else took it (the epoch still ours) is taken back. False: lost."""
+        expired while nobody else took it (the epoch still ours) is taken back; lease and epoch
+        both gone (Redis lost its data) is re-acquired (`Fence.epoch_lost`, which raises
+        `Fenced` if a standby won it). False: lost."""
         sent = time.monotonic()
+        token = self.fence.token
         kept = await self.client.eval(_RENEW, [self.keys.lease, self.keys.epoch],
-                                      [self.value, self._ttl_ms, self.fence.token])
+                                      [self.value, self._ttl_ms, token])
+        if kept == 3:
+            await self.fence.epoch_lost(token)
+            return True
         if kept:
             self.expires_at = sent + self.ttl
+        elif self.fence.token != token and not self.fence.is_lost:
+            return True  # a write re-acquired while this renew was in flight (that acquire set the expiry)
         return bool(kept)
+
+    async def reacquire_after_loss(self) -> bool:
+        """Redis lost the epoch (and so the lease): take the lease again through the normal
+        atomic acquire (SET NX, a fresh epoch from Redis' clock: higher than any token before).
+        False if another process holds it now. Installed as the fence's ``reacquire``."""
+        old = self.fence.token
+        if not await self.acquire():
+            return False
+        log.critical("Redis lost the lease and the epoch of account %s: taken again, fencing token %s -> %s",
+                     self.keys.account, old, self.fence.token)
+        return True
 
     async def take_from_dead_holder(self) -> bool:
         """Take the lease at once from a holder on this host whose process is gone (a restart
