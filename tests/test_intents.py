@@ -240,7 +240,8 @@ def test_one_rule_decides_whether_an_intent_id_may_run() -> None:
     assert intent_verdict(body, None, in_flight=body) == CarryOn(), "handed over, nothing in Redis yet"
     assert intent_verdict(body, record("accepted")) == CarryOn(), "begun: its order may be on the venue"
     for status in ("done", "rejected", "stale"):
-        assert intent_verdict(body, record(status)) == Duplicate(first=record(status))
+        first = record(status)  # one object: two would differ in created_at across a millisecond
+        assert intent_verdict(body, first) == Duplicate(first=first)
     assert intent_verdict(sol, None, in_flight=body) == ConflictingBody(first_body=body)
     assert intent_verdict(sol, record("accepted")) == ConflictingBody(first_body=body)
     assert intent_verdict(sol, record("done")) == ConflictingBody(first_body=body), "says why, not just duplicate"

@@ -127,7 +127,17 @@ class PrivateStream:
         topic = topic_of(event)
         if topic is not None:
             self._alive_ms[topic] = self._clock()
-        self._outbox.send_nowait(event)
+        self._send(event)
+
+    def _send(self, event: VenueEvent) -> None:
+        if self._outbox is None:
+            return
+        try:
+            self._outbox.send_nowait(event)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The consumer is gone (the stream is being shut down, and a REST answer of the gap
+            # sweep came back on the way out): the next stream's snapshot will carry it.
+            self._outbox = None
 
     # -- running ---------------------------------------------------------------------------
 
@@ -282,8 +292,7 @@ class PrivateStream:
                 continue
             now = self._clock()
             self._alive_ms[topic] = now
-            if self._outbox is not None:
-                self._outbox.send_nowait(Heartbeat(topic=topic, ts_ms=now))
+            self._send(Heartbeat(topic=topic, ts_ms=now))
 
     async def _fill_gap(self, topic: Topic) -> None:
         since = self._alive_ms.get(topic, self._clock()) - int(self._config.gap_margin * 1000)
@@ -300,8 +309,7 @@ class PrivateStream:
             self._emit(event)
 
     def _emit_status(self, topic: Topic, connected: bool, reason: str) -> None:
-        if self._outbox is not None:
-            self._outbox.send_nowait(StreamStatus(topic=topic, connected=connected, reason=reason, ts_ms=self._clock()))
+        self._send(StreamStatus(topic=topic, connected=connected, reason=reason, ts_ms=self._clock()))
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
