@@ -541,3 +541,122 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
         assert known_miss or monitor.longest <= UNPROTECTED_BOUND, exposure
     if known_miss:  # outside the task group, which would wrap the outcome in an exception group
         pytest.xfail(f"{exposure}: {OPEN_EXPOSURE_FINDINGS[venue_name]}")
+
+
+STANDBY_KILLS = int(os.environ.get("POSGUARD_STANDBY_KILLS", "20"))
+"""Issue 15's bound: 20 or more SIGKILLs of whichever process leads."""
+
+
+async def lease_pid(client: coredis.Redis[str]) -> int | None:
+    from posguard.actors.store.lease import read_lease
+
+    holder = await read_lease(client, ACCOUNT)
+    return holder.pid if holder is not None else None
+
+
+def live_stops(truth: dict[str, object], bybit_symbol: str) -> list[str]:
+    """posguard's untriggered stop orders for one venue symbol, by client id."""
+    return [o["order_link_id"] for o in truth["orders"]  # type: ignore[attr-defined]
+            if o["symbol"] == bybit_symbol and o["status"] == "Untriggered" and ids.is_ours(o["order_link_id"])]
+
+
+async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_agree(
+        redis_url: str, tmp_path: Path) -> None:
+    """Issue 15: two `posguard run` on one account, always: one leads, one stands by. Each run
+    SIGKILLs whichever process holds the lease (at a random moment, or at a failpoint that the
+    process was started with, reached once it leads); a new standby is started at once, so the
+    one that stood by takes over while the next waits. Bybit's emulator: the venue-independent
+    part of failover (the lease, the fencing, the resume) is what is on trial here; both
+    venues' own crash paths are the test above.
+
+    The checks of the single-process crash test, plus: every kill met a standby that took the
+    lease, no venue position ever holds two of posguard's live stops, and at the end the
+    leader and the standby both stop with exit 0 on SIGTERM."""
+    venue = VENUES["bybit"]
+    rng = random.Random(int(os.environ.get("POSGUARD_CRASH_SEED", "1")))
+    started = time.monotonic()
+
+    def target_of(run: int) -> str:
+        return TARGETS[(run // 2) % len(TARGETS)] if run % 2 else ""
+
+    async with venue.kind.running() as emu, coredis.Redis.from_url(redis_url, decode_responses=True) as client, \
+            anyio.create_task_group() as tg:
+        config = write_config(tmp_path / "config.toml", emu, redis_url, venue)
+        monitor = ExposureMonitor(emu)
+        tg.start_soon(monitor.run)
+        trader = Trader(emu, venue, client, rng)
+        tried: Counter[str] = Counter()
+        reached: Counter[str] = Counter()
+        double_stops: list[str] = []
+        takeovers = 0
+        first = await start_posguard(config, target_of(0))
+        with anyio.fail_after(venue.failpoint_wait):  # it leads before the first standby starts
+            while await lease_pid(client) != first.pid:
+                await anyio.sleep(0.05)
+        queue = [first, await start_posguard(config, target_of(1))]
+        for run in range(STANDBY_KILLS):
+            target = target_of(run)
+            leader, standby = queue
+            trader.run = f"run {run} ({target or 'random kill'})"
+            with anyio.fail_after(venue.failpoint_wait):  # the process started for this run leads
+                while await lease_pid(client) != leader.pid:
+                    assert leader.returncode is None, f"{trader.run}: the process meant to lead exited {leader.returncode}"
+                    await anyio.sleep(0.05)
+            takeovers += run > 0
+            async with anyio.create_task_group() as run_tg:
+                run_tg.start_soon(SCENARIOS[target] if target else random_intents, trader)
+                with anyio.move_on_after(venue.failpoint_wait if target else rng.uniform(0.3, 4.0)):
+                    await leader.wait()
+                run_tg.cancel_scope.cancel()
+            if leader.returncode is None:
+                leader.send_signal(signal.SIGKILL)
+                await leader.wait()
+            elif leader.returncode == -signal.SIGKILL and target:
+                reached[target] += 1
+            assert leader.returncode == -signal.SIGKILL, f"{trader.run}: the leader exited {leader.returncode}"
+            assert standby.returncode is None, f"{trader.run}: the standby exited {standby.returncode}"
+            if target:
+                tried[target] += 1
+            trader.restore_venue()
+            truth = emu.truth()
+            double_stops += [f"{trader.run}: {s} {stops}" for s in truth["positions"]
+                             if len(stops := live_stops(truth, s)) > 1]
+            queue = [standby, await start_posguard(config, target_of(run + 2))]
+
+        leader, standby = queue
+        problems: list[str] = ["not checked yet"]
+        unanswered: dict[str, str] = {}
+        with anyio.move_on_after(CONVERGE_WAIT):
+            while problems or unanswered:
+                await anyio.sleep(1.0)
+                problems = await converged(emu, client)
+                unanswered = await trader.unanswered()
+        # The standby first: a leader's graceful stop hands it the lease, and it would lead on.
+        codes = []
+        for process in (standby, leader):
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                codes.append(await process.wait())
+        tg.cancel_scope.cancel()
+
+        truth = emu.truth()
+        entry_orders = Counter(o["order_link_id"] for o in truth["orders"] if ids.is_entry_id(o["order_link_id"]))
+        asked = {ids.entry_id(ACCOUNT, i) for i, fields in trader.intents.items() if fields["action"] == "open"}
+        double_stops += [f"at the end: {s} {stops}" for s in truth["positions"] if len(stops := live_stops(truth, s)) > 1]
+        missed = sorted(set(tried) - set(reached))
+        print(f"\nstandby crash test on {venue.name}: {STANDBY_KILLS} SIGKILLs of the leader, {takeovers} takeovers"
+              f" ({sum(reached.values())} at failpoints: {dict(sorted(reached.items()))}),"
+              f" {len(trader.intents)} intents ({len(trader.reused)} ids sent again), {len(entry_orders)} entry orders,"
+              f" longest unprotected {monitor.longest:.2f} s ({monitor.worst}), open at the end {sorted(truth['positions'])};"
+              f" failpoints tried but not reached: {missed}; unanswered: {unanswered};"
+              f" {time.monotonic() - started:.0f} s")
+
+        assert problems == [], f"venue and Redis disagree after recovery: {problems}"
+        assert unanswered == {}, f"intents never answered after the takeovers: {unanswered}"
+        assert codes == [0, 0], f"SIGTERM must stop the standby and the leader with exit 0: {codes}"
+        assert set(entry_orders) <= asked, f"entry orders nobody asked for: {set(entry_orders) - asked}"
+        assert all(n == 1 for n in entry_orders.values()), f"an intent produced two entries: {entry_orders}"
+        assert double_stops == [], f"two live stops of posguard on one position: {double_stops}"
+        assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
+        assert takeovers == STANDBY_KILLS - 1
+        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
