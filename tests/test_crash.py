@@ -113,7 +113,9 @@ OPEN_EXPOSURE_FINDINGS = {
         " bare time from 22-47 s to within the bound in some runs (8.1 s, seed 1, 20 kills); other runs still"
         " measured 12.4 s (seed 1, 38 kills) and 18.0 s (seed 2, 38 kills), and one run (seed 1, 20 kills) had a"
         " lost entry answer whose stop was never armed in 20 s of lookups (23.2 s bare; not yet explained)."
-        " Every other check of this test holds strictly."
+        " The test with a hot standby (20 kills, seed 1) measured 21.9 s in its `no_stop_placeable` run: every"
+        " algo order refused, the filled position bare until its emergency close, across a takeover."
+        " Every other check of these tests holds strictly."
     ),
 }
 """Venues on which the exposure bound is a known, documented miss: reported as xfail only after
@@ -560,19 +562,18 @@ def live_stops(truth: dict[str, object], bybit_symbol: str) -> list[str]:
             if o["symbol"] == bybit_symbol and o["status"] == "Untriggered" and ids.is_ours(o["order_link_id"])]
 
 
+@pytest.mark.parametrize("venue_name", sorted(VENUES))
 async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_agree(
-        redis_url: str, tmp_path: Path) -> None:
+        venue_name: str, redis_url: str, tmp_path: Path) -> None:
     """Issue 15: two `posguard run` on one account, always: one leads, one stands by. Each run
     SIGKILLs whichever process holds the lease (at a random moment, or at a failpoint that the
     process was started with, reached once it leads); a new standby is started at once, so the
-    one that stood by takes over while the next waits. Bybit's emulator: the venue-independent
-    part of failover (the lease, the fencing, the resume) is what is on trial here; both
-    venues' own crash paths are the test above.
+    one that stood by takes over while the next waits.
 
     The checks of the single-process crash test, plus: every kill met a standby that took the
     lease, no venue position ever holds two of posguard's live stops, and at the end the
     leader and the standby both stop with exit 0 on SIGTERM."""
-    venue = VENUES["bybit"]
+    venue = VENUES[venue_name]
     rng = random.Random(int(os.environ.get("POSGUARD_CRASH_SEED", "1")))
     started = time.monotonic()
 
@@ -659,4 +660,8 @@ async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_a
         assert double_stops == [], f"two live stops of posguard on one position: {double_stops}"
         assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
         assert takeovers == STANDBY_KILLS - 1
-        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
+        exposure = f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
+        known_miss = monitor.longest > UNPROTECTED_BOUND and venue_name in OPEN_EXPOSURE_FINDINGS
+        assert known_miss or monitor.longest <= UNPROTECTED_BOUND, exposure
+    if known_miss:  # outside the task group, which would wrap the outcome in an exception group
+        pytest.xfail(f"{exposure}: {OPEN_EXPOSURE_FINDINGS[venue_name]}")
