@@ -78,7 +78,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     # armed beside the send and the verification (`armed_stop`), not after them.
     armed = ArmedStop(ctx, record)
     if resumed and record.filled_qty <= QTY_TOLERANCE:
-        armed.outcome_unknown()  # a restart: the entry may be on the venue, its fate unknown
+        armed.arm()  # a restart: the entry may be on the venue, its fate unknown
     async with anyio.create_task_group() as tg:
         tg.start_soon(armed.run)
         try:
@@ -110,7 +110,7 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, ow
                 raise  # refused before it took effect: nothing placed
             except VenueUnavailable:
                 if armed is not None:
-                    armed.outcome_unknown()
+                    armed.arm()
                 raise
 
         try:
@@ -142,7 +142,7 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, ow
             record.transition(State.VERIFYING)
             await ctx.save(record)
         if armed is not None and acknowledged is None and record.filled_qty <= QTY_TOLERANCE:
-            armed.outcome_unknown()  # no answer by the send's deadline
+            armed.arm()  # no answer by the send's deadline
         verdict = await verify_entry(ctx, record, sent_at, acknowledged)
         if armed is not None:
             await armed.finish()
