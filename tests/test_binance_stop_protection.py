@@ -18,6 +18,8 @@ import json
 import anyio
 import ccxt.async_support as ccxt
 
+from posguard.actors.findings import Finding
+from posguard.actors.lifecycle import repairs
 from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
 from posguard.actors.records import Protection, State
 from posguard.streams.ccxt_adapter.dialects import BINANCE_CODES
@@ -172,3 +174,40 @@ async def test_an_emergency_close_that_cannot_go_through_arms_a_stop_once_stops_
         assert venue.truth.position(SYMBOL) is None and venue.truth.open_stops(SYMBOL) == []
         record = await engine.store.load_record(SYMBOL)
         assert record.state is State.CLOSED, record.state
+
+
+async def test_an_audit_that_cannot_see_the_armed_close_position_stop_does_not_add_a_second(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Found by the standby crash test (seed 2): the audit's lists lagged, so a protected
+    position looked unprotected and its record's stop was "unknown" when asked by id. The
+    repair's new whole-position stop was refused -4130 (one is armed on that side: the venue's
+    own word that the position is covered), and was sent again sized: two live stops. -4130
+    answers the repair: nothing is added."""
+    async with FakeVenue(seed=1405, knobs=FAST_PUSH, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock, audit=NO_AUDITS) as engine:
+        await wait_streams_healthy(engine)
+        reply = await (await engine.submit(open_intent("lagging-audit", symbol=SYMBOL))).wait()
+        assert reply.outcome == "protected"
+        [armed] = venue.truth.open_stops(SYMBOL)
+        place_stop, sent = venue.place_stop, []
+
+        async def one_whole_stop_per_side(request: StopRequest) -> Order:
+            sent.append(request)
+            if request.whole_position and venue.truth.open_stops(SYMBOL):
+                raise binance_refusal(*SLOT_TAKEN, request.client_order_id)
+            return await place_stop(request)
+
+        async def lagging_lookup(symbol: str, client_order_id: str) -> Order | None:
+            return None  # Binance's "does not exist" for an order it holds
+
+        venue.place_stop, venue.fetch_order = one_whole_stop_per_side, lagging_lookup  # type: ignore[method-assign]
+        position = venue.truth.position(SYMBOL)
+        assert position is not None
+        finding = Finding(symbol=SYMBOL, kind="unprotected", position=position,
+                          seen=f"venue position {position.size} covered by stops for 0")
+        outcome = await repairs.repair(engine.ctx, finding)
+        assert [s.client_order_id for s in venue.truth.open_stops(SYMBOL)] == [armed.client_order_id], (outcome, sent)
+        assert venue.truth.is_protected(SYMBOL)
+        record = await engine.store.load_record(SYMBOL)
+        assert (record.state, record.protection) == (State.PROTECTED, Protection.STOP_ORDER), record

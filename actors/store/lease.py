@@ -11,9 +11,12 @@ Keys (all in the account's hash tag, so one Redis Cluster slot; `Keys` names the
   ``{"owner": "host-pid-nonce", "host": ..., "pid": ..., "since_ms": ..., "token": "N"}``;
 * ``posguard:{acct}:epoch`` (string, integer): the latest fencing token handed out. Acquiring
   is one script: ``SET lease NX PX ttl`` and, when set, ``INCR epoch``. If the epoch key is
-  missing (Redis lost its data) it starts again from Redis' clock in ms, so a token handed out
-  after a loss is larger than any handed out before it (ms since 1970 outgrow any count of
-  acquisitions) and a process paused across the loss cannot match it.
+  missing (Redis lost its data) it starts again from Redis' clock in microseconds, so a token
+  handed out after a loss is larger than any handed out before it (microseconds since 1970
+  outgrow any count of acquisitions, each of which takes longer than one; in milliseconds, a
+  loss within the millisecond of the first acquisition handed the same token out twice, as a
+  test on a fast machine showed) and a process paused across the loss cannot match it. An
+  epoch started in milliseconds by an older posguard stays below every one started since.
 
 Every write of the running service (records, journal, intents and replies, alerts, audit
 findings, the health hash's status, the venue event cache, intent acknowledgements) goes
@@ -274,7 +277,7 @@ _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
 local token = string.format('%d', redis.call('INCR', KEYS[2]))
 local value = ARGV[1] .. token .. '"}'
