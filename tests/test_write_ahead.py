@@ -10,7 +10,7 @@ redis-server; the venue's own record is the ground truth for what was sent.
 
 from __future__ import annotations
 
-from posguard.actors.intents import CloseIntent
+from posguard.actors.intents import CloseIntent, IntentRecord, body_of
 from posguard.actors.records import State
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.events import Order
@@ -49,7 +49,7 @@ async def test_an_entry_is_written_ahead_in_one_round_trip_on_a_symbol_it_has_se
         reply = await (await engine.submit(open_intent("wa-2", symbol=SYMBOL))).wait()
         record = await engine.store.load_record(SYMBOL)
         assert reply.status == "done" and record.state is State.PROTECTED, (reply, record.state)
-        assert [s for s in sends[0] if s != "load_intent"] == ["write_ahead"], sends
+        assert sends == [["write_ahead"]], "the intent's first and only round trip before the send"
         assert venue.truth.orders[record.client_order_id].filled > 0  # the venue's own record of the send
 
 
@@ -88,3 +88,29 @@ async def test_a_record_changed_in_redis_since_it_was_seen_is_decided_again_from
         assert sends == [] and reply.status == "rejected" and "already has a live position" in reply.reason, reply
         with clock.hold():
             assert (await engine.store.client.hget(key, "intent_id")) == "by-hand", "the hand-edit was written over"
+
+
+async def test_a_refusal_at_intake_never_writes_over_what_redis_holds_for_the_id(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """The intake no longer reads an id before the hand-off; its refusals (safe mode here) are
+    written only where the id is new. An id with a final answer is answered ``duplicate``; an
+    id under way (``accepted``, its entry carried on by a restart) keeps ``accepted`` and gets
+    the refusal on its reply list only: a record saying ``rejected`` while its entry opens is
+    a false rollback in the intent's own record."""
+    async with FakeVenue(seed=1604, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        done = await (await engine.submit(open_intent("wa-done", symbol=SYMBOL))).wait()
+        assert done.outcome == "protected"
+        under_way = open_intent("wa-under-way", symbol="BTC/USDT:USDT")
+        await engine.store.save_intent(IntentRecord(intent_id=under_way.intent_id, action="open", symbol=under_way.symbol,
+                                                    status="accepted", body=body_of(under_way)))
+        assert engine.gate.enter_safe_mode("test: entries refused")
+        again = await (await engine.submit(open_intent("wa-done", symbol=SYMBOL))).wait()
+        refused = await (await engine.submit(under_way)).wait()
+        assert (again.status, again.outcome) == ("done", "protected"), again  # the first answer, as a duplicate
+        assert refused.status == "rejected" and "safe mode" in refused.reason.lower(), refused
+        stored = await engine.store.load_intent(under_way.intent_id)
+        assert stored is not None and stored.status == "accepted", stored
+        assert (await engine.store.load_intent("wa-done")).outcome == "protected"
+        assert venue.calls["create_order"] == 1

@@ -133,6 +133,11 @@ class Store(Protocol):
 
     async def save_intent(self, intent: IntentRecord) -> None: ...
 
+    async def save_intent_if_new(self, intent: IntentRecord) -> IntentRecord | None:
+        """`save_intent` unless the id has a record already: then nothing is written and that
+        record is returned."""
+        ...
+
     async def still_accepted(self, intent_ids: Sequence[str]) -> set[str]:
         """Which of these intents are stored as ``accepted`` (begun, never answered)."""
         ...
@@ -246,6 +251,17 @@ class RedisStore:
         """Write the intent's record and push the change to its reply list, atomically."""
         async with self.fence.batch(self.client) as pipe:
             self._intent(pipe, intent)
+
+    async def save_intent_if_new(self, intent: IntentRecord) -> IntentRecord | None:
+        async with self.fence.batch(self.client) as pipe:
+            pipe.expect_absent(self.keys.intent(intent.intent_id))
+            self._intent(pipe, intent)
+        if pipe.written:
+            return None
+        earlier = await self.load_intent(intent.intent_id)
+        if earlier is None:  # expired in between: the id is new again
+            return await self.save_intent_if_new(intent)
+        return earlier
 
     def _intent(self, pipe: FencedBatch, intent: IntentRecord) -> None:
         intent.updated_at = utc_now()
