@@ -42,7 +42,7 @@ INTENT_TTL_SECONDS = 7 * 86_400
 already handled (a duplicate); after that the id may be used again (README, "Intents")."""
 
 
-class RecordHead(msgspec.Struct, frozen=True, kw_only=True):
+class RecordHead(msgspec.Struct, frozen=True):
     """What decides whether a symbol may take a new entry (`entry.open_position`), as this
     process last read or wrote it: the record's state, its intent, its last proof of flat.
     ``fields`` are those three exactly as the hash holds them, for `FencedBatch.expect_fields`."""
@@ -54,8 +54,8 @@ class RecordHead(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, record: PositionRecord, fields: Mapping[str, str]) -> RecordHead:
-        return cls(state=record.state, intent_id=record.intent_id, flat_ms=record.flat_ms,
-                   fields={name: str(fields.get(name, "")) for name in _HEAD_FIELDS})
+        return cls(record.state, record.intent_id, record.flat_ms,
+                   {name: str(fields.get(name, "")) for name in _HEAD_FIELDS})
 
 
 _HEAD_FIELDS = ("state", "intent_id", "flat_ms")
@@ -167,10 +167,13 @@ class RedisStore:
         self.keys = Keys(account)
         self.fence = fence or Fence(account)
         """Every write goes through it (`store.lease.fenced_write`); unfenced without a lease."""
-        self._heads: dict[str, RecordHead | None] = {}
+        self._heads: dict[str, RecordHead | None | Unseen] = {}
+        self._scanned = False
+        """Every position hash has been read once (`read_records`): a symbol with no head has
+        no record (one written since by another hand is caught by `write_ahead`'s check)."""
 
     async def load_record(self, symbol: str) -> PositionRecord | None:
-        self._heads.pop(symbol, None)
+        self._heads[symbol] = UNSEEN  # until the read says otherwise (it may raise)
         try:
             fields = await self.client.hgetall(self.keys.position(symbol))
         except coredis.exceptions.WrongTypeError:
@@ -183,10 +186,10 @@ class RedisStore:
         return record
 
     def seen_head(self, symbol: str) -> RecordHead | None | Unseen:
-        return self._heads.get(symbol, UNSEEN)
+        return self._heads.get(symbol, None if self._scanned else UNSEEN)
 
     async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
-        self._heads.pop(record.symbol, None)  # a write that raises may or may not have been done
+        self._heads[record.symbol] = UNSEEN  # a write that raises may or may not have been done
         async with self.fence.batch(self.client) as pipe:
             fields = self._record(pipe, record, note)
             for reply in replies:
@@ -196,7 +199,7 @@ class RedisStore:
     async def write_ahead(self, record: PositionRecord, note: str, *, accepted: IntentRecord,
                           seen: RecordHead | None) -> None:
         key = self.keys.position(record.symbol)
-        self._heads.pop(record.symbol, None)
+        self._heads[record.symbol] = UNSEEN
         async with self.fence.batch(self.client) as pipe:
             pipe.expect_absent(self.keys.intent(accepted.intent_id))
             if seen is None:
@@ -241,7 +244,13 @@ class RedisStore:
         return (await self.read_records()).usable
 
     async def read_records(self) -> RecordScan:
-        return await read_position_hashes(self.client, self.keys)
+        scan = await read_position_hashes(self.client, self.keys)
+        for record in scan.usable:  # what this process wrote or read since stays: it is as fresh
+            self._heads.setdefault(record.symbol, RecordHead.of(record, record.to_fields()))
+        for defect in scan.bad:
+            self._heads[defect.symbol] = UNSEEN
+        self._scanned = True
+        return scan
 
     async def load_intent(self, intent_id: str) -> IntentRecord | None:
         fields = await self.client.hgetall(self.keys.intent(intent_id))
