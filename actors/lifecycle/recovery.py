@@ -30,6 +30,8 @@ async def resume(ctx: ActorContext, symbol: str) -> None:
     new happens; a close in flight (requested, emergency, or failing) is driven on as a close
     (its orders are reduce-only). A settled record's unanswered intents are answered from it.
     """
+    if ctx.store.seen_head(symbol) is None:
+        return  # no record (the start-up's scan, or a later look, says so): nothing to resume
     try:
         record = await ctx.store.load_record(symbol)
     except BadRecord as exc:
