@@ -348,13 +348,10 @@ async def entry(trader: Trader) -> None:
 
 
 async def close(trader: Trader) -> None:
-    live = await trader.live_symbols()
-    if live:
-        await trader.close(trader.rng.choice(live))
-    else:
-        symbol = await trader.flat_symbol()
-        await trader.open(symbol)
-        await trader.close(symbol)
+    """A requested close of a protected position (one opened first if there is none). Any live
+    symbol would not do: a close of an entry still in flight is refused (nothing closes), so a
+    run that picked one never reached `closed` (seen on Binance, seed 2)."""
+    await trader.close(await trader.protected_symbol())
 
 
 async def gap_through_stop(trader: Trader) -> None:
