@@ -115,7 +115,7 @@ class ActorContext:
             failpoint(before_reply(pending.reply.status))
             if isinstance(pending.seen, Unseen):
                 raise WriteAheadStale(f"{record.symbol}: written before its record was looked at")
-            await self.store.write_ahead(record, note, accepted=pending.reply, seen=pending.seen)
+            await self.store.write_ahead(record, note, accepted=pending.reply, seen=pending.seen, replies=replies)
         else:
             await self.store.save_record(record, note, replies=replies)
         for key in answered:  # only once written: a failed write leaves them to be answered

@@ -116,11 +116,11 @@ class Store(Protocol):
         ...
 
     async def write_ahead(self, record: PositionRecord, note: str, *, accepted: IntentRecord,
-                          seen: RecordHead | None) -> None:
+                          seen: RecordHead | None, replies: Sequence[IntentRecord] = ()) -> None:
         """A new entry's one write before its send: ``accepted`` (its intent record and reply),
-        the record and its journal entry, in one fenced transaction that writes only if the
-        intent id has no record and the symbol's record is still ``seen``; else
-        `WriteAheadStale`, with nothing written."""
+        the record and its journal entry (and ``replies``, as `save_record`), in one fenced
+        transaction that writes only if the intent id has no record and the symbol's record is
+        still ``seen``; else `WriteAheadStale`, with nothing written."""
         ...
 
     async def list_records(self) -> list[PositionRecord]:
@@ -197,7 +197,7 @@ class RedisStore:
         self._heads[record.symbol] = RecordHead.of(record, fields)
 
     async def write_ahead(self, record: PositionRecord, note: str, *, accepted: IntentRecord,
-                          seen: RecordHead | None) -> None:
+                          seen: RecordHead | None, replies: Sequence[IntentRecord] = ()) -> None:
         key = self.keys.position(record.symbol)
         self._heads[record.symbol] = UNSEEN
         async with self.fence.batch(self.client) as pipe:
@@ -208,6 +208,8 @@ class RedisStore:
                 pipe.expect_fields(key, seen.fields)
             self._intent(pipe, accepted)
             fields = self._record(pipe, record, note)
+            for reply in replies:
+                self._intent(pipe, reply)
         if not pipe.written:
             raise WriteAheadStale(f"{record.symbol}: intent {accepted.intent_id} or the symbol's record changed in"
                                   " Redis since this process last saw them")
