@@ -114,22 +114,6 @@ class CrashVenue:
         return int(raw) if raw else DEFAULT_KILLS
 
 
-OPEN_EXPOSURE_FINDINGS = {
-    "binance": (
-        "open finding of issue 14, narrowed, not a pass: a whole-position stop is now armed as soon as an"
-        " entry's outcome is unknown (retried while Binance answers -4509), which took the `no_evidence` run's"
-        " bare time from 22-47 s to within the bound in some runs (8.1 s, seed 1, 20 kills); other runs still"
-        " measured 12.4 s (seed 1, 38 kills) and 18.0 s (seed 2, 38 kills), and one run (seed 1, 20 kills) had a"
-        " lost entry answer whose stop was never armed in 20 s of lookups (23.2 s bare; not yet explained)."
-        " The test with a hot standby (20 kills, seed 1) measured 21.9 s in its `no_stop_placeable` run: every"
-        " algo order refused, the filled position bare until its emergency close, across a takeover."
-        " Every other check of these tests holds strictly."
-    ),
-}
-"""Venues on which the exposure bound is a known, documented miss: reported as xfail only after
-every other assertion (no duplicate, Redis equal to the venue, every intent answered, every
-failpoint reached) has passed."""
-
 VENUES = {
     "bybit": CrashVenue(EMULATORS["bybit"], stop_path="/v5/order/create", audit_interval=3.0,
                         answer_carries_fill=False, failpoint_wait=60.0),
@@ -394,12 +378,11 @@ async def no_evidence(trader: Trader) -> None:
     lost too (every one: a scripted failure is spent by any request to its path, lookups
     included, and only writes lose their answer).
 
-    Open finding (issue 14), narrowed: on Binance, with no attached stop, the filled position
-    used to be bare until the evidence showed up or the hard deadline made it `unverified`
-    (20 s here, 60 s by default; longer after a restart). posguard now arms a whole-position
-    stop (``closePosition``) as soon as the send's outcome is unknown, retried while Binance
-    refuses it for want of a position (-4509); some runs still miss `UNPROTECTED_BOUND`
-    (see `OPEN_EXPOSURE_FINDINGS`)."""
+    On Binance, with no attached stop, the filled position used to be bare until the evidence
+    showed up or the hard deadline made it `unverified` (20 s here, 60 s by default; longer
+    after a restart; 22-47 s measured). posguard arms a whole-position stop (``closePosition``)
+    as soon as the send's outcome is unknown, retried while Binance refuses it for want of a
+    position (-4509): within `UNPROTECTED_BOUND` since issue 14."""
     symbol = await trader.flat_symbol(settled=True)  # before the faults: a close under them outlasts the run
     lag = HARD_DEADLINE + 5
     trader.emu.engine.faults = Faults(position_list_lag=lag, order_list_lag=lag, execution_list_lag=lag,
@@ -543,11 +526,7 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
         assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
         if kills >= 2 * len(KILL_TARGETS):
             assert set(tried) == set(KILL_TARGETS)
-        exposure = f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
-        known_miss = monitor.longest > UNPROTECTED_BOUND and venue_name in OPEN_EXPOSURE_FINDINGS
-        assert known_miss or monitor.longest <= UNPROTECTED_BOUND, exposure
-    if known_miss:  # outside the task group, which would wrap the outcome in an exception group
-        pytest.xfail(f"{exposure}: {OPEN_EXPOSURE_FINDINGS[venue_name]}")
+        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
 
 
 STANDBY_KILLS = int(os.environ.get("POSGUARD_STANDBY_KILLS", "20"))
@@ -661,8 +640,4 @@ async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_a
         assert double_stops == [], f"two live stops of posguard on one position: {double_stops}"
         assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
         assert takeovers == STANDBY_KILLS
-        exposure = f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
-        known_miss = monitor.longest > UNPROTECTED_BOUND and venue_name in OPEN_EXPOSURE_FINDINGS
-        assert known_miss or monitor.longest <= UNPROTECTED_BOUND, exposure
-    if known_miss:  # outside the task group, which would wrap the outcome in an exception group
-        pytest.xfail(f"{exposure}: {OPEN_EXPOSURE_FINDINGS[venue_name]}")
+        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
