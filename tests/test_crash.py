@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import coredis
@@ -454,6 +455,57 @@ async def random_intents(trader: Trader) -> None:
         trader.emu.engine.set_price(bybit_symbol, price * rng.choice([0.95, 1.05]))
 
 
+async def run_until_killed(trader: Trader, process: anyio.abc.Process, target: str) -> bool:
+    """One run: its intents (the failpoint's scenario, or random ones) until ``process`` kills
+    itself at ``target`` or, for a random kill, a random moment; then SIGKILL if it still runs.
+    True if it died at its failpoint. A failpoint run ends when the process kills itself there;
+    a loaded machine may take many seconds to get that far, so it waits for the event, not a
+    guess (up to `CrashVenue.failpoint_wait`)."""
+    async with anyio.create_task_group() as run_tg:
+        run_tg.start_soon(SCENARIOS[target] if target else random_intents, trader)
+        with anyio.move_on_after(trader.venue.failpoint_wait if target else trader.rng.uniform(0.3, 4.0)):
+            await process.wait()
+        run_tg.cancel_scope.cancel()
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        return False
+    return bool(target) and process.returncode == -signal.SIGKILL
+
+
+async def until_converged(emu: EmulatorBase, client: coredis.Redis[str], trader: Trader) -> tuple[list[str], dict[str, str]]:
+    """Wait (up to `CONVERGE_WAIT`) for Redis to agree with the venue and every intent to be
+    answered; what still disagrees and what is still unanswered."""
+    problems: list[str] = ["not checked yet"]
+    unanswered: dict[str, str] = {}
+    with anyio.move_on_after(CONVERGE_WAIT):
+        while problems or unanswered:
+            await anyio.sleep(1.0)
+            problems = await converged(emu, client)
+            unanswered = await trader.unanswered()
+    return problems, unanswered
+
+
+def entry_orders_on_the_venue(truth: dict[str, Any], trader: Trader) -> tuple[Counter[str], set[str]]:
+    """Every order object the venue holds under an entry id (two under one id are two entries),
+    and the entry ids the run's open intents asked for."""
+    entry_orders = Counter(o["order_link_id"] for o in truth["orders"] if ids.is_entry_id(o["order_link_id"]))
+    asked = {ids.entry_id(ACCOUNT, i) for i, fields in trader.intents.items() if fields["action"] == "open"}
+    return entry_orders, asked
+
+
+def assert_every_crash_check(problems: list[str], unanswered: dict[str, str], entry_orders: Counter[str],
+                             asked: set[str], tried: Counter[str], reached: Counter[str], monitor: ExposureMonitor) -> None:
+    """The checks both crash tests end with, against the venue's truth and Redis."""
+    missed = sorted(set(tried) - set(reached))
+    assert problems == [], f"venue and Redis disagree after recovery: {problems}"
+    assert unanswered == {}, f"intents never answered after the kills: {unanswered}"
+    assert set(entry_orders) <= asked, f"entry orders nobody asked for: {set(entry_orders) - asked}"
+    assert all(n == 1 for n in entry_orders.values()), f"an intent produced two entries: {entry_orders}"
+    assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
+    assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
+
+
 def test_every_failpoint_has_a_scenario() -> None:
     assert set(TARGETS) <= set(SCENARIOS), f"no crash-test scenario reaches {sorted(set(TARGETS) - set(SCENARIOS))}"
 
@@ -477,39 +529,21 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
             target = target_of(run)
             trader.run = f"run {run} ({target or 'random kill'})"
             process = await start_posguard(config, target)
-            async with anyio.create_task_group() as run_tg:
-                run_tg.start_soon(SCENARIOS[target] if target else random_intents, trader)
-                # A failpoint run ends when the process kills itself there; a loaded machine may
-                # take many seconds to get that far, so wait for the event, not a guess.
-                with anyio.move_on_after(venue.failpoint_wait if target else rng.uniform(0.3, 4.0)):
-                    await process.wait()
-                run_tg.cancel_scope.cancel()
-            if process.returncode is None:
-                process.send_signal(signal.SIGKILL)
-                await process.wait()
-            elif process.returncode == -signal.SIGKILL and target:
+            if await run_until_killed(trader, process, target):
                 reached[target] += 1
             if target:
                 tried[target] += 1
             trader.restore_venue()
 
         process = await start_posguard(config)
-        problems: list[str] = ["not checked yet"]
-        unanswered: dict[str, str] = {}
-        with anyio.move_on_after(CONVERGE_WAIT):
-            while problems or unanswered:
-                await anyio.sleep(1.0)
-                problems = await converged(emu, client)
-                unanswered = await trader.unanswered()
+        problems, unanswered = await until_converged(emu, client, trader)
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             code = await process.wait()
         tg.cancel_scope.cancel()
 
         truth = emu.truth()
-        # Every order object the venue holds, by client id: two under one entry id are two entries.
-        entry_orders = Counter(o["order_link_id"] for o in truth["orders"] if ids.is_entry_id(o["order_link_id"]))
-        asked = {ids.entry_id(ACCOUNT, i) for i, fields in trader.intents.items() if fields["action"] == "open"}
+        entry_orders, asked = entry_orders_on_the_venue(truth, trader)
         missed = sorted(set(tried) - set(reached))
         print(f"\ncrash test on {venue.name}: {kills} SIGKILLs ({sum(reached.values())} at failpoints: {dict(sorted(reached.items()))}),"
               f" {len(trader.intents)} intents ({len(trader.reused)} ids sent again),"
@@ -518,15 +552,10 @@ async def test_sigkill_at_random_moments_and_every_failpoint_then_venue_and_redi
               f" failpoints tried but not reached: {missed}; not tried: {sorted(set(TARGETS) - set(tried))};"
               f" unanswered: {unanswered}; {time.monotonic() - started:.0f} s")
 
-        assert problems == [], f"venue and Redis disagree after recovery: {problems}"
-        assert unanswered == {}, f"intents never answered after the restarts: {unanswered}"
+        assert_every_crash_check(problems, unanswered, entry_orders, asked, tried, reached, monitor)
         assert code == 0, "SIGTERM must stop posguard gracefully with exit code 0"
-        assert set(entry_orders) <= asked, f"entry orders nobody asked for: {set(entry_orders) - asked}"
-        assert all(n == 1 for n in entry_orders.values()), f"an intent produced two entries: {entry_orders}"
-        assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
         if kills >= 2 * len(KILL_TARGETS):
             assert set(tried) == set(KILL_TARGETS)
-        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
 
 
 STANDBY_KILLS = int(os.environ.get("POSGUARD_STANDBY_KILLS", "20"))
@@ -585,15 +614,7 @@ async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_a
             takeovers += run > 0
             if run == STANDBY_KILLS:
                 break  # a leader and a standby for the end
-            async with anyio.create_task_group() as run_tg:
-                run_tg.start_soon(SCENARIOS[target] if target else random_intents, trader)
-                with anyio.move_on_after(venue.failpoint_wait if target else rng.uniform(0.3, 4.0)):
-                    await leader.wait()
-                run_tg.cancel_scope.cancel()
-            if leader.returncode is None:
-                leader.send_signal(signal.SIGKILL)
-                await leader.wait()
-            elif leader.returncode == -signal.SIGKILL and target:
+            if await run_until_killed(trader, leader, target):
                 reached[target] += 1
             assert leader.returncode == -signal.SIGKILL, f"{trader.run}: the leader exited {leader.returncode}"
             assert standby.returncode is None, f"{trader.run}: the standby exited {standby.returncode}"
@@ -605,13 +626,7 @@ async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_a
                              if len(stops := live_stops(truth, s)) > 1]
             leader = standby
 
-        problems: list[str] = ["not checked yet"]
-        unanswered: dict[str, str] = {}
-        with anyio.move_on_after(CONVERGE_WAIT):
-            while problems or unanswered:
-                await anyio.sleep(1.0)
-                problems = await converged(emu, client)
-                unanswered = await trader.unanswered()
+        problems, unanswered = await until_converged(emu, client, trader)
         # The standby first: a leader's graceful stop hands it the lease, and it would lead on.
         codes = []
         for process in (standby, leader):
@@ -621,8 +636,7 @@ async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_a
         tg.cancel_scope.cancel()
 
         truth = emu.truth()
-        entry_orders = Counter(o["order_link_id"] for o in truth["orders"] if ids.is_entry_id(o["order_link_id"]))
-        asked = {ids.entry_id(ACCOUNT, i) for i, fields in trader.intents.items() if fields["action"] == "open"}
+        entry_orders, asked = entry_orders_on_the_venue(truth, trader)
         double_stops += [f"at the end: {s} {stops}" for s in truth["positions"] if len(stops := live_stops(truth, s)) > 1]
         missed = sorted(set(tried) - set(reached))
         print(f"\nstandby crash test on {venue.name}: {STANDBY_KILLS} SIGKILLs of the leader, {takeovers} takeovers"
@@ -632,12 +646,7 @@ async def test_sigkill_whichever_leads_with_a_hot_standby_then_venue_and_redis_a
               f" failpoints tried but not reached: {missed}; unanswered: {unanswered};"
               f" {time.monotonic() - started:.0f} s")
 
-        assert problems == [], f"venue and Redis disagree after recovery: {problems}"
-        assert unanswered == {}, f"intents never answered after the takeovers: {unanswered}"
+        assert_every_crash_check(problems, unanswered, entry_orders, asked, tried, reached, monitor)
         assert codes == [0, 0], f"SIGTERM must stop the standby and the leader with exit 0: {codes}"
-        assert set(entry_orders) <= asked, f"entry orders nobody asked for: {set(entry_orders) - asked}"
-        assert all(n == 1 for n in entry_orders.values()), f"an intent produced two entries: {entry_orders}"
         assert double_stops == [], f"two live stops of posguard on one position: {double_stops}"
-        assert not missed, f"failpoint runs that never reached their failpoint: {missed} (tried {dict(tried)})"
         assert takeovers == STANDBY_KILLS
-        assert monitor.longest <= UNPROTECTED_BOUND, f"a position went {monitor.longest:.1f} s without a stop ({monitor.worst})"
