@@ -391,9 +391,10 @@ def decode_prescreened(document: str | bytes, *, symbol: str) -> PositionRecord 
     empty numeric fields and only where every numeric field passed the screen
     (`PRESCREEN_WHOLE`, `PRESCREEN_DECIMAL`) and ``protection`` is present (an older record's
     is read from ``stop_source`` by `decode_record`). msgspec's lax mode then turns numeric
-    text into numbers; on screened text it accepts exactly what `decode_record`'s parsers
-    accept, with the same values (no sign, no inf or nan, no ``null``: the screen lets none
-    through; a test fuzzes it against `decode_record`). Its checks that msgspec cannot make
+    text into numbers; on screened text it accepts only what `decode_record`'s parsers
+    accept, with the same values (no leading sign, no inf or nan, no ``null``: the screen lets
+    none through; tests/test_record_scan.py fuzzes it against `decode_record`), and whatever
+    it refuses goes to `decode_record`, so the verdicts never differ. Its checks that msgspec cannot make
     (never-empty text, timestamps, the key's symbol) are made here by the same rules. So the
     contract: a record returned here is the one `decode_record` would return for the hash."""
     try:
