@@ -12,13 +12,13 @@ from posguard.actors.failpoints import before_reply, failpoint, record_saved
 from posguard.actors.intents import IntentRecord, OpenIntent, settle_reply
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
-from posguard.actors.store.positions import Store
+from posguard.actors.store.positions import UNSEEN, RecordHead, Store, Unseen, WriteAheadStale
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.venue.events import Position
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 
-__all__ = ["ActorContext", "AwaitedReply", "EntryCheck", "TransitionObserver"]
+__all__ = ["ActorContext", "AwaitedReply", "EntryCheck", "PendingWriteAhead", "TransitionObserver"]
 
 log = logging.getLogger("posguard.alert")
 
@@ -40,6 +40,17 @@ class AwaitedReply:
 
 
 @dataclass
+class PendingWriteAhead:
+    """An open intent's ``accepted`` answer, written with its entry's first record write
+    (`Store.write_ahead`) instead of before it: one round trip before the send, not four."""
+
+    reply: IntentRecord
+    seen: RecordHead | None | Unseen = UNSEEN
+    """The symbol's record as the decision saw it (`entry.open_position` sets it): the write
+    happens only if Redis still holds that."""
+
+
+@dataclass
 class ActorContext:
     venue: Venue
     store: Store
@@ -56,6 +67,9 @@ class ActorContext:
     """By (symbol, intent id): intents whose step is running. A record write that settles the
     record (a terminal state) carries their final answers in its own transaction (`save`), so
     no crash can leave a settled record with its intent still saying ``accepted``."""
+    write_ahead_for: dict[str, PendingWriteAhead] = field(default_factory=dict)
+    """By symbol: the open intent whose ``accepted`` answer rides with the symbol's next record
+    write (`save`), which is then its write ahead (`replies.answer_intent`)."""
 
     @property
     def account(self) -> str:
@@ -107,7 +121,14 @@ class ActorContext:
                     replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
         for reply in replies:  # written with the record, in one transaction
             failpoint(before_reply(reply.status))
-        await self.store.save_record(record, note, replies=replies)
+        pending = self.write_ahead_for.pop(record.symbol, None)
+        if pending is not None:
+            failpoint(before_reply(pending.reply.status))
+            if isinstance(pending.seen, Unseen):
+                raise WriteAheadStale(f"{record.symbol}: written before its record was looked at")
+            await self.store.write_ahead(record, note, accepted=pending.reply, seen=pending.seen, replies=replies)
+        else:
+            await self.store.save_record(record, note, replies=replies)
         for key in answered:  # only once written: a failed write leaves them to be answered
             del self.awaiting[key]
         failpoint(record_saved(record.state))

@@ -31,6 +31,7 @@ from posguard.actors.intents import (
     check_intent_id,
     check_open,
     check_symbol,
+    intent_verdict,
 )
 from posguard.actors.lifecycle import MailboxFull, Ticket
 from posguard.actors.lifecycle.replies import answer_refused_repeat
@@ -111,17 +112,14 @@ class Admission:
 
     async def admit(self, intent: Intent) -> Ticket:
         """Claim the intent's id, validate, then queue on the symbol's actor. A refused intent,
-        and one whose id must not run again, is answered at once."""
+        and one whose id another intent holds in flight, is answered at once.
+
+        What Redis knows of the id is not read here (no round trip before the hand-off): the
+        actor's write ahead is refused by Redis if the id has a record (`Store.write_ahead`),
+        and the actor then decides from it (a duplicate, another intent's id, one to carry
+        on); a refusal here is written only where the id has none (`refuse`)."""
         body = body_of(intent)
-        try:
-            first = await self.store.load_intent(intent.intent_id)
-        except Exception as exc:
-            if not is_redis_failure(exc):
-                raise
-            return await self.refuse(intent, f"Redis unreachable ({type(exc).__name__}): whether intent id"
-                                     f" {intent.intent_id!r} was used before cannot be read, so nothing was done;"
-                                     " send it again once Redis answers", body)
-        verdict = self.claims.claim(intent, body, first)
+        verdict = self.claims.claim(intent, body, None)
         if isinstance(verdict, Duplicate | ConflictingBody):
             ticket = Ticket(intent, body)
             ticket.finish(await answer_refused_repeat(self.store, intent, verdict))
@@ -161,7 +159,10 @@ class Admission:
         return intent
 
     async def refuse(self, intent: Intent, reason: str, body: str = "") -> Ticket:
-        """Answer the intent with a `rejected` record, in Redis if it answers."""
+        """Answer the intent with a `rejected` record, in Redis if it answers. An id Redis
+        already holds keeps its record: a duplicate or another intent's id is answered as
+        such (`intent_verdict`), and one under way (an ``accepted`` entry a restart carries on)
+        has this refusal pushed to its reply list only."""
         log.warning("intent %s refused: %s", intent.intent_id, reason)
         body = body or body_of(intent)
         reply = IntentRecord(
@@ -172,10 +173,16 @@ class Admission:
             reason=reason,
             body=body,
         )
+        ticket = Ticket(intent, body)
         try:
-            await self.store.save_intent(reply)
+            earlier = await self.store.save_intent_if_new(reply)
+            if earlier is not None:
+                verdict = intent_verdict(body, earlier)
+                if isinstance(verdict, Duplicate | ConflictingBody):
+                    ticket.finish(await answer_refused_repeat(self.store, intent, verdict))
+                    return ticket
+                await self.store.push_reply(reply)
         except Exception as exc:  # noqa: BLE001 - the refusal still reaches the caller
             log.error("could not record the refusal of %s in Redis: %s", intent.intent_id, exc)
-        ticket = Ticket(intent, body)
         ticket.finish(reply)
         return ticket

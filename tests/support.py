@@ -27,20 +27,25 @@ ACCOUNT = "test"
 class ClockHeld:
     """Wraps an object's coroutine methods so the mock clock stands still while they run.
 
-    Applied to whatever talks to the real redis-server (see `tests.clock`).
+    Applied to whatever talks to the real redis-server (see `tests.clock`). ``calls`` names
+    every coroutine method called, in order: on a store, each is one round trip to Redis.
     """
 
     def __init__(self, inner: Any, clock: IOAwareMockClock | None) -> None:
         self._inner = inner
         self._clock = clock
+        self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if self._clock is None or not inspect.iscoroutinefunction(attr):
+        if not inspect.iscoroutinefunction(attr):
             return attr
-        clock = self._clock
+        clock, calls = self._clock, self.calls
 
         async def held(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            if clock is None:
+                return await attr(*args, **kwargs)
             with clock.hold():
                 return await attr(*args, **kwargs)
 

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import ccxt.async_support as ccxt
 
+from posguard.actors.findings import Finding
+from posguard.actors.lifecycle import repairs
 from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
 from posguard.actors.records import Protection, State
 from posguard.streams.ccxt_adapter.dialects import BINANCE_CODES
 from posguard.streams.ccxt_adapter.errors import translate
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
-from posguard.streams.venue.errors import VenueError
+from posguard.streams.venue.errors import VenueError, VenueUnavailable
 from posguard.streams.venue.events import Order, Position
-from posguard.streams.venue.protocol import StopRequest
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from posguard.supervisor.supervision import AuditSettings
 from tests.clock import IOAwareMockClock
 from tests.support import open_intent, running_engine, wait_streams_healthy
@@ -125,3 +128,86 @@ async def test_a_tightened_stop_goes_out_sized_while_the_close_position_stop_is_
         after = await engine.store.load_record(SYMBOL)
         assert (after.state, after.protection, after.stop_client_order_id) == (
             State.PROTECTED, Protection.STOP_ORDER, new.client_order_id)
+
+
+async def test_an_emergency_close_that_cannot_go_through_arms_a_stop_once_stops_are_taken_again(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Found by the standby crash test (issue 14): every stop refused, so the position is
+    closed instead; then every close fails too (the order service down, its answers lost).
+    The close alone kept the position bare until the closes went through (21 s there), though
+    the stop service was back: while a close of a bare position has not gone through, a
+    whole-position stop is armed beside it."""
+    async with FakeVenue(seed=1404, knobs=FAST_PUSH, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock, audit=NO_AUDITS) as engine:
+        await wait_streams_healthy(engine)
+        place_stop = venue.place_stop
+        sent = refuse_stops(venue, None)
+        create_order, closes = venue.create_order, []
+
+        async def order_service_down(request: OrderRequest) -> Order:
+            if request.reduce_only:
+                closes.append(request)
+                raise VenueUnavailable("503 Service Unavailable")
+            return await create_order(request)
+
+        venue.create_order = order_service_down  # type: ignore[method-assign]
+        ticket = await engine.submit(open_intent("bare-close", symbol=SYMBOL))
+        with anyio.fail_after(60):
+            while not closes:
+                await anyio.sleep(0.05)
+        assert venue.truth.position(SYMBOL) is not None and not venue.truth.is_protected(SYMBOL)
+        assert len(sent) >= engine.settings.protection.stop_attempts, "closed only once every stop was refused"
+        venue.place_stop = place_stop  # the stop service is back; the order service is not
+        with anyio.fail_after(10):
+            while not venue.truth.is_protected(SYMBOL):
+                assert venue.truth.position(SYMBOL) is not None, "closed with the order service down?"
+                await anyio.sleep(0.1)
+        [armed] = venue.truth.open_stops(SYMBOL)
+        during = await engine.store.load_record(SYMBOL)
+        assert during.state in (State.EMERGENCY_CLOSING, State.CLOSE_FAILING), during.state
+        assert (during.protection, during.stop_client_order_id) == (Protection.STOP_ORDER, armed.client_order_id)
+
+        venue.create_order = create_order  # the close goes through: the stop armed for it is cancelled
+        reply = await ticket.wait()
+        assert reply.outcome == "closed", reply
+        assert venue.truth.position(SYMBOL) is None and venue.truth.open_stops(SYMBOL) == []
+        record = await engine.store.load_record(SYMBOL)
+        assert record.state is State.CLOSED, record.state
+
+
+async def test_an_audit_that_cannot_see_the_armed_close_position_stop_does_not_add_a_second(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Found by the standby crash test (seed 2): the audit's lists lagged, so a protected
+    position looked unprotected and its record's stop was "unknown" when asked by id. The
+    repair's new whole-position stop was refused -4130 (one is armed on that side: the venue's
+    own word that the position is covered), and was sent again sized: two live stops. -4130
+    answers the repair: nothing is added."""
+    async with FakeVenue(seed=1405, knobs=FAST_PUSH, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock, audit=NO_AUDITS) as engine:
+        await wait_streams_healthy(engine)
+        reply = await (await engine.submit(open_intent("lagging-audit", symbol=SYMBOL))).wait()
+        assert reply.outcome == "protected"
+        [armed] = venue.truth.open_stops(SYMBOL)
+        place_stop, sent = venue.place_stop, []
+
+        async def one_whole_stop_per_side(request: StopRequest) -> Order:
+            sent.append(request)
+            if request.whole_position and venue.truth.open_stops(SYMBOL):
+                raise binance_refusal(*SLOT_TAKEN, request.client_order_id)
+            return await place_stop(request)
+
+        async def lagging_lookup(symbol: str, client_order_id: str) -> Order | None:
+            return None  # Binance's "does not exist" for an order it holds
+
+        venue.place_stop, venue.fetch_order = one_whole_stop_per_side, lagging_lookup  # type: ignore[method-assign]
+        position = venue.truth.position(SYMBOL)
+        assert position is not None
+        finding = Finding(symbol=SYMBOL, kind="unprotected", position=position,
+                          seen=f"venue position {position.size} covered by stops for 0")
+        outcome = await repairs.repair(engine.ctx, finding)
+        assert [s.client_order_id for s in venue.truth.open_stops(SYMBOL)] == [armed.client_order_id], (outcome, sent)
+        assert venue.truth.is_protected(SYMBOL)
+        record = await engine.store.load_record(SYMBOL)
+        assert (record.state, record.protection) == (State.PROTECTED, Protection.STOP_ORDER), record

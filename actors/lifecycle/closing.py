@@ -20,12 +20,13 @@ import anyio
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.intents import CloseIntent
+from posguard.actors.lifecycle.armed_stop import ArmedStop, needs_armed_stop
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import cancel_leftover_stops, look_up, send_once
 from posguard.actors.proof import Gone, known, prove_gone
 from posguard.actors.records import CLOSING_STATES, IN_FLIGHT_STATES, PositionRecord, State
 from posguard.streams.backoff import Deadline, sleep_within
-from posguard.streams.venue.errors import NothingToReduce, OrderRejected
+from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueError
 from posguard.streams.venue.events import Order, closing_side, position_side_of
 from posguard.streams.venue.markets import QTY_TOLERANCE
 from posguard.streams.venue.protocol import OrderRequest
@@ -84,7 +85,24 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
     holds (a fill still arriving, a list that lagged). ``id_key`` (an intent id) seeds the
     orders' client order ids. After `ProtectionSettings.close_alert_after` failed attempts the
     record goes `close_failing` and an alert is raised; the attempts go on with backoff.
+
+    A position no stop is known to hold (`needs_armed_stop`: an emergency close) gets a
+    whole-position stop armed beside the close as soon as one attempt fails (`ArmedStop`): the
+    close goes on, and the caller's `settle_closed` cancels that stop.
     """
+    if not needs_armed_stop(ctx, record):
+        return await _close_until_gone(ctx, record, id_key, qty, None)
+    guard = ArmedStop(ctx, record, why="a close of a position no stop holds has not gone through")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(guard.run)
+        try:
+            return await _close_until_gone(ctx, record, id_key, qty, guard)
+        finally:
+            guard.stop()
+
+
+async def _close_until_gone(ctx: ActorContext, record: PositionRecord, id_key: str, qty: float,
+                            guard: ArmedStop | None) -> Gone:
     settings = ctx.settings.protection
     delays = settings.close_backoff.delays(ctx.rng)
     side = closing_side(position_side_of(record.side))
@@ -100,8 +118,19 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
         await ctx.save(record, f"sending reduce-only close {coid} for {size}")
         request = OrderRequest(symbol=record.symbol, side=side, qty=size, client_order_id=coid, reduce_only=True)
         deadline = Deadline(settings.stop_deadline)
+
+        async def send(request: OrderRequest = request) -> Order:
+            try:
+                return await ctx.venue.create_order(request)
+            except NothingToReduce:
+                raise  # the venue's word that nothing is left: no stop needed for it
+            except VenueError:
+                if guard is not None:
+                    guard.arm()  # refused, or its outcome unknown: the position may stay bare
+                raise
+
         try:
-            order = await send_once(ctx, record, coid, lambda: ctx.venue.create_order(request), deadline)
+            order = await send_once(ctx, record, coid, send, deadline)
             if order is not None and not order.is_final:
                 order = await _until_final(ctx, record, coid, deadline)
         except NothingToReduce:
@@ -122,6 +151,8 @@ async def close_position(ctx: ActorContext, record: PositionRecord, *, id_key: s
                         " closing what is left", record.symbol, coid, order.filled, left)
             continue
         failures += 1
+        if guard is not None:
+            guard.arm()
         if failures == settings.close_alert_after and record.state is not State.CLOSE_FAILING:
             record.transition(State.CLOSE_FAILING, f"could not close after {failures} attempts; still trying")
             await ctx.save(record)

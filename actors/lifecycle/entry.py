@@ -21,6 +21,7 @@ from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
 from posguard.actors.lifecycle.protection import Protected, protect
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import send_once
+from posguard.actors.store.positions import RecordHead, Unseen, WriteAheadStale
 from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection, State, is_protected, utc_now
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from posguard.streams.backoff import Deadline
@@ -33,36 +34,66 @@ __all__ = ["drive_entry", "open_position", "settle_entry"]
 
 
 async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owned: Owned) -> PositionRecord:
-    """An open intent: a new record, or the redelivered intent's own record carried on."""
-    current = await ctx.store.load_record(symbol)
-    if current is not None and current.state.is_live and current.intent_id != intent.intent_id:
+    """An open intent: a new record, or the redelivered intent's own record carried on.
+
+    Written ahead in one round trip (`ActorContext.write_ahead_for`): decided from the record
+    as this process last saw it, with no read, and written only if Redis still holds that
+    (`Store.write_ahead`); otherwise decided again from a fresh read. A redelivered intent is
+    always decided from Redis."""
+    pending = ctx.write_ahead_for.get(symbol)
+    current: PositionRecord | RecordHead | None
+    if pending is None:
+        current = await ctx.store.load_record(symbol)
+    else:
+        current = pending.seen = await _seen_head(ctx, symbol)
+    if not _takes_a_new_entry(symbol, current, intent.intent_id):
+        if not isinstance(current, PositionRecord):
+            raise WriteAheadStale(f"{symbol}: intent {intent.intent_id} is already under way; carried on from Redis")
+        return await drive_entry(ctx, current, resumed=True, owned=owned)  # a redelivery: carry on
+    intent = await ctx.entry_check(intent)  # the market checks: refused before anything is written or sent
+    record = PositionRecord(
+        symbol=symbol,
+        intent_id=intent.intent_id,
+        state=State.SUBMITTING,
+        side=intent.side,
+        qty=intent.qty,
+        stop_price=intent.stop_price,
+        client_order_id=ids.entry_id(ctx.account, intent.intent_id),
+        protection=Protection.ATTACHED_REQUESTED if ctx.venue.supports_attached_stop else Protection.NONE,
+        flat_ms=current.flat_ms if current is not None else 0,  # the symbol's last proof of flat
+    )
+    return await drive_entry(ctx, record, resumed=False, owned=owned)
+
+
+async def _seen_head(ctx: ActorContext, symbol: str) -> RecordHead | None:
+    """The symbol's record as this process last saw it; read once if it has not seen it yet."""
+    seen = ctx.store.seen_head(symbol)
+    if isinstance(seen, Unseen):
+        await ctx.store.load_record(symbol)
+        seen = ctx.store.seen_head(symbol)
+    if isinstance(seen, Unseen):
+        raise WriteAheadStale(f"{symbol}: its record could not be read")
+    return seen
+
+
+def _takes_a_new_entry(symbol: str, current: PositionRecord | RecordHead | None, intent_id: str) -> bool:
+    """The one rule for what a symbol's record lets an open intent do: start a new entry
+    (True), carry its own entry on (False: a redelivery), or nothing (`IntentConflict`)."""
+    if current is None:
+        return True
+    if current.state.is_live and current.intent_id != intent_id:
         raise IntentConflict(
             f"{symbol} already has a live position record (state {current.state},"
             f" intent {current.intent_id}); close it before opening another"
         )
-    if current is not None and current.intent_id == intent.intent_id and current.state.is_terminal:
+    if current.intent_id == intent_id and current.state.is_terminal:
         # Not a redelivery (its answer was written with the record that settled it): the id's
         # intent record has expired, and its client order ids are spent on the venue.
         raise IntentConflict(
-            f"intent_id {intent.intent_id!r} was already used for {symbol} (that position ended"
+            f"intent_id {intent_id!r} was already used for {symbol} (that position ended"
             f" {current.state}); send the intent under a new intent_id"
         )
-    if current is not None and current.intent_id == intent.intent_id:
-        record = current  # a redelivered intent: carry on from where it stood
-    else:
-        intent = await ctx.entry_check(intent)  # the market checks: refused before anything is written or sent
-        record = PositionRecord(
-            symbol=symbol,
-            intent_id=intent.intent_id,
-            state=State.SUBMITTING,
-            side=intent.side,
-            qty=intent.qty,
-            stop_price=intent.stop_price,
-            client_order_id=ids.entry_id(ctx.account, intent.intent_id),
-            protection=Protection.ATTACHED_REQUESTED if ctx.venue.supports_attached_stop else Protection.NONE,
-            flat_ms=current.flat_ms if current is not None else 0,  # the symbol's last proof of flat
-        )
-    return await drive_entry(ctx, record, resumed=record is current, owned=owned)
+    return current.intent_id != intent_id
 
 
 async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: bool, owned: Owned) -> PositionRecord:
@@ -78,7 +109,7 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     # armed beside the send and the verification (`armed_stop`), not after them.
     armed = ArmedStop(ctx, record)
     if resumed and record.filled_qty <= QTY_TOLERANCE:
-        armed.outcome_unknown()  # a restart: the entry may be on the venue, its fate unknown
+        armed.arm()  # a restart: the entry may be on the venue, its fate unknown
     async with anyio.create_task_group() as tg:
         tg.start_soon(armed.run)
         try:
@@ -110,7 +141,7 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, ow
                 raise  # refused before it took effect: nothing placed
             except VenueUnavailable:
                 if armed is not None:
-                    armed.outcome_unknown()
+                    armed.arm()
                 raise
 
         try:
@@ -142,7 +173,7 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, ow
             record.transition(State.VERIFYING)
             await ctx.save(record)
         if armed is not None and acknowledged is None and record.filled_qty <= QTY_TOLERANCE:
-            armed.outcome_unknown()  # no answer by the send's deadline
+            armed.arm()  # no answer by the send's deadline
         verdict = await verify_entry(ctx, record, sent_at, acknowledged)
         if armed is not None:
             await armed.finish()

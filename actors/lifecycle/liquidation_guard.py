@@ -39,7 +39,8 @@ async def recheck_liquidation(ctx: ActorContext, record: PositionRecord, seen: P
     await ctx.alert(record.symbol, f"stop {old_stop} is beyond the venue's liquidation price {liq}: it would never"
                                    f" fire; tightening it to {tightened}")
     record.stop_price = tightened
-    if not isinstance(await protect_with_stop_order(ctx, record, record.filled_qty or record.qty), Protected):
+    if not isinstance(await protect_with_stop_order(ctx, record, record.filled_qty or record.qty, replacing=True),
+                      Protected):
         return  # an exit or a close, recorded as such
     record.reason = f"stop tightened from {old_stop} to {tightened}: beyond the venue's liquidation price {liq}"
     await ctx.save(record, record.reason)

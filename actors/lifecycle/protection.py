@@ -59,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger("posguard.actor")
 
-StopResult = Literal["live", "filled", "would_trigger", "nothing_to_close", "failed"]
+StopResult = Literal["live", "armed_already", "filled", "would_trigger", "nothing_to_close", "failed"]
 PositionView = Literal["stop_on", "stop_off", "flat", "unknown"]
 
 
@@ -181,7 +181,7 @@ def record_for_venue_position(ctx: ActorContext, position: Position, *, intent_i
     )
 
 
-async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> StopResult:
+async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float, *, replacing: bool = False) -> StopResult:
     """Place a separate reduce-only stop, retrying with backoff up to the attempt limit,
     all within one `ProtectionSettings.stop_deadline`: that is how long the position may be
     bare waiting for a stop, whatever each attempt meets (a refusal, an unknown outcome and
@@ -194,16 +194,20 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
 
     The stop is asked for as a whole-position stop (`StopRequest.whole_position`: Binance's
     closePosition, which covers the position at any size). A venue that holds one such stop
-    per side refuses a second (`StopSlotTaken`): that happens when a stop is replaced while
-    the old one is armed (a tightened stop, a re-protect; the new stop always goes first,
-    the old is cancelled after). The replacement is then sent at once, sized to ``qty``,
-    under a new id: the refusal placed nothing, and it spends no attempt.
+    per side refuses a second (`StopSlotTaken`). When ``replacing`` (a tightened stop: the new
+    stop always goes first, the caller cancels the old one after), the replacement is then
+    sent at once, sized to ``qty``, under a new id: the refusal placed nothing, and it spends
+    no attempt. Otherwise the refusal is the venue's own word that a whole-position stop is
+    armed on that side, which covers the position at any size: "armed_already", and nothing
+    is added (a sized second stop beside it was the standby crash test's double stop, placed
+    by an audit whose lists lagged behind the armed one).
     """
     settings = ctx.settings.protection
     delays = settings.stop_backoff.delays(ctx.rng)
     budget = Deadline(settings.stop_deadline)
     side = closing_side(position_side_of(record.side))
     whole = True
+    armed_before = record.stop_client_order_id
     attempt = 1
     nothing_to_close = True  # until an attempt is refused (or lost) for another reason
     while True:
@@ -222,6 +226,10 @@ async def place_stop(ctx: ActorContext, record: PositionRecord, qty: float) -> S
             record.reason = f"market already through the stop: {exc.reason}"
             return "would_trigger"
         except StopSlotTaken as exc:
+            if whole and not replacing:
+                log.info("%s: stop %s refused, a whole-position stop is armed already: %s", record.symbol, coid, exc.reason)
+                record.stop_client_order_id = armed_before or coid
+                return "armed_already"
             if whole:
                 log.info("%s: a whole-position stop is already armed (%s); sending %s sized to %s",
                          record.symbol, exc.reason, coid, qty)
@@ -292,15 +300,19 @@ async def protect(
 
 
 async def protect_with_stop_order(
-    ctx: ActorContext, record: PositionRecord, qty: float, sent_at: float | None = None
+    ctx: ActorContext, record: PositionRecord, qty: float, sent_at: float | None = None, *, replacing: bool = False
 ) -> ProtectOutcome:
     """A separate reduce-only stop for ``qty``, or the position's end: a stop that fills at
-    once is the venue closing it; a stop that cannot be placed means closing it ourselves."""
+    once is the venue closing it; a stop that cannot be placed means closing it ourselves.
+    ``replacing``: the caller cancels the record's current stop once this one is live."""
     record.protection = Protection.NONE
     record.stop_scope = ""
-    result = await place_stop(ctx, record, qty)
+    result = await place_stop(ctx, record, qty, replacing=replacing)
     match result:
         case "live":
+            return await _protected(ctx, record, Protection.STOP_ORDER, sent_at)
+        case "armed_already":
+            record.stop_scope = "whole_position"
             return await _protected(ctx, record, Protection.STOP_ORDER, sent_at)
         case "filled":
             exited = await _exit_if_proven(ctx, record, ask_rest=True)

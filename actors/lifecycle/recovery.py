@@ -51,6 +51,8 @@ async def resume(ctx: ActorContext, symbol: str, as_read: AsRead | None = None) 
     if as_read is not None:
         record: PositionRecord | None = as_read.record
     else:
+        if ctx.store.seen_head(symbol) is None:
+            return  # no record (the start-up's scan, or a later look, says so): nothing to resume
         try:
             record = await ctx.store.load_record(symbol)
         except BadRecord as exc:

@@ -35,6 +35,7 @@ from posguard.actors.lifecycle.protection import (
 )
 from posguard.actors.orders import cancel_leftover_stops
 from posguard.actors.proof import never_reached, outlives, prove_gone
+from posguard.actors.store.positions import RecordHead
 from posguard.actors.records import (
     IN_FLIGHT_STATES,
     BadRecord,
@@ -230,17 +231,26 @@ async def carry_out(ctx: ActorContext, finding: Finding, resume: Resume, *, aler
     return await repair(ctx, finding)
 
 
+FOLLOWED_STATES = frozenset({State.OPEN, State.PROTECTED, State.UNVERIFIED})
+"""Records whose position a flat push may have ended (`follow_venue`)."""
+
+
 async def follow_venue(ctx: ActorContext, symbol: str) -> None:
     """A live record whose position the venue pushed as flat: find the proof, record it.
 
     Only executions prove a stop-out or liquidation (I1); a flat push without them
-    changes nothing here, and the audit looks again later.
+    changes nothing here, and the audit looks again later. A symbol whose record this process
+    last saw settled (or absent) is not read at all: every push of a settled symbol's closing
+    fills would otherwise cost a read of a record with nothing to follow.
     """
+    seen = ctx.store.seen_head(symbol)
+    if seen is None or (isinstance(seen, RecordHead) and seen.state not in FOLLOWED_STATES):
+        return
     try:
         record = await ctx.store.load_record(symbol)
     except BadRecord:
         return  # quarantined: the audit guards the venue's position
-    if record is None or record.state not in (State.OPEN, State.PROTECTED, State.UNVERIFIED):
+    if record is None or record.state not in FOLLOWED_STATES:
         return
     if read_position(ctx.board.position(symbol), record) != "flat":
         return

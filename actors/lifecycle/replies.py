@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from posguard.actors.context import ActorContext
+from posguard.actors.context import ActorContext, PendingWriteAhead
 from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import (
     CarryOn,
@@ -23,6 +23,7 @@ from posguard.actors.intents import (
     Intent,
     IntentRecord,
     IntentRefused,
+    OpenIntent,
     Run,
     action_of,
     conflict_of,
@@ -32,7 +33,7 @@ from posguard.actors.intents import (
     stale_reason,
 )
 from posguard.actors.records import BadRecord, PositionRecord
-from posguard.actors.store.positions import Store
+from posguard.actors.store.positions import Store, WriteAheadStale
 
 __all__ = [
     "IntentConflict",
@@ -66,7 +67,22 @@ async def answer_intent(
     ctx: ActorContext, symbol: str, intent: Intent, step: IntentStep, *, body: str
 ) -> IntentRecord:
     """Write the intent ahead as ``accepted`` (with the ``body`` it arrived with), run its
-    step, then write its final answer; unless `intent_verdict` says it must not run."""
+    step, then write its final answer; unless `intent_verdict` says it must not run.
+
+    An open intent is first tried without reading Redis: its ``accepted`` answer rides with
+    the entry's first record write, which Redis refuses if the id has a record already or the
+    symbol's record changed (`Store.write_ahead`). Refused, or ended before that write (a
+    conflict, a refusal: answers that must not be written over an id's earlier one unread),
+    nothing was written or sent, and it is decided again here from a fresh read."""
+    if isinstance(intent, OpenIntent) and not stale_reason(intent, wall_clock_ms()):
+        reply = _accepted(symbol, intent, body)
+        ctx.write_ahead_for[symbol] = PendingWriteAhead(reply)
+        try:
+            return await _run_step(ctx, symbol, reply, step, unwritten_is_stale=True)
+        except WriteAheadStale as exc:
+            log.info("%s: intent %s decided again from Redis: %s", symbol, intent.intent_id, exc)
+        finally:
+            ctx.write_ahead_for.pop(symbol, None)
     store = ctx.store
     verdict = intent_verdict(body, await store.load_intent(intent.intent_id))
     match verdict:
@@ -83,10 +99,23 @@ async def answer_intent(
                 return reply
         case CarryOn():
             pass  # begun before (an accepted one may have sent its order): carry on, never stale
-    reply = IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol, status="accepted",
-                         body=body)
+    reply = _accepted(symbol, intent, body)
     failpoint(before_reply(reply.status))
     await store.save_intent(reply)
+    return await _run_step(ctx, symbol, reply, step, unwritten_is_stale=False)
+
+
+def _accepted(symbol: str, intent: Intent, body: str) -> IntentRecord:
+    return IntentRecord(intent_id=intent.intent_id, action=action_of(intent), symbol=symbol, status="accepted",
+                        body=body)
+
+
+async def _run_step(ctx: ActorContext, symbol: str, reply: IntentRecord, step: IntentStep, *,
+                    unwritten_is_stale: bool) -> IntentRecord:
+    """Run the step of an intent answered ``accepted`` and write its final answer unless the
+    record write that settled the step carried it. ``unwritten_is_stale``: the ``accepted``
+    answer was to ride with the step's first write (`PendingWriteAhead`); a step that ends
+    before it raises `WriteAheadStale` instead of answering."""
     ctx.await_reply(symbol, reply)
     try:
         try:
@@ -98,10 +127,12 @@ async def answer_intent(
         else:
             settle_reply(reply, record)
     finally:
-        unanswered = ctx.still_awaited(symbol, intent.intent_id) is not None
+        unanswered = ctx.still_awaited(symbol, reply.intent_id) is not None
+    if unwritten_is_stale and symbol in ctx.write_ahead_for:
+        raise WriteAheadStale(f"it ended before its write ahead ({reply.status}: {reply.reason})")
     if unanswered:  # the step ended without settling the record (protected, refused): answer now
         failpoint(before_reply(reply.status))
-        await store.save_intent(reply)
+        await ctx.store.save_intent(reply)
     return reply
 
 

@@ -11,9 +11,12 @@ Keys (all in the account's hash tag, so one Redis Cluster slot; `Keys` names the
   ``{"owner": "host-pid-nonce", "host": ..., "pid": ..., "since_ms": ..., "token": "N"}``;
 * ``posguard:{acct}:epoch`` (string, integer): the latest fencing token handed out. Acquiring
   is one script: ``SET lease NX PX ttl`` and, when set, ``INCR epoch``. If the epoch key is
-  missing (Redis lost its data) it starts again from Redis' clock in ms, so a token handed out
-  after a loss is larger than any handed out before it (ms since 1970 outgrow any count of
-  acquisitions) and a process paused across the loss cannot match it.
+  missing (Redis lost its data) it starts again from Redis' clock in microseconds, so a token
+  handed out after a loss is larger than any handed out before it (microseconds since 1970
+  outgrow any count of acquisitions, each of which takes longer than one; in milliseconds, a
+  loss within the millisecond of the first acquisition handed the same token out twice, as a
+  test on a fast machine showed) and a process paused across the loss cannot match it. An
+  epoch started in milliseconds by an older posguard stays below every one started since.
 
 Every write of the running service (records, journal, intents and replies, alerts, audit
 findings, the health hash's status, the venue event cache, intent acknowledgements) goes
@@ -148,10 +151,23 @@ if ARGV[1] ~= '' and epoch ~= ARGV[1] then
 end
 local i = 2
 while i <= #ARGV do
-  local args = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
+  local key, n = KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+  if ARGV[i] == '?ABSENT' and redis.call('EXISTS', key) == 1 then return 0 end
+  if ARGV[i] == '?FIELDS' then
+    for j = i + 3, i + 1 + n, 2 do
+      if (redis.call('HGET', key, ARGV[j]) or '') ~= ARGV[j + 1] then return 0 end
+    end
+  end
+  i = i + 3 + n
+end
+i = 2
+while i <= #ARGV do
   local n = tonumber(ARGV[i + 2])
-  for j = i + 3, i + 2 + n do args[#args + 1] = ARGV[j] end
-  redis.call(unpack(args))
+  if string.sub(ARGV[i], 1, 1) ~= '?' then
+    local args = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
+    for j = i + 3, i + 2 + n do args[#args + 1] = ARGV[j] end
+    redis.call(unpack(args))
+  end
   i = i + 3 + n
 end
 return 1
@@ -160,18 +176,33 @@ return 1
 
 class FencedBatch:
     """Writes collected like a MULTI (the subset of pipeline calls the store uses), sent as one
-    fenced script by `fenced_write` when the ``async with`` block ends without an error."""
+    fenced script by `fenced_write` when the ``async with`` block ends without an error.
+
+    Expectations (`expect_absent`, `expect_fields`) are checked in that script before any
+    write: one unmet, nothing is written and ``written`` is False. That is how a write ahead
+    decided from what this process last saw of Redis (no read on the path) stays as safe as
+    one decided from a fresh read: Redis itself says whether what was seen still holds."""
 
     def __init__(self, client: RedisClient, fence: Fence) -> None:
         self.client = client
         self.fence = fence
         self.ops: list[tuple[str, str, list[str]]] = []
+        self.written = False
+        """The batch was sent and every expectation held (set when the block ends)."""
 
     def _op(self, command: str, key: str, args: Iterable[Any]) -> None:
         if not key.startswith(self.fence.keys.prefix + ":"):
             raise ValueError(f"{key} is not a key of account {self.fence.keys.account}: a fenced write covers only"
                              " the account's own hash-tag slot")
         self.ops.append((command, key, [str(a) for a in args]))
+
+    def expect_absent(self, key: str) -> None:
+        """Write nothing unless ``key`` does not exist."""
+        self._op("?ABSENT", key, [])
+
+    def expect_fields(self, key: str, fields: Mapping[str, str]) -> None:
+        """Write nothing unless the hash at ``key`` holds these values (a missing field: '')."""
+        self._op("?FIELDS", key, [x for k, v in fields.items() for x in (k, v)])
 
     def hset(self, key: str, mapping: Mapping[str, Any]) -> None:
         if mapping:
@@ -204,12 +235,13 @@ class FencedBatch:
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         if kind is None and self.ops:
-            await fenced_write(self.client, self.fence, self.ops)
+            self.written = await fenced_write(self.client, self.fence, self.ops)
 
 
-async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, str, list[str]]]) -> None:
+async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, str, list[str]]]) -> bool:
     """The one place that decides whether this process may still write: the epoch equals our
     token (checked in the same script that writes, so atomically), or the fence is unfenced.
+    False: an expectation of the batch (`FencedBatch.expect_absent`) did not hold; nothing written.
     A refusal writes nothing, marks the fence lost and raises `Fenced`. An epoch that is
     missing (Redis lost its data) is re-acquired (`Fence.epoch_lost`) and the batch is sent
     once more under the new token; missing again at once, it is refused as well. A write sent
@@ -227,8 +259,7 @@ async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, s
             raise Fenced(fence.why)
         token = argv[0] = fence.token
         try:
-            await client.eval(_FENCED_WRITE, keys, argv)
-            return
+            return await client.eval(_FENCED_WRITE, keys, argv) == 1
         except coredis.exceptions.ResponseError as exc:
             refusal = next((r for r in ("EPOCHLOST", "FENCED") if r in str(exc)), "")
             if not refusal:
@@ -246,7 +277,7 @@ _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
 local token = string.format('%d', redis.call('INCR', KEYS[2]))
 local value = ARGV[1] .. token .. '"}'

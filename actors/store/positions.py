@@ -7,7 +7,7 @@ one MULTI/EXEC, so the journal never disagrees with the record it describes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import coredis.exceptions
@@ -22,6 +22,7 @@ from posguard.actors.records import (
     BadRecord,
     PositionRecord,
     RecordDefect,
+    State,
     decode_prescreened,
     decode_record,
     utc_now,
@@ -32,7 +33,8 @@ from posguard.actors.store.keys import Keys
 from posguard.actors.store.lease import Fence, FencedBatch
 
 __all__ = [
-    "INTENT_TTL_SECONDS", "JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordScan", "RedisStore", "Store", "decode_hash",
+    "INTENT_TTL_SECONDS", "JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordHead", "RecordScan", "RedisStore", "Store",
+    "UNSEEN", "Unseen", "WriteAheadStale", "decode_hash",
 ]
 
 JOURNAL_MAXLEN = 1_000_000
@@ -41,6 +43,39 @@ REPLY_TTL_SECONDS = 86_400
 INTENT_TTL_SECONDS = 7 * 86_400
 """An intent record lives a week after its last change: that long, its id is recognised as
 already handled (a duplicate); after that the id may be used again (README, "Intents")."""
+
+
+class RecordHead(msgspec.Struct, frozen=True):
+    """What decides whether a symbol may take a new entry (`entry.open_position`), as this
+    process last read or wrote it: the record's state, its intent, its last proof of flat.
+    ``fields`` are those three exactly as the hash holds them, for `FencedBatch.expect_fields`."""
+
+    state: State
+    intent_id: str
+    flat_ms: int
+    fields: dict[str, str]
+
+    @classmethod
+    def of(cls, record: PositionRecord, fields: Mapping[str, str]) -> RecordHead:
+        return cls(record.state, record.intent_id, record.flat_ms,
+                   {name: str(fields.get(name, "")) for name in _HEAD_FIELDS})
+
+
+_HEAD_FIELDS = ("state", "intent_id", "flat_ms")
+
+
+class Unseen:
+    """This process has not read or written the symbol's record since it started (or the last
+    read of it failed): a decision needs a fresh read."""
+
+
+UNSEEN = Unseen()
+
+
+class WriteAheadStale(Exception):
+    """An entry's write ahead found Redis changed since this process last saw it (the intent id
+    is taken, or the symbol's record differs from `RecordHead`): nothing was written or sent.
+    The intent is decided again from a fresh read."""
 
 
 class RecordScan(msgspec.Struct, kw_only=True):
@@ -79,6 +114,18 @@ class Store(Protocol):
         """Journal a step without writing the record's hash (a quarantined symbol's guard)."""
         ...
 
+    def seen_head(self, symbol: str) -> RecordHead | None | Unseen:
+        """The symbol's record as this process last read or wrote it (None: it had none)."""
+        ...
+
+    async def write_ahead(self, record: PositionRecord, note: str, *, accepted: IntentRecord,
+                          seen: RecordHead | None, replies: Sequence[IntentRecord] = ()) -> None:
+        """A new entry's one write before its send: ``accepted`` (its intent record and reply),
+        the record and its journal entry (and ``replies``, as `save_record`), in one fenced
+        transaction that writes only if the intent id has no record and the symbol's record is
+        still ``seen``; else `WriteAheadStale`, with nothing written."""
+        ...
+
     async def list_records(self) -> list[PositionRecord]:
         """Every usable record (the unusable ones are in `read_records`)."""
         ...
@@ -88,6 +135,11 @@ class Store(Protocol):
     async def load_intent(self, intent_id: str) -> IntentRecord | None: ...
 
     async def save_intent(self, intent: IntentRecord) -> None: ...
+
+    async def save_intent_if_new(self, intent: IntentRecord) -> IntentRecord | None:
+        """`save_intent` unless the id has a record already: then nothing is written and that
+        record is returned."""
+        ...
 
     async def still_accepted(self, intent_ids: Sequence[str]) -> set[str]:
         """Which of these intents are stored as ``accepted`` (begun, never answered)."""
@@ -118,25 +170,64 @@ class RedisStore:
         self.keys = Keys(account)
         self.fence = fence or Fence(account)
         """Every write goes through it (`store.lease.fenced_write`); unfenced without a lease."""
+        self._heads: dict[str, RecordHead | None | Unseen] = {}
+        self._scanned = False
+        """Every position hash has been read once (`read_records`): a symbol with no head has
+        no record (one written since by another hand is caught by `write_ahead`'s check)."""
 
     async def load_record(self, symbol: str) -> PositionRecord | None:
+        self._heads[symbol] = UNSEEN  # until the read says otherwise (it may raise)
         try:
             fields = await self.client.hgetall(self.keys.position(symbol))
         except coredis.exceptions.WrongTypeError:
             raise not_a_hash(self.keys, symbol) from None
-        return decode_hash(self.keys, symbol, dict(fields)) if fields else None
+        if not fields:
+            self._heads[symbol] = None
+            return None
+        record = decode_hash(self.keys, symbol, dict(fields))
+        self._heads[symbol] = RecordHead.of(record, fields)
+        return record
+
+    def seen_head(self, symbol: str) -> RecordHead | None | Unseen:
+        return self._heads.get(symbol, None if self._scanned else UNSEEN)
 
     async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
+        self._heads[record.symbol] = UNSEEN  # a write that raises may or may not have been done
+        async with self.fence.batch(self.client) as pipe:
+            fields = self._record(pipe, record, note)
+            for reply in replies:
+                self._intent(pipe, reply)
+        self._heads[record.symbol] = RecordHead.of(record, fields)
+
+    async def write_ahead(self, record: PositionRecord, note: str, *, accepted: IntentRecord,
+                          seen: RecordHead | None, replies: Sequence[IntentRecord] = ()) -> None:
+        key = self.keys.position(record.symbol)
+        self._heads[record.symbol] = UNSEEN
+        async with self.fence.batch(self.client) as pipe:
+            pipe.expect_absent(self.keys.intent(accepted.intent_id))
+            if seen is None:
+                pipe.expect_absent(key)
+            else:
+                pipe.expect_fields(key, seen.fields)
+            self._intent(pipe, accepted)
+            fields = self._record(pipe, record, note)
+            for reply in replies:
+                self._intent(pipe, reply)
+        if not pipe.written:
+            raise WriteAheadStale(f"{record.symbol}: intent {accepted.intent_id} or the symbol's record changed in"
+                                  " Redis since this process last saw them")
+        self._heads[record.symbol] = RecordHead.of(record, fields)
+
+    def _record(self, pipe: FencedBatch, record: PositionRecord, note: str) -> dict[str, str]:
         record.updated_at = utc_now()
         if not record.created_at:
             record.created_at = record.updated_at
-        async with self.fence.batch(self.client) as pipe:
-            pipe.hset(self.keys.position(record.symbol), record.to_fields())
-            pipe.hdel(self.keys.position(record.symbol), RETIRED_FIELDS)
-            pipe.sadd(self.keys.positions, [record.symbol])
-            self._journal(pipe, record, note)
-            for reply in replies:
-                self._intent(pipe, reply)
+        fields = record.to_fields()
+        pipe.hset(self.keys.position(record.symbol), fields)
+        pipe.hdel(self.keys.position(record.symbol), RETIRED_FIELDS)
+        pipe.sadd(self.keys.positions, [record.symbol])
+        self._journal(pipe, record, note)
+        return fields
 
     async def append_journal(self, record: PositionRecord, note: str = "") -> None:
         async with self.fence.batch(self.client) as pipe:
@@ -158,7 +249,13 @@ class RedisStore:
         return (await self.read_records()).usable
 
     async def read_records(self) -> RecordScan:
-        return await read_position_hashes(self.client, self.keys)
+        scan = await read_position_hashes(self.client, self.keys)
+        for record in scan.usable:  # what this process wrote or read since stays: it is as fresh
+            self._heads.setdefault(record.symbol, RecordHead.of(record, record.to_fields()))
+        for defect in scan.bad:
+            self._heads[defect.symbol] = UNSEEN
+        self._scanned = True
+        return scan
 
     async def load_intent(self, intent_id: str) -> IntentRecord | None:
         fields = await self.client.hgetall(self.keys.intent(intent_id))
@@ -168,6 +265,17 @@ class RedisStore:
         """Write the intent's record and push the change to its reply list, atomically."""
         async with self.fence.batch(self.client) as pipe:
             self._intent(pipe, intent)
+
+    async def save_intent_if_new(self, intent: IntentRecord) -> IntentRecord | None:
+        async with self.fence.batch(self.client) as pipe:
+            pipe.expect_absent(self.keys.intent(intent.intent_id))
+            self._intent(pipe, intent)
+        if pipe.written:
+            return None
+        earlier = await self.load_intent(intent.intent_id)
+        if earlier is None:  # expired in between: the id is new again
+            return await self.save_intent_if_new(intent)
+        return earlier
 
     def _intent(self, pipe: FencedBatch, intent: IntentRecord) -> None:
         intent.updated_at = utc_now()

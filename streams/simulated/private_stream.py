@@ -42,7 +42,8 @@ class PrivateStream:
         try:
             await anyio.sleep_forever()
         finally:
-            self._sinks.remove(sink)
+            if sink in self._sinks:  # a push that found it closed has removed it already
+                self._sinks.remove(sink)
 
     def disconnect(self, reason: str) -> None:
         """Drop the private stream: a StreamStatus(connected=False) per topic, then silence."""

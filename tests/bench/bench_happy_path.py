@@ -21,6 +21,7 @@ Two setups, as rows:
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import random
 import time
@@ -46,17 +47,40 @@ QTY, STOP = 1.0, 9.8
 
 
 class TimedVenue(FakeVenue):
-    """The fake venue, noting when each create-order call was sent and answered."""
+    """The fake venue, noting when each create-order call was sent and answered, and how many
+    store round trips (``trips``, set by the scenario) had been made by then."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.sent: dict[str, tuple[float, float]] = {}
+        self.trips_at_send: dict[str, int] = {}
+        self.trips: list[str] = []
 
     async def create_order(self, request: OrderRequest) -> Order:
         started = time.perf_counter()
+        self.trips_at_send.setdefault(request.client_order_id, len(self.trips))
         order = await super().create_order(request)
         self.sent[request.client_order_id] = (started, time.perf_counter())
         return order
+
+
+class CountingStore:
+    """The store, naming every coroutine call (each is one round trip to Redis) in ``trips``."""
+
+    def __init__(self, inner: RedisStore, trips: list[str]) -> None:
+        self._inner, self.trips = inner, trips
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        trips = self.trips
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            trips.append(name)
+            return await attr(*args, **kwargs)
+
+        return counted
 
 
 class TimedStore(RedisStore):
@@ -105,6 +129,7 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
     markets = synthetic_markets(opens)
     times: dict[str, list[float]] = {k: [] for k in (
         "push->verdict", "push->verified", "stop push->decided", "stop push->protected", "sent->response", "sent->protected",
+        "intent->sent", "round trips before the send",
     )}
     async with (
         open_redis(redis_url) as client,
@@ -114,7 +139,8 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
         account = f"happy{int(rest_latency * 1000)}-{int(push_delay * 1000)}"
         store = TimedStore(client, account)
         engine = Engine(
-            venue=venue, store=store, cache=RedisEventCache(client, account),
+            venue=venue, store=CountingStore(store, venue.trips),  # type: ignore[arg-type]
+            cache=RedisEventCache(client, account),
             settings=ActorSettings(account=account), rng=random.Random(3), observers=[observe],
         )
         engine.ingestor.listeners.append(on_event)
@@ -123,11 +149,15 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
             raise SystemExit("the fake venue's streams did not come up")
         for number, symbol in enumerate(markets):
             intent = OpenIntent(intent_id=f"h{number}", symbol=symbol, side="buy", qty=QTY, stop_price=STOP)
+            venue.trips.clear()
+            submitted = time.perf_counter()
             result = await (await engine.submit(intent)).wait()
             record = await engine.store.load_record(symbol)
             if record is None or record.state is not State.PROTECTED:
                 raise SystemExit(f"{symbol}: expected protected, got {result}")
             sent, answered = venue.sent[record.client_order_id]
+            times["intent->sent"].append(sent - submitted)
+            times["round trips before the send"].append(venue.trips_at_send[record.client_order_id] / 1000)
             times["sent->response"].append(answered - sent)
             times["sent->protected"].append(protected_at[symbol] - sent)
             pushed = max(evidence_at[symbol], answered)
@@ -147,7 +177,8 @@ async def run(redis_url: str, opens: int) -> None:
         f"push after the response (REST 20 ms, push 30 ms after the fill), {opens} opens, wall-clock ms",
         ["step", "p50", "p99", "max"],
         [[name, f"{percentile(late[name], 50):.2f}", f"{percentile(late[name], 99):.2f}", f"{max(late[name]):.2f}"]
-         for name in ("push->verdict", "push->verified", "stop push->decided", "stop push->protected")],
+         for name in ("intent->sent", "round trips before the send", "push->verdict", "push->verified",
+                      "stop push->decided", "stop push->protected")],
     )
     rows = []
     for rtt in (0.02, 0.05, 0.1):
