@@ -14,6 +14,7 @@ from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import UNSEEN, RecordHead, Store, Unseen, WriteAheadStale
 from posguard.streams.ingestion.evidence import EvidenceBoard
+from posguard.streams.venue.events import Position
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 
@@ -77,6 +78,16 @@ class ActorContext:
     def count_rest(self, record: PositionRecord, method: str) -> None:
         self.rest_calls[method] += 1
         record.rest_calls += 1
+
+    async def listed_position(self, symbol: str, record: PositionRecord | None = None) -> Position | None:
+        """``symbol``'s open position as the venue's REST list shows it now, None if it lists
+        none: the one way an actor's fallback looks (verification, the stop's confirmation, a
+        proof, the symbol's own audit). It asks for that symbol alone, so opening thousands of
+        positions at once costs each fallback one short answer, not the whole account's list.
+        Counted against ``record`` when given. Raises `VenueUnavailable`."""
+        if record is not None:
+            self.count_rest(record, "fetch_positions")
+        return next((p for p in await self.venue.fetch_positions(symbol) if p.symbol == symbol), None)
 
     async def alert(self, symbol: str, message: str) -> None:
         """Something a person must know (a position may be bare, a close keeps failing):

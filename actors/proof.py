@@ -257,9 +257,7 @@ async def trace_of_entry(ctx: ActorContext, record: PositionRecord) -> str | Non
     executions = ctx.board.executions(symbol, since) + await ctx.venue.fetch_executions(symbol, since)
     if executions:
         return f"{len(executions)} execution(s) on {symbol} since it was sent"
-    ctx.count_rest(record, "fetch_positions")
-    listed = [p for p in await ctx.venue.fetch_positions() if p.symbol == symbol]
-    seen: list[Position | None] = [ctx.board.position(symbol), *listed]
+    seen: list[Position | None] = [ctx.board.position(symbol), await ctx.listed_position(symbol, record)]
     if any(p is not None and (p.is_open or p.ts_ms >= since) for p in seen):
         return f"the {symbol} position changed since it was sent"
     return None
@@ -311,8 +309,8 @@ async def never_reached(ctx: ActorContext, record: PositionRecord) -> str | None
         ctx.count_rest(record, "fetch_executions")
         if entry_qty(record, await ctx.venue.fetch_executions(record.symbol, record.sent_ms)) > 0:
             return None
-        ctx.count_rest(record, "fetch_positions")
-        if any(p.symbol == record.symbol and p.is_open for p in await ctx.venue.fetch_positions()):
+        listed = await ctx.listed_position(record.symbol, record)
+        if listed is not None and listed.is_open:
             return None
     except VenueUnavailable:
         return None

@@ -298,9 +298,7 @@ async def ask_over_rest(ctx: ActorContext, record: PositionRecord, evidence: Ent
             return verdict
         if verdict is not None and verdict.position_seen is not None:
             return verdict
-        ctx.count_rest(record, "fetch_positions")
-        positions = await venue.fetch_positions()
-        evidence.take_position(next((p for p in positions if p.symbol == record.symbol), None), "rest")
+        evidence.take_position(await ctx.listed_position(record.symbol, record), "rest")
         return evidence.decide(final=False)
     except VenueUnavailable as exc:
         log.warning("%s: REST verification call failed (%s); backing off", record.symbol, exc)

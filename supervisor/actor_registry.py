@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 
 from posguard.actors.context import ActorContext
 from posguard.actors.lifecycle import SymbolActor
+from posguard.actors.lifecycle.recovery import AsRead
 from posguard.actors.store.client import is_redis_failure
 from posguard.supervisor.metrics import Metrics
 from posguard.supervisor.supervision import EntryGate, RestartTracker, SupervisorSettings
@@ -77,12 +78,14 @@ class ActorRegistry(Mapping[str, SymbolActor]):
         """The task group the actors run in; `Engine.run` attaches its own before any actor."""
         self._task_group = task_group
 
-    def get_or_start(self, symbol: str) -> SymbolActor:
-        """The symbol's actor, created and started under supervision on first use."""
+    def get_or_start(self, symbol: str, as_read: AsRead | None = None) -> SymbolActor:
+        """The symbol's actor, created and started under supervision on first use.
+        ``as_read``: its record as the start-up read it, for a new actor's first resume."""
         actor = self._actors.get(symbol)
         if actor is None:
             assert self._task_group is not None, "Engine.run() must be started first"
             actor = self._actors[symbol] = self.factory(self.ctx, symbol)
+            actor.as_read = as_read
             self._task_group.start_soon(self._supervise, actor, name=f"actor {symbol}")
         return actor
 

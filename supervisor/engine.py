@@ -26,6 +26,7 @@ from anyio.abc import ObjectSendStream, TaskGroup, TaskStatus
 from posguard.actors.context import ActorContext, TransitionObserver
 from posguard.actors.intents import Intent
 from posguard.actors.lifecycle import Ticket
+from posguard.actors.lifecycle.recovery import AsRead
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import Store
 from posguard.streams.ingestion.evidence import EvidenceBoard
@@ -151,12 +152,14 @@ class Engine:
         scan = await self.store.read_records()
         self.slots.count_existing(scan)
         records = scan.usable
-        settled = [i for r in records if r.state.is_terminal for i in (r.intent_id, r.close_intent_id) if i]
-        unanswered = await self.store.still_accepted(settled)
+        unanswered = await self.store.still_accepted(
+            [i for r in records for i in (r.intent_id, r.close_intent_id) if i]
+        )
         for record in records:
             self.stop_fill_watch.follow(record)
-            if record.state.is_live or {record.intent_id, record.close_intent_id} & unanswered:
-                self.actors.get_or_start(record.symbol)
+            accepted = frozenset({record.intent_id, record.close_intent_id} & unanswered)
+            if record.state.is_live or accepted:
+                self.actors.get_or_start(record.symbol, AsRead(record=record, accepted=accepted))
 
     async def stop(self) -> None:
         """Graceful shutdown: refuse new intents, let in-flight steps finish (up to the grace

@@ -75,8 +75,8 @@ class LeasedVenue:
     async def fetch_executions(self, symbol: str, since_ms: int) -> Any:
         return await self._read("fetch_executions", symbol, since_ms)
 
-    async def fetch_positions(self) -> Any:
-        return await self._read("fetch_positions")
+    async def fetch_positions(self, symbol: str | None = None) -> Any:
+        return await self._read("fetch_positions", symbol)
 
     async def fetch_open_orders(self, symbol: str | None = None) -> Any:
         return await self._read("fetch_open_orders", symbol)

@@ -40,30 +40,31 @@ def good_fields(symbol: str = ETH, **overrides: str) -> dict[str, str]:
     return fields
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("filled_qty", "0.1 "),  # the issue's reproduction: a trailing space
-        ("filled_qty", " 0.1"),
-        ("filled_qty", "1_0"),
-        ("filled_qty", "nan"),
-        ("stop_price", "inf"),
-        ("stop_price", "1e999"),
-        ("entry_price", "-3000"),
-        ("qty", ""),  # required: empty is not "unknown" here
-        ("state", "opened"),
-        ("state", "Protected"),
-        ("side", "long"),
-        ("protection", "manual"),
-        ("protection", "order"),
-        ("stop_attempts", "1.0"),
-        ("sent_ms", "12 "),
-        ("sent_to_verified_ms", "fast"),
-        ("updated_at", "yesterday"),
-        ("symbol", "BTC/USDT:USDT"),  # not the symbol of its key
-        ("client_order_id", ""),
-    ],
-)
+POISON: list[tuple[str, str]] = [
+    ("filled_qty", "0.1 "),  # the issue's reproduction: a trailing space
+    ("filled_qty", " 0.1"),
+    ("filled_qty", "1_0"),
+    ("filled_qty", "nan"),
+    ("stop_price", "inf"),
+    ("stop_price", "1e999"),
+    ("entry_price", "-3000"),
+    ("qty", ""),  # required: empty is not "unknown" here
+    ("state", "opened"),
+    ("state", "Protected"),
+    ("side", "long"),
+    ("protection", "manual"),
+    ("protection", "order"),
+    ("stop_attempts", "1.0"),
+    ("sent_ms", "12 "),
+    ("sent_to_verified_ms", "fast"),
+    ("updated_at", "yesterday"),
+    ("symbol", "BTC/USDT:USDT"),  # not the symbol of its key
+    ("client_order_id", ""),
+]
+"""One field's text each that makes a record unusable (also read in bulk: tests/test_record_scan.py)."""
+
+
+@pytest.mark.parametrize(("field", "value"), POISON)
 def test_decode_record_refuses_any_field_that_does_not_parse_exactly(field: str, value: str) -> None:
     with pytest.raises(BadRecord) as caught:
         decode_record(good_fields(**{field: value}), symbol=ETH)

@@ -473,6 +473,18 @@ async def test_ccxt_reads_unknown_during_the_lag_then_the_filled_order() -> None
         assert (position.symbol, position.side, position.size) == (BTC, "long", 0.01)
 
 
+async def test_ccxt_asks_position_risk_for_one_symbol() -> None:
+    """``GET /fapi/v3/positionRisk?symbol=``: that symbol's row only (Position-Information-V3)."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-one-b"))
+        await venue.create_order(OrderRequest(symbol="ETH/USDT:USDT", side="sell", qty=0.1, client_order_id="cx-one-e"))
+        [btc] = await venue.fetch_positions(BTC)
+        assert (btc.symbol, btc.side, btc.size) == (BTC, "long", 0.01)
+        assert await venue.fetch_positions("SOL/USDT:USDT") == []
+        assert {p.symbol for p in await venue.fetch_positions()} == {BTC, "ETH/USDT:USDT"}
+        assert emu.position_lists() == {"BTCUSDT": 1, "SOLUSDT": 1, "": 1}
+
+
 async def test_ccxt_rate_limit_and_outage_are_venue_errors() -> None:
     async with running_binance_emulator() as emu, binance_venue(emu) as venue:
         await venue.load_markets()

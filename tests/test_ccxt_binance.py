@@ -150,6 +150,17 @@ async def test_a_market_order_cut_short_is_cancelled_with_its_partial_fill() -> 
         assert order is not None and (order.status, order.filled, order.is_final) == ("cancelled", 0.004, True)
 
 
+async def test_one_symbols_positions_are_asked_with_its_symbol() -> None:
+    """ccxt filters Binance's whole list itself; posguard passes ``symbol`` to positionRisk
+    (Position-Information-V3 takes it): one row, never the account's list."""
+    async with binance() as (replay, venue):
+        replay.answer("GET", "/fapi/v3/positionRisk", [r for r in rec.POSITION_RISK_V3 if r["symbol"] == "BTCUSDT"])
+        [btc] = await venue.fetch_positions(BTC)
+        assert (btc.symbol, btc.side, btc.size) == (BTC, "long", 0.01)
+        assert [q.get("symbol") for q in replay.requests("GET", "/fapi/v3/positionRisk")] == ["BTCUSDT"]
+        assert [p for _, p, _, _ in replay.seen if "leverage" in p.lower()] == []
+
+
 async def test_positions_open_orders_and_executions() -> None:
     async with binance() as (replay, venue):
         replay.answer("GET", "/fapi/v3/positionRisk", rec.POSITION_RISK_V3)

@@ -186,6 +186,23 @@ async def test_positions_open_orders_and_executions_map_every_side() -> None:
         assert {p.symbol for p in await venue.fetch_positions()} == {BTC}
 
 
+async def test_one_symbols_positions_are_asked_of_bybit_for_that_symbol_alone() -> None:
+    """An actor's fallback asks ``GET /v5/position/list?symbol=``: one row, never the account's list."""
+    async with running_emulator() as emu, bybit_venue(emu) as venue:
+        await venue.load_markets()
+        await venue.create_order(entry("pg-one-btc", qty=0.01))
+        await venue.create_order(OrderRequest(symbol=ETH, side="sell", qty=0.5, client_order_id="pg-one-eth"))
+
+        [btc] = await venue.fetch_positions(BTC)
+        assert (btc.symbol, btc.side, btc.size, btc.entry_price) == (BTC, "long", 0.01, 60_000.0)
+        assert await venue.fetch_positions("SOL/USDT:USDT") == []  # never traded: Bybit's flat row
+        assert {p.symbol for p in await venue.fetch_positions()} == {BTC, ETH}
+        assert emu.position_lists() == {"BTCUSDT": 1, "SOLUSDT": 1, "": 1}
+        with pytest.raises(UnknownSymbol):
+            await venue.fetch_positions("FOO/USDT:USDT")
+        assert emu.requests("GET /v5/position/list") == 3, "an unknown symbol is refused before asking"
+
+
 async def test_refusals_that_change_what_the_actor_does() -> None:
     async with running_emulator() as emu, bybit_venue(emu) as venue:
         await venue.load_markets()

@@ -50,6 +50,8 @@ class SymbolActor:
         self.busy = False
         self.alerted_defect: RecordDefect | None = None
         """The bad record this actor last raised an alert for: one alert per defect."""
+        self.as_read: recovery.AsRead | None = None
+        """Its record as the engine's start-up read it, for the first resume only."""
 
     def statistics(self) -> ActorStatistics:
         """Where the actor stands now: what is queued, and whether it is working or waiting."""
@@ -142,7 +144,8 @@ class SymbolActor:
 
     async def resume(self) -> None:
         """After a crash or restart: finish the step the record says was under way."""
-        await recovery.resume(self.ctx, self.symbol)
+        as_read, self.as_read = self.as_read, None
+        await recovery.resume(self.ctx, self.symbol, as_read)
 
     async def _serve(self, ticket: Ticket) -> None:
         self._ticket = ticket

@@ -142,9 +142,7 @@ async def confirm_attached_stop(ctx: ActorContext, record: PositionRecord, seen:
         view = read_position(ctx.board.position(record.symbol), record)
     if view == "unknown":
         try:
-            ctx.count_rest(record, "fetch_positions")
-            positions = await ctx.venue.fetch_positions()
-            view = read_position(next((p for p in positions if p.symbol == record.symbol), None), record)
+            view = read_position(await ctx.listed_position(record.symbol, record), record)
         except VenueUnavailable as exc:
             log.warning("%s: could not read positions to confirm the attached stop: %s", record.symbol, exc)
     return view

@@ -196,13 +196,12 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
 
 async def reconcile_symbol(ctx: ActorContext, symbol: str, resume: Resume) -> list[Finding]:
     """This symbol's own audit: one look at the venue, then the repairs it calls for."""
-    positions = await ctx.venue.fetch_positions()
+    position = await ctx.listed_position(symbol)
     stops = [o for o in await ctx.venue.fetch_open_orders(symbol) if o.kind == "stop"]
     try:
         record, defect = await ctx.store.load_record(symbol), None
     except BadRecord as exc:
         record, defect = None, exc.defect
-    position = next((p for p in positions if p.symbol == symbol), None)
     findings = assess(symbol, record, position, stops, actor_busy=False, defect=defect)
     for finding in findings:
         if finding.kind == "in_flight":

@@ -16,11 +16,14 @@ import msgspec
 from posguard.actors.findings import Finding
 from posguard.actors.intents import IntentRecord
 from posguard.actors.records import (
+    PRESCREEN_DECIMAL,
+    PRESCREEN_WHOLE,
     RETIRED_FIELDS,
     BadRecord,
     PositionRecord,
     RecordDefect,
     State,
+    decode_prescreened,
     decode_record,
     utc_now,
 )
@@ -248,7 +251,8 @@ class RedisStore:
     async def read_records(self) -> RecordScan:
         scan = await read_position_hashes(self.client, self.keys)
         for record in scan.usable:  # what this process wrote or read since stays: it is as fresh
-            self._heads.setdefault(record.symbol, RecordHead.of(record, record.to_fields()))
+            if record.symbol not in self._heads:  # (built only then: 40 ms per audit at 10,000)
+                self._heads[record.symbol] = RecordHead.of(record, record.to_fields())
         for defect in scan.bad:
             self._heads[defect.symbol] = UNSEEN
         self._scanned = True
@@ -326,22 +330,94 @@ class RedisStore:
         return decode_health(dict(await self.client.hgetall(self.keys.health)))
 
 
+SCREENED_READ = """
+local whole, decimal = {}, {}
+for name in string.gmatch(ARGV[1], '[^,]+') do whole[name] = true end
+for name in string.gmatch(ARGV[2], '[^,]+') do decimal[name] = true end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'none' then
+    out[i] = 0
+  elseif kind ~= 'hash' then
+    out[i] = 1
+  else
+    local flat = redis.call('HGETALL', key)
+    local fields, plain = {}, true
+    for j = 1, #flat, 2 do
+      local name, value = flat[j], flat[j + 1]
+      if whole[name] then
+        if value ~= '' then
+          if string.find(value, '^%d+$') then fields[name] = value else plain = false end
+        end
+      elseif decimal[name] then
+        if value ~= '' then
+          if string.find(value, '^%d[%d.eE+-]*$') then fields[name] = value else plain = false end
+        end
+      else
+        fields[name] = value
+      end
+    end
+    if plain and fields.protection then out[i] = cjson.encode(fields) else out[i] = 2 end
+  end
+end
+return out
+"""
+"""Reads position hashes for `decode_prescreened`, one reply per key: 0 none, 1 not a hash,
+2 "decode this one field by field" (a numeric field that failed the screen, no
+``protection``), else the hash as one JSON object of its text fields. Only a read: the hashes
+stay what they are."""
+SCREENED_CHUNK = 500
+"""Keys per script call: a script runs alone, and 500 hashes keep Redis busy about 5 ms."""
+_SCREEN_ARGS = [",".join(PRESCREEN_WHOLE), ",".join(PRESCREEN_DECIMAL)]
+
+
 async def read_position_hashes(client: RedisClient, keys: Keys) -> RecordScan:
-    """Every position hash of the account (one pipeline), each decoded on its own."""
+    """Every position hash of the account, each decoded on its own.
+
+    Two passes, both pipelined: `SCREENED_READ` gives most hashes as one JSON document each,
+    decoded by `decode_prescreened` in one msgspec call (a 10,000-record audit no longer
+    spends its time parsing 600,000 reply strings and fields one by one); whatever that
+    path cannot vouch for (a poison record, an old one, a script Redis refused) is read again
+    with HGETALL and decoded by `decode_record`, which names its defect. The verdicts are
+    the same either way."""
     scan = RecordScan(usable=[], bad=[])
     # A member that is not text (a hand-written SADD) names no record posguard could have written.
     symbols = sorted(s for s in await client.smembers(keys.positions) if isinstance(s, str))
     if not symbols:
         return scan
+    chunks = [symbols[i:i + SCREENED_CHUNK] for i in range(0, len(symbols), SCREENED_CHUNK)]
     async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
-        replies = [pipe.hgetall(keys.position(symbol)) for symbol in symbols]
-    for symbol, reply in zip(symbols, replies, strict=True):
+        screened = [pipe.eval(SCREENED_READ, [keys.position(s) for s in chunk], _SCREEN_ARGS) for chunk in chunks]
+    field_by_field: list[str] = []
+    for chunk, reply in zip(chunks, screened, strict=True):
         try:
-            fields = await reply
-            if fields:
-                scan.usable.append(decode_hash(keys, symbol, dict(fields)))
-        except coredis.exceptions.WrongTypeError:
-            scan.bad.append(not_a_hash(keys, symbol).defect)
-        except BadRecord as exc:
-            scan.bad.append(exc.defect)
+            answers = list(await reply)
+        except coredis.exceptions.ResponseError:
+            field_by_field.extend(chunk)
+            continue
+        for symbol, answer in zip(chunk, answers, strict=True):
+            if answer == 0:
+                continue
+            if answer == 1:
+                scan.bad.append(not_a_hash(keys, symbol).defect)
+                continue
+            record = decode_prescreened(answer, symbol=symbol) if isinstance(answer, str | bytes) else None
+            if record is None:
+                field_by_field.append(symbol)
+            else:
+                scan.usable.append(record)
+    if field_by_field:
+        async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            replies = [pipe.hgetall(keys.position(symbol)) for symbol in field_by_field]
+        for symbol, hash_reply in zip(field_by_field, replies, strict=True):
+            try:
+                fields = await hash_reply
+                if fields:
+                    scan.usable.append(decode_hash(keys, symbol, dict(fields)))
+            except coredis.exceptions.WrongTypeError:
+                scan.bad.append(not_a_hash(keys, symbol).defect)
+            except BadRecord as exc:
+                scan.bad.append(exc.defect)
+        scan.usable.sort(key=lambda record: record.symbol)
     return scan

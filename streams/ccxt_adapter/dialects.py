@@ -200,7 +200,9 @@ class Dialect:
         """The client order id a trade carries, "" if the venue does not say."""
         raise NotImplementedError
 
-    async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
+    async def fetch_positions(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
+        """The account's positions, or ``symbol``'s alone asked of the venue for that symbol
+        (`Venue.fetch_positions`)."""
         raise NotImplementedError
 
     def listen_key(self, exchange: Exchange, config: CcxtVenueConfig) -> ListenKey | None:
@@ -354,9 +356,12 @@ class BybitDialect(Dialect):
     def trade_client_order_id(self, trade: CcxtDict) -> str:
         return str((trade.get("info") or {}).get("orderLinkId") or "")
 
-    async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
-        # One call family: category=linear, settleCoin=USDT (ccxt's default), every symbol.
-        return await _paged(lambda page: exchange.fetch_positions(None, {"limit": 200} | page), "positions")
+    async def fetch_positions(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
+        # One call family, GET /v5/position/list with category=linear: every symbol with
+        # settleCoin=USDT (ccxt's default), or ccxt's ``symbol=`` for one, which Bybit answers
+        # "regardless of having position or not" (https://bybit-exchange.github.io/docs/v5/position).
+        symbols = None if symbol is None else [symbol]
+        return await _paged(lambda page: exchange.fetch_positions(symbols, {"limit": 200} | page), "positions")
 
 
 BINANCE_CODES = VenueCodes(
@@ -600,8 +605,15 @@ class BinanceUsdmDialect(Dialect):
         # userTrades carries only the venue's order id; pushed trades carry "c".
         return str((trade.get("info") or {}).get("c") or "")
 
-    async def fetch_positions(self, exchange: Exchange) -> list[CcxtDict]:
-        return list(await exchange.fetch_positions())
+    async def fetch_positions(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
+        if symbol is None:
+            return list(await exchange.fetch_positions())
+        # ccxt 4.5 asks GET /fapi/v3/positionRisk for every symbol and filters the answer
+        # itself; the endpoint takes ``symbol`` (https://developers.binance.com/docs/derivatives/
+        # usds-margined-futures/trade/rest-api/Position-Information-V3), so it is passed as a
+        # param. (ccxt would send the same params to a leverage-bracket load; `build` presets
+        # the brackets, so there is none.)
+        return list(await exchange.fetch_positions([symbol], {"symbol": exchange.market_id(symbol)}))
 
 
 DIALECTS: dict[str, Dialect] = {d.exchange_id: d for d in (BybitDialect(), BinanceUsdmDialect())}

@@ -296,11 +296,13 @@ class CcxtVenue:
         except (TypeError, ValueError):
             return None
 
-    async def fetch_positions(self) -> list[Position]:
-        raw = await self._call("fetch_positions", lambda: self._dialect.fetch_positions(self._exchange))
+    async def fetch_positions(self, symbol: str | None = None) -> list[Position]:
+        if symbol is not None:
+            await self._rules_for(symbol)
+        raw = await self._call("fetch_positions", lambda: self._dialect.fetch_positions(self._exchange, symbol))
         now = self.now_ms()
         positions = self._mapped("fetch_positions", lambda: [to_position(p, now_ms=now) for p in raw])
-        return [p for p in positions if p.is_open]
+        return [p for p in positions if p.is_open and (symbol is None or p.symbol == symbol)]
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
         if symbol is not None:

@@ -47,7 +47,10 @@ from posguard.streams.venue.protocol import (
     ids_reusable_once_closed,
 )
 
-__all__ = ["FakeVenue"]
+__all__ = ["ACCOUNT", "FakeVenue"]
+
+ACCOUNT = "*"
+"""The key of `FakeVenue.position_lists` for a list of the whole account's positions."""
 
 
 class FakeVenue:
@@ -69,6 +72,9 @@ class FakeVenue:
         self._supports_attached_stop = supports_attached_stop
         self.calls: Counter[str] = Counter()
         """Calls per REST method, plus the scheduled faults' and price walk's own counts."""
+        self.position_lists: Counter[str] = Counter()
+        """`fetch_positions` calls by what they asked for: a symbol, or `ACCOUNT` for every
+        position of the account (a fallback that asks for all is what a test looks for here)."""
         rng = KeyedRandom(seed)
         self._clock = VenueClock()
         self._scheduler = Scheduler()
@@ -226,9 +232,12 @@ class FakeVenue:
         self._engine.rules_for(symbol)
         return self._engine.leverage[symbol]
 
-    async def fetch_positions(self) -> list[Position]:
+    async def fetch_positions(self, symbol: str | None = None) -> list[Position]:
+        self.position_lists[ACCOUNT if symbol is None else symbol] += 1
         await self._rest.call("fetch_positions")
-        return self._views.positions(anyio.current_time())
+        if symbol is not None:
+            self._engine.rules_for(symbol)
+        return self._views.positions(anyio.current_time(), symbol)
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
         await self._rest.call("fetch_order")

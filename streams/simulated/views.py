@@ -7,6 +7,7 @@ not yet in the position list. These views are that lag, one per kind of read.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from posguard.streams.venue.events import Execution, Order, Position
@@ -70,10 +71,14 @@ class RestViews:
     def is_position_hidden(self, symbol: str) -> bool:
         return symbol in self._hidden_positions
 
-    def positions(self, now: float) -> list[Position]:
-        visible = (
-            view.read(now) for symbol, view in self._positions.items() if symbol not in self._hidden_positions
-        )
+    def positions(self, now: float, symbol: str | None = None) -> list[Position]:
+        """The position list as REST shows it at ``now``: the account's, or ``symbol``'s alone
+        (read from its own view, so one symbol's list costs the same at any account size)."""
+        views: Iterable[tuple[str, LaggedView[Position]]] = self._positions.items()
+        if symbol is not None:
+            own = self._positions.get(symbol)
+            views = [] if own is None else [(symbol, own)]
+        visible = (view.read(now) for name, view in views if name not in self._hidden_positions)
         return [p for p in visible if p is not None and p.is_open]
 
     def order(self, symbol: str, client_order_id: str, now: float) -> Order | None:

@@ -155,8 +155,11 @@ class Venue(Protocol):
         """Fills on ``symbol`` at or after ``since_ms``, oldest first."""
         ...
 
-    async def fetch_positions(self) -> list[Position]:
-        """Every open position of the account. The one and only way to list positions."""
+    async def fetch_positions(self, symbol: str | None = None) -> list[Position]:
+        """Open positions: every one of the account when ``symbol`` is None (the audit's
+        snapshot), else ``symbol``'s alone (at most one in one-way mode), asked of the venue for
+        that symbol only, so that an actor's fallback costs the same on an account of 10 or of
+        10,000 positions. The one and only way to list positions."""
         ...
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:

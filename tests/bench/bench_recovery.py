@@ -260,9 +260,10 @@ def watch_startup(start: Start) -> Callable[[Engine], None]:
     return prepare
 
 
-async def one_start(redis_url: str, venue: FakeVenue, number: int, fresh: str) -> Start:
+async def one_start(redis_url: str, venue: FakeVenue, number: int, fresh: str, account: str = ACCOUNT) -> Start:
+    """A new engine on ``account``'s live records, timed; an entry on ``fresh`` submitted at once."""
     start = Start()
-    async with running_engine(redis_url, venue, ACCOUNT, prepare=watch_startup(start)) as booted:
+    async with running_engine(redis_url, venue, account, prepare=watch_startup(start)) as booted:
         engine = booted.engine
         start.run_started = booted.run_started - booted.began
         start.live_records = len(engine.actors)

@@ -68,6 +68,8 @@ class BinanceRest:
         self.rng = rng
         self.hub = hub
         self.requests: Counter[str] = Counter()
+        self.position_lists: Counter[str] = Counter()
+        """Position-list requests by the ``symbol`` they asked for ("" for the whole account)."""
         self.unknown: Counter[str] = Counter()
         """Requests to paths the emulator does not serve: a call ccxt made that nobody expected."""
         self.dual_side = False
@@ -316,6 +318,7 @@ class BinanceRest:
         one row each; a flat one with open orders has ``positionAmt`` 0)
         (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/Position-Information-V3)."""
         symbol = request[PARAMS].get("symbol")
+        self.position_lists[symbol or ""] += 1
         if symbol:
             self.engine.instrument(symbol)
         with_orders = {o.symbol for o in self.engine.order_list() if o.is_open}

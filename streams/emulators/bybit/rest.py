@@ -26,7 +26,7 @@ from posguard.streams.emulators.bybit.instruments import instrument_payload
 from posguard.streams.emulators.bybit.orders import REJECTS, VenueReject, cancel_order, create_order
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.emulators.engine.faults import draw_failure
-from posguard.streams.emulators.engine.matching import Engine, EmuOrder, Reject, now_ms
+from posguard.streams.emulators.engine.matching import Engine, EmuOrder, EmuPosition, Reject, now_ms
 from posguard.streams.emulators.engine.windows import history_window
 from posguard.streams.emulators.bybit.signatures import rest_signature, signature_matches
 
@@ -49,6 +49,8 @@ class BybitRest:
         self.api_secret = api_secret
         self.rng = rng
         self.requests: Counter[str] = Counter()
+        self.position_lists: Counter[str] = Counter()
+        """Position-list requests by the ``symbol`` they asked for ("" for the whole account)."""
         self.unknown: Counter[str] = Counter()
         """Requests to paths the emulator does not serve: a call ccxt made that nobody expected."""
 
@@ -182,19 +184,21 @@ class BybitRest:
         return self._page(request, payloads, default=50, maximum=100)
 
     async def positions(self, request: web.Request) -> web.Response:
+        """``symbol`` given: that symbol's position "regardless of having position or not";
+        else ``settleCoin``'s positions of size > 0 (https://bybit-exchange.github.io/docs/v5/position)."""
         query = self._linear(request, need_scope=True)
         symbol = query.get("symbol")
+        self.position_lists[symbol or ""] += 1
+        if symbol:
+            instrument = self.engine.instrument(symbol)  # unknown: 10001 "params error: symbol invalid"
+            # One-way mode: one row, flat ones too (never traded: empty side, seq -1).
+            own = self.engine.position_list(symbol) or [EmuPosition(symbol, seq=-1, mark_price=self.engine.prices[symbol])]
+            return self._page(request, [position_payload(p, instrument, p.mark_price) for p in own], default=20, maximum=200)
+        settle = query.get("settleCoin", "")
         listed = [
             position_payload(p, self.engine.instruments[p.symbol], p.mark_price) for p in self.engine.position_list()
+            if p.size > 0 and self.engine.instruments[p.symbol].settle == settle
         ]
-        if symbol:
-            listed = [p for p in listed if p["symbol"] == symbol]  # by symbol: even when flat
-        else:
-            settle = query.get("settleCoin", "")
-            listed = [
-                p for p in listed
-                if float(p["size"]) > 0 and self.engine.instruments[p["symbol"]].settle == settle
-            ]
         return self._page(request, listed, default=20, maximum=200)
 
     # -- helpers ---------------------------------------------------------------------------

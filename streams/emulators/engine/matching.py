@@ -563,10 +563,12 @@ class Engine:
         visible = (self._order_views[o].read(now) for o in reversed(self.orders) if o in self._order_views)
         return [o for o in visible if o is not None]
 
-    def position_list(self) -> list[EmuPosition]:
-        """Positions as REST sees them now (lagged copies; flat ones included)."""
+    def position_list(self, symbol: str | None = None) -> list[EmuPosition]:
+        """Positions as REST sees them now (lagged copies; flat ones included): every symbol's,
+        or ``symbol``'s alone (read from its own view: one symbol costs the same at any size)."""
         now = time.monotonic()
-        visible = (view.read(now) for view in self._position_views.values())
+        views = self._position_views.values() if symbol is None else filter(None, [self._position_views.get(symbol)])
+        visible = (view.read(now) for view in views)
         return [p for p in visible if p is not None]
 
     def execution_list(self) -> list[EmuExecution]:

@@ -29,6 +29,7 @@ HOST = "127.0.0.1"
 class _Rest(Protocol):
     requests: Counter[str]
     unknown: Counter[str]
+    position_lists: Counter[str]
 
 
 class _Hub(Protocol):
@@ -66,6 +67,11 @@ class EmulatorBase:
     def unknown_requests(self) -> dict[str, int]:
         """Calls to paths this emulator does not serve (answered with the venue's not-found)."""
         return dict(self.rest.unknown)
+
+    def position_lists(self) -> dict[str, int]:
+        """Position-list requests by the venue symbol they asked for ("" for the whole account):
+        what tells a fallback that asks for one symbol from one that lists the account."""
+        return dict(self.rest.position_lists)
 
     def requests(self, method_path: str) -> int:
         """How many requests ``"POST /v5/order/create"`` (say) the emulator has seen."""
