@@ -8,13 +8,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from posguard.actors import ids
 from posguard.actors.failpoints import before_reply, failpoint, record_saved
 from posguard.actors.intents import IntentRecord, OpenIntent, settle_reply
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import UNSEEN, RecordHead, Store, Unseen, WriteAheadStale
 from posguard.streams.ingestion.evidence import EvidenceBoard
-from posguard.streams.venue.events import Position
+from posguard.streams.venue.events import Order, Position
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
 
@@ -88,6 +89,14 @@ class ActorContext:
         if record is not None:
             self.count_rest(record, "fetch_positions")
         return next((p for p in await self.venue.fetch_positions(symbol) if p.symbol == symbol), None)
+
+    async def fetch_order(self, record: PositionRecord, client_order_id: str) -> Order | None:
+        """The venue's view of one of the record's orders by client id (None: unknown), counted
+        against the record: the one way an actor looks an order up. Asked of the book our id
+        names (`ids.is_conditional`: Binance keeps stops in its algo service), so that one
+        service being down does not hide an order the other holds. Raises `VenueUnavailable`."""
+        self.count_rest(record, "fetch_order")
+        return await self.venue.fetch_order(record.symbol, client_order_id, conditional=ids.is_conditional(client_order_id))
 
     async def alert(self, symbol: str, message: str) -> None:
         """Something a person must know (a position may be bare, a close keeps failing):

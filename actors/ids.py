@@ -31,6 +31,7 @@ __all__ = [
     "entry_id",
     "internal_intent_id",
     "is_internal",
+    "is_conditional",
     "is_entry_id",
     "is_ours",
     "parse",
@@ -116,6 +117,13 @@ def is_entry_id(client_order_id: str) -> bool:
     so they never end one."""
     parsed = parse(client_order_id)
     return parsed is not None and parsed.role == "entry"
+
+
+def is_conditional(client_order_id: str) -> bool | None:
+    """Whether one of our ids is a stop's (True) or an entry's or a close's (False), for a
+    venue that keeps conditional orders apart (`Venue.fetch_order`); None for an id not ours."""
+    parsed = parse(client_order_id)
+    return None if parsed is None else parsed.role == "stop"
 
 
 def same_intent(client_order_id: str, other: str, *, role: OrderRole | None = None) -> bool:

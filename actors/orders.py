@@ -144,8 +144,7 @@ async def look_up(
         if pushed is not None and belongs_to(record, pushed):
             return pushed
         try:
-            ctx.count_rest(record, "fetch_order")
-            found = await ctx.venue.fetch_order(record.symbol, client_order_id)
+            found = await ctx.fetch_order(record, client_order_id)
         except VenueUnavailable:
             pass
         else:

@@ -221,8 +221,7 @@ async def known(ctx: ActorContext, record: PositionRecord, *, ask_rest: bool) ->
         try:
             ctx.count_rest(record, "fetch_executions")
             executions = executions + await ctx.venue.fetch_executions(record.symbol, record.sent_ms)
-            ctx.count_rest(record, "fetch_order")
-            fetched = await ctx.venue.fetch_order(record.symbol, record.client_order_id)
+            fetched = await ctx.fetch_order(record, record.client_order_id)
             entry = newer_order(entry, fetched) if fetched is not None else entry
             unknown_to_venue = entry is None
         except VenueUnavailable as exc:
@@ -298,8 +297,7 @@ async def never_reached(ctx: ActorContext, record: PositionRecord) -> str | None
     if ctx.venue.now_ms() - record.sent_ms < window * 1000:
         return None
     try:
-        ctx.count_rest(record, "fetch_order")
-        if await ctx.venue.fetch_order(record.symbol, coid) is not None:
+        if await ctx.fetch_order(record, coid) is not None:
             return None
         if rule.entry_needs_silence:
             if await trace_of_entry(ctx, record) is not None:

@@ -287,8 +287,7 @@ async def ask_over_rest(ctx: ActorContext, record: PositionRecord, evidence: Ent
     """One round of the one unified way to ask: order, executions, positions. Stops early."""
     venue = ctx.venue
     try:
-        ctx.count_rest(record, "fetch_order")
-        evidence.take_order(await venue.fetch_order(record.symbol, record.client_order_id), "rest")
+        evidence.take_order(await ctx.fetch_order(record, record.client_order_id), "rest")
         if evidence.order is not None and evidence.order.filled <= QTY_TOLERANCE and evidence.order.is_final:
             return evidence.decide(final=False)
         ctx.count_rest(record, "fetch_executions")

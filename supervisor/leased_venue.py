@@ -56,9 +56,9 @@ class LeasedVenue:
         self._check(f"cancel of {client_order_id}")
         return await self.inner.cancel_order(symbol, client_order_id)
 
-    async def _read(self, name: str, *args: Any) -> Any:
+    async def _read(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self._check(f"read {name}", margin=0.0)
-        return await getattr(self.inner, name)(*args)
+        return await getattr(self.inner, name)(*args, **kwargs)
 
     async def load_markets(self) -> Any:
         return await self._read("load_markets")
@@ -69,8 +69,8 @@ class LeasedVenue:
     async def fetch_leverage(self, symbol: str) -> float | None:
         return await self._read("fetch_leverage", symbol)
 
-    async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
-        return await self._read("fetch_order", symbol, client_order_id)
+    async def fetch_order(self, symbol: str, client_order_id: str, *, conditional: bool | None = None) -> Order | None:
+        return await self._read("fetch_order", symbol, client_order_id, conditional=conditional)
 
     async def fetch_executions(self, symbol: str, since_ms: int) -> Any:
         return await self._read("fetch_executions", symbol, since_ms)

@@ -609,3 +609,21 @@ async def test_ccxt_stream_reconnects_when_the_server_ends_a_connection_at_its_a
             since = len(recorder.events)
             await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="cx-aged"))
             await recorder.wait_for(Execution, lambda e: e.client_order_id == "cx-aged", since=since)
+
+
+async def test_ccxt_a_lookup_by_one_of_our_ids_asks_only_the_book_that_holds_it() -> None:
+    """Binance keeps conditional orders in the algo service, entries and closes in the order
+    book. A lookup of an entry asked both, so with the algo service down (503) an entry the
+    order book holds could not be read: a close of an already-flat position could not prove
+    it and kept trying (the crash test, Binance seed 3). Our ids say which book (`ids`): an
+    entry's lookup asks the order book only, a stop's the algo book only; an id not ours, both."""
+    async with running_binance_emulator() as emu, binance_venue(emu) as venue:
+        await venue.create_order(OrderRequest(symbol=BTC, side="buy", qty=0.01, client_order_id="pgbk1-e"))
+        await venue.place_stop(StopRequest(symbol=BTC, side="sell", qty=0.01, stop_price=57_000, client_order_id="pgbk1-s1"))
+        emu.engine.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/algoOrder", kind="http_503", count=10_000))
+        entry = await venue.fetch_order(BTC, "pgbk1-e", conditional=False)
+        assert entry is not None and entry.status == "filled"
+        emu.engine.faults = type(emu.engine.faults)()
+        emu.engine.faults.fail_next.append(ScriptedFailure(path="/fapi/v1/order", kind="http_503", count=10_000))
+        stop_order = await venue.fetch_order(BTC, "pgbk1-s1", conditional=True)
+        assert stop_order is not None and stop_order.status == "open"

@@ -198,7 +198,7 @@ async def test_an_audit_that_cannot_see_the_armed_close_position_stop_does_not_a
                 raise binance_refusal(*SLOT_TAKEN, request.client_order_id)
             return await place_stop(request)
 
-        async def lagging_lookup(symbol: str, client_order_id: str) -> Order | None:
+        async def lagging_lookup(symbol: str, client_order_id: str, *, conditional: bool | None = None) -> Order | None:
             return None  # Binance's "does not exist" for an order it holds
 
         venue.place_stop, venue.fetch_order = one_whole_stop_per_side, lagging_lookup  # type: ignore[method-assign]

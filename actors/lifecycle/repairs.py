@@ -277,7 +277,7 @@ async def _protect_now(ctx: ActorContext, record: PositionRecord, position: Posi
     if record.stop_client_order_id:
         # The stop we placed may just not be listed yet: ask for it by id first.
         try:
-            known = await ctx.venue.fetch_order(record.symbol, record.stop_client_order_id)
+            known = await ctx.fetch_order(record, record.stop_client_order_id)
         except VenueUnavailable:
             known = None
         if known is not None and covers(position, [known]):

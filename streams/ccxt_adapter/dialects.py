@@ -182,7 +182,10 @@ class Dialect:
         """ccxt ``create_order`` type and params for a reduce-only stop-market order."""
         raise NotImplementedError
 
-    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
+    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str,
+                          conditional: bool | None) -> CcxtDict | None:
+        """The order under ``client_order_id``, None if unknown; ``conditional`` as
+        `Venue.fetch_order` says."""
         raise NotImplementedError
 
     async def cancel(self, exchange: Exchange, symbol: str, client_order_id: str) -> bool:
@@ -303,9 +306,11 @@ class BybitDialect(Dialect):
             "positionIdx": 0,
         }
 
-    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
+    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str,
+                          conditional: bool | None) -> CcxtDict | None:
         # /v5/order/realtime finds open orders and the recent 500 closed ones; after a Bybit
         # restart closed orders are only in /v5/order/history. Both, before saying "unknown".
+        # Plain and conditional orders are in the same lists: ``conditional`` changes nothing.
         query = {"orderLinkId": client_order_id}
         found = await exchange.fetch_open_orders(symbol, None, None, query)
         if not found:
@@ -568,10 +573,12 @@ class BinanceUsdmDialect(Dialect):
             params["reduceOnly"] = True
         return "market", params
 
-    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str) -> CcxtDict | None:
-        for conditional in (False, True):
+    async def fetch_order(self, exchange: Exchange, symbol: str, client_order_id: str,
+                          conditional: bool | None) -> CcxtDict | None:
+        # The order book, then the algo service (``trigger``), or only the one ``conditional`` names.
+        for book in (False, True) if conditional is None else (conditional,):
             try:
-                return await exchange.fetch_order(None, symbol, {"clientOrderId": client_order_id, "trigger": conditional})
+                return await exchange.fetch_order(None, symbol, {"clientOrderId": client_order_id, "trigger": book})
             except ccxt.BaseError as exc:
                 if not is_not_found(exc, self.codes):
                     raise

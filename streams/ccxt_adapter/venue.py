@@ -242,11 +242,11 @@ class CcxtVenue:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
+    async def fetch_order(self, symbol: str, client_order_id: str, *, conditional: bool | None = None) -> Order | None:
         await self._rules_for(symbol)
         raw = await self._call(
             "fetch_order",
-            lambda: self._dialect.fetch_order(self._exchange, symbol, client_order_id),
+            lambda: self._dialect.fetch_order(self._exchange, symbol, client_order_id, conditional),
             client_order_id=client_order_id,
         )
         if raw is None:

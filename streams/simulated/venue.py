@@ -239,7 +239,8 @@ class FakeVenue:
             self._engine.rules_for(symbol)
         return self._views.positions(anyio.current_time(), symbol)
 
-    async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
+    async def fetch_order(self, symbol: str, client_order_id: str, *, conditional: bool | None = None) -> Order | None:
+        # One book for every order here: ``conditional`` changes nothing.
         await self._rest.call("fetch_order")
         return self._views.order(symbol, client_order_id, anyio.current_time())
 

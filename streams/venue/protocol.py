@@ -147,8 +147,13 @@ class Venue(Protocol):
         """Cancel by client order id. None when the venue has no such open order."""
         ...
 
-    async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
-        """Look an order up by client order id, open or closed. None: the venue says unknown."""
+    async def fetch_order(self, symbol: str, client_order_id: str, *, conditional: bool | None = None) -> Order | None:
+        """Look an order up by client order id, open or closed. None: the venue says unknown.
+
+        ``conditional``: the caller knows the id is a stop's (True) or a plain order's (False);
+        a venue that keeps conditional orders in a service of their own (Binance's algo
+        orders) then asks that one only, so that one service being down does not hide an
+        order the other holds. None: every one."""
         ...
 
     async def fetch_executions(self, symbol: str, since_ms: int) -> list[Execution]:
