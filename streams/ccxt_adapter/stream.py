@@ -26,7 +26,8 @@ straight from the wire where `posguard.streams.ccxt_adapter.frames` reads it, el
 parses it.
 
 Events pass through an unbounded in-memory queue so that ccxt's message handlers (plain
-callbacks) never wait; a forwarder task feeds the caller's sink in order.
+callbacks) never wait; a forwarder task feeds the caller's sink in order, whatever is queued at
+once (a socket read's worth of frames reaches the ingestor as one batch).
 """
 
 from __future__ import annotations
@@ -174,6 +175,16 @@ class PrivateStream:
             async for event in receive:
                 try:
                     await sink.send(event)
+                    # Then what else is queued, without a trip through the event loop per event.
+                    while True:
+                        try:
+                            event = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                        try:
+                            sink.send_nowait(event)
+                        except anyio.WouldBlock:
+                            await sink.send(event)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     log.warning("the event sink was closed; stopping the private streams")
                     tg.cancel_scope.cancel()

@@ -80,6 +80,7 @@ from typing import Any, cast
 
 import anyio
 import coredis
+from coredis.tokens import PureToken
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -435,8 +436,9 @@ class PipelineCache:
                     elif name == "EXPIRE":
                         pipe.expire(key, ORDER_TTL_SECONDS)
                     else:
-                        pipe.xadd(key, dict(zip(args[::2], args[1::2], strict=True)), maxlen=EVENTS_MAXLEN,
-                                  approximate=True)
+                        pipe.xadd(key, dict(zip(args[::2], args[1::2], strict=True)),
+                                  trim_strategy=PureToken.MAXLEN, threshold=EVENTS_MAXLEN,
+                                  trim_operator=PureToken.APPROXIMATELY)
             if last_heard:
                 pipe.hset(keys.health, health_fields(last_heard))
 
