@@ -179,7 +179,7 @@ class PrivateStream:
                     while True:
                         try:
                             event = receive.receive_nowait()
-                        except anyio.WouldBlock:
+                        except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                         try:
                             sink.send_nowait(event)
