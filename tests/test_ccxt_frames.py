@@ -23,10 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
 
-from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.mapping import CcxtDict, is_usdt_linear_perpetual, to_execution, to_order, to_position
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
 from posguard.streams.emulators.binance import payloads as binance_payloads
@@ -36,7 +34,7 @@ from posguard.streams.simulated import synthetic_markets
 from posguard.streams.venue.events import Order, Topic, VenueEvent
 from tests import binance_recorded as rec
 from tests.bench.bench_ingest import instrument, offline_bybit
-from tests.binance_recorded import BinanceReplay
+from tests.test_ccxt_binance import binance
 from tests.emulator_fixtures import loopback_network_only  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_network_only")]
@@ -236,30 +234,19 @@ async def test_bybit_bench_frames_decode_as_ccxt_reads_them() -> None:
 
 
 @asynccontextmanager
-async def binance() -> AsyncIterator[tuple[Any, Any]]:
-    replay = BinanceReplay()
-    await replay.start()
-    config = CcxtVenueConfig(
-        exchange="binanceusdm", environment="live", rest_url=f"http://{replay.base}", ws_url=f"ws://{replay.base}",
-        loopback_only=True, throttle=False, request_timeout=5.0,
-    )
-    venue = CcxtVenue(config, ApiCredentials(rec.API_KEY, rec.API_SECRET))
-    try:
-        await venue.load_markets()
+async def binance_client() -> AsyncIterator[tuple[Any, Any]]:
+    """The hooked exchange of `tests.test_ccxt_binance.binance` and its user-data client."""
+    async with binance() as (replay, venue):
         exchange = venue.exchange
         client = exchange.client(f"ws://{replay.base}/private/ws?listenKey=recorded-listen-key")
         client.subscriptions["linear"] = True
         exchange.set_balance_cache(client, "linear")
         exchange.set_positions_cache(client, "linear")
         yield exchange, client
-    finally:
-        await venue.aclose()
-        await replay.stop()
 
 
 def binance_frames() -> list[dict[str, Any]]:
     inst = instrument("BTC/USDT:USDT")
-    inst = msgspec.structs.replace(inst, symbol="BTCUSDT") if isinstance(inst, msgspec.Struct) else inst
     events: list[dict[str, Any]] = [rec.ORDER_TRADE_UPDATE_FILL, rec.ALGO_UPDATE_NEW, rec.ALGO_UPDATE_CLOSE_POSITION,
                                     rec.ACCOUNT_UPDATE]
     entry = EmuOrder(order_id="4078112847", link_id="pgbinance-e", symbol="BTCUSDT", side="Sell", qty=0.01,
@@ -291,7 +278,7 @@ def binance_frames() -> list[dict[str, Any]]:
 
 
 async def test_binance_frames_decode_as_ccxt_reads_them() -> None:
-    async with binance() as (exchange, client):
+    async with binance_client() as (exchange, client):
         for event in binance_frames():
             reference, fast, taken = both_ways(exchange, client, json.dumps(event))
             assert taken, event
@@ -350,7 +337,7 @@ async def test_poison_bybit_frames_neither_stop_the_stream_nor_make_an_event_ccx
 
 
 async def test_poison_binance_frames_go_to_ccxt() -> None:
-    async with binance() as (exchange, client):
+    async with binance_client() as (exchange, client):
         good = rec.ORDER_TRADE_UPDATE_FILL
         poison: list[Callable[[], Any]] = [
             lambda: "{", lambda: {"e": "TRADE_LITE", "s": "BTCUSDT"}, lambda: {"e": "MARGIN_CALL"},

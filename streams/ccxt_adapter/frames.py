@@ -253,22 +253,35 @@ def decode_bybit(data: str | bytes, market_of: MarketOf, now_ms: int) -> list[Ve
     """A Bybit V5 private frame of the ``order``, ``execution`` or ``position`` topic as
     posguard's events (items of other markets included: the stream filters by symbol); None
     for any other frame or any frame not decodable whole."""
-    try:
-        frame = _bybit_frame.decode(data)
-        if any(getattr(frame, name) is not UNSET for name in _BybitEnvelope.__struct_fields__):
-            return None
-        match frame:
-            case _BybitOrders():
-                return [e for item in frame.data if (e := _bybit_order(item, market_of, now_ms)) is not None]
-            case _BybitExecutions():
-                return [e for item in frame.data if (e := _bybit_execution(item, market_of, now_ms)) is not None]
-            case _BybitPositions():
-                return [_bybit_position(item, market_of, now_ms) for item in frame.data]
-    except _NotMine:
-        return None
-    except (msgspec.DecodeError, msgspec.ValidationError, UnmappablePayload, ValueError, TypeError, ArithmeticError):
-        return None
+    return _whole(_bybit_frame, _BybitEnvelope, _bybit_events, data, market_of, now_ms)
+
+
+def _bybit_events(frame: Any, market_of: MarketOf, now_ms: int) -> list[VenueEvent] | None:
+    match frame:
+        case _BybitOrders():
+            return [e for item in frame.data if (e := _bybit_order(item, market_of, now_ms)) is not None]
+        case _BybitExecutions():
+            return [e for item in frame.data if (e := _bybit_execution(item, market_of, now_ms)) is not None]
+        case _BybitPositions():
+            return [_bybit_position(item, market_of, now_ms) for item in frame.data]
     return None
+
+
+def _whole(
+    decoder: msgspec.json.Decoder[Any], envelope: type[msgspec.Struct],
+    events_of: Callable[[Any, MarketOf, int], list[VenueEvent] | None], data: str | bytes, market_of: MarketOf,
+    now_ms: int,
+) -> list[VenueEvent] | None:
+    """All or nothing: the frame's events, or None (ccxt's) if any part of it does not read,
+    or if it carries a field that makes ccxt read it as something else (``envelope``)."""
+    try:
+        frame = decoder.decode(data)
+        if any(getattr(frame, name) is not UNSET for name in envelope.__struct_fields__):
+            return None
+        return events_of(frame, market_of, now_ms)
+    except (_NotMine, msgspec.DecodeError, msgspec.ValidationError, UnmappablePayload, ValueError, TypeError,
+            ArithmeticError):
+        return None
 
 
 class _NotMine(Exception):
@@ -471,21 +484,17 @@ def decode_binance(data: str | bytes, market_of: MarketOf, now_ms: int) -> list[
     """A Binance USD-M user-data frame (ORDER_TRADE_UPDATE, ALGO_UPDATE, ACCOUNT_UPDATE) as
     posguard's events, in the order ccxt's handlers hand them over (a fill's execution before
     its order); None for any other frame or any frame not decodable whole."""
-    try:
-        frame = _binance_frame.decode(data)
-        if any(getattr(frame, name) is not UNSET for name in _BinanceEnvelope.__struct_fields__):
-            return None
-        match frame:
-            case _BinanceOrderUpdate():
-                return _binance_order_update(frame.o, None, market_of, now_ms)
-            case _BinanceAlgoUpdate():
-                return _binance_order_update(frame.o, frame.T, market_of, now_ms)
-            case _BinanceAccountUpdate():
-                return _binance_positions(frame, market_of, now_ms)
-    except _NotMine:
-        return None
-    except (msgspec.DecodeError, msgspec.ValidationError, UnmappablePayload, ValueError, TypeError, ArithmeticError):
-        return None
+    return _whole(_binance_frame, _BinanceEnvelope, _binance_events, data, market_of, now_ms)
+
+
+def _binance_events(frame: Any, market_of: MarketOf, now_ms: int) -> list[VenueEvent] | None:
+    match frame:
+        case _BinanceOrderUpdate():
+            return _binance_order_update(frame.o, None, market_of, now_ms)
+        case _BinanceAlgoUpdate():
+            return _binance_order_update(frame.o, frame.T, market_of, now_ms)
+        case _BinanceAccountUpdate():
+            return _binance_positions(frame, market_of, now_ms)
     return None
 
 
