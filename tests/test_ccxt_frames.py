@@ -203,6 +203,15 @@ def bybit_frames(instruments: list[Any]) -> list[str]:
     frames.append(bybit_frame("position", hedged | {"updatedTime": "0", "createdTime": "1676538056258"}))
     frames.append(bybit_frame("position", hedged | {"symbol": "BTCUSD", "category": "inverse"}))  # not ours
     frames.append(bybit_frame("order", bybit_orders(inst)[0] | {"category": "spot", "symbol": "BTCUSDT"}))
+    # shapes ccxt reads as spot (no tpslMode; no category nor createType; category spot) on a
+    # market id of ours: ccxt answers the one market it has loaded for the id, and so must we
+    without_mode = {k: v for k, v in bybit_orders(inst)[2].items() if k != "tpslMode"}
+    frames.append(bybit_frame("order", without_mode))
+    bare_fill = execution_payload(EmuExecution(exec_id="x-bare", order=entry, side="Buy", price=10.0, qty=1.0,
+                                               exec_type="Trade", time_ms=NOW - 4, closed_size=0.0, leaves_qty=0.0,
+                                               seq=78), inst, {inst.symbol: 10.0})
+    frames.append(bybit_frame("execution", {k: v for k, v in bare_fill.items() if k not in ("category", "createType")}))
+    frames.append(bybit_frame("execution", bare_fill | {"category": "spot"}))
     frames += [bybit_frame(topic, item | {"symbol": inst.symbol}) for topic, item in bybit_docs_examples()]
     return frames
 

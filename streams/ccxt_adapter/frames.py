@@ -298,9 +298,9 @@ def _market(market_of: MarketOf, market_id: str, kind: str) -> tuple[str, Decima
 def _bybit_order(item: _BybitOrder, market_of: MarketOf, now_ms: int) -> Order | None:
     if item.code is not UNSET:
         raise _NotMine
-    if item.tpslMode is UNSET:
-        return None  # ccxt reads it as a spot order: never a market posguard trades
-    symbol, contract_size = _market(market_of, item.symbol, "contract")
+    # ccxt's market type: a contract only when tpslMode is present, else spot (and with only
+    # linear markets loaded, ccxt's safe_market then answers the one market of that id).
+    symbol, contract_size = _market(market_of, item.symbol, "contract" if item.tpslMode is not UNSET else "spot")
     raw_status = _s(item.orderStatus)
     side = _s(item.side)
     return _order(
@@ -330,8 +330,6 @@ def _bybit_execution(item: _BybitExecution, market_of: MarketOf, now_ms: int) ->
     category = _s(item.category)
     if category is not None:
         kind = "spot" if category == "spot" else "contract"
-    if kind == "spot":
-        return None  # never a market posguard trades
     symbol, _ = _market(market_of, item.symbol, kind)
     side = _s(item.side)
     if side is not None:
