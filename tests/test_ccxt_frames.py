@@ -369,3 +369,21 @@ async def test_poison_binance_frames_go_to_ccxt() -> None:
             same(reference, fast, frame)
         reference, fast, taken = both_ways(exchange, client, json.dumps(good))
         assert taken and [type(e).__name__ for e in fast] == ["Execution", "Order"]
+
+
+async def test_a_decoder_that_fails_costs_no_frame() -> None:
+    """A bug in the decoder (it raises) hands the frame to ccxt: the same events, no lost frame."""
+    async with bybit() as (_, exchange, client, instruments):
+        frame = bybit_frame("order", bybit_orders(instruments[0])[2])
+        reference, _, _ = both_ways(exchange, client, frame)
+
+        def broken(data: Any, market_of: Any, now_ms: int) -> Any:
+            raise RuntimeError("a decoder bug")
+
+        exchange.posguard_decoder = broken
+        recorder = Recorder(traded=frozenset(reference[0].symbol for _ in [0]))
+        exchange.posguard_listener = recorder
+        client.handle_text_or_binary_message(frame)
+        exchange.posguard_listener = None
+        del exchange.posguard_decoder
+        assert recorder.events == reference and len(reference) == 1

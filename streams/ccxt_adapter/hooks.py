@@ -85,7 +85,11 @@ class _Hooked:
             listener, decode = self.posguard_listener, self.posguard_decoder
             if listener is None or decode is None or not isinstance(data, (str, bytes)):
                 return to_ccxt(data)
-            events = decode(data, self._posguard_market, listener.now_ms())
+            try:
+                events = decode(data, self._posguard_market, listener.now_ms())
+            except Exception:  # noqa: BLE001 - a decoder bug must not cost the frame: ccxt reads it
+                log.exception("the frame decoder failed on a frame; ccxt handles it")
+                events = None
             if events is None:
                 return to_ccxt(data)  # not a data frame posguard reads whole: ccxt's, as ever
             self.posguard_fast_frames += 1
