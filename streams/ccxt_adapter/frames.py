@@ -276,8 +276,9 @@ def _whole(
     or if it carries a field that makes ccxt read it as something else (``envelope``)."""
     try:
         frame = decoder.decode(data)
-        if any(getattr(frame, name) is not UNSET for name in envelope.__struct_fields__):
-            return None
+        for name in envelope.__struct_fields__:
+            if getattr(frame, name) is not UNSET:
+                return None
         return events_of(frame, market_of, now_ms)
     except (_NotMine, msgspec.DecodeError, msgspec.ValidationError, UnmappablePayload, ValueError, TypeError,
             ArithmeticError):
