@@ -71,6 +71,12 @@ class ActorContext:
     write_ahead_for: dict[str, PendingWriteAhead] = field(default_factory=dict)
     """By symbol: the open intent whose ``accepted`` answer rides with the symbol's next record
     write (`save`), which is then its write ahead (`replies.answer_intent`)."""
+    live_symbols: set[str] = field(default_factory=set)
+    """Symbols whose record in Redis may be live (not terminal): filled from the start-up scan
+    (`Engine._resume_records`) and kept by `save` (a symbol joins before its first live write
+    goes out and leaves only once a terminal write is in), so a symbol outside it is known to
+    have no live record and a push that may end a position has nothing there to end
+    (`EventRouter.route` does not nudge its actor, which would only read Redis to find that)."""
 
     @property
     def account(self) -> str:
@@ -130,6 +136,8 @@ class ActorContext:
                     replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
         for reply in replies:  # written with the record, in one transaction
             failpoint(before_reply(reply.status))
+        if not record.state.is_terminal:
+            self.live_symbols.add(record.symbol)  # before the write: a crash between them errs live
         pending = self.write_ahead_for.pop(record.symbol, None)
         if pending is not None:
             failpoint(before_reply(pending.reply.status))
@@ -138,6 +146,8 @@ class ActorContext:
             await self.store.write_ahead(record, note, accepted=pending.reply, seen=pending.seen, replies=replies)
         else:
             await self.store.save_record(record, note, replies=replies)
+        if record.state.is_terminal:
+            self.live_symbols.discard(record.symbol)
         for key in answered:  # only once written: a failed write leaves them to be answered
             del self.awaiting[key]
         failpoint(record_saved(record.state))

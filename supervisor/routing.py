@@ -2,7 +2,8 @@
 
 An actor verifying an entry reads the board itself; what nothing else would make it look at
 is its position ending under it (a stop or a liquidation filling, the position pushed flat), so
-those pushes nudge it. A stream coming back means pushes were missed while it was down: the
+those pushes nudge it, when its record may be live (a symbol with none has nothing to end, and
+its actor would only read Redis to find that). A stream coming back means pushes were missed while it was down: the
 account is audited.
 """
 
@@ -23,17 +24,21 @@ class EventRouter:
     def __init__(self, actors: ActorRegistry, request_audit: Callable[[str], None]) -> None:
         self.actors = actors
         self.request_audit = request_audit
+        self.live_symbols = actors.ctx.live_symbols
+        """`ActorContext.live_symbols`: the symbols a nudge can matter to."""
 
     def route(self, event: VenueEvent) -> None:
         """Tell an actor when the venue pushed something that may end its position; audit
         after a stream comes back (what happened while it was down was not pushed)."""
-        actor = None
+        symbol = ""
         match event:
             case Position(size=0.0) | Execution(client_order_id=""):
-                actor = self.actors.get(event.symbol)
+                symbol = event.symbol
             case Execution() if not is_entry_id(event.client_order_id):
-                actor = self.actors.get(event.symbol)
+                symbol = event.symbol
             case StreamStatus(connected=True, reason="reconnected"):
                 self.request_audit(f"stream {event.topic} reconnected")
-        if actor is not None:
-            actor.nudge()
+        if symbol and symbol in self.live_symbols:  # else no live record there to end
+            actor = self.actors.get(symbol)
+            if actor is not None:
+                actor.nudge()

@@ -55,8 +55,8 @@ from posguard.actors.store.client import RedisClient
 from posguard.actors.store.keys import Keys
 
 __all__ = [
-    "Fence", "Fenced", "FencedBatch", "Lease", "LeaseHolder", "LeaseLost", "Standby", "fenced_write", "owner_id",
-    "read_lease", "read_standbys",
+    "FENCE_CHECK", "Fence", "Fenced", "FencedBatch", "Lease", "LeaseHolder", "LeaseLost", "Standby", "fenced_write",
+    "owner_id", "read_lease", "read_standbys", "run_fenced",
 ]
 
 log = logging.getLogger("posguard.lease")
@@ -141,7 +141,7 @@ class Fence:
         return FencedBatch(client, self)
 
 
-_FENCED_WRITE = """
+FENCE_CHECK = """
 local epoch = redis.call('GET', KEYS[1])
 if ARGV[1] ~= '' and epoch == false then
   return redis.error_reply('EPOCHLOST the epoch key is missing (Redis lost its data), our token ' .. ARGV[1])
@@ -149,6 +149,11 @@ end
 if ARGV[1] ~= '' and epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch is ' .. tostring(epoch) .. ', our token ' .. ARGV[1])
 end
+"""
+"""The head of every fenced script: KEYS[1] is the epoch, ARGV[1] this process's token (empty:
+unfenced). A script that starts with it may write only after it (`run_fenced`)."""
+
+_FENCED_WRITE = FENCE_CHECK + """
 local i = 2
 while i <= #ARGV do
   local key, n = KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
@@ -247,19 +252,26 @@ async def fenced_write(client: RedisClient, fence: Fence, ops: list[tuple[str, s
     once more under the new token; missing again at once, it is refused as well. A write sent
     under the old token that Redis ran only after this process re-acquired finds the new token
     (``FENCED``) and is sent again under it too: the token changed because *we* took it."""
-    keys = [fence.keys.epoch]
+    index = {fence.keys.epoch: 1}
     argv: list[str] = [""]
     for command, key, args in ops:
-        if key not in keys:
-            keys.append(key)
-        argv += [command, str(keys.index(key) + 1), str(len(args)), *args]
+        number = index.setdefault(key, len(index) + 1)
+        argv += [command, str(number), str(len(args)), *args]
+    return await run_fenced(client, fence, _FENCED_WRITE, list(index), argv) == 1
+
+
+async def run_fenced(client: RedisClient, fence: Fence, script: str, keys: list[str], argv: list[Any]) -> Any:
+    """Run a script that starts with `FENCE_CHECK` (``keys[0]`` the epoch key, ``argv[0]``
+    overwritten with this process's token): the refusal and re-acquire rules of `fenced_write`,
+    for writers with a script of their own (the ingest cache's, `RedisEventCache`). Returns the
+    script's answer."""
     retried = False
     while True:
         if fence.is_lost:
             raise Fenced(fence.why)
         token = argv[0] = fence.token
         try:
-            return await client.eval(_FENCED_WRITE, keys, argv) == 1
+            return await client.eval(script, keys, argv)
         except coredis.exceptions.ResponseError as exc:
             refusal = next((r for r in ("EPOCHLOST", "FENCED") if r in str(exc)), "")
             if not refusal:

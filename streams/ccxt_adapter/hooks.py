@@ -15,17 +15,27 @@ data stream is live as soon as its connection is open.
 
 These overrides rely on ccxt method names (``handle_order``, ``handle_positions``, ...);
 they are pinned by the stream tests against the emulator and the recorded Binance payloads.
+
+The hot path skips all of that: every private frame is first offered to the exchange's msgspec
+decoder (`posguard.streams.ccxt_adapter.frames`), which turns a data frame of the three topics
+straight into posguard's events (`PrivateListener.on_event`) and declines anything else; a
+declined frame (acknowledgements, pongs, errors, other topics, anything malformed) goes to
+ccxt and through the handlers above exactly as before. The tap sits on the ccxt client's
+``handle_text_or_binary_message``, after ccxt has noted the frame's arrival
+(``last_message_at``), so liveness and the watch loops' disconnect detection are ccxt's still.
 """
 
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any, Protocol
 
 import ccxt.pro
 
+from posguard.streams.ccxt_adapter.frames import BYBIT_EXEC_TYPES, FrameDecoder, decode_binance, decode_bybit
 from posguard.streams.ccxt_adapter.mapping import CcxtDict
-from posguard.streams.venue.events import Topic
+from posguard.streams.venue.events import Topic, VenueEvent
 
 __all__ = [
     "BYBIT_EXEC_TYPES",
@@ -39,8 +49,6 @@ __all__ = [
 log = logging.getLogger("posguard.ccxt")
 
 BYBIT_TOPICS: dict[str, Topic] = {"position": "positions", "order": "orders", "execution": "executions"}
-BYBIT_EXEC_TYPES = ("Trade", "AdlTrade", "BustTrade")
-"""Executions that change a position: fills, auto-deleveraging, liquidation. Not funding."""
 
 
 class PrivateListener(Protocol):
@@ -49,12 +57,64 @@ class PrivateListener(Protocol):
     def on_trade(self, trade: CcxtDict, client_order_id: str) -> None: ...
     def on_position(self, position: CcxtDict) -> None: ...
     def on_listen_key_expired(self) -> None: ...
+    def on_event(self, event: VenueEvent) -> None: ...
+    def now_ms(self) -> int: ...
 
 
 class _Hooked:
-    """Mixin: the listener, and a guard so a posguard bug can never break ccxt's socket."""
+    """Mixin: the listener, the frame tap, and a guard so a posguard bug can never break
+    ccxt's socket."""
 
     posguard_listener: PrivateListener | None = None
+    posguard_decoder: FrameDecoder | None = None
+    """The exchange's msgspec frame decoder; None: every frame goes through ccxt's handlers."""
+    posguard_fast_frames = 0
+    """Frames the decoder took (for tests and benchmarks: the rest went to ccxt)."""
+
+    def client(self, url: str) -> Any:
+        client = super().client(url)  # type: ignore[misc]
+        if "posguard_tapped" not in client.__dict__:
+            client.posguard_tapped = True
+            client.handle_text_or_binary_message = self._tap(client.handle_text_or_binary_message)
+        return client
+
+    def _tap(self, to_ccxt: Any) -> Any:
+        """The client's frame handler, with posguard's decoder in front of ccxt's."""
+
+        def handle(data: Any) -> None:
+            listener, decode = self.posguard_listener, self.posguard_decoder
+            if listener is None or decode is None or not isinstance(data, (str, bytes)):
+                return to_ccxt(data)
+            try:
+                events = decode(data, self._posguard_market, listener.now_ms())
+            except Exception:  # noqa: BLE001 - a decoder bug must not cost the frame: ccxt reads it
+                log.exception("the frame decoder failed on a frame; ccxt handles it")
+                events = None
+            if events is None:
+                return to_ccxt(data)  # not a data frame posguard reads whole: ccxt's, as ever
+            self.posguard_fast_frames += 1
+            for event in events:
+                self._tell("event", listener.on_event, event)
+            return None
+
+        return handle
+
+    def _posguard_market(self, market_id: str, kind: str) -> tuple[str, Decimal] | None:
+        """ccxt's own ``safe_market`` answer for a market id (its symbol and contract size),
+        remembered per loaded market list; None before markets are loaded."""
+        by_id = getattr(self, "markets_by_id", None)
+        if not by_id:
+            return None
+        cache: dict[tuple[str, str], tuple[str, Decimal]] | None = self.__dict__.get("_posguard_markets")
+        if cache is None or self.__dict__.get("_posguard_markets_of") is not by_id:
+            cache = self.__dict__["_posguard_markets"] = {}
+            self.__dict__["_posguard_markets_of"] = by_id
+        known = cache.get((market_id, kind))
+        if known is None:
+            market = self.safe_market(market_id, None, None, kind)  # type: ignore[attr-defined]
+            size = market.get("contractSize")
+            known = cache[(market_id, kind)] = (market["symbol"], Decimal(str(size if size is not None else 1)))
+        return known
 
     def _tell(self, what: str, call: Any, *args: Any) -> None:
         if self.posguard_listener is None:
@@ -66,6 +126,8 @@ class _Hooked:
 
 
 class HookedBybit(_Hooked, ccxt.pro.bybit):
+    posguard_decoder = staticmethod(decode_bybit)
+
     def handle_order(self, client: Any, message: CcxtDict) -> None:
         super().handle_order(client, message)
         listener = self.posguard_listener
@@ -127,6 +189,8 @@ def acknowledged_topics(client: Any, message: CcxtDict) -> list[str]:
 
 
 class HookedBinanceUsdm(_Hooked, ccxt.pro.binanceusdm):
+    posguard_decoder = staticmethod(decode_binance)
+
     def handle_message(self, client: Any, message: Any) -> None:
         # ccxt drops ``listenKeyExpired``: the socket stays open and hears nothing ever again.
         if isinstance(message, dict) and message.get("e") == "listenKeyExpired" and self.posguard_listener is not None:

@@ -20,11 +20,14 @@ when it drops), waits until the venue confirms the topic is live, then:
 When the connection drops it sends ``StreamStatus(connected=False)`` and reconnects with
 exponential backoff and jitter. Where the connection rides on a key that lapses (Binance's
 listen key, `ListenKey`), one more task extends it on schedule and, when the venue says it
-is gone, drops the connection the same way, so the next connect makes a new key. The events themselves come from `posguard.streams.ccxt_adapter.hooks`, as
-each message is parsed.
+is gone, drops the connection the same way, so the next connect makes a new key. The events
+themselves come from `posguard.streams.ccxt_adapter.hooks`, as each frame arrives: decoded
+straight from the wire where `posguard.streams.ccxt_adapter.frames` reads it, else as ccxt
+parses it.
 
 Events pass through an unbounded in-memory queue so that ccxt's message handlers (plain
-callbacks) never wait; a forwarder task feeds the caller's sink in order.
+callbacks) never wait; a forwarder task feeds the caller's sink in order, whatever is queued at
+once (a socket read's worth of frames reaches the ingestor as one batch).
 """
 
 from __future__ import annotations
@@ -118,6 +121,13 @@ class PrivateStream:
     def on_listen_key_expired(self) -> None:
         self._listen_key_lost.set()
 
+    def on_event(self, event: VenueEvent) -> None:
+        """An event the frame decoder read straight from the wire (`posguard.streams.ccxt_adapter.frames`)."""
+        self._emit(event)
+
+    def now_ms(self) -> int:
+        return self._clock()
+
     def _emit(self, event: VenueEvent) -> None:
         if self._outbox is None:
             return  # nobody is streaming: the next snapshot will carry it
@@ -165,6 +175,16 @@ class PrivateStream:
             async for event in receive:
                 try:
                     await sink.send(event)
+                    # Then what else is queued, without a trip through the event loop per event.
+                    while True:
+                        try:
+                            event = receive.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                        try:
+                            sink.send_nowait(event)
+                        except anyio.WouldBlock:
+                            await sink.send(event)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     log.warning("the event sink was closed; stopping the private streams")
                     tg.cancel_scope.cancel()

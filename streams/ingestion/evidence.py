@@ -64,6 +64,28 @@ def newer_position(current: Position | None, candidate: Position) -> Position:
     return candidate if newer else current
 
 
+class _Ring:
+    """One symbol's newest executions, oldest first, with their ids in a set: a duplicate push
+    (the stream and a REST sweep both tell a fill) is found by one lookup, not a scan."""
+
+    __slots__ = ("ids", "items")
+
+    def __init__(self, size: int) -> None:
+        self.items: deque[Execution] = deque(maxlen=size)
+        self.ids: set[str] = set()
+
+    def add(self, execution: Execution) -> bool:
+        """Keep ``execution`` unless its id is already kept; True if it was new."""
+        if execution.exec_id in self.ids:
+            return False
+        items = self.items
+        if items and len(items) == items.maxlen:
+            self.ids.discard(items[0].exec_id)
+        items.append(execution)
+        self.ids.add(execution.exec_id)
+        return True
+
+
 class BoardStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """What the board holds right now, beside its bounds: the board lives as long as the
     process, so its memory must be seen to stay bounded (metrics, benchmarks, tests)."""
@@ -92,10 +114,10 @@ class EvidenceBoard:
         self.max_orders = max_orders
         """Order states (and, separately, fill lists) kept by client order id; oldest go first."""
         self.executions_per_symbol = executions_per_symbol
-        """Executions kept per symbol; each new one is checked against all of them for a duplicate."""
+        """Executions kept per symbol, by execution id (a duplicate is found by one lookup), oldest first."""
         self._orders: OrderedDict[str, Order] = OrderedDict()
         self._fills: OrderedDict[str, list[Execution]] = OrderedDict()  # by client order id, capped like orders
-        self._executions: dict[str, deque[Execution]] = {}  # by symbol
+        self._executions: dict[str, _Ring] = {}  # by symbol
         self._positions: dict[str, Position] = {}
         self._connected: dict[str, bool] = dict.fromkeys(TOPICS, False)
         self._last_seen: dict[str, float] = dict.fromkeys(TOPICS, -math.inf)
@@ -118,9 +140,10 @@ class EvidenceBoard:
                 self._wake(event.symbol)
             case Execution():
                 self._seen("executions")
-                ring = self._executions.setdefault(event.symbol, deque(maxlen=self.executions_per_symbol))
-                if all(e.exec_id != event.exec_id for e in ring):
-                    ring.append(event)
+                ring = self._executions.get(event.symbol)
+                if ring is None:
+                    ring = self._executions[event.symbol] = _Ring(self.executions_per_symbol)
+                if ring.add(event):
                     if event.client_order_id:
                         fills = self._fills.get(event.client_order_id)
                         if fills is None:
@@ -148,9 +171,11 @@ class EvidenceBoard:
         `executions_per_symbol` are kept), replacing what it held, as if they had been pushed
         long ago: not counted, nobody woken, stream health untouched, not indexed as fills of
         a client order id. For benchmarks and tests that need a long-running board's steady
-        state (full rings, so every execution pays the duplicate scan) without replaying
+        state (full rings) without replaying
         every push through `apply`."""
-        self._executions[symbol] = deque(executions, maxlen=self.executions_per_symbol)
+        ring = self._executions[symbol] = _Ring(self.executions_per_symbol)
+        for execution in executions:
+            ring.add(execution)
 
     def forget_positions(self) -> None:
         """Drop every pushed position, as if the positions stream had never spoken: what a
@@ -182,7 +207,8 @@ class EvidenceBoard:
         return list(self._fills.get(client_order_id, ()))
 
     def executions(self, symbol: str, since_ms: int = 0) -> list[Execution]:
-        return [e for e in self._executions.get(symbol, ()) if e.ts_ms >= since_ms]
+        ring = self._executions.get(symbol)
+        return [e for e in ring.items if e.ts_ms >= since_ms] if ring is not None else []
 
     def position(self, symbol: str) -> Position | None:
         """The latest pushed position (size 0 when the venue pushed "flat"), or None."""
@@ -193,7 +219,7 @@ class EvidenceBoard:
             events_applied=self._events_applied,
             orders=len(self._orders),
             fill_ids=len(self._fills),
-            executions=sum(len(ring) for ring in self._executions.values()),
+            executions=sum(len(ring.items) for ring in self._executions.values()),
             execution_symbols=len(self._executions),
             positions=len(self._positions),
             max_orders=self.max_orders,

@@ -13,22 +13,27 @@ redis-server (`start_redis_server`, no persistence) on the same machine:
 
 * The production decode path for Bybit. Each push is a WebSocket text frame in Bybit V5's
   shape (built with the emulator's payload functions, ``posguard.streams.emulators.bybit.payloads``), handed
-  to ccxt.pro's client the way its socket reader does (``Client.handle_text_or_binary_message``:
-  orjson parse, then `HookedBybit`: ccxt's own handler and caches, then posguard's hook, which
-  parses the item again with ccxt and maps it with `posguard.streams.ccxt_adapter.mapping`), then through
-  `PrivateStream` (the real `CcxtVenue.stream`: symbol filter, unbounded outbox, forwarder)
-  into the engine's 65,536-slot stream. The `CcxtVenue` is real; only its REST market list and
+  to ccxt.pro's client the way its socket reader does (``Client.handle_text_or_binary_message``),
+  two ways: the wire-frame path (posguard's msgspec decoder, `posguard.streams.ccxt_adapter.frames`,
+  reads the frame straight into events; what production runs) and, as the baseline, the path
+  before it (the decoder off: orjson parse, then `HookedBybit`: ccxt's own handler and caches,
+  then posguard's hook, which parses the item again with ccxt and maps it with
+  `posguard.streams.ccxt_adapter.mapping`; what every frame the decoder declines still takes). Either way
+  then through `PrivateStream` (the real `CcxtVenue.stream`: symbol filter, unbounded outbox,
+  forwarder) into the engine's 65,536-slot stream. The `CcxtVenue` is real; only its REST market list and
   clock are answered in-process and its three watch calls wait forever, so nothing connects
   anywhere (the URLs point at 127.0.0.1 and ``loopback_only`` is on).
 * `Engine.ingestor` exactly as `Engine` wires it: `EvidenceBoard.apply`, then `EventRouter.route`
-  (nudges the symbol's `SymbolActor`), then one pipelined `RedisEventCache.write` per batch
-  (up to 1,024 events). The cache is wrapped only to time each pipeline.
-* 1,000 supervised `SymbolActor`s (``ActorRegistry.get_or_start``); a nudged actor reads its record from
-  Redis (``follow_venue``), one round trip per nudge, concurrently with the ingestor.
+  (nudges the symbol's `SymbolActor` when its record may be live), then one `RedisEventCache.write`
+  per batch (up to 1,024 events: one fenced script call). The cache is wrapped only to time each call.
+* 1,000 supervised `SymbolActor`s (``ActorRegistry.get_or_start``), none with a live record (an
+  account opening and closing as fast as this is a stress of the push path, not of the actors):
+  no push nudges them (`ActorContext.live_symbols`). Table 1 shows what a nudge costs when one is
+  due (the actor reads its record from Redis, ``follow_venue``).
 
 Steady state, not a cold start: the Redis event journal is pre-filled to its cap
 (``EVENTS_MAXLEN``, so every XADD trims) and every symbol's execution ring on the board is
-full (256, so every execution pays the board's duplicate scan), as in a long-running busy
+full (256), as in a long-running busy
 account. Event mix, per trade cycle of one symbol (8 pushes, cycles interleaved at random
 across the symbols): entry order new + filled, entry fill, position open, stop order armed +
 filled, stop fill (nudges the actor), position flat (nudges the actor): 50 % orders, 25 %
@@ -39,10 +44,11 @@ Scenarios (rows of tables 2 and 3), each with fresh ids, through the same runnin
 * events in (no decode): the same pushes, already decoded (as `FakeVenue` pushes Structs),
   sent into the engine's stream by a producer that never yields (the stream fills, batches
   are 1,024: pipelining at its best) or that yields after every event;
-* Bybit frames, 256 per socket read: the whole path at saturation, ccxt handling 256 frames
-  back to back per event-loop turn, as a busy socket delivers them;
+* Bybit frames, 256 per socket read: the whole path at saturation, 256 frames handled back to
+  back per event-loop turn, as a busy socket delivers them; through ccxt (the baseline) and
+  through the msgspec decoder (the wire-frame path);
 * Bybit frames, 1 per socket read: the same, back to the loop after every frame;
-* Bybit frames arriving at a quarter of the measured capacity, evenly spaced: CPU and round
+* Bybit frames (wire-frame path) arriving at a quarter of its measured capacity, evenly spaced: CPU and round
   trips per event at a sustainable load, and push -> board latency (every 16th push, from its
   arrival to applied and routed). Saturated rows show no latency: it is time queued behind
   the backlog (`PrivateStream`'s outbox is unbounded), which grows with the run's length.
@@ -51,6 +57,12 @@ Tables: (1) each stage alone, CPU per event; (2) end to end: throughput, CPU per
 this process and of redis-server; (3) Redis round trips and batching; (4) the target and
 where we stand ("on one core": this process is single-threaded and runs at 100 % of one
 core when saturated; events per CPU-second is the one-core figure). Prints; asserts nothing.
+
+Table 1 also measures the Redis write three ways on the same events: the fenced script of
+generic commands the cache used before (``FencedBatch``: every HSET/EXPIRE/XADD spelled out,
+field names included), the dedicated fenced ingest script it uses now (`INGEST_SCRIPT`: values
+only), and a plain pipeline of the same commands (unfenced, so not usable as it is: the fence
+check and the write must be one atomic step; shown for the comparison).
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ from typing import Any, cast
 
 import anyio
 import coredis
+from coredis.tokens import PureToken
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -75,8 +88,10 @@ from posguard.actors import ids
 from posguard.actors.lifecycle import ActorStatistics
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
-from posguard.actors.store.event_cache import EVENTS_MAXLEN, RedisEventCache
+from posguard.actors.store.event_cache import EVENTS_MAXLEN, ORDER_TTL_SECONDS, RedisEventCache
+from posguard.actors.store.health import StreamHealth, encode_fields
 from posguard.actors.store.keys import Keys
+from posguard.actors.store.lease import Fence
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.ccxt_adapter.config import ApiCredentials, CcxtVenueConfig
 from posguard.streams.ccxt_adapter.venue import CcxtVenue
@@ -87,7 +102,16 @@ from posguard.streams.emulators.bybit.payloads import execution_payload, order_p
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.ingestion.ingestor import MAX_BATCH, Ingestor
 from posguard.streams.simulated import synthetic_markets
-from posguard.streams.venue.events import Execution, VenueEvent, decode_event, encode_event
+from posguard.streams.venue.events import (
+    Execution,
+    Heartbeat,
+    Order,
+    Position,
+    StreamStatus,
+    VenueEvent,
+    decode_event,
+    encode_event,
+)
 from posguard.streams.venue.markets import MarketRules
 from posguard.supervisor.engine import STREAM_BUFFER, Engine
 from posguard.supervisor.redis_server import start_redis_server
@@ -305,9 +329,18 @@ def time_frames(client: Any, frames: Sequence[Frame]) -> dict[str, tuple[int, fl
     return {topic: (counts[topic], spent[topic] / 1e9) for topic in counts}
 
 
-async def decode_with_posguard(venue: CcxtVenue, client: Any, frames: Sequence[Frame]) -> tuple[dict[str, tuple[int, float]], list[VenueEvent]]:
-    """The whole decode path (ccxt + posguard's hook + `PrivateStream`), timed per frame; the
-    events it produced, read from the venue's stream."""
+def use_decoder(exchange: Any, on: bool) -> None:
+    """The msgspec frame decoder on (production) or off (every frame through ccxt, as before it)."""
+    if on:
+        exchange.__dict__.pop("posguard_decoder", None)
+    else:
+        exchange.posguard_decoder = None
+
+
+async def decode_with_posguard(venue: CcxtVenue, client: Any, frames: Sequence[Frame],
+                               ) -> tuple[dict[str, tuple[int, float]], list[VenueEvent]]:
+    """The whole decode path (the decoder or ccxt + posguard's hook, then `PrivateStream`), timed
+    per frame; the events it produced, read from the venue's stream."""
     send, receive = anyio.create_memory_object_stream[VenueEvent](len(frames) + 16)
     events: list[VenueEvent] = []
     async with anyio.create_task_group() as tg:
@@ -356,9 +389,109 @@ async def ingest_alone(events: Sequence[VenueEvent], route: Callable[[VenueEvent
     return time.process_time() - started
 
 
-async def cache_alone(client: coredis.Redis[str], events: Sequence[VenueEvent], batch: int) -> tuple[float, float, float, int]:
-    """`RedisEventCache.write` alone: (wall s, client CPU s, redis CPU s, commands)."""
-    cache = RedisEventCache(client, ACCOUNT)
+class GenericScriptCache:
+    """The cache's write before the ingest script (for the comparison only): every command of
+    the batch spelled out into the generic fenced script (`FencedBatch`), field names included."""
+
+    def __init__(self, client: coredis.Redis[str], account: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+        self.fence = Fence(account)
+
+    async def write(self, batch: Sequence[VenueEvent]) -> None:
+        keys = self.keys
+        last_heard: dict[str, int] = {}
+        async with self.fence.batch(self.client) as pipe:
+            for event in batch:
+                last_heard[_topic(event)] = event.ts_ms
+                command = commands_of(keys, event)
+                for name, key, args in command:
+                    if name == "HSET":
+                        pipe.hset(key, dict(zip(args[::2], args[1::2], strict=True)))
+                    elif name == "EXPIRE":
+                        pipe.expire(key, ORDER_TTL_SECONDS)
+                    else:
+                        pipe.xadd(key, dict(zip(args[::2], args[1::2], strict=True)), maxlen=EVENTS_MAXLEN)
+            if last_heard:
+                pipe.hset(keys.health, health_fields(last_heard))
+
+
+class PipelineCache:
+    """The same commands as one plain pipeline (for the comparison only: unfenced, so a stale
+    process could write through it; the fence check and the write must be one atomic step)."""
+
+    def __init__(self, client: coredis.Redis[str], account: str) -> None:
+        self.client = client
+        self.keys = Keys(account)
+
+    async def write(self, batch: Sequence[VenueEvent]) -> None:
+        keys = self.keys
+        last_heard: dict[str, int] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for event in batch:
+                last_heard[_topic(event)] = event.ts_ms
+                for name, key, args in commands_of(keys, event):
+                    if name == "HSET":
+                        pipe.hset(key, dict(zip(args[::2], args[1::2], strict=True)))
+                    elif name == "EXPIRE":
+                        pipe.expire(key, ORDER_TTL_SECONDS)
+                    else:
+                        pipe.xadd(key, dict(zip(args[::2], args[1::2], strict=True)),
+                                  trim_strategy=PureToken.MAXLEN, threshold=EVENTS_MAXLEN,
+                                  trim_operator=PureToken.APPROXIMATELY)
+            if last_heard:
+                pipe.hset(keys.health, health_fields(last_heard))
+
+
+def _topic(event: VenueEvent) -> str:
+    return {Position: "positions", Order: "orders", Execution: "executions"}.get(type(event)) or event.topic  # type: ignore[union-attr]
+
+
+def health_fields(last_heard: dict[str, int]) -> dict[str, str]:
+    return {f: v for topic, ms in last_heard.items() for f, v in encode_fields(StreamHealth(last_event_ms=ms), topic=topic).items()}
+
+
+def commands_of(keys: Keys, event: VenueEvent) -> list[tuple[str, str, list[Any]]]:
+    """The commands the cache's schema calls for, per event (what `INGEST_SCRIPT` runs)."""
+    def num(value: float | None) -> str:
+        return "" if value is None else str(value)
+
+    out: list[tuple[str, str, list[Any]]] = []
+    symbol = getattr(event, "symbol", "")
+    match event:
+        case Heartbeat():
+            return out
+        case Position():
+            out.append(("HSET", keys.venue_position(event.symbol), [
+                "side", event.side, "size", str(event.size), "entry_price", str(event.entry_price),
+                "stop_price", num(event.stop_price), "ts_ms", str(event.ts_ms)]))
+        case Order() if event.client_order_id:
+            key = keys.venue_order(event.client_order_id)
+            out.append(("HSET", key, [
+                "symbol", event.symbol, "order_id", event.order_id, "kind", event.kind, "side", event.side,
+                "status", event.status, "qty", str(event.qty), "filled", str(event.filled),
+                "avg_price", num(event.avg_price), "stop_price", num(event.stop_price), "ts_ms", str(event.ts_ms)]))
+            out.append(("EXPIRE", key, []))
+        case StreamStatus():
+            out.append(("HSET", keys.health, [x for kv in encode_fields(StreamHealth(
+                connected=event.connected, changed_ms=event.ts_ms, reason=event.reason), topic=event.topic).items()
+                for x in kv]))
+    out.append(("XADD", keys.events, ["type", type(event).__name__.lower(), "symbol", symbol,
+                                      "data", encode_event(event).decode()]))
+    return out
+
+
+CACHE_VARIANTS: dict[str, Callable[[coredis.Redis[str], str], Any]] = {
+    "generic fenced script (the cache before)": GenericScriptCache,
+    "ingest script (RedisEventCache now)": RedisEventCache,
+    "plain pipeline, unfenced (comparison only)": PipelineCache,
+}
+
+
+async def cache_alone(client: coredis.Redis[str], events: Sequence[VenueEvent], batch: int,
+                      make: Callable[[coredis.Redis[str], str], Any] = RedisEventCache) -> tuple[float, float, float, int]:
+    """One cache variant's ``write`` alone: (wall s, client CPU s, redis CPU s, commands)."""
+    cache = make(client, ACCOUNT)
     before = await redis_snapshot(client)
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -530,12 +663,12 @@ async def run(redis_url: str, events: int, symbols_count: int, seed: int) -> Non
 class Stages:
     ccxt_only: dict[str, tuple[int, float]]
     whole_decode: dict[str, tuple[int, float]]
+    wire_decode: dict[str, tuple[int, float]]
     msgspec_decode: float
     ingest_fresh: float
     ingest_full: float
     events: int
-    cache_1024: tuple[float, float, float, int]
-    cache_1: tuple[float, float, float, int]
+    caches: dict[str, tuple[tuple[float, float, float, int], tuple[float, float, float, int]]]
     cache_1_events: int
     nudge: tuple[float, int, int] = (0.0, 0, 0)
 
@@ -547,22 +680,29 @@ async def body(
     # 1. stages alone
     time_frames(ws, build_frames(templates, STAGE_EVENTS, "warm", seed))  # warm-up, discarded
     ccxt_only = time_frames(ws, build_frames(templates, STAGE_EVENTS, "ccxt", seed + 1))
-    whole_decode, decoded = await decode_with_posguard(venue, ws, build_frames(templates, events, "struct", seed + 2))
+    use_decoder(venue.exchange, False)
+    whole_decode, _ = await decode_with_posguard(venue, ws, build_frames(templates, STAGE_EVENTS, "whole", seed + 4))
+    use_decoder(venue.exchange, True)
+    wire_decode, decoded = await decode_with_posguard(venue, ws, build_frames(templates, events, "struct", seed + 2))
     cache = TimedCache(RedisEventCache(client, ACCOUNT))
     engine = Engine(venue=venue, store=RedisStore(client, ACCOUNT), cache=cache,
                     settings=ActorSettings(account=ACCOUNT), rng=random.Random(seed))
     engine.rules.update(rules)
     sample = decoded[:STAGE_EVENTS]
     await prefill_journal(client, decoded[0])
+    caches = {}
+    for label, make in CACHE_VARIANTS.items():
+        caches[label] = (await cache_alone(client, sample, MAX_BATCH, make),
+                         await cache_alone(client, sample[:CACHE_1_EVENTS], 1, make))
     stages = Stages(
         ccxt_only=ccxt_only,
         whole_decode=whole_decode,
+        wire_decode=wire_decode,
         msgspec_decode=msgspec_alone(sample),
         ingest_fresh=await ingest_alone(sample, engine.router.route, False, symbols),
         ingest_full=await ingest_alone(sample, engine.router.route, True, symbols),
         events=len(sample),
-        cache_1024=await cache_alone(client, sample, MAX_BATCH),
-        cache_1=await cache_alone(client, sample[:CACHE_1_EVENTS], 1),
+        caches=caches,
         cache_1_events=CACHE_1_EVENTS,
     )
 
@@ -588,15 +728,18 @@ async def body(
         runs.append(await measured("events in (no decode), producer yields every event", engine, cache, probe, client,
                                    len(again), struct_producer(sink, again, 1, probe)))
         del again, decoded
-        for per_read in (256, 1):
-            frames = build_frames(templates, events, f"r{per_read}", seed + per_read)
-            runs.append(await measured(f"Bybit frames, {per_read} per socket read", engine, cache, probe, client,
-                                       len(frames), frame_producer(ws, frames, per_read, probe)))
-            del frames
-        capacity = max(r.events / r.wall for r in runs if r.name.startswith("Bybit"))
+        for wire in (False, True):
+            use_decoder(venue.exchange, wire)
+            for per_read in (256, 1):
+                frames = build_frames(templates, events, f"r{per_read}{wire}", seed + per_read + 10 * wire)
+                path = "msgspec decoder (wire-frame path)" if wire else "through ccxt (baseline)"
+                runs.append(await measured(f"Bybit frames {path}, {per_read} per socket read", engine, cache, probe,
+                                           client, len(frames), frame_producer(ws, frames, per_read, probe)))
+                del frames
+        capacity = max(r.events / r.wall for r in runs if r.name.startswith("Bybit frames msgspec"))
         rate = max(100.0, round(capacity / 4, -2))
         frames = build_frames(templates, max(CYCLE, int(rate * PACED_SECONDS) // CYCLE * CYCLE), "paced", seed + 3)
-        runs.append(await measured(f"Bybit frames arriving at {rate:,.0f}/s (a quarter of capacity)", engine, cache,
+        runs.append(await measured(f"Bybit frames msgspec decoder, arriving at {rate:,.0f}/s (a quarter of capacity)", engine, cache,
                                    probe, client, len(frames), paced_producer(ws, frames, rate, probe), paced=True))
         sink.close()
         tg.cancel_scope.cancel()
@@ -616,35 +759,40 @@ def with_fresh_ids(event: VenueEvent, tag: str) -> VenueEvent:
 def print_stages(st: Stages) -> None:
     names = {"order": "order update", "execution": "execution", "position": "position update"}
     rows: list[list[str]] = []
-    spent_ccxt = spent_whole = 0.0
-    count_ccxt = count_whole = 0
+    totals = {"ccxt": [0.0, 0], "whole": [0.0, 0], "wire": [0.0, 0]}
     for topic in ("order", "execution", "position"):
-        nc, sc = st.ccxt_only[topic]
-        nw, sw = st.whole_decode[topic]
-        spent_ccxt, spent_whole, count_ccxt, count_whole = spent_ccxt + sc, spent_whole + sw, count_ccxt + nc, count_whole + nw
-        rows.append([f"decode {names[topic]}: ccxt.pro alone / whole decode path",
-                     f"{sc / nc * 1e6:.1f} / {sw / nw * 1e6:.1f}", f"{nc:,} / {nw:,}"])
-    rows.append(["decode, the mix: ccxt.pro alone / whole decode path",
-                 f"{spent_ccxt / count_ccxt * 1e6:.1f} / {spent_whole / count_whole * 1e6:.1f}",
-                 f"{count_ccxt:,} / {count_whole:,}"])
+        cells = []
+        for label, timings in (("ccxt", st.ccxt_only), ("whole", st.whole_decode), ("wire", st.wire_decode)):
+            n, spent = timings[topic]
+            totals[label][0] += spent
+            totals[label][1] += n
+            cells.append(f"{spent / n * 1e6:.1f}")
+        rows.append([f"decode {names[topic]}: ccxt.pro alone / through ccxt + hook / msgspec decoder",
+                     " / ".join(cells), f"{st.wire_decode[topic][0]:,}"])
+    rows.append(["decode, the mix: ccxt.pro alone / through ccxt + hook / msgspec decoder",
+                 " / ".join(f"{spent / n * 1e6:.1f}" for spent, n in totals.values()), ""])
     rows.append(["  for reference: msgspec decode of posguard's own event JSON (decode_event)",
                  us(st.msgspec_decode, st.events), f"{st.events:,}"])
     rows.append(["ingest: board.apply + EventRouter.route, execution rings empty", us(st.ingest_fresh, st.events),
                  f"{st.events:,}"])
     rows.append(["ingest: board.apply + EventRouter.route, execution rings full (256)", us(st.ingest_full, st.events),
                  f"{st.events:,}"])
-    for label, (wall, cpu, redis_cpu, _), n in (("1,024", st.cache_1024, st.events), ("1", st.cache_1, st.cache_1_events)):
-        rows.append([f"RedisEventCache.write, batches of {label}: client CPU (wall; redis-server CPU)",
-                     f"{us(cpu, n)} ({us(wall, n)}; {us(redis_cpu, n)})", f"{n:,}"])
-    rows.append(["  Redis commands per event, batches of 1,024 / of 1",
-                 f"{st.cache_1024[3] / st.events:.2f} / {st.cache_1[3] / st.cache_1_events:.2f}", ""])
+    for label, (big, one) in st.caches.items():
+        for size, (wall, cpu, redis_cpu, commands), n, per in (("1,024", big, st.events, MAX_BATCH),
+                                                                ("1", one, st.cache_1_events, 1)):
+            rows.append([f"Redis write, {label}, batches of {size}: client CPU (wall; redis-server CPU)",
+                         f"{us(cpu, n)} ({us(wall, n)}; {us(redis_cpu, n)})",
+                         f"{n:,}; {-(-n // per) / n:.4f} round trips, {commands / n:.2f} commands run per event"])
     nudge_cpu, nudges, reads = st.nudge
-    rows.append(["actor nudge (follow_venue reads its record: none), CPU per nudge",
+    rows.append(["actor nudge when one is due (follow_venue reads its record: none), CPU per nudge",
                  f"{nudge_cpu / nudges * 1e6:.1f}", f"{nudges:,}, {reads / nudges:.2f} reads each"])
     print_table(
         "1. Each stage alone, one at a time. Decode: wall time of each handle call (pure CPU, nothing else "
-        "running): ccxt.pro alone = orjson + ccxt's Bybit handler with no listener; whole = + posguard's "
-        "hook (second ccxt parse), ccxt_mapping, PrivateStream._emit. The rest: CPU of this process.",
+        "running): ccxt.pro alone = orjson + ccxt's Bybit handler with no listener; through ccxt + hook = "
+        "+ posguard's hook (second ccxt parse), mapping, PrivateStream._emit; msgspec decoder = "
+        "the frame straight to events + PrivateStream._emit. The rest: CPU of this process. Redis calls "
+        "per event: one per write call (script or pipeline); commands run: what redis-server counted, "
+        "inside scripts too",
         ["stage", "µs per event", "events"], rows,
     )
 
@@ -676,29 +824,30 @@ def print_runs(runs: list[Run]) -> None:
              f"{max(r.latencies) * 1000:.1f}") if r.paced else "(saturated: backlog)",
         ])
     print_table(
-        "3. Redis round trips and batching: one pipeline per ingested batch (what the stream holds when "
-        "the ingestor comes back, <= 1,024), plus one record read per actor nudge; push -> board: "
+        "3. Redis round trips and batching: one script call per ingested batch (what the stream holds when "
+        "the ingestor comes back, <= 1,024), plus one record read per actor nudge (none here: no live "
+        "records); push -> board: "
         f"every {SAMPLE}th push, from its arrival (before decode) to applied and routed, below saturation only",
-        ["scenario", "pipelines", "batch mean / p50 / max", "pipelines/event", "actor reads/event",
-         "round trips/event", "commands/event", "pipeline ms p50 / p99", "push->board ms p50 / p99 / max"],
+        ["scenario", "cache calls", "batch mean / p50 / max", "cache calls/event", "actor reads/event",
+         "Redis calls/event", "commands run/event", "cache call ms p50 / p99", "push->board ms p50 / p99 / max"],
         rows,
     )
 
-    real = [r for r in runs if r.name.startswith("Bybit") and not r.paced]
-    best = max(real, key=lambda r: r.events / r.wall)
-    worst = min(real, key=lambda r: r.events / r.wall)
+    rows = [["target: events/s through the ingestor, on one core", f"{TARGET_EVENTS_PER_SECOND:,}", ""]]
+    for label, prefix in (("wire-frame path", "Bybit frames msgspec"), ("baseline through ccxt", "Bybit frames through")):
+        real = [r for r in runs if r.name.startswith(prefix) and not r.paced]
+        best = max(real, key=lambda r: r.events / r.wall)
+        worst = min(real, key=lambda r: r.events / r.wall)
+        rows += [
+            [f"{label}, best ({best.name})", f"{best.events / best.wall:,.0f}", verdict(best.events / best.wall)],
+            [f"{label}, worst ({worst.name})", f"{worst.events / worst.wall:,.0f}", verdict(worst.events / worst.wall)],
+            [f"{label}, events per CPU-second of this process (best); Redis calls/event",
+             f"{best.events / best.cpu:,.0f}; {(len(best.sizes) + best.reads) / best.events:.4f}",
+             verdict(best.events / best.cpu)],
+        ]
     structs = max((r for r in runs if not r.name.startswith("Bybit")), key=lambda r: r.events / r.wall)
-    rows = [
-        ["target: events/s through the ingestor, on one core", f"{TARGET_EVENTS_PER_SECOND:,}", ""],
-        [f"whole path, best ({best.name})", f"{best.events / best.wall:,.0f}",
-         verdict(best.events / best.wall)],
-        [f"whole path, worst ({worst.name})", f"{worst.events / worst.wall:,.0f}",
-         verdict(worst.events / worst.wall)],
-        ["whole path, events per CPU-second of this process (best)", f"{best.events / best.cpu:,.0f}",
-         verdict(best.events / best.cpu)],
-        [f"without the ccxt decode ({structs.name})", f"{structs.events / structs.wall:,.0f}",
-         verdict(structs.events / structs.wall)],
-    ]
+    rows.append([f"without any decode ({structs.name})", f"{structs.events / structs.wall:,.0f}",
+                 verdict(structs.events / structs.wall)])
     print_table("4. Target and where we stand", ["measure", "events/s", "vs target"], rows)
     print()
     print(f"redis-server runs on this same {os.cpu_count()}-core machine and competes with this process for CPU; "
