@@ -35,7 +35,6 @@ from posguard.actors.lifecycle.protection import (
 )
 from posguard.actors.orders import cancel_leftover_stops
 from posguard.actors.proof import never_reached, outlives, prove_gone
-from posguard.actors.store.positions import RecordHead
 from posguard.actors.records import (
     IN_FLIGHT_STATES,
     BadRecord,
@@ -239,12 +238,11 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
     """A live record whose position the venue pushed as flat: find the proof, record it.
 
     Only executions prove a stop-out or liquidation (I1); a flat push without them
-    changes nothing here, and the audit looks again later. A symbol whose record this process
-    last saw settled (or absent) is not read at all: every push of a settled symbol's closing
-    fills would otherwise cost a read of a record with nothing to follow.
+    changes nothing here, and the audit looks again later. Nudges are sent only for symbols
+    with a live record (`ActorContext.live_symbols`), and one queued while the record was
+    live is dropped here unread once it no longer is (a settled symbol's closing fills).
     """
-    seen = ctx.store.seen_head(symbol)
-    if seen is None or (isinstance(seen, RecordHead) and seen.state not in FOLLOWED_STATES):
+    if symbol not in ctx.live_symbols:
         return
     try:
         record = await ctx.store.load_record(symbol)
