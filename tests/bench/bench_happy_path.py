@@ -21,7 +21,6 @@ Two setups, as rows:
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import random
 import time
@@ -42,6 +41,7 @@ from posguard.streams.venue.protocol import OrderRequest
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.redis_server import start_redis_server
 from tests.bench.common import machine, percentile, print_table
+from tests.support import ClockHeld
 
 QTY, STOP = 1.0, 9.8
 
@@ -62,25 +62,6 @@ class TimedVenue(FakeVenue):
         order = await super().create_order(request)
         self.sent[request.client_order_id] = (started, time.perf_counter())
         return order
-
-
-class CountingStore:
-    """The store, naming every coroutine call (each is one round trip to Redis) in ``trips``."""
-
-    def __init__(self, inner: RedisStore, trips: list[str]) -> None:
-        self._inner, self.trips = inner, trips
-
-    def __getattr__(self, name: str) -> object:
-        attr = getattr(self._inner, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
-        trips = self.trips
-
-        async def counted(*args: object, **kwargs: object) -> object:
-            trips.append(name)
-            return await attr(*args, **kwargs)
-
-        return counted
 
 
 class TimedStore(RedisStore):
@@ -138,8 +119,10 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
     ):
         account = f"happy{int(rest_latency * 1000)}-{int(push_delay * 1000)}"
         store = TimedStore(client, account)
+        counted = ClockHeld(store, None)  # names every store call: each is one round trip
+        venue.trips = counted.calls
         engine = Engine(
-            venue=venue, store=CountingStore(store, venue.trips),  # type: ignore[arg-type]
+            venue=venue, store=counted,  # type: ignore[arg-type]
             cache=RedisEventCache(client, account),
             settings=ActorSettings(account=account), rng=random.Random(3), observers=[observe],
         )
