@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from posguard.actors import ids
 from posguard.actors.failpoints import before_reply, failpoint, record_saved
-from posguard.actors.intents import IntentRecord, OpenIntent, settle_reply
+from posguard.actors.intents import IntentRecord, OpenIntent, answers, settle_reply
 from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.positions import UNSEEN, RecordHead, Store, Unseen, WriteAheadStale
@@ -24,7 +24,9 @@ __all__ = ["ActorContext", "AwaitedReply", "EntryCheck", "PendingWriteAhead", "T
 log = logging.getLogger("posguard.alert")
 
 TransitionObserver = Callable[[PositionRecord, str], None]
-"""Called after every saved transition with the record and its note (metrics, demo, bench)."""
+"""Called after every transition with the record and its note (metrics, demo, bench): once it is
+written (`ActorContext.save`), or as soon as it is made when it is held for the record's next
+write (`ActorContext.stage`)."""
 
 EntryCheck = Callable[[OpenIntent], Awaitable[OpenIntent]]
 """The entry checks that need the market (the supervisor's risk rules), run by the actor before
@@ -65,12 +67,16 @@ class ActorContext:
     """Called with (symbol, message) when a person must look (metrics, tests, logs)."""
     rest_calls: Counter[str] = field(default_factory=Counter)
     awaiting: dict[tuple[str, str], AwaitedReply] = field(default_factory=dict)
-    """By (symbol, intent id): intents whose step is running. A record write that settles the
-    record (a terminal state) carries their final answers in its own transaction (`save`), so
-    no crash can leave a settled record with its intent still saying ``accepted``."""
+    """By (symbol, intent id): intents whose step is running. The record write that answers one
+    (`intents.answers`: a terminal state, or an open's position protected) carries its final
+    answer in its own transaction (`save`), so no crash can leave a settled record with its
+    intent still saying ``accepted``, and answering costs no round trip of its own."""
     write_ahead_for: dict[str, PendingWriteAhead] = field(default_factory=dict)
     """By symbol: the open intent whose ``accepted`` answer rides with the symbol's next record
     write (`save`), which is then its write ahead (`replies.answer_intent`)."""
+    held_notes: dict[str, list[str]] = field(default_factory=dict)
+    """By symbol: the notes of state changes held in memory (`stage`), for the journal entry of
+    the record's next write. A restarted actor drops its symbol's (`SymbolActor.run`)."""
     live_symbols: set[str] = field(default_factory=set)
     """Symbols whose record in Redis may be live (not terminal): filled from the start-up scan
     (`Engine._resume_records`) and kept by `save` (a symbol joins before its first live write
@@ -123,29 +129,47 @@ class ActorContext:
         """Stop awaiting the intent; what was awaited if no record write has answered it."""
         return self.awaiting.pop((symbol, intent_id), None)
 
+    def stage(self, record: PositionRecord, note: str = "") -> None:
+        """A state change nothing waits on (the entry acknowledged, its verification begun, its
+        fill verified before a stop is placed or seen): observers hear of it now, Redis with
+        the record's next write (`save`), whose journal entry carries its note.
+
+        Why not write it: every step that acts on the venue writes the record first, and a crash
+        before that write leaves the record as it was last written, which recovery already
+        starts from (an entry still ``submitting`` is looked up by its client order id before
+        anything is sent again: `orders.send_once`). The write would buy no safety and cost a
+        round trip on the way to protection (issue 16: one write after the entry's answer where
+        there were four)."""
+        self.held_notes.setdefault(record.symbol, []).append(f"{record.state}: {note}" if note else str(record.state))
+        for observer in self.observers:
+            observer(record, note)
+
     async def save(self, record: PositionRecord, note: str = "") -> None:
         answered: list[tuple[str, str]] = []
         replies: list[IntentRecord] = []
-        if record.state.is_terminal:
-            if not record.settled_ms:
-                record.settled_ms = self.venue.now_ms()
-            for intent_id in dict.fromkeys((record.intent_id, record.close_intent_id)):
-                awaited = self.awaiting.get((record.symbol, intent_id))
-                if awaited is not None:
-                    answered.append((record.symbol, intent_id))
-                    replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
+        if record.state.is_terminal and not record.settled_ms:
+            record.settled_ms = self.venue.now_ms()
+        for intent_id in dict.fromkeys((record.intent_id, record.close_intent_id)):
+            awaited = self.awaiting.get((record.symbol, intent_id))
+            if awaited is not None and answers(record, awaited.reply):
+                answered.append((record.symbol, intent_id))
+                replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
         for reply in replies:  # written with the record, in one transaction
             failpoint(before_reply(reply.status))
         if not record.state.is_terminal:
             self.live_symbols.add(record.symbol)  # before the write: a crash between them errs live
+        held = self.held_notes.get(record.symbol)
+        journal_note = "; ".join([*held, f"{record.state}: {note}" if note else str(record.state)]) if held else note
         pending = self.write_ahead_for.pop(record.symbol, None)
         if pending is not None:
             failpoint(before_reply(pending.reply.status))
             if isinstance(pending.seen, Unseen):
                 raise WriteAheadStale(f"{record.symbol}: written before its record was looked at")
-            await self.store.write_ahead(record, note, accepted=pending.reply, seen=pending.seen, replies=replies)
+            await self.store.write_ahead(record, journal_note, accepted=pending.reply, seen=pending.seen,
+                                         replies=replies)
         else:
-            await self.store.save_record(record, note, replies=replies)
+            await self.store.save_record(record, journal_note, replies=replies)
+        self.held_notes.pop(record.symbol, None)
         if record.state.is_terminal:
             self.live_symbols.discard(record.symbol)
         for key in answered:  # only once written: a failed write leaves them to be answered

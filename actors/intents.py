@@ -32,6 +32,7 @@ __all__ = [
     "Run",
     "Verdict",
     "action_of",
+    "answers",
     "body_of",
     "check_open",
     "check_intent_id",
@@ -177,6 +178,17 @@ def stale_reason(intent: Intent, now_ms: int) -> str:
         late = (now_ms - intent.expires_ms) / 1000
         return f"stale: expires_ms {intent.expires_ms} passed {late:.1f} s ago; nothing was sent (send a new intent)"
     return ""
+
+
+def answers(record: PositionRecord, reply: IntentRecord) -> bool:
+    """Whether ``record``, as it is about to be written, is the final answer to the intent
+    ``reply`` is for: the one rule for when an intent is done. Any intent is answered by its
+    record's end (a terminal state); an open also by its position protected, which is all it
+    asked for (what happens to the position afterwards is the record's story, not the
+    intent's)."""
+    if record.state.is_terminal:
+        return True
+    return reply.action == "open" and record.state is State.PROTECTED and record.intent_id == reply.intent_id
 
 
 def settle_reply(reply: IntentRecord, record: PositionRecord, *, after_restart: bool = False) -> IntentRecord:

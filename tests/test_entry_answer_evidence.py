@@ -7,10 +7,12 @@ used to ignore that answer, wait the whole hard deadline and settle `unverified`
 bare position on a venue without attached stops (the crash test's `no_evidence` run measured
 about 40 s). The answer now decides once the pushes are late, and the stop goes on at once.
 
-The answer's fill is also written ahead with the record in `submitted`: a process killed
-between that write and the stop used to verify the entry again after the restart, over REST,
-queued in ccxt's throttle behind the start-up's account-wide listings (about 9 s on Binance),
-while the position was bare; with kills every few seconds it stayed bare for 38 s.
+The answer's fill is also in the record's first write after the send (the stop's write
+ahead, issue 16; `submitted` was its own write before): a process killed between that write
+and the stop used to verify the entry again after the restart, over REST, queued in ccxt's
+throttle behind the start-up's account-wide listings (about 9 s on Binance), while the
+position was bare; with kills every few seconds it stayed bare for 38 s. A record that a
+killed process left in `submitted` with the fill (an earlier version's) still resumes from it.
 
 Run on the simulated venue (trio, mock clock, real Redis), without attached stops as on
 Binance; asserted against the venue's ground truth.
@@ -23,6 +25,7 @@ import anyio
 from posguard.actors import ids
 from posguard.actors.lifecycle import recovery
 from posguard.actors.records import PositionRecord, State
+from posguard.actors.store.keys import Keys
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.protocol import OrderRequest
 from posguard.supervisor.supervision import AuditSettings
@@ -42,8 +45,6 @@ async def test_a_filled_answer_protects_at_once_when_pushes_are_lost_and_lists_l
     async with FakeVenue(seed=1402, knobs=SILENT, supports_attached_stop=False) as venue, \
             running_engine(redis_url, venue, clock) as engine:
         await wait_streams_healthy(engine)
-        submitted: list[float] = []  # the fill each `submitted` write held, as written
-        engine.ctx.observers.append(lambda r, _note: submitted.append(r.filled_qty) if r.state is State.SUBMITTED else None)
         reply = await (await engine.submit(open_intent("answered", symbol=SYMBOL))).wait()
         record = await engine.store.load_record(SYMBOL)
         settings = engine.settings.verification
@@ -54,8 +55,12 @@ async def test_a_filled_answer_protects_at_once_when_pushes_are_lost_and_lists_l
         assert record.sent_to_protected_ms is not None
         # The pushes' deadline, then the stop: not the hard deadline.
         assert record.sent_to_protected_ms < (settings.push_deadline + 2.0) * 1000 < settings.hard_deadline * 1000
-        # Written ahead: a restart before the stop knows what filled.
-        assert submitted and submitted[-1] == record.qty
+        # Written ahead of the stop: a restart before the stop knows what filled.
+        journal = await engine.store.client.xrange(Keys(ACCOUNT).journal)
+        written = [(e.field_values["state"], float(e.field_values["filled_qty"])) for e in journal
+                   if e.field_values["symbol"] == SYMBOL]
+        assert written[0] == ("submitting", 0.0), written
+        assert written[1][1] == record.qty, f"the first write after the send did not hold the fill: {written}"
 
 
 async def test_a_resumed_entry_whose_answer_reported_the_fill_is_protected_without_asking_again(

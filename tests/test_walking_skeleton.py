@@ -51,7 +51,13 @@ async def test_position_record_is_readable_with_redis_cli_fields(clock: IOAwareM
     for stamp in ("created_at", "updated_at", "filled_at", "protected_at"):
         assert fields[stamp].endswith("+00:00"), stamp
     states = [entry.field_values["state"] for entry in journal]
-    assert states == ["submitting", "submitted", "verifying", "open", "protected"]
+    # Written: the entry ahead of its send, then its position protected (with the reply). The
+    # steps between are held for that write (`ActorContext.stage`) and its note names each.
+    assert states == ["submitting", "protected"]
+    note = journal[-1].field_values["note"]
+    steps = [part.split(":")[0] for part in note.split("; ")]
+    assert steps == ["submitted", "verifying", "open", "protected"], note
+    assert "filled 0.01 at 60000.0 (push)" in note, note
 
 
 async def test_fill_pushed_before_the_create_order_response_is_not_missed(

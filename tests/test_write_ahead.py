@@ -10,6 +10,8 @@ redis-server; the venue's own record is the ground truth for what was sent.
 
 from __future__ import annotations
 
+import pytest
+
 from posguard.actors.intents import CloseIntent, IntentRecord, body_of
 from posguard.actors.records import State
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
@@ -114,3 +116,41 @@ async def test_a_refusal_at_intake_never_writes_over_what_redis_holds_for_the_id
         assert stored is not None and stored.status == "accepted", stored
         assert (await engine.store.load_intent("wa-done")).outcome == "protected"
         assert venue.calls["create_order"] == 1
+
+
+def round_trips_after_answer(venue: FakeVenue, calls: list[str]) -> list[int]:
+    """Where ``calls`` stood when each entry sent to ``venue`` was answered."""
+    create_order, answered = venue.create_order, []
+
+    async def create(request: OrderRequest) -> Order:
+        order = await create_order(request)
+        if not request.reduce_only:
+            answered.append(len(calls))
+        return order
+
+    venue.create_order = create  # type: ignore[method-assign]
+    return answered
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["attached stop", "separate stop"])
+async def test_after_the_entry_is_answered_only_the_writes_something_waits_on_are_made(
+    clock: IOAwareMockClock, redis_url: str, attached: bool
+) -> None:
+    """Issue 16: one write after the answer where the stop rides on the entry (protected, with
+    the intent's final answer in the same transaction); where it does not, one more: the
+    stop's own write ahead, which carries the fill. The acknowledgement, the verification's
+    start and the fill are held for those writes (`ActorContext.stage`)."""
+    async with FakeVenue(seed=1602, knobs=FAST_PUSH, supports_attached_stop=attached) as venue, \
+            running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        answered = round_trips_after_answer(venue, engine.store.calls)
+        engine.store.calls.clear()
+        reply = await (await engine.submit(open_intent("after-1", symbol=SYMBOL))).wait()
+        after = engine.store.calls[answered[0]:]
+        record = await engine.store.load_record(SYMBOL)
+        stored = await engine.store.load_intent("after-1")
+        assert reply.status == "done" and record.state is State.PROTECTED, (reply, record.state)
+        assert venue.truth.position(SYMBOL) is not None and venue.truth.is_protected(SYMBOL)
+        assert stored is not None and stored.status == "done" and stored.outcome == "protected", stored
+        expected = ["save_record"] if attached else ["save_record", "save_record"]
+        assert after == expected, f"store round trips after the answer: {after}"

@@ -101,6 +101,7 @@ class SymbolActor:
         taking new work.
         """
         self.busy = True
+        self.ctx.held_notes.pop(self.symbol, None)  # a failed run's unwritten notes: not this run's
         try:
             await self.resume()
             if reconcile_first:

@@ -161,17 +161,19 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, ow
             acknowledged = order
             record.order_id = order.order_id
             if belongs_to(record, order) and order.filled > record.filled_qty:
-                # The answer reports a fill (Binance's RESULT): written ahead with the record, so
-                # that a restart verifies from it instead of asking again, bare meanwhile on a
-                # venue without attached stops, behind the start-up's own REST calls.
+                # The answer reports a fill (Binance's RESULT): evidence, and written with the
+                # record's next write (the stop's write ahead, `place_stop`), so that a restart
+                # after it verifies from it instead of asking again behind the start-up's own
+                # REST calls. A restart before it finds the entry `submitting` and arms a
+                # whole-position stop at once (`drive_entry`).
                 record.filled_qty = min(order.filled, record.qty)
                 record.entry_price = order.avg_price or record.entry_price
             record.transition(State.SUBMITTED)
-            await ctx.save(record, f"venue acknowledged: {order.status}, filled {order.filled}")
+            ctx.stage(record, f"venue acknowledged: {order.status}, filled {order.filled}")
     if record.state in IN_FLIGHT_STATES:
         if record.state is not State.VERIFYING:
             record.transition(State.VERIFYING)
-            await ctx.save(record)
+            ctx.stage(record)
         if armed is not None and acknowledged is None and record.filled_qty <= QTY_TOLERANCE:
             armed.arm()  # no answer by the send's deadline
         verdict = await verify_entry(ctx, record, sent_at, acknowledged)
@@ -206,7 +208,7 @@ async def settle_entry(
                 ctx, record, f"filled {filled}, then closed by the venue (exits {exit_qty}) before protection"
             ):  # the proof is not complete (the entry still filling): protect what may be open
                 record.transition(State.OPEN)
-                await ctx.save(record, f"filled {filled}; the exits do not prove it gone yet")
+                ctx.stage(record, f"filled {filled}; the exits do not prove it gone yet")
                 await protect(ctx, record, filled, None, sent_at)
         case Filled():
             record.filled_qty = verdict.filled_qty  # the entry's proven fills; exits are counted apart
@@ -216,7 +218,7 @@ async def settle_entry(
             record.filled_at = utc_now()
             record.transition(State.OPEN)
             partial = "" if verdict.complete else " (still filling at the deadline: size is a lower bound)"
-            await ctx.save(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
+            ctx.stage(record, f"filled {verdict.filled_qty} at {verdict.avg_price} ({verdict.source}){partial}")
             # An entry still filling is protected for all it may yet fill: a reduce-only stop
             # larger than the position is cut to it at the trigger, and a part that fills
             # after verification is covered from the start, not from the next audit's look.

@@ -65,15 +65,23 @@ class TimedVenue(FakeVenue):
 
 
 class TimedStore(RedisStore):
-    """The Redis store, noting when each state's write began: the moment the actor decided."""
+    """The Redis store, noting when each state's first write began (the moment the actor
+    decided) and when it was in Redis. Timed here, not by an observer: a state the actor holds
+    for its next write (`ActorContext.stage`) is observed before it is written."""
 
     def __init__(self, client: coredis.Redis[str], account: str) -> None:
         super().__init__(client, account)
         self.decided: dict[tuple[str, State], float] = {}
+        self.written: dict[tuple[str, State], float] = {}
 
     async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
-        self.decided.setdefault((record.symbol, record.state), time.perf_counter())
+        key = (record.symbol, record.state)
+        self.decided.setdefault(key, time.perf_counter())
         await super().save_record(record, note, replies=replies)
+        self.written.setdefault(key, time.perf_counter())
+
+    def first(self, times: dict[tuple[str, State], float], symbol: str, *states: State) -> float:
+        return min(times.get((symbol, state), float("inf")) for state in states)
 
 
 def knobs(rest_latency: float, push_delay: float) -> FaultKnobs:
@@ -87,8 +95,6 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
     """Open ``opens`` positions one after another; every time in milliseconds."""
     evidence_at: dict[str, float] = {}  # symbol -> first pushed proof of the fill
     stop_seen_at: dict[str, float] = {}  # symbol -> first pushed position carrying the stop
-    verified_at: dict[str, float] = {}
-    protected_at: dict[str, float] = {}
 
     def on_event(event: VenueEvent) -> None:
         now = time.perf_counter()
@@ -99,13 +105,6 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
                 evidence_at.setdefault(event.symbol, now)
                 if stop is not None:
                     stop_seen_at.setdefault(event.symbol, now)
-
-    def observe(record: PositionRecord, _note: str) -> None:
-        now = time.perf_counter()
-        if record.state in (State.OPEN, State.PROTECTED):
-            verified_at.setdefault(record.symbol, now)
-        if record.state is State.PROTECTED:
-            protected_at.setdefault(record.symbol, now)
 
     markets = synthetic_markets(opens)
     times: dict[str, list[float]] = {k: [] for k in (
@@ -124,7 +123,7 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
         engine = Engine(
             venue=venue, store=counted,  # type: ignore[arg-type]
             cache=RedisEventCache(client, account),
-            settings=ActorSettings(account=account), rng=random.Random(3), observers=[observe],
+            settings=ActorSettings(account=account), rng=random.Random(3),
         )
         engine.ingestor.listeners.append(on_event)
         await tg.start(engine.run)
@@ -142,14 +141,16 @@ async def scenario(redis_url: str, opens: int, rest_latency: float, push_delay: 
             times["intent->sent"].append(sent - submitted)
             times["round trips before the send"].append(venue.trips_at_send[record.client_order_id] / 1000)
             times["sent->response"].append(answered - sent)
-            times["sent->protected"].append(protected_at[symbol] - sent)
+            protected_at = store.written[(symbol, State.PROTECTED)]
+            times["sent->protected"].append(protected_at - sent)
             pushed = max(evidence_at[symbol], answered)
             stop_pushed = max(stop_seen_at[symbol], answered)
-            verdict = min(store.decided.get((symbol, s), float("inf")) for s in (State.OPEN, State.PROTECTED))
-            times["push->verdict"].append(verdict - pushed)
-            times["push->verified"].append(verified_at[symbol] - pushed)
+            # The first record write holding the verified fill: `open` (ahead of a separate
+            # stop) or, with the attached stop seen, `protected`.
+            times["push->verdict"].append(store.first(store.decided, symbol, State.OPEN, State.PROTECTED) - pushed)
+            times["push->verified"].append(store.first(store.written, symbol, State.OPEN, State.PROTECTED) - pushed)
             times["stop push->decided"].append(store.decided[(symbol, State.PROTECTED)] - stop_pushed)
-            times["stop push->protected"].append(protected_at[symbol] - stop_pushed)
+            times["stop push->protected"].append(protected_at - stop_pushed)
         tg.cancel_scope.cancel()
     return {k: [v * 1000 for v in values] for k, values in times.items()}
 
