@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _operator(config: Config, args: argparse.Namespace) -> int:
-    import uuid
-
+    from posguard.client import AsyncClient, Ticket
     from posguard.supervisor import operator
     from posguard.supervisor.config import load_secrets
 
@@ -177,12 +176,14 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
                                                               follow=args.follow))
         case "safe-mode":
             return _run_async(config, lambda: operator.safe_mode_off(config))
-    intent_id = args.intent_id or f"cli-{uuid.uuid4().hex[:12]}"
-    fields = {"intent_id": intent_id, "action": args.command, "symbol": args.symbol}
     if args.command == "open":
-        fields |= {"side": args.side, "qty": repr(args.qty)}
-        fields |= {"stop_price": repr(args.stop_price)} if args.stop_price else {"stop_distance": repr(args.stop_distance)}
-    return _run_async(config, lambda: operator.submit_and_follow(config, fields, timeout=args.timeout))
+        def send(client: AsyncClient) -> Awaitable[Ticket]:
+            return client.open(args.symbol, args.side, args.qty, stop_price=args.stop_price,
+                               stop_distance=args.stop_distance, intent_id=args.intent_id)
+    else:
+        def send(client: AsyncClient) -> Awaitable[Ticket]:
+            return client.close(args.symbol, intent_id=args.intent_id)
+    return _run_async(config, lambda: operator.submit_and_follow(config, send, timeout=args.timeout))
 
 
 def _run_async(config: Config, call: Callable[[], Awaitable[int]]) -> int:

@@ -10,22 +10,21 @@ follow its replies.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from datetime import UTC, datetime
 
 import anyio
 
-from posguard.actors.intents import body_of
 from posguard.actors.store.client import open_redis, redact_url
 from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import Health, OperatorRequests
-from posguard.actors.store.intent_stream import IntentStream, StreamEntry
+from posguard.actors.store.intent_stream import StreamEntry
 from posguard.actors.store.lease import LeaseHolder, read_lease, read_standbys
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS, Position
+from posguard.client import AsyncClient, BadIntent, Done, NoAnswer, Reply, Ticket
 from posguard.supervisor.config import Config, redis_connection
-from posguard.supervisor.intake import BadIntent, parse_intent
 
 if TYPE_CHECKING:
     from posguard.supervisor.audit import PlannedStep
@@ -257,49 +256,37 @@ def _entry_line(entry: StreamEntry) -> str:
     return f"{stamp} {fields}"
 
 
-async def submit_and_follow(config: Config, fields: dict[str, str], *, timeout: float, out: Out = print) -> int:
-    async with open_redis(redis_connection(config)) as client:
-        intents = IntentStream(client, config.account.name)
-        if not _alive(await OperatorConsole(client, config.account.name).health()):
+async def submit_and_follow(config: Config, send: Callable[[AsyncClient], Awaitable[Ticket]], *, timeout: float,
+                            out: Out = print) -> int:
+    """Send one intent through the strategies' client (``send`` calls its ``open`` or
+    ``close``) and follow it to its final answer, printing the first and the last."""
+    async with AsyncClient(redis_connection(config), config.account.name, id_prefix="cli") as client:
+        if not _alive(await OperatorConsole(client.redis, config.account.name).health()):
             out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
-        # Replies already in the list answer an earlier use of this id, not this one.
-        earlier = await intents.replies_waiting(fields["intent_id"])
-        mine = _body(fields)
-        await intents.add(fields)
-        out(f"intent {fields['intent_id']} sent")
-        with anyio.move_on_after(timeout):
-            while True:
-                reply = await intents.next_reply(fields["intent_id"], timeout_s=1)
-                if reply is None:
-                    continue
-                if earlier:
-                    earlier -= 1
-                    continue
-                if not answers(reply, mine):
-                    continue  # another intent's answer under this id (it was refused, or this one is)
-                detail = " ".join(f"{k}={reply[k]}" for k in ("outcome", "reason", "client_order_id") if reply.get(k))
-                out(f"{reply['status']} {detail}".rstrip())
-                if reply["status"] == "done":
-                    return EXIT_OK
-                if reply["status"] in ("rejected", "failed", "stale", "duplicate"):
-                    return EXIT_REFUSED  # duplicate: handled before under this id, not run again
-        out(f"no final answer within {timeout:.0f} s (see: posguard events --stream journal)")
-        return EXIT_NO_ANSWER
+        try:
+            ticket = await send(client)
+        except BadIntent as exc:
+            out(f"rejected (not sent) {exc}")
+            return EXIT_REFUSED
+        out(f"intent {ticket.intent_id} sent")
+        deadline = time.monotonic() + timeout
+        try:
+            first = await ticket.answer(timeout)
+            out(_reply_line(first))
+            final = await ticket.result(max(0.0, deadline - time.monotonic()))
+        except NoAnswer as exc:
+            out(f"no final answer within {timeout:.0f} s: {exc}")
+            return EXIT_NO_ANSWER
+        if final is not first:
+            out(_reply_line(final))
+        # Anything but done (rejected, stale, failed, duplicate: handled before, not run again) is a refusal.
+        return EXIT_OK if isinstance(final, Done) else EXIT_REFUSED
 
 
-def answers(reply: dict[str, str], body: str) -> bool:
-    """Whether a reply on an id's list answers the intent with this ``body``: one id's list can
-    carry another intent's replies (the same id sent with a different body is refused there)."""
-    return not body or not reply.get("body") or reply["body"] == body
-
-
-def _body(fields: dict[str, str]) -> str:
-    """What this intent asks, as its replies carry it ("" if it is malformed: then no reply
-    under its id has a body to tell it by)."""
-    try:
-        return body_of(parse_intent(fields))
-    except BadIntent:
-        return ""
+def _reply_line(reply: Reply) -> str:
+    detail = " ".join(f"{name}={value}" for name in ("outcome", "reason", "client_order_id")
+                      if (value := getattr(reply, name)))
+    return f"{reply.status} {detail}".rstrip()
 
 
 async def safe_mode_off(config: Config, out: Out = print) -> int:

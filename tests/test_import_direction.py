@@ -4,6 +4,7 @@ ones inside functions), so a shortcut across rooms fails here rather than in a r
 * `posguard.streams` imports neither `posguard.actors` nor `posguard.supervisor`;
 * `posguard.actors` imports neither `posguard.supervisor` nor ccxt;
 * `posguard.actors.store` is the only importer of the Redis client (coredis);
+* `posguard.client`, what strategies import, loads no ccxt (directly or through what it imports);
 * production code never imports `tests`, and nothing imports the folders un-prefixed
   (``import supervisor`` would be Supervisord's package once installed).
 """
@@ -11,6 +12,8 @@ ones inside functions), so a shortcut across rooms fails here rather than in a r
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,10 @@ def _violations(module: str, imported: str) -> list[str]:
         rules.append("posguard.streams imports neither actors nor supervisor")
     if _within(module, "posguard.actors") and (_within(imported, "posguard.supervisor") or _within(imported, "ccxt")):
         rules.append("posguard.actors imports neither supervisor nor ccxt")
+    if _within(module, "posguard.client") and any(
+        _within(imported, heavy) for heavy in ("ccxt", "posguard.streams.ccxt_adapter")
+    ):
+        rules.append("posguard.client (what strategies import) loads no ccxt")
     if _within(imported, "coredis") and not _within(module, "posguard.actors.store"):
         rules.append("only posguard.actors.store imports the Redis client")
     if _within(imported, "tests"):
@@ -67,6 +74,7 @@ def test_the_rules_see_every_module() -> None:
     assert "posguard.actors.store" in PRODUCTION
     assert "posguard.supervisor.cli" in PRODUCTION
     assert "posguard.__main__" in PRODUCTION
+    assert "posguard.client" in PRODUCTION
 
 
 @pytest.mark.parametrize("module", sorted(PRODUCTION))
@@ -88,6 +96,9 @@ def test_the_checker_catches_each_rule() -> None:
     assert _violations("posguard.supervisor.intake", "coredis.exceptions")
     assert _violations("posguard.supervisor.demo", "tests.emulator_fixtures")
     assert _violations("posguard.supervisor.demo", "supervisor.config")
+    assert _violations("posguard.client", "ccxt.pro")
+    assert _violations("posguard.client", "coredis")
+    assert not _violations("posguard.client", "posguard.actors.store.intent_stream")
     assert not _violations("posguard.actors.store.client", "coredis")
     assert not _violations("posguard.supervisor.engine", "posguard.actors.store")
 
@@ -101,3 +112,11 @@ def test_tests_use_the_installed_namespace() -> None:
         if imported.split(".")[0] in FOLDERS
     ]
     assert not broken, "\n".join(broken)
+
+
+def test_a_strategy_importing_the_client_loads_no_ccxt() -> None:
+    """Transitively too: the client reuses the intake's decoder, which must not drag the venue
+    adapters (and ccxt's seconds of import) into every strategy."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, posguard.client; print('ccxt' in sys.modules)"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "False"

@@ -13,9 +13,9 @@ import pytest
 from posguard.actors.intents import CloseIntent, body_of
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
+from posguard.client import answers
 from posguard.streams.backoff import Backoff
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
-from posguard.supervisor.operator import answers
 from posguard.supervisor.supervision import AuditSettings
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, open_intent, running_engine, wait_streams_healthy

@@ -36,3 +36,9 @@ def test_every_package_folder_is_installed() -> None:
 def test_nothing_of_ours_installs_top_level() -> None:
     assert {package.split(".")[0] for package in SETUPTOOLS["packages"]} == {"posguard"}
     assert SETUPTOOLS["package-dir"]["posguard"] == "supervisor/package_root"
+
+
+def test_the_strategies_client_installs_as_posguard_client() -> None:
+    """``posguard.client`` is a module of the root package (no folder of its own at the top)."""
+    assert "posguard" in SETUPTOOLS["packages"]
+    assert (ROOT / SETUPTOOLS["package-dir"]["posguard"] / "client.py").is_file()

@@ -192,7 +192,8 @@ class IntentStream:
         """How many replies the intent's list holds now (ones another client left unread)."""
         return await self.client.llen(self.keys.reply(intent_id))
 
-    async def next_reply(self, intent_id: str, *, timeout_s: int) -> dict[str, Any] | None:
-        """The intent's next reply (``BLPOP`` on its reply list), or None after ``timeout_s``."""
+    async def next_reply(self, intent_id: str, *, timeout_s: float) -> dict[str, Any] | None:
+        """The intent's next reply (``BLPOP`` on its reply list), or None after ``timeout_s``
+        (Redis' own timeout, above 0: 0 would block for good)."""
         popped = await self.client.blpop([self.keys.reply(intent_id)], timeout=timeout_s)
         return json.loads(popped[1]) if popped else None

@@ -1,0 +1,194 @@
+"""`posguard.client`, the strategies' client: against a real redis-server and a real engine and
+intake on the simulated venue, as a strategy would use it (and its sync form, from a thread)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import get_args
+
+import anyio
+import msgspec
+import pytest
+
+from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, IntentRecord, IntentStatus
+from posguard.actors.store.keys import Keys
+from posguard.client import (
+    Accepted,
+    AnyReply,
+    AsyncClient,
+    BadIntent,
+    Client,
+    Done,
+    Duplicate,
+    NoAnswer,
+    Rejected,
+    Reply,
+    Stale,
+    fields_of,
+)
+from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.supervisor.engine import Engine
+from posguard.supervisor.intake import IntentIntake
+from tests.clock import IOAwareMockClock
+from tests.support import ACCOUNT, running_engine, wait_streams_healthy
+
+KEYS = Keys(ACCOUNT)
+BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
+FAST_PUSH = FaultKnobs(push_delay={t: Lag.fixed(0.05) for t in ("positions", "orders", "executions")})
+
+
+def redis_cli(redis_url: str, *args: str) -> str:
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    result = subprocess.run(["redis-cli", "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@asynccontextmanager
+async def posguard_running(redis_url: str, clock: IOAwareMockClock) -> AsyncIterator[tuple[FakeVenue, Engine]]:
+    """What ``posguard run --simulated-venue`` runs: the engine and the intents intake."""
+    async with FakeVenue(seed=17, knobs=FAST_PUSH) as venue, running_engine(
+        redis_url, venue, clock
+    ) as engine, anyio.create_task_group() as tg:
+        await tg.start(IntentIntake(engine.store.client, engine, account=ACCOUNT, block_ms=0).run)
+        await wait_streams_healthy(engine)
+        yield venue, engine
+        tg.cancel_scope.cancel()
+
+
+async def test_open_then_close_answered_with_typed_replies(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with posguard_running(redis_url, clock) as (venue, engine), AsyncClient(redis_url, ACCOUNT) as client:
+        ticket = await client.open(BTC, "buy", 0.01, stop_distance=0.02)
+        assert INTENT_ID_PATTERN.fullmatch(ticket.intent_id) and ticket.intent_id.startswith("py-")
+        first = await ticket.answer()
+        assert isinstance(first, Accepted) and first.status == "accepted", first
+        done = await ticket.result()
+        assert isinstance(done, Done) and done.outcome == "protected" and done.client_order_id, done
+        assert await ticket.answer() is first, "the first answer is kept, not taken again"
+        assert venue.truth.is_protected(BTC) and venue.truth.position(BTC) is not None
+        record = await engine.store.load_record(BTC)
+        assert record is not None and record.stop_price == pytest.approx(58_800.0)
+
+        closed = await (await client.close(BTC, intent_id="close-1")).result()
+        assert isinstance(closed, Done) and closed.outcome == "closed", closed
+        assert venue.truth.position(BTC) is None
+
+
+async def test_an_id_sent_again_is_a_duplicate_and_another_body_under_it_is_refused(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with posguard_running(redis_url, clock) as (venue, engine), AsyncClient(redis_url, ACCOUNT) as client:
+        # The first use by hand, its replies left unread on the list: the client must skip them.
+        redis_cli(redis_url, "XADD", KEYS.intents, "*", "intent_id", "sig-1", "action", "open", "symbol", ETH,
+                  "side", "sell", "qty", "0.1", "stop_price", "3060")
+        with anyio.fail_after(60):
+            while (first := await engine.store.load_intent("sig-1")) is None or first.status != "done":
+                await anyio.sleep(0.05)
+        assert redis_cli(redis_url, "LLEN", KEYS.reply("sig-1")) == "2"
+
+        again = await client.open(ETH, "sell", 0.1, stop_price=3060, intent_id="sig-1")
+        reply = await again.result()
+        assert isinstance(reply, Duplicate) and reply.outcome == "protected", reply
+        assert reply.client_order_id == first.client_order_id and "done" in reply.reason, reply
+        assert again.first is reply, "a duplicate is the first answer and the last"
+
+        other = await (await client.open(ETH, "sell", 0.2, stop_price=3060, intent_id="sig-1")).result()
+        assert isinstance(other, Rejected) and "already used by a different intent" in other.reason, other
+        assert venue.calls["create_order"] == 1 and venue.truth.entries_filled[ETH] == 1
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"qty": 0, "stop_price": 58_800}, "qty"),
+    ({"qty": float("nan"), "stop_price": 58_800}, "qty"),
+    ({"qty": 0.01, "stop_distance": 0.7}, "stop_distance"),
+    ({"qty": 0.01, "stop_price": 58_800, "intent_id": "nl1\n"}, "intent_id"),
+    ({"qty": 0.01, "stop_price": 58_800, "expires_ms": -5}, "expires_ms"),
+])
+async def test_a_malformed_intent_is_refused_before_sending_with_the_services_own_message(
+    clock: IOAwareMockClock, redis_url: str, options: dict[str, object], named: str
+) -> None:
+    options = {"intent_id": "bad-1", **options}
+    async with AsyncClient(redis_url, ACCOUNT) as client:
+        with pytest.raises(BadIntent, match=f"^{named}:") as refused:
+            await client.open(BTC, "buy", **options)  # type: ignore[arg-type]
+    assert redis_cli(redis_url, "EXISTS", KEYS.intents) == "0", "nothing may reach the stream"
+
+    # The same fields sent by hand get the same words from the service.
+    fields = {"intent_id": "bad-1", "action": "open", "symbol": BTC, "side": "buy"}
+    fields |= {name: str(value) for name, value in options.items() if name != "intent_id"}
+    if named == "intent_id":
+        return  # answered under invalid-<entry id> there; the words are checked in the intake's tests
+    async with posguard_running(redis_url, clock) as (venue, engine):
+        redis_cli(redis_url, "XADD", KEYS.intents, "*", *[item for pair in fields.items() for item in pair])
+        popped = await anyio.to_thread.run_sync(lambda: redis_cli(redis_url, "BLPOP", KEYS.reply("bad-1"), "20"))
+        assert popped, "the service did not answer"
+        assert json.loads(popped.splitlines()[-1])["reason"] == str(refused.value)
+
+
+async def test_what_only_the_service_can_check_comes_back_as_a_refusal(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with posguard_running(redis_url, clock) as (venue, engine), AsyncClient(redis_url, ACCOUNT) as client:
+        # Checked by the symbol's actor, after the intake's `accepted` (README, "Intents").
+        unknown = await (await client.open("NOPE/USDT:USDT", "buy", 100, stop_distance=0.02)).result()
+        assert isinstance(unknown, Rejected) and unknown.reason.startswith("symbol: unknown symbol"), unknown
+        both = await (await client.open(BTC, "buy", 0.01, stop_price=58_800, stop_distance=0.02)).result()
+        assert isinstance(both, Rejected) and both.reason.startswith("stop_price, stop_distance:"), both
+        late = await (await client.open(BTC, "buy", 0.01, stop_price=58_800,
+                                        expires_ms=int(time.time() * 1000) - 5_000)).result()
+        assert isinstance(late, Stale) and "nothing was sent" in late.reason, late
+        assert venue.calls["create_order"] == 0 and await engine.store.list_records() == []
+
+
+async def test_no_posguard_running_is_a_timeout_that_says_what_to_do(clock: IOAwareMockClock, redis_url: str) -> None:
+    """The wait is Redis' own (its BLPOP timeout, real seconds), so this one takes 2 s."""
+    async with AsyncClient(redis_url, ACCOUNT, timeout=1) as client:
+        ticket = await client.close(BTC, intent_id="nobody-home")
+        with pytest.raises(NoAnswer) as waited:
+            await ticket.answer()
+        message = str(waited.value)
+        assert KEYS.intents in message and "posguard run" in message and "1 s" in message, message
+        assert waited.value.ticket is ticket
+        assert redis_cli(redis_url, "XLEN", KEYS.intents) == "1", "the intent is left in the stream"
+
+        # Accepted, then nothing more: the message says it is under way, not that nobody runs.
+        accepted = IntentRecord(intent_id="nobody-home", action="close", symbol=BTC, status="accepted",
+                                body=ticket.body)
+        redis_cli(redis_url, "RPUSH", KEYS.reply("nobody-home"), msgspec.json.encode(accepted).decode())
+        with pytest.raises(NoAnswer, match="was accepted but has no final answer within 1 s"):
+            await ticket.result(timeout=1)
+        assert isinstance(ticket.first, Accepted) and ticket.final is None
+
+
+async def test_the_sync_client_from_a_thread(clock: IOAwareMockClock, redis_url: str) -> None:
+    def strategy() -> list[AnyReply]:
+        with Client(redis_url, ACCOUNT, id_prefix="sync") as client:
+            ticket = client.open("SOL/USDT:USDT", "buy", 1, stop_distance=0.03)
+            assert ticket.intent_id.startswith("sync-")
+            replies = [ticket.answer(), ticket.result(timeout=60)]
+            replies.append(client.close("SOL/USDT:USDT").result(timeout=60))
+            with pytest.raises(BadIntent, match="^qty:"):
+                client.open("SOL/USDT:USDT", "buy", -1, stop_distance=0.03)
+            return replies
+
+    async with posguard_running(redis_url, clock) as (venue, engine):
+        replies = await anyio.to_thread.run_sync(strategy)
+        assert [(r.status, r.outcome) for r in replies] == [("accepted", ""), ("done", "protected"), ("done", "closed")]
+        assert venue.truth.position("SOL/USDT:USDT") is None and venue.truth.entries_filled["SOL/USDT:USDT"] == 1
+
+
+def test_the_replies_are_the_intent_record_tagged_by_status() -> None:
+    """The reply Structs hold `IntentRecord`'s fields (its ``status`` as their tag), one class
+    per status: a field or a status added to the service's record must be added here."""
+    assert set(Reply.__struct_fields__) == set(IntentRecord.__struct_fields__) - {"status"}
+    assert {cls.__struct_config__.tag for cls in get_args(AnyReply)} == set(get_args(IntentStatus))
+    record = IntentRecord(intent_id="x", action="open", symbol=BTC, status="done", outcome="protected", body="b")
+    reply = msgspec.json.decode(msgspec.json.encode(record), type=AnyReply)
+    assert isinstance(reply, Done) and msgspec.structs.asdict(reply) == {
+        k: v for k, v in msgspec.structs.asdict(record).items() if k != "status"}
+
+
+def test_an_intent_as_stream_fields_leaves_defaults_out() -> None:
+    assert fields_of(CloseIntent(intent_id="c-1", symbol=BTC)) == {"action": "close", "intent_id": "c-1", "symbol": BTC}
