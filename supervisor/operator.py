@@ -261,21 +261,22 @@ async def submit_and_follow(config: Config, send: Callable[[AsyncClient], Awaita
     """Send one intent through the strategies' client (``send`` calls its ``open`` or
     ``close``) and follow it to its final answer, printing the first and the last."""
     async with AsyncClient(redis_connection(config), config.account.name, id_prefix="cli") as client:
-        if not _alive(await OperatorConsole(client.redis, config.account.name).health()):
-            out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
+        alive = _alive(await OperatorConsole(client.redis, config.account.name).health())
         try:
             ticket = await send(client)
         except BadIntent as exc:
             out(f"rejected (not sent) {exc}")
             return EXIT_REFUSED
         out(f"intent {ticket.intent_id} sent")
+        if not alive:
+            out("warning: no running posguard seen in the last 5 s; the intent waits in the stream until one starts")
         deadline = time.monotonic() + timeout
         try:
             first = await ticket.answer(timeout)
             out(_reply_line(first))
             final = await ticket.result(max(0.0, deadline - time.monotonic()))
         except NoAnswer as exc:
-            out(f"no final answer within {timeout:.0f} s: {exc}")
+            out(str(exc))
             return EXIT_NO_ANSWER
         if final is not first:
             out(_reply_line(final))

@@ -4,17 +4,22 @@ intake on the simulated venue, as a strategy would use it (and its sync form, fr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import get_args
+from pathlib import Path
+from typing import Any, get_args
 
 import anyio
 import msgspec
 import pytest
 
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, IntentRecord, IntentStatus
+from posguard.actors.store.client import RedisConnection
 from posguard.actors.store.keys import Keys
 from posguard.client import (
     Accepted,
@@ -34,6 +39,7 @@ from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import IntentIntake
 from tests.clock import IOAwareMockClock
+from tests.redis_cluster import LocalCluster
 from tests.support import ACCOUNT, running_engine, wait_streams_healthy
 
 KEYS = Keys(ACCOUNT)
@@ -49,7 +55,9 @@ def redis_cli(redis_url: str, *args: str) -> str:
 
 
 @asynccontextmanager
-async def posguard_running(redis_url: str, clock: IOAwareMockClock) -> AsyncIterator[tuple[FakeVenue, Engine]]:
+async def posguard_running(redis_url: str | RedisConnection, clock: IOAwareMockClock) -> AsyncIterator[
+    tuple[FakeVenue, Engine]
+]:
     """What ``posguard run --simulated-venue`` runs: the engine and the intents intake."""
     async with FakeVenue(seed=17, knobs=FAST_PUSH) as venue, running_engine(
         redis_url, venue, clock
@@ -177,6 +185,61 @@ async def test_the_sync_client_from_a_thread(clock: IOAwareMockClock, redis_url:
         replies = await anyio.to_thread.run_sync(strategy)
         assert [(r.status, r.outcome) for r in replies] == [("accepted", ""), ("done", "protected"), ("done", "closed")]
         assert venue.truth.position("SOL/USDT:USDT") is None and venue.truth.entries_filled["SOL/USDT:USDT"] == 1
+
+
+async def test_the_client_on_a_redis_cluster(clock: IOAwareMockClock, redis_cluster: LocalCluster) -> None:
+    """Every command the client sends stays in the account's slot (`Keys`' hash tag)."""
+    cluster = RedisConnection(url=redis_cluster.url, cluster=True)
+    async with posguard_running(cluster, clock) as (venue, engine), AsyncClient(cluster, ACCOUNT) as client:
+        done = await (await client.open(BTC, "buy", 0.01, stop_price=58_800)).result()
+        assert isinstance(done, Done) and done.outcome == "protected", done
+        assert venue.truth.is_protected(BTC)
+
+
+async def test_the_readme_example_runs(clock: IOAwareMockClock, redis_url: str) -> None:
+    """README, "From Python: posguard.client", as printed (only the URL and account swapped)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("#### From Python")[1].split("```python\n")[1].split("```")[0]
+    block = block.replace("redis://127.0.0.1:6379/0", redis_url).replace('"main"', repr(ACCOUNT))
+    imports, rest = block.split("\n\n", 1)
+    async_part, sync_part = rest.split("\nwith Client")
+    namespace: dict[str, Any] = {}
+    exec(imports + "\nasync def example():\n" + textwrap.indent(async_part, "    ")  # noqa: S102
+         + "\n    return first, reply, closed\n", namespace)
+    async with posguard_running(redis_url, clock) as (venue, engine):
+        first, reply, closed = await namespace["example"]()
+        assert (first.status, reply.outcome, closed.outcome) == ("accepted", "protected", "closed")
+        await anyio.to_thread.run_sync(exec, "with Client" + sync_part, namespace)  # noqa: S102
+        assert isinstance(namespace["reply"], Done) and namespace["reply"].outcome == "protected"
+        assert venue.truth.is_protected(ETH)
+
+
+async def test_posguard_open_and_close_send_through_the_client(
+    clock: IOAwareMockClock, redis_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[account]\nname = "{ACCOUNT}"\n[redis]\nurl = "{redis_url}"\n')
+
+    def posguard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "posguard", "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    refused = posguard("open", BTC, "buy", "nan", "--stop-price", "58800")
+    assert refused.returncode == 1 and refused.stdout.splitlines()[-1].startswith("rejected (not sent) qty:"), refused
+    assert redis_cli(redis_url, "EXISTS", KEYS.intents) == "0"
+    nobody = posguard("close", BTC, "--intent-id", "cli-alone", "--timeout", "1")
+    assert nobody.returncode == 4 and KEYS.intents in nobody.stdout and "posguard run" in nobody.stdout, nobody
+    redis_cli(redis_url, "DEL", KEYS.intents)  # that close would otherwise run first
+
+    async with posguard_running(redis_url, clock) as (venue, engine):
+        opened = await anyio.to_thread.run_sync(posguard, "open", BTC, "buy", "0.01", "--stop-distance", "0.02")
+        assert opened.returncode == 0, opened
+        lines = opened.stdout.splitlines()
+        assert lines[-2] == "accepted" and lines[-1].startswith("done outcome=protected client_order_id=pg"), lines
+        assert any(re.fullmatch(r"intent cli-[0-9a-f]{16} sent", line) for line in lines), lines
+        closed = await anyio.to_thread.run_sync(posguard, "close", BTC)
+        assert closed.returncode == 0 and "done outcome=closed" in closed.stdout, closed
+        assert venue.truth.position(BTC) is None
 
 
 def test_the_replies_are_the_intent_record_tagged_by_status() -> None:
