@@ -114,6 +114,7 @@ async def test_an_id_sent_again_is_a_duplicate_and_another_body_under_it_is_refu
     ({"qty": float("nan"), "stop_price": 58_800}, "qty"),
     ({"qty": 0.01, "stop_distance": 0.7}, "stop_distance"),
     ({"qty": 0.01, "stop_price": 58_800, "intent_id": "nl1\n"}, "intent_id"),
+    ({"qty": 0.01, "stop_price": 58_800, "intent_id": ""}, "intent_id"),
     ({"qty": 0.01, "stop_price": 58_800, "expires_ms": -5}, "expires_ms"),
 ])
 async def test_a_malformed_intent_is_refused_before_sending_with_the_services_own_message(

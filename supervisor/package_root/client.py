@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from functools import partial
 from typing import Any
@@ -194,10 +194,9 @@ class Ticket:
         wait = self._client.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
+            await self._next(max(deadline - time.monotonic(), 0.001))  # one look even at timeout 0
+            if not done() and time.monotonic() >= deadline:
                 raise self._no_answer(wait)
-            await self._next(max(left, 0.001))
 
     async def _next(self, block_s: float) -> None:
         """Take one reply off the list (waiting up to ``block_s``) and, if it answers this
@@ -277,14 +276,18 @@ class AsyncClient:
         (generated if not given); ``expires_ms``: epoch ms after which it must not start."""
         given = {"stop_price": stop_price, "stop_distance": stop_distance, "expires_ms": expires_ms}
         return await self.send(OpenIntent(
-            intent_id=intent_id or new_intent_id(self.id_prefix), symbol=symbol, side=side, qty=qty,  # type: ignore[arg-type]
+            intent_id=self._id(intent_id), symbol=symbol, side=side, qty=qty,  # type: ignore[arg-type]
             **{name: value for name, value in given.items() if value is not None},  # type: ignore[arg-type]
         ))
 
     async def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> Ticket:
         """Close the symbol's whole position (reduce-only, at market)."""
-        return await self.send(CloseIntent(intent_id=intent_id or new_intent_id(self.id_prefix), symbol=symbol,
+        return await self.send(CloseIntent(intent_id=self._id(intent_id), symbol=symbol,
                                            **({"expires_ms": expires_ms} if expires_ms is not None else {})))
+
+    def _id(self, intent_id: str | None) -> str:
+        """The id given (even an empty one, which the decoder refuses), or a fresh one."""
+        return new_intent_id(self.id_prefix) if intent_id is None else intent_id
 
     async def send(self, intent: Intent) -> Ticket:
         """Send any intent (`OpenIntent`, `CloseIntent`). It is decoded first as the service will
@@ -352,13 +355,20 @@ class Client:
             raise RuntimeError("use the client inside 'with Client(...) as client:'")
         return self._portal
 
-    def open(self, symbol: str, side: str, qty: float, **options: Any) -> SyncTicket:
-        """`AsyncClient.open`: ``stop_price`` or ``stop_distance``, ``intent_id``, ``expires_ms``."""
-        return SyncTicket(self.portal, self.portal.call(partial(self.client.open, symbol, side, qty, **options)))
+    def open(self, symbol: str, side: str, qty: float, *, stop_price: float | None = None,
+             stop_distance: float | None = None, intent_id: str | None = None,
+             expires_ms: int | None = None) -> SyncTicket:
+        """`AsyncClient.open`, blocking."""
+        return self._ticket(partial(self.client.open, symbol, side, qty, stop_price=stop_price,
+                                    stop_distance=stop_distance, intent_id=intent_id, expires_ms=expires_ms))
 
-    def close(self, symbol: str, **options: Any) -> SyncTicket:
-        """`AsyncClient.close`: ``intent_id``, ``expires_ms``."""
-        return SyncTicket(self.portal, self.portal.call(partial(self.client.close, symbol, **options)))
+    def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> SyncTicket:
+        """`AsyncClient.close`, blocking."""
+        return self._ticket(partial(self.client.close, symbol, intent_id=intent_id, expires_ms=expires_ms))
 
     def send(self, intent: Intent) -> SyncTicket:
-        return SyncTicket(self.portal, self.portal.call(self.client.send, intent))
+        """`AsyncClient.send`, blocking."""
+        return self._ticket(partial(self.client.send, intent))
+
+    def _ticket(self, call: Callable[[], Awaitable[Ticket]]) -> SyncTicket:
+        return SyncTicket(self.portal, self.portal.call(call))
