@@ -13,7 +13,7 @@ import pytest
 from posguard.actors.intents import CloseIntent, body_of
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings, ProtectionSettings, VerificationSettings
-from posguard.client import answers
+from posguard.client import is_reply_to
 from posguard.streams.backoff import Backoff
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor.supervision import AuditSettings
@@ -227,7 +227,7 @@ async def test_a_different_body_refusal_does_not_land_in_the_first_intents_reply
         replies = [json.loads(r) for r in await engine.store.client.lrange(KEYS.reply("x"), 0, -1)]
     eth = body_of(open_intent("x", symbol="ETH/USDT:USDT"))
     finals = [r for r in replies if r["status"] in ("done", "rejected", "failed", "stale", "duplicate")
-              and answers(r, eth)]  # what `posguard open` reads as its answer
+              and is_reply_to(r, eth)]  # what `posguard open` reads as its answer
     heard = finals[0]
     assert (heard["status"], heard["symbol"]) == ("done", "ETH/USDT:USDT"), (
         f"the ETH client hears {heard['status']} for {heard['symbol']} ({heard.get('reason')}) while ETH is "

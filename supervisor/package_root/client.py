@@ -52,8 +52,8 @@ __all__ = [
     "Stale",
     "SyncTicket",
     "Ticket",
-    "answers",
     "fields_of",
+    "is_reply_to",
     "new_intent_id",
 ]
 
@@ -144,8 +144,8 @@ def fields_of(intent: Intent) -> dict[str, str]:
     return fields
 
 
-def answers(reply: dict[str, Any], body: str) -> bool:
-    """Whether a reply on an id's list answers the intent with this ``body``: one id's list can
+def is_reply_to(reply: dict[str, Any], body: str) -> bool:
+    """Whether a reply on an id's list is one to the intent with this ``body``: one id's list can
     carry another intent's replies (the same id sent with a different body is refused there)."""
     return not body or not reply.get("body") or reply["body"] == body
 
@@ -207,7 +207,7 @@ class Ticket:
         if self._earlier:
             self._earlier -= 1
             return
-        if not answers(raw, self.body):
+        if not is_reply_to(raw, self.body):
             return
         reply: AnyReply = msgspec.convert(raw, AnyReply)  # type: ignore[arg-type]
         if self.first is None:
