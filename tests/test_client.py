@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import msgspec
 import pytest
 
 from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, IntentRecord, IntentStatus
-from posguard.actors.store.client import RedisConnection
+from posguard.actors.store.client import RedisConnection, is_redis_failure
 from posguard.actors.store.keys import Keys
 from posguard.client import (
     Accepted,
@@ -169,6 +170,33 @@ async def test_no_posguard_running_is_a_timeout_that_says_what_to_do(clock: IOAw
         with pytest.raises(NoAnswer, match="was accepted but has no final answer within 1 s"):
             await ticket.result(timeout=1)
         assert isinstance(ticket.first, Accepted) and ticket.final is None
+
+
+async def test_an_error_leaves_the_client_block_as_raised(clock: IOAwareMockClock, redis_url: str) -> None:
+    """Not wrapped in the Redis client's exception group: ``except NoAnswer`` around the block works."""
+    with pytest.raises(NoAnswer):
+        async with AsyncClient(redis_url, ACCOUNT, timeout=0.01) as client:
+            await (await client.close(BTC)).answer()
+
+    def blocking() -> None:
+        with Client(redis_url, ACCOUNT, timeout=0.01) as client:
+            client.close(BTC).answer()
+
+    with pytest.raises(NoAnswer):
+        await anyio.to_thread.run_sync(blocking)
+
+
+async def test_a_redis_that_does_not_answer_fails_at_connect_saying_so(clock: IOAwareMockClock) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"redis://user:secret@127.0.0.1:{unused.getsockname()[1]}/0"
+    with pytest.raises(Exception) as failed:  # noqa: PT011 - which one is coredis' business; see the next line
+        async with AsyncClient(url, ACCOUNT):
+            pytest.fail("entered with no Redis")
+    assert is_redis_failure(failed.value) and not isinstance(failed.value, BaseExceptionGroup), failed.value
+    notes = getattr(failed.value, "__notes__", [])
+    assert notes == [f"posguard.client: Redis at {url.replace('secret', '***')} is unreachable: start it, or fix the"
+                     " URL"], notes
 
 
 async def test_the_sync_client_from_a_thread(clock: IOAwareMockClock, redis_url: str) -> None:

@@ -32,7 +32,15 @@ import anyio.from_thread
 import msgspec
 
 from posguard.actors.intents import CloseIntent, Intent, OpenIntent, action_of, body_of
-from posguard.actors.store.client import RedisClient, RedisConnection, open_redis
+from posguard.actors.store.client import (
+    RedisClient,
+    RedisConnection,
+    as_connection,
+    is_redis_refusal,
+    open_redis,
+    ping,
+    redact_url,
+)
 from posguard.actors.store.intent_stream import IntentStream
 from posguard.supervisor.intake import BadIntent, parse_intent
 
@@ -247,15 +255,29 @@ class AsyncClient:
         self._stream: IntentStream | None = None
 
     async def __aenter__(self) -> AsyncClient:
-        async with AsyncExitStack() as stack:
-            self._stream = IntentStream(await stack.enter_async_context(open_redis(self.connection)), self.account)
-            self._stack = stack.pop_all()
+        """Connect, and check with one round trip that Redis answers (and takes the password),
+        so a wrong URL fails here, with a note saying so, not at the first intent."""
+        stack = AsyncExitStack()
+        client = await stack.enter_async_context(open_redis(self.connection))
+        try:
+            await ping(client)
+        except Exception as exc:
+            await stack.aclose()
+            where = redact_url(as_connection(self.connection).url)
+            exc.add_note(f"posguard.client: Redis at {where} refused us: fix the user and password in the URL"
+                         if is_redis_refusal(exc) else
+                         f"posguard.client: Redis at {where} is unreachable: start it, or fix the URL")
+            raise
+        self._stack, self._stream = stack, IntentStream(client, self.account)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        """Disconnect. An error of the ``async with`` body leaves as it was raised: the Redis
+        client is closed as after a clean exit, so its task group does not wrap the error in
+        an exception group (``except NoAnswer`` around the block must catch a `NoAnswer`)."""
         stack, self._stack, self._stream = self._stack, None, None
         if stack is not None:
-            await stack.__aexit__(*exc_info)
+            await stack.aclose()
 
     @property
     def stream(self) -> IntentStream:
