@@ -21,9 +21,9 @@ from posguard.actors.store.console import OperatorConsole
 from posguard.actors.store.health import Health, OperatorRequests
 from posguard.actors.store.intent_stream import StreamEntry
 from posguard.actors.store.lease import LeaseHolder, read_lease, read_standbys
+from posguard.client import AsyncClient, BadIntent, Done, NoAnswer, Reply, Ticket
 from posguard.streams.ccxt_adapter.config import ApiCredentials
 from posguard.streams.venue.events import TOPICS, Position
-from posguard.client import AsyncClient, BadIntent, Done, NoAnswer, Reply, Ticket
 from posguard.supervisor.config import Config, redis_connection
 
 if TYPE_CHECKING:
