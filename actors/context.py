@@ -77,12 +77,6 @@ class ActorContext:
     held_notes: dict[str, list[str]] = field(default_factory=dict)
     """By symbol: the notes of state changes held in memory (`stage`), for the journal entry of
     the record's next write. A restarted actor drops its symbol's (`SymbolActor.run`)."""
-    live_symbols: set[str] = field(default_factory=set)
-    """Symbols whose record in Redis may be live (not terminal): filled from the start-up scan
-    (`Engine._resume_records`) and kept by `save` (a symbol joins before its first live write
-    goes out and leaves only once a terminal write is in), so a symbol outside it is known to
-    have no live record and a push that may end a position has nothing there to end
-    (`EventRouter.route` does not nudge its actor, which would only read Redis to find that)."""
 
     @property
     def account(self) -> str:
@@ -156,8 +150,6 @@ class ActorContext:
                 replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
         for reply in replies:  # written with the record, in one transaction
             failpoint(before_reply(reply.status))
-        if not record.state.is_terminal:
-            self.live_symbols.add(record.symbol)  # before the write: a crash between them errs live
         held = self.held_notes.get(record.symbol)
         journal_note = "; ".join([*held, f"{record.state}: {note}" if note else str(record.state)]) if held else note
         pending = self.write_ahead_for.pop(record.symbol, None)
@@ -170,8 +162,6 @@ class ActorContext:
         else:
             await self.store.save_record(record, journal_note, replies=replies)
         self.held_notes.pop(record.symbol, None)
-        if record.state.is_terminal:
-            self.live_symbols.discard(record.symbol)
         for key in answered:  # only once written: a failed write leaves them to be answered
             del self.awaiting[key]
         failpoint(record_saved(record.state))

@@ -155,8 +155,6 @@ class Engine:
         unanswered = await self.store.still_accepted(
             [i for r in records for i in (r.intent_id, r.close_intent_id) if i]
         )
-        self.ctx.live_symbols.update(r.symbol for r in records if r.state.is_live)
-        self.ctx.live_symbols.update(defect.symbol for defect in scan.bad)  # unknown: may be live
         for record in records:
             self.stop_fill_watch.follow(record)
             accepted = frozenset({record.intent_id, record.close_intent_id} & unanswered)

@@ -24,8 +24,7 @@ class EventRouter:
     def __init__(self, actors: ActorRegistry, request_audit: Callable[[str], None]) -> None:
         self.actors = actors
         self.request_audit = request_audit
-        self.live_symbols = actors.ctx.live_symbols
-        """`ActorContext.live_symbols`: the symbols a nudge can matter to."""
+        self.ctx = actors.ctx
 
     def route(self, event: VenueEvent) -> None:
         """Tell an actor when the venue pushed something that may end its position; audit
@@ -38,7 +37,7 @@ class EventRouter:
                 symbol = event.symbol
             case StreamStatus(connected=True, reason="reconnected"):
                 self.request_audit(f"stream {event.topic} reconnected")
-        if symbol and symbol in self.live_symbols:  # else no live record there to end
+        if symbol and self.ctx.store.may_be_live(symbol):  # else no live record there to end
             actor = self.actors.get(symbol)
             if actor is not None:
                 actor.nudge()

@@ -2,24 +2,25 @@
 
 A push that may end a position (a flat position, a fill of a stop or of someone else's order)
 used to nudge the symbol's actor whatever its record said, and the actor read its record from
-Redis to find there was nothing to end. `ActorContext.live_symbols` says which symbols may hold
-a live record: `ActorContext.save` adds a symbol before its first live write goes out and drops
-it only after a terminal write is in; the engine fills it from its start-up scan.
+Redis to find there was nothing to end. `Store.may_be_live` says which symbols may hold a live
+record, from the record as this process last read or wrote it (`store.positions.may_be_live`):
+a symbol counts as live from before its first live write goes out until a terminal write is
+in, and from the start-up scan. One rule, over the store's own view (it was a second set kept
+beside it by `ActorContext.save`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from posguard.actors.context import ActorContext
-from posguard.actors.intents import IntentRecord
 from posguard.actors.records import PositionRecord, State
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import open_redis
+from posguard.actors.store.keys import Keys
 from posguard.actors.store.positions import RedisStore
 from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.simulated import FakeVenue
@@ -45,18 +46,14 @@ class Registry(dict[str, CountingActor]):
         self.ctx = ctx
 
 
-class RecordingStore:
-    """A store that notes, at each record write, whether the symbol was already marked live."""
+class LiveSet:
+    """A store that knows only which symbols may be live."""
 
-    def __init__(self, ctx_ref: list[ActorContext], fail: bool = False) -> None:
-        self.ctx_ref = ctx_ref
-        self.fail = fail
-        self.live_at_write: list[bool] = []
+    def __init__(self) -> None:
+        self.live: set[str] = set()
 
-    async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
-        self.live_at_write.append(record.symbol in self.ctx_ref[0].live_symbols)
-        if self.fail:
-            raise ConnectionError("Redis went away mid-write")
+    def may_be_live(self, symbol: str) -> bool:
+        return symbol in self.live
 
 
 def context(store: Any) -> ActorContext:
@@ -72,8 +69,8 @@ def flat(symbol: str) -> Position:
 
 
 def test_a_push_that_may_end_a_position_nudges_only_a_symbol_whose_record_may_be_live() -> None:
-    ctx = context(store=None)
-    registry = Registry(ctx)
+    store = LiveSet()
+    registry = Registry(context(store))
     router = EventRouter(registry, lambda why: None)  # type: ignore[arg-type]
     stop_fill = Execution(symbol=BTC, exec_id="x1", order_id="o1", client_order_id="", side="sell", qty=1.0,
                           price=9.8, ts_ms=2)
@@ -81,7 +78,7 @@ def test_a_push_that_may_end_a_position_nudges_only_a_symbol_whose_record_may_be
     router.route(stop_fill)
     assert registry[BTC].nudges == 0  # no live record: nothing to end, no Redis read
 
-    ctx.live_symbols.add(BTC)
+    store.live.add(BTC)
     router.route(flat(BTC))
     router.route(stop_fill)
     router.route(flat(ETH))
@@ -93,22 +90,40 @@ def record(state: State = State.SUBMITTING) -> PositionRecord:
                           client_order_id="pg-e")
 
 
-async def test_save_marks_a_symbol_live_before_the_write_and_settled_only_after_it() -> None:
-    ref: list[ActorContext] = []
-    store = RecordingStore(ref)
-    ctx = context(store)
-    ref.append(ctx)
-    entry = record()
-    await ctx.save(entry)
-    assert store.live_at_write == [True] and BTC in ctx.live_symbols
-    entry.transition(State.REJECTED, "confirmed not filled")
-    store.fail = True
-    with pytest.raises(ConnectionError):
-        await ctx.save(entry)
-    assert BTC in ctx.live_symbols  # the terminal write may not be in: still maybe live
-    store.fail = False
-    await ctx.save(entry)
-    assert BTC not in ctx.live_symbols
+async def test_a_symbol_is_live_from_before_its_first_live_write_until_a_terminal_write_is_in(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with open_redis(redis_url) as client:
+        store = RedisStore(client, ACCOUNT)
+        with clock.hold():
+            await store.read_records()  # the start-up scan: Redis holds nothing for the account
+        assert not store.may_be_live(BTC)
+        live_during_write: list[bool] = []
+        hset = client.eval
+
+        async def observed_eval(*args: Any, **kwargs: Any) -> Any:
+            live_during_write.append(store.may_be_live(BTC))
+            return await hset(*args, **kwargs)
+
+        client.eval = observed_eval  # type: ignore[method-assign]
+        entry = record()
+        with clock.hold():
+            await store.save_record(entry)
+        assert live_during_write == [True] and store.may_be_live(BTC)
+        entry.transition(State.REJECTED, "confirmed not filled")
+
+        async def failing_eval(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("Redis went away mid-write")
+
+        client.eval = failing_eval  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await store.save_record(entry)
+        assert store.may_be_live(BTC)  # the terminal write may not be in: still maybe live
+        client.eval = observed_eval  # type: ignore[method-assign]
+        with clock.hold():
+            await store.save_record(entry)
+        assert live_during_write[-1] is True  # during the terminal write, too
+        assert not store.may_be_live(BTC)
 
 
 async def test_the_engine_starts_with_the_live_records_of_its_scan(clock: IOAwareMockClock, redis_url: str) -> None:
@@ -122,6 +137,11 @@ async def test_the_engine_starts_with_the_live_records_of_its_scan(clock: IOAwar
                                      stop_price=9.8, client_order_id="pg-e2")
             settled.transition(State.REJECTED)
             await store.save_record(settled)
+            keys = Keys(ACCOUNT)
+            await client.hset(keys.position("SOL/USDT:USDT"), {"state": "no such state"})
+            await client.sadd(keys.positions, ["SOL/USDT:USDT"])
     async with FakeVenue() as venue, running_engine(redis_url, venue, clock) as engine:
-        assert BTC in engine.ctx.live_symbols
-        assert ETH not in engine.ctx.live_symbols
+        assert engine.store.may_be_live(BTC)
+        assert not engine.store.may_be_live(ETH)
+        assert engine.store.may_be_live("SOL/USDT:USDT"), "an unusable record may be live: its actor is nudged"
+        assert not engine.store.may_be_live("XRP/USDT:USDT"), "Redis holds nothing for it"

@@ -51,7 +51,7 @@ async def test_the_symbols_own_audit_after_a_crash_asks_for_that_symbol(clock: I
         engine.ctx.store = store  # type: ignore[assignment]
         await wait_streams_healthy(engine)
         account_lists, audits = venue.position_lists[ACCOUNT], engine.auditor.runs
-        store.crash_when = "open"
+        store.crash_when = "protected"  # the first write after the entry filled
         await (await engine.submit(open_intent("one-2", symbol=SYMBOL))).wait()
         while not store.crash_times:
             await anyio.sleep(0.01)

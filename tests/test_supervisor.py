@@ -57,7 +57,7 @@ async def test_a_failed_actor_restarts_with_backoff_and_finishes_the_step(
     ) as engine:
         store = CrashingStore(engine.store)
         engine.ctx.store = store  # type: ignore[assignment]
-        store.crash_when = "open"
+        store.crash_when = "protected"  # the first write after the entry filled
         await wait_streams_healthy(engine)
         audits_before = engine.auditor.runs
         ticket = await engine.submit(open_intent("crash-1", symbol=SYMBOL))
@@ -95,7 +95,7 @@ async def test_restart_backoff_starts_over_after_a_healthy_window(clock: IOAware
         store = CrashingStore(engine.store)
         engine.ctx.store = store  # type: ignore[assignment]
         await wait_streams_healthy(engine)
-        store.crash_when = "open"
+        store.crash_when = "protected"  # the first write after the entry filled
         await engine.submit(open_intent("flaky-1", symbol=SYMBOL))
         with anyio.fail_after(60):
             while len(store.crash_times) < 4:  # backoff 1, 2, 4 s
@@ -128,7 +128,7 @@ async def test_restart_intensity_enters_safe_mode_entries_refused_protection_con
         assert reply.outcome == "protected"
         store = CrashingStore(engine.store)
         engine.ctx.store = store  # type: ignore[assignment]
-        store.crash_when = "open"
+        store.crash_when = "protected"  # the first write after the entry filled
         await (await engine.submit(open_intent("loop-1", symbol=SYMBOL))).wait()
         with anyio.fail_after(120):
             while not engine.gate.safe_mode:

@@ -239,10 +239,10 @@ async def follow_venue(ctx: ActorContext, symbol: str) -> None:
 
     Only executions prove a stop-out or liquidation (I1); a flat push without them
     changes nothing here, and the audit looks again later. Nudges are sent only for symbols
-    with a live record (`ActorContext.live_symbols`), and one queued while the record was
-    live is dropped here unread once it no longer is (a settled symbol's closing fills).
+    with a live record (`Store.may_be_live`), and one queued while the record was live is
+    dropped here unread once it no longer is (a settled symbol's closing fills).
     """
-    if symbol not in ctx.live_symbols:
+    if not ctx.store.may_be_live(symbol):
         return
     try:
         record = await ctx.store.load_record(symbol)

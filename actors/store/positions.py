@@ -34,7 +34,7 @@ from posguard.actors.store.lease import Fence, FencedBatch
 
 __all__ = [
     "INTENT_TTL_SECONDS", "JOURNAL_MAXLEN", "REPLY_TTL_SECONDS", "RecordHead", "RecordScan", "RedisStore", "Store",
-    "UNSEEN", "Unseen", "WriteAheadStale", "decode_hash",
+    "UNSEEN", "Unseen", "WriteAheadStale", "decode_hash", "may_be_live",
 ]
 
 JOURNAL_MAXLEN = 1_000_000
@@ -70,6 +70,17 @@ class Unseen:
 
 
 UNSEEN = Unseen()
+
+
+def may_be_live(head: RecordHead | None | Unseen) -> bool:
+    """The one rule for whether a symbol may hold a live record in Redis, from what this
+    process last saw of it: unseen counts as live (not read yet, a read or write under way or
+    failed: a write is marked unseen before it goes out, so a crash between them errs live),
+    none or a terminal state does not. A push that may end a position nudges only such a
+    symbol's actor (`EventRouter.route`), which would otherwise read Redis to find nothing
+    there to end; one queued while the record was live is dropped unread once it is not
+    (`repairs.follow_venue`)."""
+    return isinstance(head, Unseen) or (head is not None and head.state.is_live)
 
 
 class WriteAheadStale(Exception):
@@ -116,6 +127,10 @@ class Store(Protocol):
 
     def seen_head(self, symbol: str) -> RecordHead | None | Unseen:
         """The symbol's record as this process last read or wrote it (None: it had none)."""
+        ...
+
+    def may_be_live(self, symbol: str) -> bool:
+        """Whether the symbol's record in Redis may be live (`may_be_live`, from `seen_head`)."""
         ...
 
     async def write_ahead(self, record: PositionRecord, note: str, *, accepted: IntentRecord,
@@ -190,6 +205,9 @@ class RedisStore:
 
     def seen_head(self, symbol: str) -> RecordHead | None | Unseen:
         return self._heads.get(symbol, None if self._scanned else UNSEEN)
+
+    def may_be_live(self, symbol: str) -> bool:
+        return may_be_live(self.seen_head(symbol))
 
     async def save_record(self, record: PositionRecord, note: str = "", *, replies: Sequence[IntentRecord] = ()) -> None:
         self._heads[record.symbol] = UNSEEN  # a write that raises may or may not have been done

@@ -28,7 +28,7 @@ redis-server (`start_redis_server`, no persistence) on the same machine:
   per batch (up to 1,024 events: one fenced script call). The cache is wrapped only to time each call.
 * 1,000 supervised `SymbolActor`s (``ActorRegistry.get_or_start``), none with a live record (an
   account opening and closing as fast as this is a stress of the push path, not of the actors):
-  no push nudges them (`ActorContext.live_symbols`). Table 1 shows what a nudge costs when one is
+  no push nudges them (`Store.may_be_live`). Table 1 shows what a nudge costs when one is
   due (the actor reads its record from Redis, ``follow_venue``).
 
 Steady state, not a cold start: the Redis event journal is pre-filled to its cap
