@@ -62,6 +62,14 @@ class ProtectionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     open before the stop is given up as not filling and the position closed reduce-only.
     Below 1 s a stop that is simply filling would be raced; above 600 s the bound means nothing."""
 
+    @property
+    def exposure_bound(self) -> float:
+        """Seconds a filled position may be without a stop covering all of it while the venue
+        can take orders (I2's bound): an attached stop unconfirmed for `stop_confirm_deadline`,
+        then a separate one within `stop_deadline`, else the position closed. The demo, the
+        fault schedules and the attack tests judge the venue's ground truth by it."""
+        return self.stop_confirm_deadline + self.stop_deadline
+
 
 class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):
     account: str

@@ -195,7 +195,7 @@ async def run_demo(
             unprotected_left = view.unprotected_now()
             windows = view.unprotected_windows()
             max_window = max((seconds for _, seconds in windows), default=0.0)
-            bound = config.protection.stop_confirm_deadline + config.protection.stop_deadline
+            bound = config.protection.exposure_bound
             exposed = sorted({s for s, seconds in windows if seconds > bound})
             tg.cancel_scope.cancel()
 

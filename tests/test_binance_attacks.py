@@ -60,8 +60,7 @@ async def attacked(
             tg.start_soon(bare.run)
             yield emu, engine, watch, bare
             tg.cancel_scope.cancel()
-        protection = engine.settings.protection
-        bound = protection.stop_confirm_deadline + protection.stop_deadline
+        bound = engine.settings.protection.exposure_bound
         assert bare.longest <= bound, f"bare for {bare.longest:.2f} s, beyond the bound {bound} s"
         await assert_redis_equals_venue(engine, emu)
 

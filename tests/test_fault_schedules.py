@@ -10,7 +10,10 @@ the end, against the fake venue's ground truth:
 * I1: no record says closed/rejected while the venue holds that symbol's position;
 * no record is shrunk below its proven fills (the venue's own fills of its entry, less every
   exit since): a lagging list never wins over fills;
-* I2: no position is open on the venue without a live stop once the system is idle;
+* I2: no position is open on the venue without a live stop once the system is idle, and at
+  no moment of the run for longer than `ProtectionSettings.exposure_bound` (18 s) beyond the
+  venue's REST outages (during one no stop can be placed): the ground truth notes every
+  stretch a position is open without a stop covering all of it, as it happens;
 * I3: no intent produced more than one entry order fill, and no entry filled more than asked;
 * no record uses evidence of another symbol (its entry's fills are on its own symbol);
 * every intent is answered: its intent record has a final status.
@@ -205,6 +208,13 @@ async def run_schedule(seed: int, redis_url: str, clock: IOAwareMockClock, tally
             while any(actor.busy for actor in engine.actors.values()):
                 await anyio.sleep(1)
 
+        bound = settings.protection.exposure_bound
+        exposed = [f"{symbol} bare {seconds:.1f} s from t={start:.1f}" for symbol, start, seconds in bare_beyond_outages(venue)
+                   if seconds > bound]
+        assert not exposed, f"I2: open beyond the {bound:g} s bound, REST outages aside: {exposed} ({context})"
+        tally["longest bare, REST outages aside (s)"] = max(
+            tally["longest bare, REST outages aside (s)"],
+            round(max((seconds for _, _, seconds in bare_beyond_outages(venue)), default=0.0), 1))
         stuck = await never_reached_but_unverified(engine, venue)
         assert not stuck, f"entries that never reached the venue still unverified: {stuck} ({context})"
         live = sum(1 for r in await engine.store.list_records() if r.state.is_live)
@@ -255,6 +265,19 @@ async def run_schedule(seed: int, redis_url: str, clock: IOAwareMockClock, tally
                 assert symbol in records and records[symbol].state.is_live, (
                     f"venue holds {symbol} but Redis says {records.get(symbol)} ({context})"
                 )
+
+
+def bare_beyond_outages(venue: FakeVenue) -> list[tuple[str, float, float]]:
+    """Each stretch a position was open on the venue without a stop covering all of it, as
+    (symbol, start, seconds), less the time REST was in an outage meanwhile (no stop can be
+    placed then: every call is a 503)."""
+    now = anyio.current_time()
+    outages = venue.rest_outages()
+    bare = []
+    for symbol, start, end in venue.truth.unprotected_intervals(now):
+        down = sum(max(0.0, min(end, b) - max(start, a)) for a, b in outages)
+        bare.append((symbol, start, end - start - down))
+    return bare
 
 
 async def never_reached_but_unverified(engine: Engine, venue: FakeVenue) -> list[str]:

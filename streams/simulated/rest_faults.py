@@ -28,8 +28,27 @@ class RestFaults:
         self._calls = calls
         self._rng = rng
         self._scheduler = scheduler
-        self.down = False
+        self._down_since: float | None = None
+        self._outages: list[tuple[float, float]] = []
         self._scripted_failures: dict[str, list[Exception]] = {}
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def _set_down(self, down: bool) -> None:
+        now = anyio.current_time()
+        if down and self._down_since is None:
+            self._down_since = now
+        elif not down and self._down_since is not None:
+            self._outages.append((self._down_since, now))
+            self._down_since = None
+
+    def outages(self) -> list[tuple[float, float]]:
+        """Every outage so far as (start, end) in anyio time, one still under way ending now:
+        what a test subtracts from a bare position's time (no stop can be placed meanwhile)."""
+        running = [(self._down_since, anyio.current_time())] if self._down_since is not None else []
+        return [*self._outages, *running]
 
     def fail_next(self, method: str, *errors: Exception) -> None:
         """Make the next calls of ``method`` raise these errors, in order, before any effect."""
@@ -67,7 +86,7 @@ class RestFaults:
         start of a REST outage (`outage_after_lost_response`)."""
         if self._knobs.lost_create_response_rate and rng.random() < self._knobs.lost_create_response_rate:
             if not self.down and rng.random() < self._knobs.outage_after_lost_response:
-                self.down = True
+                self._set_down(True)
                 self._scheduler.schedule(self._knobs.rest_outage_for.sample(rng), self._end_outage)
             return True
         return False
@@ -81,10 +100,10 @@ class RestFaults:
         assert self._knobs.rest_outage_every is not None
         count = self._calls["rest_outage"]
         self._calls["rest_outage"] += 1
-        self.down = not self.down
+        self._set_down(not self.down)
         rng = self._rng("outage", count)
         lag = self._knobs.rest_outage_for if self.down else self._knobs.rest_outage_every
         self._scheduler.schedule(lag.sample(rng), self._toggle_outage)
 
     def _end_outage(self) -> None:
-        self.down = False
+        self._set_down(False)

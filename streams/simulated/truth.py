@@ -51,7 +51,11 @@ class GroundTruth:
     def unprotected_now(self) -> list[str]:
         return sorted(s for s in self.positions if not self.is_protected(s))
 
+    def unprotected_intervals(self, now: float) -> list[tuple[str, float, float]]:
+        """Every stretch a position was open without a stop covering all of it, (symbol, start,
+        end); one still under way ends ``now``."""
+        running = [(symbol, start, now) for symbol, start in self.unprotected_since.items()]
+        return [*self.unprotected_windows, *running]
+
     def max_unprotected_seconds(self, now: float) -> float:
-        finished = [end - start for _, start, end in self.unprotected_windows]
-        running = [now - start for start in self.unprotected_since.values()]
-        return max(finished + running, default=0.0)
+        return max((end - start for _, start, end in self.unprotected_intervals(now)), default=0.0)

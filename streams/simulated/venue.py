@@ -133,6 +133,10 @@ class FakeVenue:
         """Whether REST is in an outage (every call a 503)."""
         return self._rest.down
 
+    def rest_outages(self) -> list[tuple[float, float]]:
+        """Every REST outage so far, (start, end) in anyio time (`RestFaults.outages`)."""
+        return self._rest.outages()
+
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
