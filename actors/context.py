@@ -134,7 +134,7 @@ class ActorContext:
         anything is sent again: `orders.send_once`). The write would buy no safety and cost a
         round trip on the way to protection (issue 16: one write after the entry's answer where
         there were four)."""
-        self.held_notes.setdefault(record.symbol, []).append(f"{record.state}: {note}" if note else str(record.state))
+        self.held_notes.setdefault(record.symbol, []).append(_step(record, note))
         for observer in self.observers:
             observer(record, note)
 
@@ -150,8 +150,10 @@ class ActorContext:
                 replies.append(settle_reply(awaited.reply, record, after_restart=awaited.after_restart))
         for reply in replies:  # written with the record, in one transaction
             failpoint(before_reply(reply.status))
-        held = self.held_notes.get(record.symbol)
-        journal_note = "; ".join([*held, f"{record.state}: {note}" if note else str(record.state)]) if held else note
+        # Taken now, not after the write: a step held while this write is in flight (the armed
+        # stop's write beside an entry) goes with the next one.
+        held = self.held_notes.pop(record.symbol, None)
+        journal_note = "; ".join([*held, _step(record, note or record.reason)]) if held else note
         pending = self.write_ahead_for.pop(record.symbol, None)
         if pending is not None:
             failpoint(before_reply(pending.reply.status))
@@ -161,9 +163,13 @@ class ActorContext:
                                          replies=replies)
         else:
             await self.store.save_record(record, journal_note, replies=replies)
-        self.held_notes.pop(record.symbol, None)
         for key in answered:  # only once written: a failed write leaves them to be answered
             del self.awaiting[key]
         failpoint(record_saved(record.state))
         for observer in self.observers:
             observer(record, note)
+
+
+def _step(record: PositionRecord, note: str) -> str:
+    """One step in a journal note that carries held ones: ``state: note``."""
+    return f"{record.state}: {note}" if note else str(record.state)

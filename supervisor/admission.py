@@ -55,17 +55,24 @@ Alert = Callable[[str, str], Awaitable[None]]
 class PricedChecks:
     """The entry checks that need the market, run by the symbol's actor (`ActorContext.entry_check`)."""
 
-    def __init__(self, *, prices: PriceReader, rules: dict[str, MarketRules], risk: RiskLimits, alert: Alert) -> None:
+    def __init__(self, *, prices: PriceReader, rules: dict[str, MarketRules], risk: RiskLimits, alert: Alert,
+                 gate: EntryGate) -> None:
         self.prices = prices
         self.rules = rules
         self.risk = risk
         self.alert = alert
+        self.gate = gate
 
     async def __call__(self, intent: OpenIntent) -> OpenIntent:
         """The intent with its stop as a price, or `IntentRefused`. A bug met here refuses this
-        intent alone (and alerts): it must not crash the actor into a restart loop."""
+        intent alone (and alerts): it must not crash the actor into a restart loop.
+
+        The entry gate is asked again last, just before the actor writes the entry ahead: an
+        intent queued on its actor before entries were paused (Redis lost its data, safe mode)
+        is refused like one that arrives after (found by the breaker, issue 16: one queued
+        when Redis was flushed doubled a position the audit had yet to adopt)."""
         try:
-            return await self._check(intent)
+            checked = await self._check(intent)
         except IntentRefused:
             raise
         except Exception as exc:
@@ -77,6 +84,10 @@ class PricedChecks:
             await self.alert(intent.symbol, message)
             raise IntentRefused(f"internal error ({type(exc).__name__}): nothing was sent; tell the operator"
                                 " (see posguard's log)") from None
+        refusal = self.gate.refusal()
+        if refusal:
+            raise IntentRefused(refusal)
+        return checked
 
     async def _check(self, intent: OpenIntent) -> OpenIntent:
         price = await self.prices.price(intent.symbol)

@@ -95,6 +95,7 @@ class Engine:
         self.prices = PriceReader(venue, self.board, max_age=self.risk.price_max_age,
                                   deadline=self.risk.price_deadline, default_leverage=self.risk.default_leverage,
                                   backoff=settings.verification.backoff, rng=rng)
+        self.gate = EntryGate()
         self.ctx = ActorContext(
             venue=venue,
             store=store,
@@ -102,11 +103,10 @@ class Engine:
             rules=self.rules,
             settings=settings,
             entry_check=PricedChecks(prices=self.prices, rules=self.rules, risk=self.risk,
-                                     alert=lambda symbol, message: self.ctx.alert(symbol, message)),
+                                     alert=lambda symbol, message: self.ctx.alert(symbol, message), gate=self.gate),
             rng=rng,
             observers=[self.metrics.on_transition, log_transition, self.slots.on_transition, *observers],
         )
-        self.gate = EntryGate()
         self.actors = ActorRegistry(ctx=self.ctx, settings=self.supervision, gate=self.gate, metrics=self.metrics,
                                     request_audit=self.request_audit)
         self.auditor = Auditor(venue, store, self.actors.get_or_start, self.actors.is_busy,

@@ -18,7 +18,7 @@ from posguard.actors.intents import OpenIntent
 from posguard.actors.lifecycle.armed_stop import ArmedStop, disarm, needs_armed_stop
 from posguard.actors.lifecycle.closing import settle_closed_externally
 from posguard.actors.lifecycle.liquidation_guard import recheck_liquidation
-from posguard.actors.lifecycle.protection import Protected, protect
+from posguard.actors.lifecycle.protection import Protected, protect, protect_with_stop_order
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import send_once
 from posguard.actors.store.positions import RecordHead, Unseen, WriteAheadStale
@@ -43,7 +43,16 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
     pending = ctx.write_ahead_for.get(symbol)
     current: PositionRecord | RecordHead | None
     if pending is None:
+        seen = ctx.store.seen_head(symbol)
         current = await ctx.store.load_record(symbol)
+        if current is None and isinstance(seen, RecordHead) and seen.state.is_live:
+            await ctx.alert(symbol, f"the live record this process last saw ({seen.state}, intent {seen.intent_id}) is"
+                                    " gone from Redis (data lost, or deleted by hand); its position may be on the"
+                                    f" venue: intent {intent.intent_id} refused until the audit has adopted it")
+            raise IntentConflict(
+                f"{symbol}: its live position record ({seen.state}, intent {seen.intent_id}) is gone from Redis;"
+                " nothing was sent: the audit adopts what the venue holds, send the intent again after it"
+            )
     else:
         current = pending.seen = await _seen_head(ctx, symbol)
     if not _takes_a_new_entry(symbol, current, intent.intent_id):
@@ -103,8 +112,15 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     been sent already; it is looked up by client order id before it is ever sent.
     """
     sent_at = anyio.current_time()
+    if record.state is State.SUBMITTING:
+        # The write ahead, before any task group: its refusal (`WriteAheadStale`, nothing
+        # written or sent) must reach `answer_intent` as itself, to be decided again from a
+        # fresh read, not wrapped in the group's exception group (found by the breaker, issue 16).
+        record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
+        await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
+        owned()
     if record.state not in IN_FLIGHT_STATES or not needs_armed_stop(ctx, record):
-        return await _drive(ctx, record, resumed=resumed, owned=owned, sent_at=sent_at, armed=None)
+        return await _drive(ctx, record, resumed=resumed, sent_at=sent_at, armed=None)
     # No stop rides on the entry here: while its outcome is unknown a whole-position stop is
     # armed beside the send and the verification (`armed_stop`), not after them.
     armed = ArmedStop(ctx, record)
@@ -113,19 +129,16 @@ async def drive_entry(ctx: ActorContext, record: PositionRecord, *, resumed: boo
     async with anyio.create_task_group() as tg:
         tg.start_soon(armed.run)
         try:
-            await _drive(ctx, record, resumed=resumed, owned=owned, sent_at=sent_at, armed=armed)
+            await _drive(ctx, record, resumed=resumed, sent_at=sent_at, armed=armed)
         finally:
             armed.stop()
     return record
 
 
-async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, owned: Owned, sent_at: float,
+async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, sent_at: float,
                  armed: ArmedStop | None) -> PositionRecord:
     acknowledged: Order | None = None
-    if record.state is State.SUBMITTING:
-        record.sent_ms = record.sent_ms or ctx.venue.now_ms() - 1
-        await ctx.save(record, "entry order about to be sent")  # write-ahead (I5)
-        owned()
+    if record.state is State.SUBMITTING:  # written ahead by `drive_entry`
         request = OrderRequest(
             symbol=record.symbol,
             side=record.side,
@@ -182,6 +195,11 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, ow
         await settle_entry(ctx, record, verdict, sent_at)
     elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not is_protected(record)):
         await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)  # records its own outcome
+    elif record.state is State.PROTECTED and not is_protected(record):
+        # A stop replacement was cut short (the liquidation re-check's tightening): the record's
+        # stop is the new one, and the position's may be the old one, which never fires. Placed
+        # again, as the replacement it was: the venue's old stop is no proof of this one.
+        await protect_with_stop_order(ctx, record, record.filled_qty or record.qty, sent_at, replacing=True)
     return record
 
 

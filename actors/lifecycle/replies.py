@@ -63,6 +63,18 @@ class IntentConflict(RuntimeError):
     """The intent cannot run in the symbol's current state; nothing was sent."""
 
 
+class RefusedBeforeWriteAhead(WriteAheadStale):
+    """An open tried without reading Redis was refused by its entry checks (`IntentRefused`:
+    the market, the risk limits, the gate) before its write ahead: nothing was written or sent.
+    Those checks do not depend on what Redis holds, so the fresh read only decides whether the
+    id may take this answer (a new id) or must be answered as it already is; the step is not
+    run again (its checks read the ticker for up to `risk.price_deadline` and may alert)."""
+
+    def __init__(self, refusal: IntentRecord) -> None:
+        super().__init__(f"refused before its write ahead: {refusal.reason}")
+        self.refusal = refusal
+
+
 async def answer_intent(
     ctx: ActorContext, symbol: str, intent: Intent, step: IntentStep, *, body: str
 ) -> IntentRecord:
@@ -74,11 +86,15 @@ async def answer_intent(
     symbol's record changed (`Store.write_ahead`). Refused, or ended before that write (a
     conflict, a refusal: answers that must not be written over an id's earlier one unread),
     nothing was written or sent, and it is decided again here from a fresh read."""
+    refused: IntentRecord | None = None
     if isinstance(intent, OpenIntent) and not stale_reason(intent, wall_clock_ms()):
         reply = _accepted(symbol, intent, body)
         ctx.write_ahead_for[symbol] = PendingWriteAhead(reply)
         try:
             return await _run_step(ctx, symbol, reply, step, unwritten_is_stale=True)
+        except RefusedBeforeWriteAhead as exc:
+            refused = exc.refusal
+            log.info("%s: intent %s %s; its id is looked up in Redis", symbol, intent.intent_id, exc)
         except WriteAheadStale as exc:
             log.info("%s: intent %s decided again from Redis: %s", symbol, intent.intent_id, exc)
         finally:
@@ -97,6 +113,10 @@ async def answer_intent(
                 failpoint(before_reply(reply.status))
                 await store.save_intent(reply)
                 return reply
+            if refused is not None:
+                failpoint(before_reply(refused.status))
+                await store.save_intent(refused)
+                return refused
         case CarryOn():
             pass  # begun before (an accepted one may have sent its order): carry on, never stale
     reply = _accepted(symbol, intent, body)
@@ -117,10 +137,13 @@ async def _run_step(ctx: ActorContext, symbol: str, reply: IntentRecord, step: I
     answer was to ride with the step's first write (`PendingWriteAhead`); a step that ends
     before it raises `WriteAheadStale` instead of answering."""
     ctx.await_reply(symbol, reply)
+    refused = False
     try:
         try:
             record = await step()
-        except (IntentConflict, IntentRefused) as exc:
+        except IntentRefused as exc:
+            reply.status, reply.reason, refused = "rejected", str(exc), True
+        except IntentConflict as exc:
             reply.status, reply.reason = "rejected", str(exc)
         except BadRecord as exc:
             reply.status, reply.reason = "rejected", bad_record_refusal(exc)
@@ -129,6 +152,8 @@ async def _run_step(ctx: ActorContext, symbol: str, reply: IntentRecord, step: I
     finally:
         unanswered = ctx.still_awaited(symbol, reply.intent_id) is not None
     if unwritten_is_stale and symbol in ctx.write_ahead_for:
+        if refused:
+            raise RefusedBeforeWriteAhead(reply)
         raise WriteAheadStale(f"it ended before its write ahead ({reply.status}: {reply.reason})")
     if unanswered:  # the step ended without settling the record (protected, refused): answer now
         failpoint(before_reply(reply.status))
