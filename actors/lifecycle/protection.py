@@ -27,6 +27,7 @@ from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.coverage import record_stop_covers_any_size
 from posguard.actors.lifecycle.closing import close_key, close_position, settle_closed
+from posguard.actors.lifecycle.take_profit import arm_take_profit
 from posguard.actors.orders import send_once
 from posguard.actors.proof import Gone, prove_gone
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
@@ -347,6 +348,7 @@ async def _protected(ctx: ActorContext, record: PositionRecord, protection: Prot
     if record.state is State.OPEN:
         record.transition(State.PROTECTED)
     await ctx.save(record, f"stop live ({protection})")
+    await arm_take_profit(ctx, record)  # only now: protection first, never the other way round
     return Protected(protection=protection)
 
 
