@@ -211,9 +211,14 @@ async def test_close_position_rules_from_the_docs() -> None:
         assert first["closePosition"] is True and first["algoStatus"] == "NEW"
         # One closePosition stop per direction...
         assert await w.refused("POST", "/fapi/v1/algoOrder", **stop("w-c2", trigger=56_000, closePosition=True)) == (400, -4130)
-        # ...a take-profit closing the same way counts too ("in the direction").
+        # ...and type: a closePosition take-profit sits beside the stop (Binance's own whole-position
+        # TP/SL pair; both armed together in github.com/Binance-docs/Binance_Futures_python/issues/100),
+        # a second one is refused like a second stop.
         take_profit = stop("w-c3", trigger=63_000, closePosition=True) | {"type": "TAKE_PROFIT_MARKET"}
-        assert await w.refused("POST", "/fapi/v1/algoOrder", **take_profit) == (400, -4130)
+        assert (await w.ok("POST", "/fapi/v1/algoOrder", **take_profit))["orderType"] == "TAKE_PROFIT_MARKET"
+        second = stop("w-c4", trigger=64_000, closePosition=True) | {"type": "TAKE_PROFIT_MARKET"}
+        assert await w.refused("POST", "/fapi/v1/algoOrder", **second) == (400, -4130)
+        await w.ok("DELETE", "/fapi/v1/algoOrder", clientAlgoId="w-c3")
         # An open clientAlgoId cannot be used again.
         assert await w.refused("POST", "/fapi/v1/algoOrder", **stop("w-c1", trigger=55_000, quantity="0.01")) == (400, -20132)
         assert [o["close_position"] for o in truth_orders(emu, "w-c1")] == [True]
