@@ -225,6 +225,24 @@ async def test_close_position_rules_from_the_docs() -> None:
         assert is_protected(emu.truth(), "BTCUSDT")
 
 
+async def test_a_take_profit_alone_does_not_protect_and_fills_the_whole_position() -> None:
+    """A SELL TAKE_PROFIT_MARKET waits for the price to rise to it (New Algo Order: the trigger
+    direction is implied by side and type); it guards nothing, so the ground truth does not
+    count it as a stop."""
+    async with wire() as (emu, w):
+        await w.ok("POST", "/fapi/v1/order", **market("w-e"))
+        take_profit = stop("w-tp", trigger=62_000, closePosition=True) | {"type": "TAKE_PROFIT_MARKET"}
+        assert await w.refused("POST", "/fapi/v1/algoOrder", **(take_profit | {"triggerPrice": 59_000})) == (400, -2021)
+        await w.ok("POST", "/fapi/v1/algoOrder", **take_profit)
+        assert not is_protected(emu.truth(), "BTCUSDT"), "a take-profit is not a stop"
+        emu.engine.set_price("BTCUSDT", 61_000)
+        assert emu.truth()["positions"]["BTCUSDT"]["size"] == 0.01
+        emu.engine.set_price("BTCUSDT", 62_000)
+        assert emu.truth()["positions"] == {}
+        [tp_order] = truth_orders(emu, "w-tp")
+        assert (tp_order["status"], tp_order["cum_exec_qty"]) == ("Filled", 0.01)
+
+
 def test_at_most_200_open_conditional_orders_across_all_symbols() -> None:
     """Change log 2025-12-29: "The condtional order limits is 200 across all symbols"."""
     emu = EmulatorServer()

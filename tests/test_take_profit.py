@@ -51,6 +51,13 @@ async def cancelled(venue: FakeVenue, client_order_id: str, within: float = 30.0
     return venue.truth.orders[client_order_id].status
 
 
+async def listed(venue: FakeVenue, client_order_id: str) -> None:
+    """Until the venue's open-order list (which lags) shows the order: what the audit reads."""
+    with anyio.fail_after(30):
+        while client_order_id not in {o.client_order_id for o in await venue.fetch_open_orders(SYMBOL)}:
+            await anyio.sleep(0.05)
+
+
 def watch_never_falsely_closed(engine: Engine, venue: FakeVenue) -> None:
     engine.ctx.observers.append(lambda record, _note: assert_never_falsely_closed(record, venue))
 
@@ -158,3 +165,35 @@ async def test_a_stop_fill_cancels_the_take_profit_left_over(clock: IOAwareMockC
         assert record.state is State.CLOSED_EXTERNALLY
         assert venue.truth.position(SYMBOL) is None
         assert await cancelled(venue, take_profit.client_order_id) == "cancelled", "no take-profit left armed"
+
+
+async def test_the_audit_leaves_a_live_take_profit_alone_and_cancels_a_stray_one(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with FakeVenue(seed=1705, knobs=BINANCE_LIKE, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        assert (await (await engine.submit(with_take_profit("tp-audited"))).wait()).outcome == "protected"
+        with anyio.fail_after(10):
+            while not venue.truth.open_take_profits(SYMBOL):
+                await anyio.sleep(0.05)
+        [own] = venue.truth.open_take_profits(SYMBOL)
+        await listed(venue, own.client_order_id)
+
+        report = await engine.auditor.run()
+
+        assert report.findings == [], "its own record's take-profit is neither unknown nor stray"
+        assert venue.truth.orders[own.client_order_id].status == "open"
+
+        stray = ids.take_profit_id(ACCOUNT, "an-intent-long-gone", 1)  # a crash between settle and cancel
+        await venue.place_stop(StopRequest(symbol=SYMBOL, side="sell", qty=0.01, stop_price=63_000.0,
+                                           client_order_id=stray, whole_position=False, take_profit=True))
+        await listed(venue, stray)
+
+        report = await engine.auditor.run()
+
+        assert [(f.kind, f.stop_client_order_id) for f in report.findings] == [("stale_stop", stray)]
+        assert "take-profit" in report.findings[0].seen
+        assert venue.truth.orders[stray].status == "cancelled"
+        assert venue.truth.orders[own.client_order_id].status == "open", "the record's own is kept"
+        assert venue.truth.is_protected(SYMBOL)
