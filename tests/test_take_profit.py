@@ -8,6 +8,8 @@ with whole-position stops). Asserted against the venue's ground truth.
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import coredis
 import msgspec
@@ -196,4 +198,43 @@ async def test_the_audit_leaves_a_live_take_profit_alone_and_cancels_a_stray_one
         assert "take-profit" in report.findings[0].seen
         assert venue.truth.orders[stray].status == "cancelled"
         assert venue.truth.orders[own.client_order_id].status == "open", "the record's own is kept"
+        assert venue.truth.is_protected(SYMBOL)
+
+
+class CrashBeforeTakeProfit:
+    """A store whose write ahead of the take-profit fails once, like a crash between the stop
+    going live and the take-profit's id reaching Redis."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.crashed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def save_record(self, record: PositionRecord, note: str = "", **kwargs: Any) -> None:
+        if note.startswith("placing take-profit") and not self.crashed:
+            self.crashed += 1
+            raise RuntimeError("injected crash before the take-profit's write ahead")
+        await self._inner.save_record(record, note, **kwargs)
+
+
+async def test_a_crash_between_the_stop_and_the_take_profit_places_it_on_restart(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with FakeVenue(seed=1706, knobs=BINANCE_LIKE, supports_attached_stop=False) as venue, \
+            running_engine(redis_url, venue, clock) as engine:
+        store = CrashBeforeTakeProfit(engine.store)
+        engine.ctx.store = store  # type: ignore[assignment]
+        await wait_streams_healthy(engine)
+        await engine.submit(with_take_profit("tp-crash"))
+        with anyio.fail_after(60):
+            while not venue.truth.open_take_profits(SYMBOL):
+                await anyio.sleep(0.05)
+
+        assert store.crashed == 1, "the actor crashed once, before the take-profit was sent"
+        [take_profit] = venue.truth.open_take_profits(SYMBOL)
+        assert len(venue.truth.open_stops(SYMBOL)) == 1, "the stop was placed once"
+        record = await settled(engine, State.PROTECTED)
+        assert record.take_profit_client_order_id == take_profit.client_order_id
         assert venue.truth.is_protected(SYMBOL)
