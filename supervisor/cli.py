@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop = open_.add_mutually_exclusive_group(required=True)
     stop.add_argument("--stop-price", type=float)
     stop.add_argument("--stop-distance", type=float, help="fraction of the last price, e.g. 0.02")
+    take_profit = open_.add_mutually_exclusive_group()
+    take_profit.add_argument("--take-profit", type=float, help="the take-profit's price (optional)")
+    take_profit.add_argument("--take-profit-distance", type=float,
+                             help="instead: a fraction of the last price in the position's favour, e.g. 0.04")
     close = commands.add_parser("close", help="send a close intent and follow it to its outcome")
     close.add_argument("symbol")
     for sub in (open_, close):
@@ -158,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _operator(config: Config, args: argparse.Namespace) -> int:
-    import uuid
-
     from posguard.supervisor import operator
     from posguard.supervisor.config import load_secrets
 
@@ -177,12 +179,24 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
                                                               follow=args.follow))
         case "safe-mode":
             return _run_async(config, lambda: operator.safe_mode_off(config))
+    fields = intent_fields(args)
+    return _run_async(config, lambda: operator.submit_and_follow(config, fields, timeout=args.timeout))
+
+
+def intent_fields(args: argparse.Namespace) -> dict[str, str]:
+    """The stream entry ``posguard open`` / ``close`` sends: the fields a strategy would XADD."""
+    import uuid
+
     intent_id = args.intent_id or f"cli-{uuid.uuid4().hex[:12]}"
     fields = {"intent_id": intent_id, "action": args.command, "symbol": args.symbol}
     if args.command == "open":
         fields |= {"side": args.side, "qty": repr(args.qty)}
         fields |= {"stop_price": repr(args.stop_price)} if args.stop_price else {"stop_distance": repr(args.stop_distance)}
-    return _run_async(config, lambda: operator.submit_and_follow(config, fields, timeout=args.timeout))
+        if args.take_profit is not None:
+            fields["take_profit"] = repr(args.take_profit)
+        elif args.take_profit_distance is not None:
+            fields["take_profit_distance"] = repr(args.take_profit_distance)
+    return fields
 
 
 def _run_async(config: Config, call: Callable[[], Awaitable[int]]) -> int:

@@ -238,3 +238,20 @@ async def test_a_crash_between_the_stop_and_the_take_profit_places_it_on_restart
         record = await settled(engine, State.PROTECTED)
         assert record.take_profit_client_order_id == take_profit.client_order_id
         assert venue.truth.is_protected(SYMBOL)
+
+
+def test_posguard_open_sends_the_take_profit_as_a_strategy_would() -> None:
+    from posguard.supervisor.cli import build_parser, intent_fields
+    from posguard.supervisor.intake import parse_intent
+
+    args = build_parser().parse_args(["open", SYMBOL, "buy", "0.01", "--stop-price", "58800", "--take-profit", "62000",
+                                      "--intent-id", "cli-tp"])
+    fields = intent_fields(args)
+    assert (fields["take_profit"], "take_profit_distance" in fields) == ("62000.0", False)
+    assert parse_intent(fields).take_profit == 62_000.0
+    args = build_parser().parse_args(["open", SYMBOL, "sell", "0.01", "--stop-distance", "0.02",
+                                      "--take-profit-distance", "0.04"])
+    assert parse_intent(intent_fields(args)).take_profit_distance == 0.04
+    with pytest.raises(SystemExit):  # both: argparse refuses, nothing is sent
+        build_parser().parse_args(["open", SYMBOL, "buy", "0.01", "--stop-price", "1", "--take-profit", "2",
+                                   "--take-profit-distance", "0.1"])
