@@ -20,7 +20,7 @@ from posguard.actors.records import PositionRecord, State
 from posguard.actors.store.keys import Keys
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.streams.venue.events import Order
-from posguard.streams.venue.protocol import StopRequest
+from posguard.streams.venue.protocol import OrderRequest, StopRequest
 from posguard.supervisor.engine import Engine
 from tests.clock import IOAwareMockClock
 from tests.support import ACCOUNT, assert_never_falsely_closed, open_intent, running_engine, wait_streams_healthy
@@ -77,6 +77,9 @@ async def test_attached_take_profit_rides_on_the_entry_and_its_fill_settles_the_
         assert venue.truth.open_take_profits(SYMBOL) == [], "attached: no order of its own"
         record = await engine.store.load_record(SYMBOL)
         assert (record.take_profit, record.take_profit_client_order_id) == (62_000.0, "")
+        async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+            [last] = await client.xrevrange(Keys(ACCOUNT).journal, count=1)
+        assert "take-profit 62000 seen on the position" in last.field_values["note"], last
 
         venue.set_price(SYMBOL, 62_100.0)
         record = await settled(engine, State.CLOSED_BY_TAKE_PROFIT)
@@ -255,3 +258,23 @@ def test_posguard_open_sends_the_take_profit_as_a_strategy_would() -> None:
     with pytest.raises(SystemExit):  # both: argparse refuses, nothing is sent
         build_parser().parse_args(["open", SYMBOL, "buy", "0.01", "--stop-price", "1", "--take-profit", "2",
                                    "--take-profit-distance", "0.1"])
+
+
+async def test_an_attached_take_profit_the_position_does_not_show_is_an_alert(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with FakeVenue(seed=1707, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        alerts: list[str] = []
+        engine.ctx.alerts.append(lambda _symbol, message: alerts.append(message))
+        create = venue.create_order
+
+        async def drops_the_take_profit(request: OrderRequest) -> Order:
+            return await create(msgspec.structs.replace(request, take_profit=None))
+
+        venue.create_order = drops_the_take_profit  # type: ignore[method-assign]
+        assert (await (await engine.submit(with_take_profit("tp-dropped"))).wait()).outcome == "protected"
+
+        assert venue.truth.position(SYMBOL).take_profit is None
+        assert any("does not show it" in a for a in alerts), alerts
+        assert venue.truth.is_protected(SYMBOL), "the stop still guards it"

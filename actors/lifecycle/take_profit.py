@@ -30,9 +30,23 @@ from posguard.streams.venue.errors import OrderRejected, StopSlotTaken, StopWoul
 from posguard.streams.venue.events import closing_side, position_side_of
 from posguard.streams.venue.protocol import StopRequest
 
-__all__ = ["arm_take_profit", "needs_take_profit_order"]
+__all__ = ["arm_take_profit", "attached_take_profit_seen", "needs_take_profit_order"]
 
 log = logging.getLogger("posguard.actor")
+
+
+def attached_take_profit_seen(ctx: ActorContext, record: PositionRecord) -> bool | None:
+    """Whether the venue's position, as last pushed, shows the take-profit attached to the
+    entry (Bybit's position ``takeProfit``): True, False (a snapshot since the entry shows the
+    position without it), or None (no take-profit asked for, or nothing pushed to tell)."""
+    if not record.take_profit or not ctx.venue.supports_attached_stop:
+        return None
+    position = ctx.board.position(record.symbol)
+    if position is None or not position.is_open or position.ts_ms < record.sent_ms:
+        return None
+    rules = ctx.rules.get(record.symbol)
+    tick = rules.price_tick if rules is not None else 0.0
+    return position.take_profit is not None and abs(position.take_profit - record.take_profit) <= tick / 2
 
 
 def needs_take_profit_order(ctx: ActorContext, record: PositionRecord) -> bool:
