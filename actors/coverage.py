@@ -22,7 +22,14 @@ from posguard.actors.records import PositionRecord, is_protected
 from posguard.streams.venue.events import Order, Position, closing_side
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
-__all__ = ["covered_qty", "covers", "guards", "record_stop_covers_any_size"]
+__all__ = ["armed_orders", "covered_qty", "covers", "guards", "record_stop_covers_any_size"]
+
+
+def armed_orders(orders: Iterable[Order]) -> list[Order]:
+    """The open orders the audit weighs: stops (which may cover a position) and take-profits
+    (which never do, `guards`, but which a live record must own, or they are stale and
+    cancelled like a stale stop: a reduce-only order left armed waits for the next position)."""
+    return [o for o in orders if o.kind in ("stop", "take_profit")]
 
 
 def guards(stop: Order, position: Position) -> bool:

@@ -8,6 +8,7 @@ The grammar, built and parsed here only (nowhere else may split an id):
     pg<stem>-e        the entry order of an intent
     pg<stem>-s<n>     its n-th stop placement attempt
     pg<stem>-c<n>     its n-th reduce-only close attempt
+    pg<stem>-t<n>     its n-th take-profit placement attempt (where the venue keeps it apart)
 
 ``<stem>`` is 16 base32 characters of a keyed hash of (account, intent id): every order of one
 intent shares it, which is how the audit tells which record owns a stop. Ids start with ``pg``
@@ -37,13 +38,14 @@ __all__ = [
     "parse",
     "same_intent",
     "stop_id",
+    "take_profit_id",
 ]
 
 PREFIX = "pg"
-OrderRole = Literal["entry", "stop", "close"]
-_ROLE_LETTER: dict[OrderRole, str] = {"entry": "e", "stop": "s", "close": "c"}
+OrderRole = Literal["entry", "stop", "close", "take_profit"]
+_ROLE_LETTER: dict[OrderRole, str] = {"entry": "e", "stop": "s", "close": "c", "take_profit": "t"}
 _ROLE_OF = {letter: role for role, letter in _ROLE_LETTER.items()}
-_GRAMMAR = re.compile(rf"{PREFIX}(?P<stem>[a-z2-7]{{16}})-(?P<letter>[esc])(?P<attempt>\d*)")
+_GRAMMAR = re.compile(rf"{PREFIX}(?P<stem>[a-z2-7]{{16}})-(?P<letter>[esct])(?P<attempt>\d*)")
 
 
 class ClientOrderId(msgspec.Struct, frozen=True):
@@ -92,6 +94,11 @@ def stop_id(account: str, intent_id: str, attempt: int) -> str:
     return _build(account, intent_id, "stop", attempt)
 
 
+def take_profit_id(account: str, intent_id: str, attempt: int) -> str:
+    """A separate take-profit order's id (Binance); one per placement attempt, like a stop's."""
+    return _build(account, intent_id, "take_profit", attempt)
+
+
 def close_id(account: str, intent_id: str, attempt: int = 0) -> str:
     return _build(account, intent_id, "close", attempt)
 
@@ -120,10 +127,11 @@ def is_entry_id(client_order_id: str) -> bool:
 
 
 def is_conditional(client_order_id: str) -> bool | None:
-    """Whether one of our ids is a stop's (True) or an entry's or a close's (False), for a
-    venue that keeps conditional orders apart (`Venue.fetch_order`); None for an id not ours."""
+    """Whether one of our ids is a stop's or a take-profit's (True) or an entry's or a close's
+    (False), for a venue that keeps conditional orders apart (`Venue.fetch_order`); None for an
+    id not ours."""
     parsed = parse(client_order_id)
-    return None if parsed is None else parsed.role == "stop"
+    return None if parsed is None else parsed.role in ("stop", "take_profit")
 
 
 def same_intent(client_order_id: str, other: str, *, role: OrderRole | None = None) -> bool:

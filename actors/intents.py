@@ -42,6 +42,7 @@ __all__ = [
     "intent_verdict",
     "settle_reply",
     "stale_reason",
+    "take_profit_beyond",
 ]
 
 _INTENT_ID_REGEX = r"\A[A-Za-z0-9_.:-]{1,64}\Z"
@@ -61,6 +62,11 @@ StopPrice = Annotated[float, msgspec.Meta(gt=0, description="a price above 0")]
 StopDistance = Annotated[float, msgspec.Meta(
     gt=0, lt=MAX_STOP_DISTANCE, description=f"a fraction between 0 and {MAX_STOP_DISTANCE} (0.02 = 2 %)"
 )]
+TakeProfitPrice = Annotated[float, msgspec.Meta(gt=0, description="a price above 0")]
+TakeProfitDistance = Annotated[float, msgspec.Meta(
+    gt=0, lt=1, description="a fraction between 0 and 1 (0.04 = 4 %)"
+)]
+"""Below 1: a sell's take-profit one whole price away would be at 0."""
 ExpiresMs = Annotated[int, msgspec.Meta(gt=0, description="a time in epoch milliseconds")]
 
 
@@ -76,6 +82,11 @@ class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     stop_price: StopPrice = 0.0
     """0: not given (``stop_distance`` is, or `check_open` refuses the intent)."""
     stop_distance: StopDistance | None = None
+    take_profit: TakeProfitPrice = 0.0
+    """0: none (or ``take_profit_distance`` is given). Optional: a position may have no take-profit."""
+    take_profit_distance: TakeProfitDistance | None = None
+    """Instead of ``take_profit``: a fraction of the last price in the position's favour, which
+    the engine turns into a price (as it does ``stop_distance``)."""
     expires_ms: ExpiresMs = 0
     """Epoch ms after which the intent must not start (`stale_reason`); 0: no limit."""
 
@@ -145,14 +156,35 @@ def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
         )
     if intent.stop_price and intent.stop_distance is not None:
         raise IntentRefused("stop_price, stop_distance: give one of them, not both")
+    if intent.take_profit and intent.take_profit_distance is not None:
+        raise IntentRefused("take_profit, take_profit_distance: give one of them, not both")
+    take_profit = intent.take_profit
+    if take_profit:
+        if take_profit > market.largest_price:
+            raise IntentRefused(f"take_profit: {take_profit:g} is not a plausible price for {intent.symbol}")
+        take_profit = market.round_price(take_profit)
+        if not take_profit > 0:
+            raise IntentRefused(f"take_profit: {intent.take_profit:g} rounds to 0 on the tick {market.price_tick:g}"
+                                f" of {intent.symbol}")
     if intent.stop_distance is not None:
-        return msgspec.structs.replace(intent, qty=qty)
+        return msgspec.structs.replace(intent, qty=qty, take_profit=take_profit)
     if not intent.stop_price:
         raise IntentRefused("stop_price: required for an open intent (or stop_distance); posguard never opens bare")
     if intent.stop_price > market.largest_price:
         raise IntentRefused(f"stop_price: {intent.stop_price:g} is not a plausible price for {intent.symbol}")
     stop = market.round_price(intent.stop_price)
-    return msgspec.structs.replace(intent, qty=qty, stop_price=stop)
+    if take_profit and not take_profit_beyond(intent.side, stop, take_profit):
+        beyond = "above" if intent.side == "buy" else "below"
+        raise IntentRefused(f"take_profit: {take_profit:g} must be {beyond} the stop {stop:g} for a {intent.side}")
+    return msgspec.structs.replace(intent, qty=qty, stop_price=stop, take_profit=take_profit)
+
+
+def take_profit_beyond(side: OrderSide, reference: float, take_profit: float) -> bool:
+    """Whether ``take_profit`` lies on the profit side of ``reference`` (a price or the stop)
+    for an entry on ``side``: above it for a buy, below it for a sell. The one rule of a
+    take-profit's side, for the intake (against the stop) and the priced checks (against the
+    last price)."""
+    return take_profit > reference if side == "buy" else take_profit < reference
 
 
 def check_intent_id(intent_id: str) -> None:
@@ -223,7 +255,13 @@ def body_of(intent: Intent) -> str:
         return f"{action_of(intent)} {intent.symbol}"
     stop = f"stop_distance {intent.stop_distance!r}" if intent.stop_distance is not None else (
         f"stop_price {intent.stop_price!r}")
-    return f"{action_of(intent)} {intent.symbol} {intent.side} qty {intent.qty!r} {stop}"
+    body = f"{action_of(intent)} {intent.symbol} {intent.side} qty {intent.qty!r} {stop}"
+    # Only when given, so an intent without one keeps the body it had before take-profits.
+    if intent.take_profit_distance is not None:
+        body += f" take_profit_distance {intent.take_profit_distance!r}"
+    elif intent.take_profit:
+        body += f" take_profit {intent.take_profit!r}"
+    return body
 
 
 class Run(msgspec.Struct, frozen=True, tag=True):

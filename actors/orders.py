@@ -156,11 +156,19 @@ async def look_up(
             return None
 
 
+_LEFTOVER_ROLES = {"stop": "stop", "take_profit": "take_profit"}
+"""Order kind -> the id role of ours it must carry to be one of the record's leftovers."""
+
+
 async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadline: Deadline) -> list[str]:
-    """Cancel every armed stop this record's intent placed on the symbol.
+    """Cancel every armed stop and take-profit this record's intent placed on the symbol:
+    once one of them has filled (or the position is otherwise gone), the other is a leftover
+    that could open a new position's worth of trouble (a reduce-only order waits for the next
+    position on the symbol).
 
     Found by listing open orders (not by remembering ids), so stops from attempts whose
-    responses were lost are cancelled too. Returns the ids cancelled.
+    responses were lost are cancelled too, and the record's take-profit by its id as well.
+    Returns the ids cancelled.
     """
     delays = ctx.settings.verification.backoff.delays(ctx.rng)
     while True:
@@ -169,10 +177,20 @@ async def cancel_leftover_stops(ctx: ActorContext, record: PositionRecord, deadl
             orders = await ctx.venue.fetch_open_orders(record.symbol)
             cancelled = []
             for order in orders:
-                if order.kind == "stop" and ids.same_intent(order.client_order_id, record.client_order_id, role="stop"):
+                role = _LEFTOVER_ROLES.get(order.kind)
+                if role is not None and ids.same_intent(order.client_order_id, record.client_order_id, role=role):
                     ctx.count_rest(record, "cancel_order")
                     await ctx.venue.cancel_order(record.symbol, order.client_order_id)
                     cancelled.append(order.client_order_id)
+            listed = {order.client_order_id for order in orders}
+            take_profit = record.take_profit_client_order_id
+            if take_profit and take_profit not in listed:
+                # Asked by id too: a take-profit placed moments before the stop filled may not
+                # be listed yet, and no audit sweeps take-profits (they guard nothing). A venue
+                # with no such open order answers None: nothing to cancel.
+                ctx.count_rest(record, "cancel_order")
+                if await ctx.venue.cancel_order(record.symbol, take_profit) is not None:
+                    cancelled.append(take_profit)
             return cancelled
         except VenueUnavailable as exc:
             log.warning("%s: cancelling leftover stops failed (%s); retrying", record.symbol, exc)

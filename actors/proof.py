@@ -46,6 +46,7 @@ __all__ = [
     "prove_gone",
     "proven_gone",
     "settle_window",
+    "take_profit_qty",
     "trace_of_entry",
     "unknown_grace_passed",
 ]
@@ -68,18 +69,27 @@ class Gone(msgspec.Struct, frozen=True, kw_only=True):
     flat_ms: int
     """Venue time (ms) at which the venue was proven flat: a position snapshot older than
     this that still shows the position is lag, not a position (see `outlives`)."""
+    take_profit: float = 0.0
+    """Of ``exits``, what the record's take-profit filled (`take_profit_qty`)."""
 
     @property
     def state(self) -> State:
-        """`closed_externally` when the venue's own closes (a stop, a liquidation) account for
-        the whole size; `closed` when our close did (or the venue refused to reduce more)."""
+        """`closed_by_take_profit` when the take-profit's fills account for the whole size;
+        else `closed_externally` when the venue's own closes (a stop, a liquidation, a
+        take-profit with a stop) do; `closed` when our close did (or the venue refused to
+        reduce more)."""
+        if self.held <= QTY_TOLERANCE:
+            return State.CLOSED
+        if self.take_profit >= self.held - QTY_TOLERANCE:
+            return State.CLOSED_BY_TAKE_PROFIT
         external = self.exits - self.ours
-        return State.CLOSED_EXTERNALLY if self.held > QTY_TOLERANCE and external >= self.held - QTY_TOLERANCE else State.CLOSED
+        return State.CLOSED_EXTERNALLY if external >= self.held - QTY_TOLERANCE else State.CLOSED
 
     def describe(self) -> str:
         match self.by:
             case "exits":
-                return f"exits {self.exits:g} of {self.held:g} (ours {self.ours:g})"
+                by_tp = f", take-profit {self.take_profit:g}" if self.take_profit else ""
+                return f"exits {self.exits:g} of {self.held:g} (ours {self.ours:g}{by_tp})"
             case "flat_after_close":
                 return f"the venue shows it flat after our close (exits {self.exits:g} of {self.held:g})"
             case "nothing_to_reduce":
@@ -96,6 +106,20 @@ def exit_qty(record: PositionRecord, executions: Iterable[Execution]) -> float:
     side = closing_side(position_side_of(record.side))
     return sum(e.qty for e in _after_entry(record, executions).values()
                if e.side == side and e.client_order_id != record.client_order_id)
+
+
+def take_profit_qty(record: PositionRecord, executions: Iterable[Execution]) -> float:
+    """Quantity the record's take-profit closed: the one rule of which exits are the
+    take-profit's. A fill of its own order (`ids` role ``take_profit``, Binance), or a fill the
+    venue marks as made by a take-profit it holds (`Execution.by_take_profit`: Bybit's attached
+    one, which fills under no client order id), on the closing side since the entry was sent."""
+    if not record.take_profit:
+        return 0.0
+    side = closing_side(position_side_of(record.side))
+    return sum(e.qty for e in _after_entry(record, executions).values()
+               if e.side == side and e.client_order_id != record.client_order_id
+               and (e.by_take_profit
+                    or ids.same_intent(e.client_order_id, record.client_order_id, role="take_profit")))
 
 
 def entry_qty(record: PositionRecord, executions: Iterable[Execution]) -> float:
@@ -115,6 +139,8 @@ class Ledger(msgspec.Struct, frozen=True, kw_only=True):
     last_exit_ms: int
     last_close_ms: int
     """Venue time of our close's last fill (0: none)."""
+    take_profit: float = 0.0
+    """Of ``exits``, what the take-profit closed (`take_profit_qty`)."""
 
     @property
     def open_qty(self) -> float:
@@ -144,6 +170,7 @@ def ledger(record: PositionRecord, executions: Iterable[Execution], closes: Iter
         last_exit_ms=max((e.ts_ms for e in after.values()
                           if e.side == side and e.client_order_id != record.client_order_id), default=0),
         last_close_ms=max([c.ts_ms for c in closes] + [e.ts_ms for e in our_fills], default=0),
+        take_profit=take_profit_qty(record, after.values()),
     )
 
 
@@ -172,7 +199,8 @@ def proven_gone(
     book = ledger(record, executions, closes, entry)
 
     def gone(by: GoneBy, flat_ms: int) -> Gone:
-        return Gone(by=by, held=book.held, exits=book.exits, ours=book.ours, flat_ms=flat_ms)
+        return Gone(by=by, held=book.held, exits=book.exits, ours=book.ours, flat_ms=flat_ms,
+                    take_profit=book.take_profit)
 
     if refused_ms:
         return gone("nothing_to_reduce", refused_ms)

@@ -57,6 +57,7 @@ class State(enum.StrEnum):
     UNVERIFIED = "unverified"  # evidence incomplete: treated as possibly open, protected, audited
     CLOSED = "closed"  # flat after our own close, proven
     CLOSED_EXTERNALLY = "closed_externally"  # filled, then closed by a stop/liquidation, proven
+    CLOSED_BY_TAKE_PROFIT = "closed_by_take_profit"  # filled, then closed by its take-profit, proven
     REJECTED = "rejected"  # the entry was confirmed not filled
 
     @property
@@ -68,25 +69,29 @@ class State(enum.StrEnum):
         return not self.is_terminal
 
 
-TERMINAL_STATES = frozenset({State.CLOSED, State.CLOSED_EXTERNALLY, State.REJECTED})
+TERMINAL_STATES = frozenset({State.CLOSED, State.CLOSED_EXTERNALLY, State.CLOSED_BY_TAKE_PROFIT, State.REJECTED})
 IN_FLIGHT_STATES = frozenset({State.SUBMITTING, State.SUBMITTED, State.VERIFYING})
 CLOSING_STATES = frozenset({State.CLOSING, State.EMERGENCY_CLOSING, State.CLOSE_FAILING})
 """A close of ours is under way: after a restart it is driven on as a close, never as an entry."""
 
-_ENDINGS = frozenset({State.CLOSED, State.CLOSED_EXTERNALLY})
+_BY_VENUE = frozenset({State.CLOSED_EXTERNALLY, State.CLOSED_BY_TAKE_PROFIT})
+"""The venue's own exits (a stop, a liquidation, the take-profit): wherever one may end a
+record, so may the other; which it was is the proof's to say (`proof.Gone.state`)."""
+_ENDINGS = frozenset({State.CLOSED}) | _BY_VENUE
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.SUBMITTING: frozenset({State.SUBMITTED, State.VERIFYING, State.REJECTED}),
     State.SUBMITTED: frozenset({State.VERIFYING}),
-    State.VERIFYING: frozenset({State.OPEN, State.UNVERIFIED, State.REJECTED, State.CLOSED_EXTERNALLY}),
-    State.OPEN: frozenset({State.PROTECTED, State.CLOSING, State.EMERGENCY_CLOSING, State.CLOSED_EXTERNALLY}),
-    State.PROTECTED: frozenset({State.CLOSING, State.EMERGENCY_CLOSING, State.CLOSED_EXTERNALLY}),
+    State.VERIFYING: frozenset({State.OPEN, State.UNVERIFIED, State.REJECTED} | _BY_VENUE),
+    State.OPEN: frozenset({State.PROTECTED, State.CLOSING, State.EMERGENCY_CLOSING} | _BY_VENUE),
+    State.PROTECTED: frozenset({State.CLOSING, State.EMERGENCY_CLOSING} | _BY_VENUE),
     State.UNVERIFIED: frozenset({State.OPEN, State.PROTECTED, State.CLOSING, State.EMERGENCY_CLOSING,
-                                 State.REJECTED, State.CLOSED_EXTERNALLY}),
+                                 State.REJECTED} | _BY_VENUE),
     State.CLOSING: frozenset({State.CLOSE_FAILING} | _ENDINGS),
     State.EMERGENCY_CLOSING: frozenset({State.CLOSING, State.CLOSE_FAILING} | _ENDINGS),
     State.CLOSE_FAILING: frozenset({State.CLOSING} | _ENDINGS),
     State.CLOSED: frozenset(),
     State.CLOSED_EXTERNALLY: frozenset(),
+    State.CLOSED_BY_TAKE_PROFIT: frozenset(),
     State.REJECTED: frozenset(),
 }
 """Every state change a record may make, and no other (the README's lifecycle table is rendered
@@ -150,6 +155,13 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     (Binance closePosition), which covers the position at any size
     (`posguard.actors.coverage.record_stop_covers_any_size`); empty: sized, or none."""
     stop_attempts: int = 0
+    take_profit: float = 0.0
+    """The take-profit's trigger price; 0: none. Attached to the entry where the venue attaches
+    stops (Bybit ``takeProfit``, Full mode), else its own order (`take_profit_client_order_id`),
+    placed only once the stop is live."""
+    take_profit_client_order_id: str = ""
+    """The separate take-profit order's id, written before it is sent; "" where the take-profit
+    rides on the entry (or there is none)."""
     close_client_order_id: str = ""
     close_intent_id: str = ""
     reason: str = ""

@@ -95,6 +95,10 @@ class PricedChecks:
             sign = -1 if intent.side == "buy" else 1
             stop = self.rules[intent.symbol].round_price(price * (1 + sign * intent.stop_distance))
             intent = msgspec.structs.replace(intent, stop_price=stop)
+        if intent.take_profit_distance:
+            sign = 1 if intent.side == "buy" else -1
+            take_profit = self.rules[intent.symbol].round_price(price * (1 + sign * intent.take_profit_distance))
+            intent = msgspec.structs.replace(intent, take_profit=take_profit)
         leverage, leverage_from = await self.prices.leverage(intent.symbol)
         check_priced(intent, price, self.risk, leverage=leverage, leverage_from=leverage_from)
         return intent

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
+from posguard.actors.coverage import armed_orders
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import SymbolActor
 from posguard.actors.lifecycle.protection import orphan_stop_for
@@ -136,9 +137,8 @@ class Auditor:
         defects = {d.symbol: d for d in scan.bad}
         by_symbol: dict[str, Position] = {p.symbol: p for p in positions}
         stops: dict[str, list[Order]] = defaultdict(list)
-        for order in orders:
-            if order.kind == "stop":
-                stops[order.symbol].append(order)
+        for order in armed_orders(orders):
+            stops[order.symbol].append(order)
         symbols = set(by_symbol) | set(stops) | set(defects) | {s for s, r in records.items() if r.state.is_live}
         findings: list[Finding] = []
         for symbol in sorted(symbols):

@@ -19,12 +19,16 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from posguard.supervisor.config import Config, ConfigError, load_config
 from posguard.supervisor.redis_server import RedisServerMissing, start_redis_server
 from posguard.supervisor.startup import ServiceUnavailable, innermost
+
+if TYPE_CHECKING:
+    from posguard.actors.intents import Intent
 
 __all__ = ["build_parser", "main"]
 
@@ -78,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop = open_.add_mutually_exclusive_group(required=True)
     stop.add_argument("--stop-price", type=float)
     stop.add_argument("--stop-distance", type=float, help="fraction of the last price, e.g. 0.02")
+    take_profit = open_.add_mutually_exclusive_group()
+    take_profit.add_argument("--take-profit", type=float, help="the take-profit's price (optional)")
+    take_profit.add_argument("--take-profit-distance", type=float,
+                             help="instead: a fraction of the last price in the position's favour, e.g. 0.04")
     close = commands.add_parser("close", help="send a close intent and follow it to its outcome")
     close.add_argument("symbol")
     for sub in (open_, close):
@@ -176,14 +184,27 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
                                                               follow=args.follow))
         case "safe-mode":
             return _run_async(config, lambda: operator.safe_mode_off(config))
-    if args.command == "open":
-        def send(client: AsyncClient) -> Awaitable[Ticket]:
-            return client.open(args.symbol, args.side, args.qty, stop_price=args.stop_price,
-                               stop_distance=args.stop_distance, intent_id=args.intent_id)
-    else:
-        def send(client: AsyncClient) -> Awaitable[Ticket]:
-            return client.close(args.symbol, intent_id=args.intent_id)
+    intent = intent_of(args)
+
+    def send(client: AsyncClient) -> Awaitable[Ticket]:
+        return client.send(intent)
+
     return _run_async(config, lambda: operator.submit_and_follow(config, send, timeout=args.timeout))
+
+
+def intent_of(args: argparse.Namespace) -> Intent:
+    """The intent ``posguard open`` / ``close`` sends, built as a strategy would build it for
+    `posguard.client` (which decodes it as the service will before it is sent)."""
+    from posguard.actors.intents import CloseIntent, OpenIntent
+    from posguard.client import new_intent_id
+
+    intent_id = args.intent_id if args.intent_id is not None else new_intent_id("cli")
+    if args.command != "open":
+        return CloseIntent(intent_id=intent_id, symbol=args.symbol)
+    given = {"stop_price": args.stop_price, "stop_distance": args.stop_distance, "take_profit": args.take_profit,
+             "take_profit_distance": args.take_profit_distance}
+    return OpenIntent(intent_id=intent_id, symbol=args.symbol, side=args.side, qty=args.qty,
+                      **{name: value for name, value in given.items() if value is not None})
 
 
 def _run_async(config: Config, call: Callable[[], Awaitable[int]]) -> int:

@@ -7,7 +7,7 @@ Fields (all plain text): ``intent_id`` (1-64 of letters, digits, ``_ - . :``; th
 idempotency key), ``action`` (``open`` or ``close``), ``symbol`` (ccxt unified, e.g.
 ``BTC/USDT:USDT``); for ``open`` also ``side`` (``buy``/``sell``), ``qty`` and either
 ``stop_price`` or ``stop_distance`` (a fraction of the last price); optionally ``expires_ms``
-(epoch ms after which it must not start). ``take_profit`` is refused (not supported).
+(epoch ms after which it must not start), and ``take_profit`` or ``take_profit_distance``.
 
 Each entry is read through the consumer group ``posguard`` and validated on arrival; a bad one
 gets a rejection naming the field and touches nothing else. An entry is acknowledged only once
@@ -96,8 +96,6 @@ def parse_intent(
     if repeated:
         raise BadIntent(f"{repeated[0]}: given twice in one entry; which value is meant is not known,"
                         " so nothing was done: send each field once")
-    if "take_profit" in fields:
-        raise BadIntent("take_profit: not supported (posguard manages entries, stop-losses and closes)")
     try:
         intent: Intent = msgspec.convert(fields, Intent, strict=False)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from posguard.actors.intents import IntentRefused, OpenIntent
+from posguard.actors.intents import IntentRefused, OpenIntent, take_profit_beyond
 from posguard.actors.lifecycle.stop_fill import stop_crossed
 from posguard.actors.liquidation import beyond_liquidation
 from posguard.streams.venue.events import position_side_of
@@ -75,10 +75,15 @@ def check_static(intent: OpenIntent, limits: RiskLimits) -> None:
 
 def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, leverage: float, leverage_from: str) -> None:
     """The stop on the right side of the market and inside the liquidation price (estimated
-    from ``leverage``, read from ``leverage_from``), and the limits that need the last price."""
+    from ``leverage``, read from ``leverage_from``), a take-profit on the profit side of it,
+    and the limits that need the last price."""
     if stop_crossed(intent.side, intent.stop_price, price):
         below = "below" if intent.side == "buy" else "above"
         raise IntentRefused(f"stop_price: {intent.stop_price} must be {below} the last price {price} for a {intent.side}")
+    if intent.take_profit and not take_profit_beyond(intent.side, price, intent.take_profit):
+        beyond = "above" if intent.side == "buy" else "below"
+        raise IntentRefused(f"take_profit: {intent.take_profit} must be {beyond} the last price {price} for a"
+                            f" {intent.side}; the venue would fill it at once")
     liq = estimated_liquidation_price(position_side_of(intent.side), price, leverage, limits.maintenance_margin)
     if beyond_liquidation(intent.side, intent.stop_price, liq):
         raise IntentRefused(

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from posguard.actors.intents import OpenIntent
-from posguard.actors.records import PositionRecord, State
+from posguard.actors.records import PositionRecord
 from posguard.actors.settings import ActorSettings
 from posguard.actors.store.client import RedisConnection, open_redis
 from posguard.actors.store.event_cache import RedisEventCache
@@ -100,7 +100,7 @@ async def wait_streams_healthy(engine: Engine) -> None:
 
 def assert_never_falsely_closed(record: PositionRecord, venue: FakeVenue) -> None:
     """I1 against ground truth: a record that says gone must match a venue that is flat."""
-    if record.state in (State.CLOSED, State.CLOSED_EXTERNALLY, State.REJECTED):
+    if record.state.is_terminal:  # closed, closed_externally, closed_by_take_profit, rejected
         assert venue.truth.position(record.symbol) is None, (
             f"record says {record.state} but the venue holds {venue.truth.position(record.symbol)}"
         )

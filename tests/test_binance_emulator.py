@@ -211,13 +211,36 @@ async def test_close_position_rules_from_the_docs() -> None:
         assert first["closePosition"] is True and first["algoStatus"] == "NEW"
         # One closePosition stop per direction...
         assert await w.refused("POST", "/fapi/v1/algoOrder", **stop("w-c2", trigger=56_000, closePosition=True)) == (400, -4130)
-        # ...a take-profit closing the same way counts too ("in the direction").
+        # ...and type: a closePosition take-profit sits beside the stop (Binance's own whole-position
+        # TP/SL pair; both armed together in github.com/Binance-docs/Binance_Futures_python/issues/100),
+        # a second one is refused like a second stop.
         take_profit = stop("w-c3", trigger=63_000, closePosition=True) | {"type": "TAKE_PROFIT_MARKET"}
-        assert await w.refused("POST", "/fapi/v1/algoOrder", **take_profit) == (400, -4130)
+        assert (await w.ok("POST", "/fapi/v1/algoOrder", **take_profit))["orderType"] == "TAKE_PROFIT_MARKET"
+        second = stop("w-c4", trigger=64_000, closePosition=True) | {"type": "TAKE_PROFIT_MARKET"}
+        assert await w.refused("POST", "/fapi/v1/algoOrder", **second) == (400, -4130)
+        await w.ok("DELETE", "/fapi/v1/algoOrder", clientAlgoId="w-c3")
         # An open clientAlgoId cannot be used again.
         assert await w.refused("POST", "/fapi/v1/algoOrder", **stop("w-c1", trigger=55_000, quantity="0.01")) == (400, -20132)
         assert [o["close_position"] for o in truth_orders(emu, "w-c1")] == [True]
         assert is_protected(emu.truth(), "BTCUSDT")
+
+
+async def test_a_take_profit_alone_does_not_protect_and_fills_the_whole_position() -> None:
+    """A SELL TAKE_PROFIT_MARKET waits for the price to rise to it (New Algo Order: the trigger
+    direction is implied by side and type); it guards nothing, so the ground truth does not
+    count it as a stop."""
+    async with wire() as (emu, w):
+        await w.ok("POST", "/fapi/v1/order", **market("w-e"))
+        take_profit = stop("w-tp", trigger=62_000, closePosition=True) | {"type": "TAKE_PROFIT_MARKET"}
+        assert await w.refused("POST", "/fapi/v1/algoOrder", **(take_profit | {"triggerPrice": 59_000})) == (400, -2021)
+        await w.ok("POST", "/fapi/v1/algoOrder", **take_profit)
+        assert not is_protected(emu.truth(), "BTCUSDT"), "a take-profit is not a stop"
+        emu.engine.set_price("BTCUSDT", 61_000)
+        assert emu.truth()["positions"]["BTCUSDT"]["size"] == 0.01
+        emu.engine.set_price("BTCUSDT", 62_000)
+        assert emu.truth()["positions"] == {}
+        [tp_order] = truth_orders(emu, "w-tp")
+        assert (tp_order["status"], tp_order["cum_exec_qty"]) == ("Filled", 0.01)
 
 
 def test_at_most_200_open_conditional_orders_across_all_symbols() -> None:

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.asyncio_backend, pytest.mark.usefixtures("loopback_net
 both_venues = pytest.mark.parametrize("venue", ["bybit", "binance"])
 
 BTC = "BTC/USDT:USDT"
-GONE = (State.CLOSED, State.CLOSED_EXTERNALLY, State.REJECTED)
+GONE = (State.CLOSED, State.CLOSED_EXTERNALLY, State.CLOSED_BY_TAKE_PROFIT, State.REJECTED)
 
 
 class Watch:

@@ -243,7 +243,7 @@ class Trader:
         self._next_id += 1
         return f"c{self._next_id}"
 
-    async def open(self, symbol: str, *, expires_ms: int = 0) -> str:
+    async def open(self, symbol: str, *, expires_ms: int = 0, take_profit: bool = False) -> str:
         _bybit, qty, price = SYMBOLS[symbol]
         side = self.rng.choice(["buy", "sell"])
         stop = price * (0.97 if side == "buy" else 1.03)
@@ -251,6 +251,8 @@ class Trader:
                   "qty": str(qty), "stop_price": f"{stop:.2f}"}
         if expires_ms:
             fields["expires_ms"] = str(expires_ms)
+        if take_profit:
+            fields["take_profit"] = f"{price * (1.03 if side == 'buy' else 0.97):.2f}"
         return await self.send(fields)
 
     async def close(self, symbol: str) -> str:
@@ -362,6 +364,25 @@ async def gap_through_stop(trader: Trader) -> None:
     trader.emu.engine.set_price(bybit_symbol, price * (0.9 if position["side"] == "Buy" else 1.1))
 
 
+async def gap_through_take_profit(trader: Trader) -> None:
+    """An entry with a take-profit, protected and its take-profit armed (held by the position
+    on Bybit, its own order placed after the stop on Binance), then the market gaps through it."""
+    symbol = await trader.flat_symbol(settled=True)
+    intent_id = await trader.open(symbol, take_profit=True)
+    bybit_symbol, _qty, price = SYMBOLS[symbol]
+    take_profit = float(trader.intents[intent_id]["take_profit"])
+
+    def armed() -> bool:
+        truth = trader.emu.truth()
+        held = truth["positions"].get(bybit_symbol, {}).get("take_profit") == take_profit
+        return held or any(o["trigger_price"] == take_profit and o["status"] == "Untriggered" for o in truth["orders"])
+
+    while not armed():
+        await anyio.sleep(0.05)
+    side = trader.emu.truth()["positions"][bybit_symbol]["side"]
+    trader.emu.engine.set_price(bybit_symbol, price * (1.1 if side == "Buy" else 0.9))
+
+
 async def refused_for_margin(trader: Trader) -> None:
     trader.starve_balance()
     await trader.open(await trader.flat_symbol())
@@ -443,6 +464,7 @@ SCENARIOS: dict[str, Scenario] = {
     record_saved("open"): separate_stop,
     **{record_saved(s): close for s in ("closing", "closed")},
     record_saved("closed_externally"): gap_through_stop,
+    record_saved("closed_by_take_profit"): gap_through_take_profit,
     record_saved("rejected"): refused_for_margin,
     record_saved("unverified"): no_evidence,
     record_saved("emergency_closing"): no_stop_placeable,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import msgspec
 import pytest
 
 from posguard.actors.intents import (
@@ -102,8 +103,24 @@ async def test_an_intent_sent_with_redis_cli_reaches_its_actor_and_gets_its_repl
         ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "long", "qty": "0.01", "stop_price": "1"}, "side"),
         ({"action": "buy", "symbol": "BTC/USDT:USDT"}, "action"),
         ({"action": "close", "symbol": "BTC/USDT:USDT", "colour": "red"}, "colour"),
+        # A take-profit on the wrong side of the stop, of the price (refused by the actor's
+        # priced checks), not finite, given twice over, out of range, on a close.
         ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
-          "take_profit": "70000"}, "take_profit"),
+          "take_profit": "50000"}, "take_profit: 50000 must be above the stop 58800"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
+          "take_profit": "59000"}, "take_profit: 59000.0 must be above the last price 60000.0"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "sell", "qty": "0.01", "stop_price": "61200",
+          "take_profit": "60500"}, "take_profit: 60500.0 must be below the last price 60000.0"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
+          "take_profit": "inf"}, "take_profit: inf is not a plausible price"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
+          "take_profit": "nan"}, "take_profit: must be a price above 0"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
+          "take_profit": "70000", "take_profit_distance": "0.05"}, "take_profit, take_profit_distance: give one"),
+        ({"action": "open", "symbol": "BTC/USDT:USDT", "side": "buy", "qty": "0.01", "stop_price": "58800",
+          "take_profit_distance": "1"}, "take_profit_distance: must be a fraction between 0 and 1"),
+        ({"action": "close", "symbol": "BTC/USDT:USDT", "take_profit": "70000"},
+         "take_profit: not allowed on a close intent"),
     ],
 )
 async def test_a_malformed_intent_is_rejected_naming_the_field_and_touches_nothing(
@@ -112,7 +129,7 @@ async def test_a_malformed_intent_is_rejected_naming_the_field_and_touches_nothi
     async with with_intake(redis_url, clock) as (venue, engine, intake):
         xadd(redis_url, intent_id="bad-1", **fields)
         reply = await final_reply(engine, "bad-1")
-        assert reply["status"] == "rejected" and reply["reason"].startswith(f"{named}:"), reply
+        assert reply["status"] == "rejected" and reply["reason"].startswith(named if ":" in named else f"{named}:"), reply
         assert sum(venue.calls[m] for m in ("create_order", "place_stop", "cancel_order")) == 0
         assert await engine.store.list_records() == []
         assert redis_cli(redis_url, "XPENDING", KEYS.intents, "posguard").splitlines()[0] == "0"
@@ -252,8 +269,16 @@ def test_one_rule_decides_whether_an_intent_id_may_run() -> None:
                   OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="sell", qty=0.1, stop_price=2940.0),
                   OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.2, stop_price=2940.0),
                   OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2900.0),
-                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_distance=0.02)):
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_distance=0.02),
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0,
+                             take_profit=3200.0),
+                  OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0,
+                             take_profit_distance=0.05)):
         assert body_of(other) != body, other
+    with_tp = OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0,
+                         take_profit=3200.0)
+    assert body_of(with_tp) != body_of(msgspec.structs.replace(with_tp, take_profit=3300.0)), (
+        "another take-profit under one id is another intent")
     assert body_of(OpenIntent(intent_id="x", symbol="ETH/USDT:USDT", side="buy", qty=0.1, stop_price=2940.0,
                               expires_ms=1)) == body
 

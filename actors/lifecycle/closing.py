@@ -214,7 +214,8 @@ async def settle_closed(ctx: ActorContext, record: PositionRecord, gone: Gone, w
     record.transition(gone.state, f"{why}: {gone.describe()}")
     await ctx.save(record)
     await cancel_leftover_stops(ctx, record, Deadline(ctx.settings.protection.stop_deadline))
-    ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id)
+    ctx.board.forget(record.client_order_id, record.stop_client_order_id, record.close_client_order_id,
+                     record.take_profit_client_order_id)
 
 
 async def settle_closed_externally(ctx: ActorContext, record: PositionRecord, why: str) -> bool:

@@ -67,6 +67,7 @@ async def open_position(ctx: ActorContext, symbol: str, intent: OpenIntent, owne
         side=intent.side,
         qty=intent.qty,
         stop_price=intent.stop_price,
+        take_profit=intent.take_profit,
         client_order_id=ids.entry_id(ctx.account, intent.intent_id),
         protection=Protection.ATTACHED_REQUESTED if ctx.venue.supports_attached_stop else Protection.NONE,
         flat_ms=current.flat_ms if current is not None else 0,  # the symbol's last proof of flat
@@ -145,6 +146,8 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, se
             qty=record.qty,
             client_order_id=record.client_order_id,
             stop_loss=record.stop_price if record.protection is Protection.ATTACHED_REQUESTED else None,
+            # Attached beside the stop where the venue attaches one; else placed after it (`take_profit`).
+            take_profit=record.take_profit if record.take_profit and ctx.venue.supports_attached_stop else None,
         )
 
         async def send() -> Order:

@@ -27,6 +27,7 @@ from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.coverage import record_stop_covers_any_size
 from posguard.actors.lifecycle.closing import close_key, close_position, settle_closed
+from posguard.actors.lifecycle.take_profit import arm_take_profit, attached_take_profit_seen
 from posguard.actors.orders import send_once
 from posguard.actors.proof import Gone, prove_gone
 from posguard.actors.records import CLOSING_STATES, PositionRecord, Protection, State, utc_now
@@ -346,7 +347,14 @@ async def _protected(ctx: ActorContext, record: PositionRecord, protection: Prot
     record.protected_at = utc_now()
     if record.state is State.OPEN:
         record.transition(State.PROTECTED)
-    await ctx.save(record, f"stop live ({protection})")
+    seen = attached_take_profit_seen(ctx, record) if protection is Protection.ATTACHED_CONFIRMED else None
+    shown = {True: f"; take-profit {record.take_profit:g} seen on the position",
+             False: f"; take-profit {record.take_profit:g} NOT on the position", None: ""}[seen]
+    await ctx.save(record, f"stop live ({protection}){shown}")
+    if seen is False:
+        await ctx.alert(record.symbol, f"take-profit {record.take_profit:g} was attached to the entry but the"
+                                       " venue's position does not show it; the position keeps its stop")
+    await arm_take_profit(ctx, record)  # only now: protection first, never the other way round
     return Protected(protection=protection)
 
 

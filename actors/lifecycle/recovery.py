@@ -17,6 +17,7 @@ from posguard.actors.intents import IntentRecord, settle_reply
 from posguard.actors.lifecycle.closing import drive_close
 from posguard.actors.lifecycle.entry import drive_entry
 from posguard.actors.lifecycle.replies import nobody_waiting
+from posguard.actors.lifecycle.take_profit import arm_take_profit
 from posguard.actors.records import CLOSING_STATES, BadRecord, PositionRecord
 
 __all__ = ["AsRead", "resume", "unanswered_intents"]
@@ -72,6 +73,10 @@ async def resume(ctx: ActorContext, symbol: str, as_read: AsRead | None = None) 
                 await drive_close(ctx, record)
             else:
                 await drive_entry(ctx, record, resumed=True, owned=nobody_waiting)
+                # A protected record the crash caught between its stop and its take-profit's
+                # write ahead gets it now (one written ahead was sent, and a leftover of it is
+                # cancelled when the record settles; `arm_take_profit` says nothing else).
+                await arm_take_profit(ctx, record)
     finally:
         left = [r for r in waiting if ctx.still_awaited(symbol, r.intent_id) is not None]
     for reply in left:  # the step ended live (protected), or the record had settled before

@@ -20,7 +20,7 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
-from posguard.actors.coverage import covered_qty, covers, guards
+from posguard.actors.coverage import armed_orders, covered_qty, covers, guards
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle import quarantine, stop_fill
 from posguard.actors.lifecycle.closing import settle_closed, settle_closed_externally
@@ -101,9 +101,10 @@ def _stale_stops(symbol: str, owner: PositionRecord | None, position: Position |
             continue  # it holds a position about to be adopted: cancelled once the new stop is live
         owned = owner is not None and ids.same_intent(stop.client_order_id, owner.client_order_id)
         if ids.is_ours(stop.client_order_id) and not owned:
+            what = "take-profit" if stop.kind == "take_profit" else "stop"
             stale.append(Finding(
                 symbol=symbol, kind="stale_stop", stop_client_order_id=stop.client_order_id,
-                seen=f"stop {stop.client_order_id} armed, but no live record owns it",
+                seen=f"{what} {stop.client_order_id} armed, but no live record owns it",
                 action="cancel it",
             ))
     return stale
@@ -196,7 +197,7 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
 async def reconcile_symbol(ctx: ActorContext, symbol: str, resume: Resume) -> list[Finding]:
     """This symbol's own audit: one look at the venue, then the repairs it calls for."""
     position = await ctx.listed_position(symbol)
-    stops = [o for o in await ctx.venue.fetch_open_orders(symbol) if o.kind == "stop"]
+    stops = armed_orders(await ctx.venue.fetch_open_orders(symbol))
     try:
         record, defect = await ctx.store.load_record(symbol), None
     except BadRecord as exc:

@@ -289,6 +289,13 @@ class BybitDialect(Dialect):
         if request.stop_loss is not None:
             # Bybit sets it as the position's stop (tpslMode Full) the moment the order fills.
             params["stopLoss"] = {"triggerPrice": request.stop_loss}
+        if request.take_profit is not None:
+            # And the take-profit beside it: Create Order's ``takeProfit`` with ``tpslMode=Full``
+            # (the whole position's, closed at market when triggered) and ``tpTriggerBy``, the
+            # price it watches (https://bybit-exchange.github.io/docs/v5/order/create-order).
+            params["takeProfit"] = {"triggerPrice": request.take_profit}
+            params["tpslMode"] = "Full"
+            params["tpTriggerBy"] = "LastPrice"
         return "market", params
 
     def stop(self, request: StopRequest) -> tuple[str, dict[str, Any]]:
@@ -562,9 +569,13 @@ class BinanceUsdmDialect(Dialect):
         second is refused ``-4130`` (`StopSlotTaken`), and the replacement is then sent sized
         (``whole_position`` False): a reduce-only STOP_MARKET for ``qty``.
         """
+        # ccxt: ``stopLossPrice`` is a STOP_MARKET, ``takeProfitPrice`` a TAKE_PROFIT_MARKET
+        # (`StopRequest.take_profit`), both through the algo order API; closePosition is "used
+        # with STOP_MARKET or TAKE_PROFIT_MARKET" (New Algo Order).
+        trigger = "takeProfitPrice" if request.take_profit else "stopLossPrice"
         params: dict[str, Any] = {
             "clientOrderId": request.client_order_id,
-            "stopLossPrice": request.stop_price,  # ccxt: STOP_MARKET through the algo order API
+            trigger: request.stop_price,
             "workingType": "MARK_PRICE",
         }
         if request.whole_position:

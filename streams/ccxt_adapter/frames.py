@@ -32,7 +32,13 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from posguard.streams.ccxt_adapter.mapping import UnmappablePayload, order_status
+from posguard.streams.ccxt_adapter.mapping import (
+    UnmappablePayload,
+    filled_by_take_profit,
+    is_take_profit,
+    order_kind,
+    order_status,
+)
 from posguard.streams.venue.events import Execution, Order, Position, VenueEvent
 from posguard.streams.venue.markets import QTY_TOLERANCE
 
@@ -111,7 +117,7 @@ def _order(
     *, symbol: str, contract_size: Decimal, order_id: str | None, client_order_id: str | None, side: str | None,
     amount: str | None, filled: str | None, remaining: str | None, cost: str | None, average: str | None,
     status: str | None, trigger: str | None, reduce_only: bool | None, ts_ms: int | None, created_ms: int | None,
-    closes: bool, now_ms: int,
+    closes: bool, now_ms: int, take_profit: bool = False,
 ) -> Order:
     """ccxt's ``safe_order`` (the fields posguard reads) then `mapping.to_order`, in one."""
     amount = _nonzero(amount)
@@ -131,14 +137,14 @@ def _order(
     if side not in ("buy", "sell") or not symbol:
         raise UnmappablePayload(f"order without side or symbol: id={order_id!r}")
     stop_price = _price(_num(trigger))
-    kind = "stop" if stop_price is not None else "market"
+    kind = order_kind(stop_price, take_profit=take_profit)
     filled_qty = float(filled) if filled is not None else 0.0
     qty = float(amount) if amount is not None else filled_qty
     return Order(
         symbol=symbol, order_id=order_id or "", client_order_id=client_order_id or "", side=side, kind=kind, qty=qty,
         filled=filled_qty, avg_price=_price(_num(average)),
         status=order_status(status, kind=kind, filled=filled_qty, qty=qty), reduce_only=bool(reduce_only),
-        stop_price=stop_price, ts_ms=ts_ms or created_ms or now_ms, closes_position=kind == "stop" and closes,
+        stop_price=stop_price, ts_ms=ts_ms or created_ms or now_ms, closes_position=kind != "market" and closes,
     )
 
 
@@ -165,6 +171,7 @@ class _BybitOrder(msgspec.Struct):
     avgPrice: Text = None
     orderStatus: Text = None
     triggerPrice: Text = None
+    stopOrderType: Text = None
     reduceOnly: bool | None = None
     createdTime: Text = None
     createdAt: Text = None
@@ -195,6 +202,7 @@ class _BybitExecution(msgspec.Struct):
     execTime: Text = None
     tradeTime: Text = None
     execType: Text = "Trade"
+    stopOrderType: Text = None
     category: Text = None
     createType: Text | UnsetType = UNSET
 
@@ -213,6 +221,8 @@ class _BybitPosition(msgspec.Struct):
     liqPrice: Text = None
     stop_loss: Text = None
     stopLoss: Text = None
+    take_profit: Text = None
+    takeProfit: Text = None
     seq: Text = None
     createdTime: Text = None
     createdAt: Text = None
@@ -311,7 +321,7 @@ def _bybit_order(item: _BybitOrder, market_of: MarketOf, now_ms: int) -> Order |
         status=_BYBIT_STATUS.get(raw_status, raw_status) if raw_status is not None else None,
         trigger=_nonzero(_s(item.triggerPrice)), reduce_only=item.reduceOnly,
         ts_ms=_first_int(item.updatedTime, item.updatedAt), created_ms=_first_int(item.createdTime, item.createdAt),
-        closes=False, now_ms=now_ms,
+        closes=False, now_ms=now_ms, take_profit=is_take_profit({"stopOrderType": _s(item.stopOrderType)}),
     )
 
 
@@ -349,6 +359,7 @@ def _bybit_execution(item: _BybitExecution, market_of: MarketOf, now_ms: int) ->
         client_order_id=str(item.orderLinkId or ""), side=side,
         qty=float(amount) if amount is not None else 0.0, price=float(price) if price is not None else 0.0,
         ts_ms=_first_int(item.time, item.execTime, item.tradeTime) or now_ms,
+        by_take_profit=filled_by_take_profit({"stopOrderType": _s(item.stopOrderType)}),
     )
 
 
@@ -368,7 +379,7 @@ def _bybit_position(item: _BybitPosition, market_of: MarketOf, now_ms: int) -> P
     return _position(
         symbol=symbol, size=size, side=side, entry=_nonzero(_first(item.entryPrice, item.avgPrice, item.avgEntryPrice)),
         mark=_s(item.markPrice), liq=_nonzero(_s(item.liqPrice)), stop=_first(item.stop_loss, item.stopLoss),
-        seq=_seq(item.seq),
+        take_profit=_first(item.take_profit, item.takeProfit), seq=_seq(item.seq),
         ts_ms=_first_int(item.updatedTime, item.updatedAt) or _first_int(item.createdTime, item.createdAt) or now_ms,
     )
 
@@ -382,7 +393,7 @@ def _seq(raw: Text) -> int:
 
 
 def _position(*, symbol: str, size: float, side: str | None, entry: str | None, mark: str | None, liq: str | None,
-              stop: str | None, seq: int, ts_ms: int) -> Position:
+              stop: str | None, seq: int, ts_ms: int, take_profit: str | None = None) -> Position:
     """`mapping.to_position`, from the fields ccxt's parse leaves."""
     if not symbol:
         raise UnmappablePayload("position without a symbol")
@@ -393,7 +404,8 @@ def _position(*, symbol: str, size: float, side: str | None, entry: str | None, 
     if side not in ("long", "short"):
         raise UnmappablePayload(f"{symbol}: open position of size {size} without a side ({side!r})")
     return Position(symbol=symbol, side=side, size=size, entry_price=_num(entry) or 0.0, stop_price=_price(_num(stop)),
-                    mark_price=mark_price, liq_price=_price(_num(liq)), seq=seq, ts_ms=ts_ms)
+                    take_profit=_price(_num(take_profit)), mark_price=mark_price, liq_price=_price(_num(liq)), seq=seq,
+                    ts_ms=ts_ms)
 
 
 # -- Binance USD-M ------------------------------------------------------------------------------
@@ -438,6 +450,8 @@ class _BinanceOrder(msgspec.Struct):
     l: Text = None  # noqa: E741 - Binance's name
     ps: Text | UnsetType = UNSET
     e: Any = UNSET
+    ot: Text = None
+    o: Text = None
 
 
 class _BinanceEnvelope(msgspec.Struct, tag_field="e"):
@@ -529,6 +543,7 @@ def _binance_order_update(o: _BinanceOrder, outer_t: Text, market_of: MarketOf, 
         trigger=_nonzero(_first(o.P, o.sp, o.tp)), reduce_only=o.R,
         ts_ms=_int(updated), created_ms=_int(o.O),  # type: ignore[arg-type]
         closes=closes is True or str(closes).lower() == "true", now_ms=now_ms,
+        take_profit=is_take_profit({"ot": _s(o.ot), "o": _s(o.o)}),
     ))
     return events
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from posguard.streams.venue.events import Execution, Order, OrderStatus, Position
+from posguard.streams.venue.events import Execution, Order, OrderKind, OrderStatus, Position
 from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 
 __all__ = [
     "CcxtDict",
     "UnmappablePayload",
+    "TAKE_PROFIT_TYPES",
     "closes_position",
+    "filled_by_take_profit",
+    "is_take_profit",
     "is_usdt_linear_perpetual",
     "market_rules",
+    "order_kind",
     "order_status",
     "to_execution",
     "to_order",
@@ -91,7 +95,7 @@ def to_order(order: CcxtDict, *, now_ms: int) -> Order:
     if side not in ("buy", "sell") or not symbol:
         raise UnmappablePayload(f"order without side or symbol: id={order.get('id')!r}")
     stop_price = _price(order.get("triggerPrice") or order.get("stopPrice"))
-    kind = "stop" if stop_price is not None else "market"
+    kind = order_kind(stop_price, take_profit=is_take_profit(order.get("info") or {}))
     filled = _float(order.get("filled"))
     amount = order.get("amount")
     qty = _float(amount, filled)
@@ -108,8 +112,29 @@ def to_order(order: CcxtDict, *, now_ms: int) -> Order:
         reduce_only=bool(order.get("reduceOnly")),
         stop_price=stop_price,
         ts_ms=int(order.get("lastUpdateTimestamp") or order.get("timestamp") or now_ms),
-        closes_position=kind == "stop" and closes_position(order),
+        closes_position=kind != "market" and closes_position(order),
     )
+
+
+TAKE_PROFIT_TYPES = frozenset({"TAKE_PROFIT_MARKET", "TAKE_PROFIT", "TakeProfit", "PartialTakeProfit"})
+"""How the venues name a take-profit order: Binance's ``type``/``origType``/``orderType`` (REST),
+``ot`` (ORDER_TRADE_UPDATE: the triggered order's original type), ``o`` (ALGO_UPDATE); Bybit's
+``stopOrderType`` (the position's own take-profit, listed among its conditional orders)."""
+_TYPE_FIELDS = ("stopOrderType", "orderType", "origType", "type", "ot", "o")
+
+
+def is_take_profit(info: CcxtDict) -> bool:
+    """Whether the venue's own payload (ccxt's ``info``) names the order a take-profit: the one
+    rule, for REST answers and pushed frames alike (`frames` asks it too). A take-profit is
+    never counted as a stop (`posguard.actors.coverage`)."""
+    return any(isinstance(value := info.get(name), str) and value in TAKE_PROFIT_TYPES for name in _TYPE_FIELDS)
+
+
+def order_kind(stop_price: float | None, *, take_profit: bool) -> OrderKind:
+    """A conditional order is a take-profit where the venue says so, else a stop."""
+    if stop_price is None:
+        return "market"
+    return "take_profit" if take_profit else "stop"
 
 
 def closes_position(order: CcxtDict) -> bool:
@@ -133,7 +158,7 @@ def order_status(status: object, *, kind: str, filled: float, qty: float) -> Ord
     if status in ("open", "canceling"):
         return "partially_filled" if filled > QTY_TOLERANCE else "open"
     if status == "closed":
-        if kind == "stop" or filled >= qty - QTY_TOLERANCE:
+        if kind != "market" or filled >= qty - QTY_TOLERANCE:
             return "filled"
         return "cancelled"
     if status in ("canceled", "cancelled", "expired"):
@@ -161,6 +186,7 @@ def to_position(position: CcxtDict, *, now_ms: int) -> Position:
         size=size,
         entry_price=_float(position.get("entryPrice")),
         stop_price=_price(position.get("stopLossPrice")),
+        take_profit=_price(position.get("takeProfitPrice")),
         mark_price=mark_price,
         liq_price=_price(position.get("liquidationPrice")),
         seq=seq,
@@ -196,4 +222,13 @@ def to_execution(trade: CcxtDict, *, client_order_id: str, now_ms: int) -> Execu
         qty=_float(trade.get("amount")),
         price=_float(trade.get("price")),
         ts_ms=int(trade.get("timestamp") or now_ms),
+        by_take_profit=filled_by_take_profit(trade.get("info") or {}),
     )
+
+
+def filled_by_take_profit(info: CcxtDict) -> bool:
+    """Whether the venue marks a fill as its take-profit's: Bybit's execution ``stopOrderType``
+    ``TakeProfit`` (https://bybit-exchange.github.io/docs/v5/websocket/private/execution and
+    https://bybit-exchange.github.io/docs/v5/order/execution), the fill of a take-profit the
+    position holds, which carries no client order id of ours."""
+    return info.get("stopOrderType") in ("TakeProfit", "PartialTakeProfit")

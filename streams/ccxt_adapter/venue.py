@@ -42,6 +42,7 @@ from posguard.streams.ccxt_adapter.mapping import (
     UnmappablePayload,
     is_usdt_linear_perpetual,
     market_rules,
+    order_kind,
     to_execution,
     to_order,
     to_position,
@@ -161,7 +162,19 @@ class CcxtVenue:
             if not request.stop_loss > 0:
                 raise OrderRejected(f"stop-loss must be a positive price, got {request.stop_loss!r}", code="posguard-price")
             stop = rules.round_price(request.stop_loss)
-        request = msgspec.structs.replace(request, qty=qty, stop_loss=stop)
+        take_profit = None
+        if request.take_profit is not None:
+            if not self.supports_attached_stop:
+                raise OrderRejected(
+                    f"{self.name} cannot attach a take-profit to an entry; place it with place_stop(take_profit=True)"
+                    " once the stop is live; nothing was sent",
+                    code="posguard-no-attached-stop",
+                )
+            if not request.take_profit > 0:
+                raise OrderRejected(f"take-profit must be a positive price, got {request.take_profit!r}",
+                                    code="posguard-price")
+            take_profit = rules.round_price(request.take_profit)
+        request = msgspec.structs.replace(request, qty=qty, stop_loss=stop, take_profit=take_profit)
         order_type, params = self._dialect.entry(request)
         self._symbols_seen.add(request.symbol)
         raw = await self._call(
@@ -189,7 +202,7 @@ class CcxtVenue:
         )
         return self._acknowledged(
             raw, symbol=request.symbol, client_order_id=request.client_order_id, side=request.side,
-            qty=qty, reduce_only=True, stop_price=request.stop_price,
+            qty=qty, reduce_only=True, stop_price=request.stop_price, take_profit=request.take_profit,
         )
 
     def _acknowledged(
@@ -202,6 +215,7 @@ class CcxtVenue:
         qty: float,
         reduce_only: bool,
         stop_price: float | None,
+        take_profit: bool = False,
     ) -> Order:
         """The venue's answer to a create. A full order (Binance) is taken as is; an
         acknowledgement with ids only (Bybit) is "open, nothing filled yet"."""
@@ -219,7 +233,7 @@ class CcxtVenue:
             order_id=str(raw.get("id") or ""),
             client_order_id=str(raw.get("clientOrderId") or client_order_id),
             side=side,
-            kind="stop" if stop_price is not None else "market",
+            kind=order_kind(stop_price, take_profit=take_profit),
             qty=qty,
             filled=0.0,
             avg_price=None,

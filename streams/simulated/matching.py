@@ -88,7 +88,10 @@ class MatchingEngine:
             self._fill_close(symbol, position.size, order_id=f"liq-{next(self._ids)}", client_order_id="")
 
     def place_stop(self, request: StopRequest) -> Order:
-        """A reduce-only stop, resting until the price crosses it."""
+        """A reduce-only stop (or take-profit, `StopRequest.take_profit`), resting until the
+        price crosses it: a stop when the price moves against the position, a take-profit when
+        it moves in its favour (Binance: a SELL TAKE_PROFIT_MARKET triggers when the price
+        rises to it)."""
         rules = self.rules_for(request.symbol)
         self._check_duplicate(request.client_order_id)
         rng = self._rng("stop", request.client_order_id)
@@ -96,6 +99,8 @@ class MatchingEngine:
             raise OrderRejected("stop order rejected by the venue", code="fake-stop-reject")
         price = self.prices[request.symbol]
         would_trigger = price <= request.stop_price if request.side == "sell" else price >= request.stop_price
+        if request.take_profit:
+            would_trigger = price >= request.stop_price if request.side == "sell" else price <= request.stop_price
         if would_trigger:
             raise StopWouldTrigger(
                 f"stop price {request.stop_price} is on the wrong side of the market {price}",
@@ -111,7 +116,7 @@ class MatchingEngine:
             order_id=f"o{next(self._ids)}",
             client_order_id=request.client_order_id,
             side=request.side,
-            kind="stop",
+            kind="take_profit" if request.take_profit else "stop",
             qty=request.qty,
             filled=0.0,
             avg_price=None,
@@ -126,8 +131,13 @@ class MatchingEngine:
         return order
 
     def _check_whole_position_stop(self, request: StopRequest) -> None:
-        """Binance's rules for a closePosition stop (`FaultKnobs.whole_position_stops`)."""
-        if any(o.closes_position and o.side == request.side for o in self.truth.open_stops(request.symbol)):
+        """Binance's rules for a closePosition stop (`FaultKnobs.whole_position_stops`): one per
+        direction and type, so a closePosition take-profit may sit beside the stop (Binance's
+        own UI places that pair for a whole position's TP/SL; a user's report of the two armed
+        together: github.com/Binance-docs/Binance_Futures_python/issues/100)."""
+        same_kind = (self.truth.open_take_profits(request.symbol) if request.take_profit
+                     else self.truth.open_stops(request.symbol))
+        if any(o.closes_position and o.side == request.side for o in same_kind):
             raise StopSlotTaken("An open stop or take profit order with GTE and closePosition in the direction"
                                 " is existing.", code="-4130")
         position = self.truth.position(request.symbol)
@@ -198,6 +208,14 @@ class MatchingEngine:
                     f"stop-loss {request.stop_loss} is on the wrong side of the market {price}",
                     code="fake-sl-side",
                 )
+        if request.take_profit is not None and self._supports_attached_stop:
+            wrong_side = request.take_profit <= price if request.side == "buy" else request.take_profit >= price
+            if wrong_side:
+                self._record_order(final("rejected", 0.0, None), rng)
+                raise OrderRejected(
+                    f"take-profit {request.take_profit} is on the wrong side of the market {price}",
+                    code="fake-tp-side",
+                )
         if self._knobs.split_fill_rate and rng.random() < self._knobs.split_fill_rate:
             parts = self._split(rules, request.qty)
             if len(parts) > 1:
@@ -260,31 +278,37 @@ class MatchingEngine:
         size = qty + (position.size if position else 0.0)
         entry = price if position is None else (position.entry_price * position.size + price * qty) / size
         stop = position.stop_price if position else None
+        take_profit = position.take_profit if position else None
         if request.stop_loss is not None and self._supports_attached_stop:
             missing = self._knobs.attached_stop_missing_rate and rng.random() < self._knobs.attached_stop_missing_rate
             if not missing:
                 stop = request.stop_loss
+        if request.take_profit is not None and self._supports_attached_stop:
+            take_profit = request.take_profit  # Bybit tpslMode=Full: the position holds it, for all its size
         self._set_position(
-            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, ts_ms=self._clock.now_ms()),
+            Position(symbol=symbol, side=side, size=size, entry_price=entry, stop_price=stop, take_profit=take_profit,
+                     ts_ms=self._clock.now_ms()),
             rng,
         )
         self.truth.entries_filled[symbol] += 1
         if self._knobs.stop_out_rate and rng.random() < self._knobs.stop_out_rate:
             self._scheduler.schedule(self._knobs.stop_out_delay.sample(rng), lambda: self._stop_out(symbol))
 
-    def _fill_close(self, symbol: str, qty: float, *, order_id: str, client_order_id: str) -> None:
+    def _fill_close(self, symbol: str, qty: float, *, order_id: str, client_order_id: str,
+                    by_take_profit: bool = False) -> None:
         position = self.truth.position(symbol)
         if position is None:
             return
         price = self.prices[symbol]
         rng = self._rng("close", f"{order_id}:{client_order_id}")
-        self._record_execution(closing_side(position.side), symbol, qty, price, order_id, client_order_id, rng)
+        self._record_execution(closing_side(position.side), symbol, qty, price, order_id, client_order_id, rng,
+                               by_take_profit=by_take_profit)
         remaining = round(position.size - qty, 12)
         if remaining > 0:
             new = msgspec.structs.replace(position, size=remaining, ts_ms=self._clock.now_ms())
         else:
             new = Position(symbol=symbol, side="flat", size=0.0, entry_price=0.0, stop_price=None, ts_ms=self._clock.now_ms())
-            for stop in self.truth.open_stops(symbol):
+            for stop in self.truth.open_stops(symbol) + self.truth.open_take_profits(symbol):
                 if stop.closes_position:  # Binance cancels a closePosition stop once the position is closed
                     self._record_order(msgspec.structs.replace(stop, status="cancelled", ts_ms=self._clock.now_ms()), rng)
         self._set_position(new, rng)
@@ -311,9 +335,19 @@ class MatchingEngine:
             crossed = price <= position.stop_price if position.side == "long" else price >= position.stop_price
             if crossed and self._stop_fills(f"{symbol}@{position.stop_price}"):
                 self._fill_close(symbol, position.size, order_id=f"tpsl-{next(self._ids)}", client_order_id="")
-        for stop in self.truth.open_stops(symbol):
+        position = self.truth.position(symbol)
+        if position is not None and position.take_profit is not None:
+            # The position's own take-profit (Bybit Full mode): closes all of it, and its fill
+            # says so (the execution's stopOrderType TakeProfit).
+            reached = price >= position.take_profit if position.side == "long" else price <= position.take_profit
+            if reached:
+                self._fill_close(symbol, position.size, order_id=f"tpsl-{next(self._ids)}", client_order_id="",
+                                 by_take_profit=True)
+        for stop in self.truth.open_stops(symbol) + self.truth.open_take_profits(symbol):
             assert stop.stop_price is not None
             crossed = price <= stop.stop_price if stop.side == "sell" else price >= stop.stop_price
+            if stop.kind == "take_profit":
+                crossed = price >= stop.stop_price if stop.side == "sell" else price <= stop.stop_price
             if not crossed or not self._stop_fills(stop.client_order_id):
                 continue
             position = self.truth.position(symbol)
@@ -367,6 +401,8 @@ class MatchingEngine:
         order_id: str,
         client_order_id: str,
         rng: random.Random,
+        *,
+        by_take_profit: bool = False,
     ) -> None:
         execution = Execution(
             symbol=symbol,
@@ -377,6 +413,7 @@ class MatchingEngine:
             qty=qty,
             price=price,
             ts_ms=self._clock.now_ms(),
+            by_take_profit=by_take_profit,
         )
         self.truth.executions.append(execution)
         self._views.add_execution(anyio.current_time() + self._knobs.execution_lag.sample(rng), execution)

@@ -35,6 +35,12 @@ class GroundTruth:
             o for o in self.orders.values() if o.symbol == symbol and o.kind == "stop" and o.status == "open"
         ]
 
+    def open_take_profits(self, symbol: str) -> list[Order]:
+        """Armed take-profit orders (never protection: `is_protected` does not count them)."""
+        return [
+            o for o in self.orders.values() if o.symbol == symbol and o.kind == "take_profit" and o.status == "open"
+        ]
+
     def is_protected(self, symbol: str) -> bool:
         """An open position is protected when a stop would close all of it."""
         position = self.position(symbol)

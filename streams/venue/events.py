@@ -37,7 +37,9 @@ __all__ = [
 
 OrderSide = Literal["buy", "sell"]
 PositionSide = Literal["long", "short", "flat"]
-OrderKind = Literal["market", "stop"]
+OrderKind = Literal["market", "stop", "take_profit"]
+"""``stop``: a stop-loss order (it protects); ``take_profit``: a conditional order that closes in
+the position's favour (Binance TAKE_PROFIT_MARKET). Only a ``stop`` ever counts as protection."""
 OrderStatus = Literal["open", "partially_filled", "filled", "cancelled", "rejected"]
 Topic = Literal["positions", "orders", "executions"]
 
@@ -83,6 +85,9 @@ class Position(msgspec.Struct, frozen=True, tag="position", kw_only=True):
     size: float
     entry_price: float
     stop_price: float | None
+    take_profit: float | None = None
+    """A take-profit held by the position itself (Bybit's trading stop ``takeProfit``, where a
+    take-profit attached to the entry ends up); None: none, or not given."""
     mark_price: float | None = None
     """The venue's mark price when the snapshot was taken (None: not given)."""
     liq_price: float | None = None
@@ -107,6 +112,10 @@ class Execution(msgspec.Struct, frozen=True, tag="execution", kw_only=True):
     qty: float
     price: float
     ts_ms: int
+    by_take_profit: bool = False
+    """The venue says a take-profit it triggered made this fill (Bybit's execution
+    ``stopOrderType`` ``TakeProfit``): how a take-profit attached to the entry, which fills
+    under no client order id of ours, is told from a stop-loss or a liquidation."""
 
 
 class StreamStatus(msgspec.Struct, frozen=True, tag="stream", kw_only=True):

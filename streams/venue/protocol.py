@@ -32,7 +32,10 @@ ids: Binance's REST has been measured calling fresh orders "does not exist" for 
 
 
 class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A market order. ``stop_loss`` attaches a stop to the entry where the venue can."""
+    """A market order. ``stop_loss`` attaches a stop to the entry where the venue can;
+    ``take_profit`` a take-profit beside it (`Venue.supports_attached_stop` says for both:
+    Bybit V5 create order ``takeProfit`` with ``tpslMode=Full``, held by the position and
+    closing all of it when it triggers)."""
 
     symbol: str
     side: OrderSide
@@ -40,6 +43,7 @@ class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
     client_order_id: str
     reduce_only: bool = False
     stop_loss: float | None = None
+    take_profit: float | None = None
 
 
 class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +59,10 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
     the venue has one (Binance ``closePosition=true``; the order then says
     `Order.closes_position`). Elsewhere, or False, the stop is sized to ``qty``. A venue that
     allows one such stop per side refuses a second with `StopSlotTaken`."""
+    take_profit: bool = False
+    """A take-profit instead of a stop-loss: it triggers when the price reaches ``stop_price``
+    in the position's favour (above it for a long) and closes reduce-only (Binance
+    ``TAKE_PROFIT_MARKET``); the order's kind is ``take_profit``. Never protection."""
 
 
 class UnknownOrderRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,7 +117,8 @@ class Venue(Protocol):
 
     @property
     def supports_attached_stop(self) -> bool:
-        """True when `OrderRequest.stop_loss` is honoured at the fill (the position's stop)."""
+        """True when `OrderRequest.stop_loss` (and `OrderRequest.take_profit`) are honoured at
+        the fill (the position's own stop and take-profit)."""
         ...
 
     @property
@@ -140,7 +149,8 @@ class Venue(Protocol):
         ...
 
     async def place_stop(self, request: StopRequest) -> Order:
-        """Arm a reduce-only stop-market order. The returned order has status ``open``."""
+        """Arm a reduce-only stop-market order (or, with `StopRequest.take_profit`, a
+        take-profit-market one). The returned order has status ``open``."""
         ...
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:

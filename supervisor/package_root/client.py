@@ -291,12 +291,15 @@ class AsyncClient:
         return self.stream.client
 
     async def open(self, symbol: str, side: str, qty: float, *, stop_price: float | None = None,
-                   stop_distance: float | None = None, intent_id: str | None = None,
+                   stop_distance: float | None = None, take_profit: float | None = None,
+                   take_profit_distance: float | None = None, intent_id: str | None = None,
                    expires_ms: int | None = None) -> Ticket:
         """Open a position at market with its stop-loss: ``stop_price``, or ``stop_distance``
-        as a fraction of the last price (0.02 = 2 %). ``intent_id``: the idempotency key
-        (generated if not given); ``expires_ms``: epoch ms after which it must not start."""
-        given = {"stop_price": stop_price, "stop_distance": stop_distance, "expires_ms": expires_ms}
+        as a fraction of the last price (0.02 = 2 %); optionally a take-profit, ``take_profit``
+        or ``take_profit_distance`` likewise. ``intent_id``: the idempotency key (generated if
+        not given); ``expires_ms``: epoch ms after which it must not start."""
+        given = {"stop_price": stop_price, "stop_distance": stop_distance, "take_profit": take_profit,
+                 "take_profit_distance": take_profit_distance, "expires_ms": expires_ms}
         return await self.send(OpenIntent(
             intent_id=self._id(intent_id), symbol=symbol, side=side, qty=qty,  # type: ignore[arg-type]
             **{name: value for name, value in given.items() if value is not None},  # type: ignore[arg-type]

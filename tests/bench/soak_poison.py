@@ -70,7 +70,7 @@ def poison_kinds(now_ms: int) -> dict[str, dict[str, str]]:
         "stop_price inf": good | {"stop_price": "inf"},
         "stop_distance 5": {k: v for k, v in good.items() if k != "stop_price"} | {"stop_distance": "5"},
         "no stop": {k: v for k, v in good.items() if k != "stop_price"},
-        "take_profit": good | {"take_profit": "70000"},
+        "take_profit inf": good | {"take_profit": "inf"},
         "unknown field": good | {"leverage": "100"},
         "unknown action": good | {"action": "flip"},
         "no action": {k: v for k, v in good.items() if k != "action"},

@@ -19,7 +19,9 @@ Parameters: https://developers.binance.com/docs/derivatives/usds-margined-future
 * Trigger direction is implied by side and type: a SELL STOP_MARKET (or a BUY
   TAKE_PROFIT_MARKET) triggers when the price falls to ``triggerPrice``; the opposite pairs
   when it rises. A trigger already crossed answers -2021.
-* One open ``closePosition`` stop per symbol and direction (-4130), at most
+* One open ``closePosition`` order per symbol, direction and type (-4130: a TAKE_PROFIT_MARKET
+  may sit beside the STOP_MARKET, as Binance's own whole-position TP/SL places them; both armed
+  together: github.com/Binance-docs/Binance_Futures_python/issues/100), at most
   `MAX_OPEN_ALGO_ORDERS` open conditional orders in the account (-4045, "Reach max stop order
   limit."): change log 2025-12-29, https://developers.binance.com/docs/derivatives/change-log
   ("The condtional order limits is 200 across all symbols", and the MAX_NUM_ALGO_ORDERS filter

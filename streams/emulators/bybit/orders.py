@@ -31,6 +31,9 @@ REJECTS: dict[str, tuple[int, str]] = {
     "insufficient_margin": (110007, "ab not enough for new order"),
     "stop_loss_side:Buy": (10001, "StopLoss:{stop_loss} set for Buy position should lower than base_price:{price}??LastPrice"),
     "stop_loss_side:Sell": (10001, "StopLoss:{stop_loss} set for Sell position should higher than base_price:{price}??LastPrice"),
+    # The same check on the other side (Bybit writes its TP refusals the way it writes its SL ones).
+    "take_profit_side:Buy": (10001, "TakeProfit:{take_profit} set for Buy position should higher than base_price:{price}??LastPrice"),
+    "take_profit_side:Sell": (10001, "TakeProfit:{take_profit} set for Sell position should lower than base_price:{price}??LastPrice"),
     "not_found": (110001, "order not exists or too late to cancel"),
     "close_position_exists": (10001, "params error: closePosition is not a Bybit parameter"),
     "too_many_conditionals": (10001, "params error: too many conditional orders"),
@@ -87,8 +90,17 @@ def _new_order(engine: Engine, body: dict[str, Any]) -> NewOrder:
     reduce_only = parse_bool(body.get("reduceOnly"))
     trigger = _num(body.get("triggerPrice"))
     stop_loss = _num(body.get("stopLoss"))
-    if reduce_only and stop_loss:
+    take_profit = _num(body.get("takeProfit"))
+    if reduce_only and (stop_loss or take_profit):
         raise VenueReject(10001, "params error: TP/SL cannot be set on a reduce-only order")
+    # Create order, https://bybit-exchange.github.io/docs/v5/order/create-order: takeProfit and
+    # stopLoss attached to the order, tpslMode "Full" (the whole position's TP/SL, closed at market)
+    # or "Partial"; the emulator holds Full only, as the position's own TP/SL.
+    tpsl_mode = str(body.get("tpslMode") or "Full")
+    if (stop_loss or take_profit) and tpsl_mode != "Full":
+        raise VenueReject(10001, "params error: the emulator supports tpslMode=Full only")
+    if take_profit and str(body.get("tpTriggerBy") or "LastPrice") != "LastPrice":
+        raise VenueReject(10001, "params error: the emulator triggers take-profits by LastPrice only")
     direction = int(body.get("triggerDirection") or 0)
     if trigger:
         price = engine.prices[instrument.symbol]
@@ -101,7 +113,8 @@ def _new_order(engine: Engine, body: dict[str, Any]) -> NewOrder:
             raise VenueReject(10001, "params error: triggerDirection must be 1 or 2")
     return NewOrder(
         symbol=instrument.symbol, side=side, qty=qty, client_id=link_id, reduce_only=reduce_only,
-        close_on_trigger=parse_bool(body.get("closeOnTrigger")), stop_loss=stop_loss, trigger_price=trigger,
+        close_on_trigger=parse_bool(body.get("closeOnTrigger")), stop_loss=stop_loss, take_profit=take_profit,
+        trigger_price=trigger,
         trigger_direction=direction if trigger else 0,
     )
 

@@ -9,7 +9,10 @@ formats them its venue's way.
 It is small and truthful: market orders fill completely at the current price (or in two
 halves, with `Faults.split_fill_after`); positions average their entry; reduce-only orders
 only ever reduce (a quantity above the position is cut to it, a reduce-only order with nothing
-to reduce is refused); a stop-loss attached to an entry becomes the position's stop (Bybit);
+to reduce is refused); a stop-loss attached to an entry becomes the position's stop, and a
+take-profit attached beside it the position's take-profit (Bybit tpslMode Full: it closes all
+of the position when the price reaches it, under an order of the venue's own with
+``stopOrderType`` TakeProfit);
 conditional orders trigger when the price crosses them; a close-position conditional order
 (Binance ``closePosition=true``) is refused while there is nothing to close (Binance -4509),
 closes whatever the position is at trigger and expires when the position is closed by other
@@ -76,7 +79,7 @@ opens a second position. Bybit: https://bybit-exchange.github.io/docs/v5/order/c
 
 RejectReason = Literal[
     "bad_symbol", "bad_qty", "qty_step", "qty_min", "qty_max", "duplicate_id", "nothing_to_reduce",
-    "would_trigger", "min_notional", "insufficient_margin", "stop_loss_side", "not_found",
+    "would_trigger", "min_notional", "insufficient_margin", "stop_loss_side", "take_profit_side", "not_found",
     "close_position_exists", "too_many_conditionals", "nothing_to_close",
 ]
 
@@ -128,6 +131,7 @@ class NewOrder:
     reduce_only: bool = False
     close_on_trigger: bool = False
     stop_loss: float = 0.0
+    take_profit: float = 0.0
     trigger_price: float = 0.0
     trigger_direction: int = 0  # 1: rising to the trigger, 2: falling to it
     close_position: bool = False
@@ -154,6 +158,7 @@ class EmuOrder:
     stop_order_type: str = ""
     create_type: str = "CreateByUser"
     stop_loss: float = 0.0
+    take_profit: float = 0.0
     cancel_type: str = "UNKNOWN"
     reject_reason: str = "EC_NoError"
     last_price_on_created: float = 0.0
@@ -185,6 +190,7 @@ class EmuPosition:
     size: float = 0.0
     avg_price: float = 0.0
     stop_loss: float = 0.0
+    take_profit: float = 0.0
     created_ms: int = 0
     updated_ms: int = 0
     realised_pnl: float = 0.0
@@ -300,7 +306,8 @@ class Engine:
         order = EmuOrder(
             order_id=self.new_id(), link_id=new.client_id, symbol=instrument.symbol, side=new.side, qty=new.qty,
             reduce_only=new.reduce_only, close_on_trigger=new.close_on_trigger, created_ms=ts, updated_ms=ts,
-            stop_loss=new.stop_loss, last_price_on_created=price, close_position=new.close_position,
+            stop_loss=new.stop_loss, take_profit=new.take_profit, last_price_on_created=price,
+            close_position=new.close_position,
             working_type=new.working_type, order_type=new.order_type,
         )
         if conditional:
@@ -310,8 +317,12 @@ class Engine:
             if direction == 2 and trigger >= price:
                 raise Reject("would_trigger", variant="falling", trigger=trigger, price=price)
             armed = [o for o in self.orders.values() if o.is_open and o.conditional]
+            # One per direction and type: a closePosition TAKE_PROFIT_MARKET beside the
+            # STOP_MARKET is what Binance's own whole-position TP/SL places (two armed together
+            # in a user's report: github.com/Binance-docs/Binance_Futures_python/issues/100).
             if new.close_position and any(
-                o.close_position and o.side == new.side and o.symbol == order.symbol for o in armed
+                o.close_position and o.side == new.side and o.symbol == order.symbol
+                and o.order_type == new.order_type for o in armed
             ):
                 raise Reject("close_position_exists", side=new.side)
             if new.close_position and not self._something_to_close(order):
@@ -394,6 +405,11 @@ class Engine:
             if crossed:
                 self._close_by_system(position, create_type="CreateByStopLoss", stop_order_type="StopLoss",
                                       trigger=position.stop_loss, exec_type="Trade")
+        if position and position.size and position.take_profit:
+            reached = price >= position.take_profit if position.side == "Buy" else price <= position.take_profit
+            if reached:
+                self._close_by_system(position, create_type="CreateByTakeProfit", stop_order_type="TakeProfit",
+                                      trigger=position.take_profit, exec_type="Trade")
         for order in [o for o in self.orders.values() if o.symbol == symbol and o.status == "Untriggered"]:
             if order.status != "Untriggered":
                 continue  # expired by an earlier trigger's close
@@ -428,6 +444,11 @@ class Engine:
                 raise Reject("stop_loss_side", variant="Buy", stop_loss=order.stop_loss, price=price)
             if order.side == "Sell" and order.stop_loss <= price:
                 raise Reject("stop_loss_side", variant="Sell", stop_loss=order.stop_loss, price=price)
+        if order.take_profit:
+            if order.side == "Buy" and order.take_profit <= price:
+                raise Reject("take_profit_side", variant="Buy", take_profit=order.take_profit, price=price)
+            if order.side == "Sell" and order.take_profit >= price:
+                raise Reject("take_profit_side", variant="Sell", take_profit=order.take_profit, price=price)
 
     def available_balance(self) -> float:
         used = sum(p.size * p.avg_price / LEVERAGE for p in self.positions.values() if p.size)
@@ -452,6 +473,7 @@ class Engine:
             position.size = round(position.size - closed, 12)
             if position.size <= 0:
                 position.side, position.size, position.avg_price, position.stop_loss = "", 0.0, 0.0, 0.0
+                position.take_profit = 0.0
         opened = round(qty - closed, 12)
         if opened > 0 and not order.reduce_only:
             total = position.size + opened
@@ -460,6 +482,8 @@ class Engine:
             position.side = order.side
             if order.stop_loss:
                 position.stop_loss = order.stop_loss  # Bybit tpslMode Full: the position's stop
+            if order.take_profit:
+                position.take_profit = order.take_profit  # and its take-profit
         fee = qty * price * TAKER_FEE
         self.balance -= fee
         ts = now_ms()
@@ -585,6 +609,7 @@ class Engine:
             "balance": self.balance,
             "positions": {
                 s: {"side": p.side, "size": p.size, "avg_price": p.avg_price, "stop_loss": p.stop_loss or None}
+                | ({"take_profit": p.take_profit} if p.take_profit else {})
                 for s, p in self.positions.items() if p.size
             },
             "orders": [
