@@ -148,32 +148,26 @@ class CcxtVenue:
 
     # -- writes ----------------------------------------------------------------------------
 
+    def _attached_price(self, what: str, price: float | None, rules: MarketRules, instead: str) -> float | None:
+        """A price attached to an entry (its stop-loss, its take-profit), on the venue's tick;
+        refused, with nothing sent, where the venue attaches none or the price is not one."""
+        if price is None:
+            return None
+        if not self.supports_attached_stop:
+            raise OrderRejected(
+                f"{self.name} cannot attach a {what} to an entry; place it with {instead} once the entry"
+                " has filled (supports_attached_stop is False); nothing was sent",
+                code="posguard-no-attached-stop",
+            )
+        if not price > 0:
+            raise OrderRejected(f"{what} must be a positive price, got {price!r}", code="posguard-price")
+        return rules.round_price(price)
+
     async def create_order(self, request: OrderRequest) -> Order:
         rules = await self._rules_for(request.symbol)
         qty = self._checked_qty(request.qty, rules)
-        stop = None
-        if request.stop_loss is not None:
-            if not self.supports_attached_stop:
-                raise OrderRejected(
-                    f"{self.name} cannot attach a stop-loss to an entry; place it with place_stop after"
-                    " the fill (supports_attached_stop is False); nothing was sent",
-                    code="posguard-no-attached-stop",
-                )
-            if not request.stop_loss > 0:
-                raise OrderRejected(f"stop-loss must be a positive price, got {request.stop_loss!r}", code="posguard-price")
-            stop = rules.round_price(request.stop_loss)
-        take_profit = None
-        if request.take_profit is not None:
-            if not self.supports_attached_stop:
-                raise OrderRejected(
-                    f"{self.name} cannot attach a take-profit to an entry; place it with place_stop(take_profit=True)"
-                    " once the stop is live; nothing was sent",
-                    code="posguard-no-attached-stop",
-                )
-            if not request.take_profit > 0:
-                raise OrderRejected(f"take-profit must be a positive price, got {request.take_profit!r}",
-                                    code="posguard-price")
-            take_profit = rules.round_price(request.take_profit)
+        stop = self._attached_price("stop-loss", request.stop_loss, rules, "place_stop")
+        take_profit = self._attached_price("take-profit", request.take_profit, rules, "place_stop(take_profit=True)")
         request = msgspec.structs.replace(request, qty=qty, stop_loss=stop, take_profit=take_profit)
         order_type, params = self._dialect.entry(request)
         self._symbols_seen.add(request.symbol)
