@@ -102,8 +102,10 @@ class Engine:
             board=self.board,
             rules=self.rules,
             settings=settings,
-            entry_check=PricedChecks(prices=self.prices, rules=self.rules, risk=self.risk,
-                                     alert=lambda symbol, message: self.ctx.alert(symbol, message), gate=self.gate),
+            entry_check=(checks := PricedChecks(prices=self.prices, rules=self.rules, risk=self.risk,
+                                                alert=lambda symbol, message: self.ctx.alert(symbol, message),
+                                                gate=self.gate)),
+            amend_check=checks.amend,
             rng=rng,
             observers=[self.metrics.on_transition, log_transition, self.slots.on_transition, *observers],
         )
