@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from posguard.actors import ids
-from posguard.actors.intents import AmendIntent
+from posguard.actors.intents import AmendIntent, IntentRecord
 from posguard.actors.records import PositionRecord, Protection, State
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
 from posguard.supervisor.engine import Engine
@@ -242,3 +242,45 @@ def test_parse_amend_fields() -> None:
     with pytest.raises(BadIntent, match="breakeven: not allowed on an open intent"):
         parse_intent({"intent_id": "a1", "action": "open", "symbol": SYMBOL, "side": "buy", "qty": "1",
                       "stop_price": "1", "breakeven": "true"})
+
+
+@pytest.mark.parametrize(("attached", "knobs"), SHAPES)
+@pytest.mark.parametrize("placed", [False, True], ids=["before-the-send", "new-stop-placed"])
+async def test_an_amend_cut_short_by_a_crash_is_finished_on_restart(
+    clock: IOAwareMockClock, redis_url: str, attached: bool, knobs: FaultKnobs, placed: bool
+) -> None:
+    """The record as a crash leaves it after the amend's write ahead (I5): the new stop in
+    the record, the old one named as replaced; ``new-stop-placed``: the crash came after the
+    replacement's own write ahead (`place_stop`), its fate unknown to the record. The restart
+    finishes the amend: the moved stop live, the old one cancelled, the intent answered."""
+    if attached and placed:
+        pytest.skip("in place: there is no replacement order")
+    async with FakeVenue(seed=1717, knobs=knobs, supports_attached_stop=attached) as venue:
+        async with running_engine(redis_url, venue, clock) as engine:
+            await wait_streams_healthy(engine)
+            before = await protected(engine, venue, "am-open6")
+            crashed = msgspec.structs.replace(before, stop_price=59_400.0, amend_intent_id="am-crash",
+                                              replaced_stop_client_order_id="" if attached else before.stop_client_order_id)
+            if placed:
+                # `place_stop` wrote the attempt's id and no stop known live, then the crash.
+                crashed.protection, crashed.stop_attempts = Protection.NONE, before.stop_attempts + 1
+                crashed.stop_client_order_id = ids.stop_id(ACCOUNT, "am-open6", crashed.stop_attempts)
+            await engine.store.save_record(crashed, "amend am-crash: written ahead (then the process died)")
+            await engine.store.save_intent(IntentRecord(intent_id="am-crash", action="amend", symbol=SYMBOL,
+                                                        status="accepted", body=f"amend {SYMBOL} stop_price 59400.0"))
+        windows = len(venue.truth.unprotected_intervals(anyio.current_time()))
+        async with running_engine(redis_url, venue, clock) as engine:
+            await wait_streams_healthy(engine)
+            with anyio.move_on_after(30):  # the actor resumes its record as it starts
+                while (await engine.store.load_intent("am-crash")).status == "accepted":
+                    await anyio.sleep(0.05)
+            record = await engine.store.load_record(SYMBOL)
+            answer = await engine.store.load_intent("am-crash")
+
+        assert (record.state, record.stop_price, record.amend_intent_id) == (State.PROTECTED, 59_400.0, "")
+        assert stop_of(venue, record) == 59_400.0, "the moved stop is live"
+        assert (answer.status, answer.outcome) == ("done", "protected"), answer
+        assert venue.truth.unprotected_intervals(anyio.current_time())[windows:] == [], "never bare"
+        if not attached:
+            assert venue.truth.orders[before.stop_client_order_id].status == "cancelled", "the old one, after"
+            assert record.replaced_stop_client_order_id == ""
