@@ -70,6 +70,7 @@ TakeProfitDistance = Annotated[float, msgspec.Meta(
     gt=0, lt=1, description="a fraction between 0 and 1 (0.04 = 4 %)"
 )]
 """Below 1: a sell's take-profit one whole price away would be at 0."""
+Flag = Annotated[bool, msgspec.Meta(description="true or false")]
 ExpiresMs = Annotated[int, msgspec.Meta(gt=0, description="a time in epoch milliseconds")]
 
 
@@ -113,13 +114,13 @@ class AmendIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     stop_price: StopPrice = 0.0
     """0: the stop is not changed (unless ``stop_distance`` or ``breakeven`` is given)."""
     stop_distance: StopDistance | None = None
-    breakeven: bool = False
+    breakeven: Flag = False
     """Move the stop to the entry price (rounded to the tick), only where that tightens it."""
     take_profit: TakeProfitPrice = 0.0
     """0: the take-profit is not changed (unless ``take_profit_distance`` or
     ``remove_take_profit`` is given)."""
     take_profit_distance: TakeProfitDistance | None = None
-    remove_take_profit: bool = False
+    remove_take_profit: Flag = False
     expires_ms: ExpiresMs = 0
 
     @property
