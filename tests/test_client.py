@@ -259,7 +259,7 @@ async def test_the_readme_example_runs(clock: IOAwareMockClock, redis_url: str) 
         assert venue.truth.is_protected(ETH)
 
 
-async def test_posguard_open_and_close_send_through_the_client(
+async def test_posguard_open_amend_and_close_send_through_the_client(
     clock: IOAwareMockClock, redis_url: str, tmp_path: Path
 ) -> None:
     config = tmp_path / "config.toml"
@@ -282,6 +282,9 @@ async def test_posguard_open_and_close_send_through_the_client(
         lines = opened.stdout.splitlines()
         assert lines[-2] == "accepted" and lines[-1].startswith("done outcome=protected client_order_id=pg"), lines
         assert any(re.fullmatch(r"intent cli-[0-9a-f]{16} sent", line) for line in lines), lines
+        amended = await anyio.to_thread.run_sync(posguard, "amend", BTC, "--stop-price", "59400")
+        assert amended.returncode == 0 and "done outcome=protected" in amended.stdout, amended
+        assert venue.truth.position(BTC).stop_price == 59_400.0
         closed = await anyio.to_thread.run_sync(posguard, "close", BTC)
         assert closed.returncode == 0 and "done outcome=closed" in closed.stdout, closed
         assert venue.truth.position(BTC) is None
