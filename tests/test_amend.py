@@ -284,3 +284,34 @@ async def test_an_amend_cut_short_by_a_crash_is_finished_on_restart(
         if not attached:
             assert venue.truth.orders[before.stop_client_order_id].status == "cancelled", "the old one, after"
             assert record.replaced_stop_client_order_id == ""
+
+
+@pytest.mark.parametrize(("attached", "knobs"), SHAPES)
+async def test_an_amend_the_venue_refuses_after_a_restart_keeps_the_old_stop(
+    clock: IOAwareMockClock, redis_url: str, attached: bool, knobs: FaultKnobs
+) -> None:
+    """Written ahead, then the crash, then the market moved through the new stop: the restart
+    finds the venue refusing it, keeps the old stop, and answers the amend rejected."""
+    async with FakeVenue(seed=1718, knobs=knobs, supports_attached_stop=attached) as venue:
+        async with running_engine(redis_url, venue, clock) as engine:
+            await wait_streams_healthy(engine)
+            before = await protected(engine, venue, "am-open7")
+            crashed = msgspec.structs.replace(before, stop_price=59_400.0, amend_intent_id="am-crash2",
+                                              replaced_stop_client_order_id="" if attached else before.stop_client_order_id)
+            await engine.store.save_record(crashed, "amend am-crash2: written ahead (then the process died)")
+            await engine.store.save_intent(IntentRecord(intent_id="am-crash2", action="amend", symbol=SYMBOL,
+                                                        status="accepted", body=f"amend {SYMBOL} stop_price 59400.0"))
+        venue.set_price(SYMBOL, 59_300.0)
+        async with running_engine(redis_url, venue, clock) as engine:
+            await wait_streams_healthy(engine)
+            with anyio.move_on_after(30):
+                while (await engine.store.load_intent("am-crash2")).status == "accepted":
+                    await anyio.sleep(0.05)
+            record = await engine.store.load_record(SYMBOL)
+            answer = await engine.store.load_intent("am-crash2")
+
+        assert answer.status == "rejected" and "refused by the venue" in answer.reason, answer
+        assert (record.state, record.stop_price, record.stop_client_order_id, record.amend_intent_id) == (
+            State.PROTECTED, 58_800.0, before.stop_client_order_id, ""), record
+        assert stop_of(venue, record) == 58_800.0
+        assert venue.truth.position(SYMBOL) is not None, "not closed: the old stop still guards it"

@@ -107,14 +107,42 @@ async def resume_amend(ctx: ActorContext, record: PositionRecord) -> None:
         return
     log.info("%s: finishing amend %s after a restart", record.symbol, record.amend_intent_id)
     stop_pending = bool(record.replaced_stop_client_order_id) or in_place(ctx, record)
+    intent_id = record.amend_intent_id
     try:
         await _carry_out(ctx, record, stop_changed=stop_pending, take_profit_changed=True)
     except StopWouldTrigger as exc:
-        # The values as they were are not in Redis: the venue's position says what it holds.
+        # The values as they were are not in Redis: the venue says what it holds (the
+        # position's own, or the kept stop order's trigger).
+        stop, take_profit = await _held_by_venue(ctx, record)
+        try:
+            await _refused(ctx, record, intent_id, stop, take_profit, exc.reason)
+        except IntentRefused as refusal:
+            awaited = ctx.still_awaited(record.symbol, intent_id)
+            if awaited is not None:  # answered here: no step of an intent is running to answer it
+                awaited.reply.status, awaited.reply.reason = "rejected", f"finished after a restart: {refusal}"
+                await ctx.store.save_intent(awaited.reply)
+
+
+async def _held_by_venue(ctx: ActorContext, record: PositionRecord) -> tuple[float, float]:
+    """The stop and take-profit the venue holds for the record now, as well as it tells
+    (the record's own values where it does not)."""
+    if in_place(ctx, record):
         position = ctx.board.position(record.symbol)
-        stop = position.stop_price if position is not None and position.stop_price else record.stop_price
-        take_profit = position.take_profit if position is not None and position.take_profit else 0.0
-        await _refused(ctx, record, record.amend_intent_id, stop, take_profit, exc.reason)
+        if position is None:  # nothing pushed since the restart: the venue's list
+            try:
+                position = await ctx.listed_position(record.symbol, record)
+            except VenueError as exc:
+                log.warning("%s: could not read the position's stop (%s)", record.symbol, exc)
+        if position is not None and position.stop_price:
+            return position.stop_price, position.take_profit or 0.0
+        return record.stop_price, record.take_profit
+    try:
+        order = await ctx.venue.fetch_order(record.symbol, record.stop_client_order_id, conditional=True)
+    except VenueError as exc:
+        log.warning("%s: could not read the kept stop %s (%s)", record.symbol, record.stop_client_order_id, exc)
+        order = None
+    stop = order.stop_price if order is not None and order.stop_price else record.stop_price
+    return stop, record.take_profit
 
 
 async def _carry_out(ctx: ActorContext, record: PositionRecord, *, stop_changed: bool,
