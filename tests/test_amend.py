@@ -21,6 +21,7 @@ from posguard.actors import ids
 from posguard.actors.intents import AmendIntent, IntentRecord
 from posguard.actors.records import PositionRecord, Protection, State
 from posguard.streams.simulated import FakeVenue, FaultKnobs, Lag
+from posguard.streams.venue.errors import VenueUnavailable
 from posguard.supervisor.engine import Engine
 from posguard.supervisor.intake import BadIntent, parse_intent
 from tests.clock import IOAwareMockClock
@@ -315,3 +316,17 @@ async def test_an_amend_the_venue_refuses_after_a_restart_keeps_the_old_stop(
             State.PROTECTED, 58_800.0, before.stop_client_order_id, ""), record
         assert stop_of(venue, record) == 58_800.0
         assert venue.truth.position(SYMBOL) is not None, "not closed: the old stop still guards it"
+
+
+async def test_an_in_place_amend_whose_answer_is_lost_is_sent_again(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with FakeVenue(seed=1719, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        await protected(engine, venue, "am-open8")
+        calls = watch_coverage(venue)
+        venue.fail_next("amend_attached", VenueUnavailable("trading-stop: timeout"), VenueUnavailable("again"))
+
+        reply = await (await engine.submit(amend("am-lost", stop_price=59_400.0))).wait()
+
+        assert (reply.status, reply.outcome) == ("done", "protected"), reply
+        assert calls == ["amend_attached"] * 3
+        assert venue.truth.position(SYMBOL).stop_price == 59_400.0
