@@ -200,7 +200,9 @@ async def _replace_stop(ctx: ActorContext, record: PositionRecord) -> None:
         old_scope = record.stop_scope if record.stop_client_order_id == old else ""
         record.protection = Protection.NONE
         record.stop_scope = ""
-        result = await place_stop(ctx, record, record.filled_qty or record.qty, replacing=True)
+        # Sized (where it must be) for all the entry may hold: a part still to fill is covered
+        # from the start, and a reduce-only stop larger than the position is cut to it.
+        result = await place_stop(ctx, record, max(record.qty, record.filled_qty), replacing=True)
         match result:
             case "live" | "armed_already":
                 record.protection = Protection.STOP_ORDER
