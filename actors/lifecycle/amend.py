@@ -10,10 +10,11 @@ Two ways, by what the venue can do:
 * Otherwise (Binance's closePosition algo stops, a separate stop order anywhere) the new stop
   is placed first and the old one cancelled only once the new one is live, never the other way
   round: `place_stop(..., replacing=True)`, then the cancel, as the liquidation re-check does
-  (`liquidation_guard`, through `protect_with_stop_order`, which closes the position when no
-  stop holds: right for a stop beyond liquidation, wrong here, where the old stop still does). A separate take-profit (Binance) is not protection: its
-  old order is cancelled, then the new one placed (one closePosition take-profit per side), and
-  the stop guards the position throughout.
+  (`liquidation_guard`, through `protect_with_stop_order`, which closes the position when
+  no stop holds: right for a stop beyond liquidation, wrong here, where the old stop still
+  does). A separate take-profit (Binance) is not protection: its old order is cancelled, then
+  the new one placed (one closePosition take-profit per side), and the stop guards the
+  position throughout.
 
 The new values are written ahead in the record (``stop_price``, ``take_profit``,
 ``amend_intent_id``, the stop being replaced in ``replaced_stop_client_order_id``) before
@@ -230,24 +231,37 @@ async def _replace_stop(ctx: ActorContext, record: PositionRecord) -> None:
 
 
 async def _replace_take_profit(ctx: ActorContext, record: PositionRecord) -> None:
-    """A separate take-profit (Binance): the old one cancelled, then the new one placed under
-    the amend's own id (one closePosition take-profit per side; the stop guards the position
-    meanwhile)."""
-    new_id = ids.take_profit_id(ctx.account, record.amend_intent_id, 1)
+    """A separate take-profit (Binance): the old one cancelled, then the new one placed (one
+    closePosition take-profit per side; the stop guards the position meanwhile), under the
+    entry's intent id with the next attempt number, so the audit knows it as the record's.
+
+    Sent again after a restart: a take-profit the venue holds open at the record's price is
+    the one this amend placed, and is kept. A removed one's id stays in the record (its order
+    cancelled), so that a take-profit set later takes the next number."""
     old = record.take_profit_client_order_id
-    if old == new_id:
-        return  # placed before a restart
     if old:
         try:
-            await ctx.venue.cancel_order(record.symbol, old)
+            order = await ctx.venue.fetch_order(record.symbol, old, conditional=True)
         except VenueError as exc:
-            log.warning("%s: could not cancel the take-profit %s (%s)", record.symbol, old, exc)
-            await ctx.alert(record.symbol, f"take-profit {old} could not be cancelled for amend"
-                                           f" {record.amend_intent_id}: {exc}; it may still be armed")
-        record.take_profit_client_order_id = ""
+            log.warning("%s: could not look the take-profit %s up (%s)", record.symbol, old, exc)
+            order = None
+        rules = ctx.rules.get(record.symbol)
+        tick = rules.price_tick if rules is not None else 0.0
+        if (order is not None and order.status == "open" and record.take_profit
+                and order.stop_price is not None and abs(order.stop_price - record.take_profit) <= tick / 2):
+            return  # already as asked (placed before a restart)
+        if order is None or order.status == "open":
+            try:
+                await ctx.venue.cancel_order(record.symbol, old)
+            except VenueError as exc:
+                log.warning("%s: could not cancel the take-profit %s (%s)", record.symbol, old, exc)
+                await ctx.alert(record.symbol, f"take-profit {old} could not be cancelled for amend"
+                                               f" {record.amend_intent_id}: {exc}; it may still be armed")
         await ctx.save(record, f"take-profit {old} cancelled for amend {record.amend_intent_id}")
     if record.take_profit:
-        await arm_take_profit(ctx, record, key=record.amend_intent_id)
+        parsed = ids.parse(old) if old else None
+        record.take_profit_client_order_id = ""
+        await arm_take_profit(ctx, record, attempt=parsed.attempt + 1 if parsed is not None else 1)
 
 
 async def _refused(ctx: ActorContext, record: PositionRecord, intent_id: str, stop: float, take_profit: float,
