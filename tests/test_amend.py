@@ -11,6 +11,7 @@ orders: ``supports_attached_stop=False`` with whole-position stops).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -342,3 +343,20 @@ async def test_an_in_place_amend_whose_answer_is_lost_is_sent_again(clock: IOAwa
         assert (reply.status, reply.outcome) == ("done", "protected"), reply
         assert calls == ["amend_attached"] * 3
         assert venue.truth.position(SYMBOL).stop_price == 59_400.0
+
+
+@pytest.mark.parametrize(("fields", "refusal"), [
+    ({}, "amend: nothing to change"),
+    ({"stop_price": 59_000.0, "breakeven": True}, "stop_price, breakeven: give one of them"),
+    ({"stop_distance": 0.01, "stop_price": 59_000.0}, "stop_price, stop_distance: give one of them"),
+    ({"take_profit": 63_000.0, "remove_take_profit": True}, "take_profit, remove_take_profit: give one of them"),
+    ({"stop_price": 1e300}, "stop_price: 1e+300 is not a plausible price"),
+])
+def test_an_amend_is_checked_at_intake(fields: dict[str, Any], refusal: str) -> None:
+    from posguard.actors.intents import IntentRefused, check_amend
+    from posguard.streams.simulated import DEFAULT_MARKETS
+
+    rules = {symbol: market for symbol, (_price, market) in DEFAULT_MARKETS.items()}
+    with pytest.raises(IntentRefused, match=f"^{re.escape(refusal)}"):
+        check_amend(amend("am-bad", **fields), rules)
+    assert check_amend(amend("am-ok", stop_price=59_000.04), rules).stop_price == rules[SYMBOL].round_price(59_000.04)
