@@ -360,3 +360,15 @@ def test_an_amend_is_checked_at_intake(fields: dict[str, Any], refusal: str) -> 
     with pytest.raises(IntentRefused, match=f"^{re.escape(refusal)}"):
         check_amend(amend("am-bad", **fields), rules)
     assert check_amend(amend("am-ok", stop_price=59_000.04), rules).stop_price == rules[SYMBOL].round_price(59_000.04)
+
+
+async def test_safe_mode_refuses_entries_but_not_amends(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with FakeVenue(seed=1720, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        await protected(engine, venue, "am-open9")
+        engine.gate.enter_safe_mode("a test")
+
+        reply = await (await engine.submit(amend("am-safe", stop_price=59_400.0))).wait()
+
+        assert (reply.status, reply.outcome) == ("done", "protected"), reply
+        assert venue.truth.position(SYMBOL).stop_price == 59_400.0
