@@ -372,3 +372,22 @@ async def test_safe_mode_refuses_entries_but_not_amends(clock: IOAwareMockClock,
 
         assert (reply.status, reply.outcome) == ("done", "protected"), reply
         assert venue.truth.position(SYMBOL).stop_price == 59_400.0
+
+
+async def test_an_in_place_amend_the_venue_never_answers_is_refused_with_what_it_holds(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with FakeVenue(seed=1721, knobs=FAST_PUSH) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        await protected(engine, venue, "am-open10")
+        alerts: list[str] = []
+        engine.ctx.alerts.append(lambda _symbol, message: alerts.append(message))
+        venue.fail_next("amend_attached", *[VenueUnavailable("trading-stop: timeout")] * 50)
+
+        reply = await (await engine.submit(amend("am-silent", stop_price=59_400.0))).wait()
+
+        assert reply.status == "rejected" and "not confirmed (no answer from the venue" in reply.reason, reply
+        record = await engine.store.load_record(SYMBOL)
+        assert (record.state, record.stop_price, record.amend_intent_id) == (State.PROTECTED, 58_800.0, "")
+        assert venue.truth.position(SYMBOL).stop_price == 58_800.0
+        assert any("amend am-silent: no answer from the venue" in a for a in alerts), alerts

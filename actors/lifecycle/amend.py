@@ -46,6 +46,11 @@ __all__ = ["AmendCheck", "Amendment", "amend_on_request", "in_place", "resume_am
 log = logging.getLogger("posguard.actor")
 
 
+class OutcomeUnknown(StopWouldTrigger):
+    """The venue did not answer an in-place amend in time: the position holds a stop (in place
+    never removes one), the old or the new; what it holds is read back and recorded."""
+
+
 class Amendment(msgspec.Struct, frozen=True, kw_only=True):
     """An amend as prices, checked against the market (`AmendCheck`): what the record's stop
     and take-profit become. None: unchanged; ``take_profit`` 0: removed."""
@@ -95,6 +100,11 @@ async def amend_on_request(ctx: ActorContext, symbol: str, intent: AmendIntent, 
     try:
         await _carry_out(ctx, record, stop_changed=new_stop != old_stop,
                          take_profit_changed=new_take_profit != old_take_profit)
+    except OutcomeUnknown as exc:
+        stop, take_profit = await _held_by_venue(ctx, record)
+        await ctx.alert(symbol, f"amend {intent.intent_id}: {exc.reason}; recorded what the venue shows"
+                                f" (stop {stop:g}, take-profit {take_profit:g})")
+        await _refused(ctx, record, intent.intent_id, stop, take_profit, exc.reason)
     except StopWouldTrigger as exc:
         await _refused(ctx, record, intent.intent_id, old_stop, old_take_profit, exc.reason)
     return record
@@ -181,7 +191,8 @@ async def _amend_in_place(ctx: ActorContext, record: PositionRecord, request: Am
         except VenueUnavailable as exc:
             log.warning("%s: amend in place: outcome unknown (%s); sending it again", record.symbol, exc)
             if not await sleep_within(next(delays), budget):
-                raise
+                raise OutcomeUnknown(f"no answer from the venue within {settings.stop_deadline:g} s ({exc})",
+                                     code="posguard-unknown") from exc
         except StopWouldTrigger:
             raise
         except OrderRejected as exc:
@@ -272,6 +283,8 @@ async def _refused(ctx: ActorContext, record: PositionRecord, intent_id: str, st
     record.amend_intent_id = ""
     record.replaced_stop_client_order_id = ""
     message = f"amend {intent_id} refused by the venue ({reason}); the stop stays at {stop:g}, nothing changed"
+    if reason.startswith("no answer from the venue"):
+        message = f"amend {intent_id} not confirmed ({reason}); the venue shows the stop at {stop:g}"
     record.reason = message
     # The restored record must not answer the amend as done: the refusal is its answer.
     awaited = ctx.still_awaited(record.symbol, intent_id)
