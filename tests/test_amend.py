@@ -258,8 +258,11 @@ def test_parse_amend_fields() -> None:
                       "stop_price": "1", "breakeven": "true"})
 
 
-@pytest.mark.parametrize(("attached", "knobs"), SHAPES)
-@pytest.mark.parametrize("placed", [False, True], ids=["before-the-send", "new-stop-placed"])
+@pytest.mark.parametrize(("attached", "knobs", "placed"), [
+    pytest.param(True, FAST_PUSH, False, id="in-place"),  # in place: there is no replacement order
+    pytest.param(False, BINANCE_LIKE, False, id="replace-order-before-the-send"),
+    pytest.param(False, BINANCE_LIKE, True, id="replace-order-new-stop-placed"),
+])
 async def test_an_amend_cut_short_by_a_crash_is_finished_on_restart(
     clock: IOAwareMockClock, redis_url: str, attached: bool, knobs: FaultKnobs, placed: bool
 ) -> None:
@@ -267,8 +270,6 @@ async def test_an_amend_cut_short_by_a_crash_is_finished_on_restart(
     the record, the old one named as replaced; ``new-stop-placed``: the crash came after the
     replacement's own write ahead (`place_stop`), its fate unknown to the record. The restart
     finishes the amend: the moved stop live, the old one cancelled, the intent answered."""
-    if attached and placed:
-        pytest.skip("in place: there is no replacement order")
     async with FakeVenue(seed=1717, knobs=knobs, supports_attached_stop=attached) as venue:
         async with running_engine(redis_url, venue, clock) as engine:
             await wait_streams_healthy(engine)
