@@ -392,3 +392,32 @@ async def test_an_in_place_amend_the_venue_never_answers_is_refused_with_what_it
         assert (record.state, record.stop_price, record.amend_intent_id) == (State.PROTECTED, 58_800.0, "")
         assert venue.truth.position(SYMBOL).stop_price == 58_800.0
         assert any("amend am-silent: no answer from the venue" in a for a in alerts), alerts
+
+
+async def test_a_take_profit_refused_after_the_stop_moved_keeps_the_moved_stop(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    """Bybit with the attached stop missing (a separate stop order guards the position, the
+    take-profit rides on it): the stop is replaced, then the venue refuses the take-profit's
+    change in place. The record says what the venue holds: the new stop, the old take-profit."""
+    knobs = msgspec.structs.replace(FAST_PUSH, attached_stop_missing_rate=1.0)
+    async with FakeVenue(seed=1722, knobs=knobs) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        before = await protected(engine, venue, "am-open11", take_profit=62_000.0)
+        assert before.protection is Protection.STOP_ORDER, before
+        check = engine.ctx.amend_check
+        assert check is not None
+
+        async def market_moves_after_the_check(intent: AmendIntent, record: PositionRecord) -> Any:
+            checked = await check(intent, record)
+            venue.set_price(SYMBOL, 61_100.0)  # past the new take-profit, short of the old one
+            return checked
+
+        engine.ctx.amend_check = market_moves_after_the_check
+        reply = await (await engine.submit(amend("am-half", stop_price=59_400.0, take_profit=61_000.0))).wait()
+
+        assert reply.status == "rejected" and "refused in part" in reply.reason, reply
+        record = await engine.store.load_record(SYMBOL)
+        assert (record.stop_price, record.take_profit, record.amend_intent_id) == (59_400.0, 62_000.0, ""), record
+        assert stop_of(venue, record) == 59_400.0 and venue.truth.position(SYMBOL).take_profit == 62_000.0
+        assert venue.truth.orders[before.stop_client_order_id].status == "cancelled"

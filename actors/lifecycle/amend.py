@@ -51,6 +51,15 @@ class OutcomeUnknown(StopWouldTrigger):
     never removes one), the old or the new; what it holds is read back and recorded."""
 
 
+class TakeProfitRefused(Exception):
+    """The stop was moved, then the venue refused the take-profit's change: the new stop
+    stays, the take-profit goes back to what it was."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Amendment(msgspec.Struct, frozen=True, kw_only=True):
     """An amend as prices, checked against the market (`AmendCheck`): what the record's stop
     and take-profit become. None: unchanged; ``take_profit`` 0: removed."""
@@ -100,6 +109,9 @@ async def amend_on_request(ctx: ActorContext, symbol: str, intent: AmendIntent, 
     try:
         await _carry_out(ctx, record, stop_changed=new_stop != old_stop,
                          take_profit_changed=new_take_profit != old_take_profit)
+    except TakeProfitRefused as exc:
+        await _refused(ctx, record, intent.intent_id, record.stop_price, old_take_profit,
+                       f"the stop was moved to {record.stop_price:g}; the take-profit was not: {exc.reason}")
     except OutcomeUnknown as exc:
         stop, take_profit = await _held_by_venue(ctx, record)
         await ctx.alert(symbol, f"amend {intent.intent_id}: {exc.reason}; recorded what the venue shows"
@@ -121,10 +133,13 @@ async def resume_amend(ctx: ActorContext, record: PositionRecord) -> None:
     intent_id = record.amend_intent_id
     try:
         await _carry_out(ctx, record, stop_changed=stop_pending, take_profit_changed=True)
-    except StopWouldTrigger as exc:
+    except (StopWouldTrigger, TakeProfitRefused) as exc:
         # The values as they were are not in Redis: the venue says what it holds (the
         # position's own, or the kept stop order's trigger).
         stop, take_profit = await _held_by_venue(ctx, record)
+        if isinstance(exc, TakeProfitRefused):
+            position = ctx.board.position(record.symbol)
+            take_profit = position.take_profit or 0.0 if position is not None else 0.0
         try:
             await _refused(ctx, record, intent_id, stop, take_profit, exc.reason)
         except IntentRefused as refusal:
@@ -168,7 +183,10 @@ async def _carry_out(ctx: ActorContext, record: PositionRecord, *, stop_changed:
         if not record.amend_intent_id:
             return  # the new stop filled at once: an exit, recorded as such
         if take_profit_changed and attached_take_profit:
-            await _amend_in_place(ctx, record, AmendRequest(symbol=record.symbol, take_profit=record.take_profit))
+            try:
+                await _amend_in_place(ctx, record, AmendRequest(symbol=record.symbol, take_profit=record.take_profit))
+            except StopWouldTrigger as exc:
+                raise TakeProfitRefused(exc.reason) from exc
     elif take_profit_changed and attached_take_profit:
         await _amend_in_place(ctx, record, AmendRequest(symbol=record.symbol, take_profit=record.take_profit))
     if take_profit_changed and not attached_take_profit:
@@ -283,7 +301,9 @@ async def _refused(ctx: ActorContext, record: PositionRecord, intent_id: str, st
     record.amend_intent_id = ""
     record.replaced_stop_client_order_id = ""
     message = f"amend {intent_id} refused by the venue ({reason}); the stop stays at {stop:g}, nothing changed"
-    if reason.startswith("no answer from the venue"):
+    if reason.startswith("the stop was moved"):
+        message = f"amend {intent_id} refused in part by the venue: {reason}; the take-profit stays at {take_profit:g}"
+    elif reason.startswith("no answer from the venue"):
         message = f"amend {intent_id} not confirmed ({reason}); the venue shows the stop at {stop:g}"
     record.reason = message
     # The restored record must not answer the amend as done: the refusal is its answer.
