@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from posguard.actors import ids
 from posguard.actors.failpoints import before_reply, failpoint, record_saved
@@ -18,6 +19,9 @@ from posguard.streams.ingestion.evidence import EvidenceBoard
 from posguard.streams.venue.events import Order, Position
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import Venue
+
+if TYPE_CHECKING:
+    from posguard.actors.lifecycle.amend import AmendCheck
 
 __all__ = ["ActorContext", "AwaitedReply", "EntryCheck", "PendingWriteAhead", "TransitionObserver"]
 
@@ -61,6 +65,9 @@ class ActorContext:
     rules: dict[str, MarketRules]
     settings: ActorSettings
     entry_check: EntryCheck
+    amend_check: AmendCheck | None = None
+    """The amend's market checks (`lifecycle.amend.AmendCheck`: the supervisor's risk rules);
+    None: amends are refused (a context built without the supervisor's checks)."""
     rng: random.Random = field(default_factory=random.Random)
     observers: list[TransitionObserver] = field(default_factory=list)
     alerts: list[Callable[[str, str], None]] = field(default_factory=list)

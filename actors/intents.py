@@ -17,6 +17,7 @@ from posguard.streams.venue.events import OrderSide
 from posguard.streams.venue.markets import MarketRules
 
 __all__ = [
+    "AmendIntent",
     "CarryOn",
     "CloseIntent",
     "ConflictingBody",
@@ -34,6 +35,7 @@ __all__ = [
     "action_of",
     "answers",
     "body_of",
+    "check_amend",
     "check_open",
     "check_intent_id",
     "check_symbol",
@@ -42,6 +44,7 @@ __all__ = [
     "intent_verdict",
     "settle_reply",
     "stale_reason",
+    "stop_tightens",
     "take_profit_beyond",
 ]
 
@@ -67,6 +70,7 @@ TakeProfitDistance = Annotated[float, msgspec.Meta(
     gt=0, lt=1, description="a fraction between 0 and 1 (0.04 = 4 %)"
 )]
 """Below 1: a sell's take-profit one whole price away would be at 0."""
+Flag = Annotated[bool, msgspec.Meta(description="true or false")]
 ExpiresMs = Annotated[int, msgspec.Meta(gt=0, description="a time in epoch milliseconds")]
 
 
@@ -98,7 +102,37 @@ class CloseIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     expires_ms: ExpiresMs = 0
 
 
-Intent = OpenIntent | CloseIntent
+class AmendIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="action",
+                  tag="amend"):
+    """Change a protected position's stop and/or take-profit (`check_amend`): the stop as a
+    price, a distance from the last price, or ``breakeven`` (the entry price); the take-profit
+    as a price or a distance, or ``remove_take_profit``. The position is never bare during the
+    change (`posguard.actors.lifecycle.amend`)."""
+
+    intent_id: IntentId
+    symbol: str
+    stop_price: StopPrice = 0.0
+    """0: the stop is not changed (unless ``stop_distance`` or ``breakeven`` is given)."""
+    stop_distance: StopDistance | None = None
+    breakeven: Flag = False
+    """Move the stop to the entry price (rounded to the tick), only where that tightens it."""
+    take_profit: TakeProfitPrice = 0.0
+    """0: the take-profit is not changed (unless ``take_profit_distance`` or
+    ``remove_take_profit`` is given)."""
+    take_profit_distance: TakeProfitDistance | None = None
+    remove_take_profit: Flag = False
+    expires_ms: ExpiresMs = 0
+
+    @property
+    def moves_stop(self) -> bool:
+        return bool(self.stop_price) or self.stop_distance is not None or self.breakeven
+
+    @property
+    def changes_take_profit(self) -> bool:
+        return bool(self.take_profit) or self.take_profit_distance is not None or self.remove_take_profit
+
+
+Intent = OpenIntent | CloseIntent | AmendIntent
 
 IntentStatus = Literal["accepted", "rejected", "stale", "done", "failed", "duplicate"]
 """``duplicate`` is only ever a reply (the intent record keeps the first answer)."""
@@ -179,12 +213,53 @@ def check_open(intent: OpenIntent, rules: dict[str, MarketRules]) -> OpenIntent:
     return msgspec.structs.replace(intent, qty=qty, stop_price=stop, take_profit=take_profit)
 
 
+def check_amend(intent: AmendIntent, rules: dict[str, MarketRules]) -> AmendIntent:
+    """What an amend must pass at intake, with nothing awaited: it asks for something, one way
+    each for the stop and the take-profit, plausible prices; returns it with its prices on the
+    tick. Where the stop and take-profit lie against the market and the position is the
+    actor's to check (`supervisor.risk.check_protection`), with the price and the record."""
+    check_symbol(intent.symbol, rules)
+    market = rules[intent.symbol]
+    stops = [name for name, given in (("stop_price", bool(intent.stop_price)),
+                                      ("stop_distance", intent.stop_distance is not None),
+                                      ("breakeven", intent.breakeven)) if given]
+    if len(stops) > 1:
+        raise IntentRefused(f"{', '.join(stops)}: give one of them, not several")
+    profits = [name for name, given in (("take_profit", bool(intent.take_profit)),
+                                        ("take_profit_distance", intent.take_profit_distance is not None),
+                                        ("remove_take_profit", intent.remove_take_profit)) if given]
+    if len(profits) > 1:
+        raise IntentRefused(f"{', '.join(profits)}: give one of them, not several")
+    if not stops and not profits:
+        raise IntentRefused("amend: nothing to change: give stop_price, stop_distance or breakeven, and/or"
+                            " take_profit, take_profit_distance or remove_take_profit")
+    stop, take_profit = intent.stop_price, intent.take_profit
+    for name, value in (("stop_price", stop), ("take_profit", take_profit)):
+        if value > market.largest_price:
+            raise IntentRefused(f"{name}: {value:g} is not a plausible price for {intent.symbol}")
+    if stop:
+        stop = market.round_price(stop)
+    if take_profit:
+        take_profit = market.round_price(take_profit)
+        if not take_profit > 0:
+            raise IntentRefused(f"take_profit: {intent.take_profit:g} rounds to 0 on the tick {market.price_tick:g}"
+                                f" of {intent.symbol}")
+    return msgspec.structs.replace(intent, stop_price=stop, take_profit=take_profit)
+
+
 def take_profit_beyond(side: OrderSide, reference: float, take_profit: float) -> bool:
     """Whether ``take_profit`` lies on the profit side of ``reference`` (a price or the stop)
     for an entry on ``side``: above it for a buy, below it for a sell. The one rule of a
     take-profit's side, for the intake (against the stop) and the priced checks (against the
     last price)."""
     return take_profit > reference if side == "buy" else take_profit < reference
+
+
+def stop_tightens(side: OrderSide, old_stop: float, new_stop: float) -> bool:
+    """Whether ``new_stop`` is closer to the market than ``old_stop`` for an entry on ``side``
+    (higher for a buy, lower for a sell): the one rule for "tightens" (``breakeven`` moves the
+    stop only so)."""
+    return new_stop > old_stop if side == "buy" else new_stop < old_stop
 
 
 def check_intent_id(intent_id: str) -> None:
@@ -220,6 +295,10 @@ def answers(record: PositionRecord, reply: IntentRecord) -> bool:
     intent's)."""
     if record.state.is_terminal:
         return True
+    if reply.action == "amend":
+        # Done once the record is protected again with no amend under way (`amend`): it was
+        # this one's (an amend is served to its end before the next intent starts).
+        return record.state is State.PROTECTED and not record.amend_intent_id
     return reply.action == "open" and record.state is State.PROTECTED and record.intent_id == reply.intent_id
 
 
@@ -233,7 +312,8 @@ def settle_reply(reply: IntentRecord, record: PositionRecord, *, after_restart: 
     reply.reason = record.reason
     if after_restart:
         reply.reason = f"finished after a restart: {reply.reason}" if reply.reason else "finished after a restart"
-    reply.client_order_id = record.client_order_id if open_ else record.close_client_order_id
+    reply.client_order_id = (record.client_order_id if open_ else record.stop_client_order_id
+                             if reply.action == "amend" else record.close_client_order_id)
     return reply
 
 
@@ -253,6 +333,14 @@ def body_of(intent: Intent) -> str:
     that a redelivered entry always has the body it had the first time."""
     if isinstance(intent, CloseIntent):
         return f"{action_of(intent)} {intent.symbol}"
+    if isinstance(intent, AmendIntent):
+        parts = [action_of(intent), intent.symbol]
+        for name in ("stop_price", "stop_distance", "breakeven", "take_profit", "take_profit_distance",
+                     "remove_take_profit"):
+            value = getattr(intent, name)
+            if value not in (0.0, None, False):
+                parts.append(f"{name} {value!r}")
+        return " ".join(parts)
     stop = f"stop_distance {intent.stop_distance!r}" if intent.stop_distance is not None else (
         f"stop_price {intent.stop_price!r}")
     body = f"{action_of(intent)} {intent.symbol} {intent.side} qty {intent.qty!r} {stop}"

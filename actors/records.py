@@ -162,6 +162,12 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     take_profit_client_order_id: str = ""
     """The separate take-profit order's id, written before it is sent; "" where the take-profit
     rides on the entry (or there is none)."""
+    amend_intent_id: str = ""
+    """The amend intent under way (`lifecycle.amend`), written ahead with the new stop and
+    take-profit in ``stop_price``/``take_profit`` before anything is sent (I5); "" once done."""
+    replaced_stop_client_order_id: str = ""
+    """The stop order an amend replaces, cancelled only once its replacement is live; "" when
+    there is none left to cancel."""
     close_client_order_id: str = ""
     close_intent_id: str = ""
     reason: str = ""

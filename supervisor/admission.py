@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from posguard.actors.intents import (
+    AmendIntent,
     CloseIntent,
     ConflictingBody,
     Duplicate,
@@ -28,21 +29,26 @@ from posguard.actors.intents import (
     OpenIntent,
     action_of,
     body_of,
+    check_amend,
     check_intent_id,
     check_open,
     check_symbol,
     intent_verdict,
+    stop_tightens,
+    take_profit_beyond,
 )
+from posguard.actors.lifecycle.amend import Amendment
 from posguard.actors.lifecycle import MailboxFull, Ticket
 from posguard.actors.lifecycle.replies import answer_refused_repeat
 from posguard.actors.store.client import is_redis_failure
+from posguard.actors.records import PositionRecord
 from posguard.actors.store.positions import Store
 from posguard.streams.venue.markets import MarketRules
 from posguard.supervisor.actor_registry import ActorRegistry
 from posguard.supervisor.intent_claims import IntentClaims
 from posguard.supervisor.open_slots import OpenSlots
 from posguard.supervisor.prices import PriceReader
-from posguard.supervisor.risk import RiskLimits, check_priced, check_static
+from posguard.supervisor.risk import RiskLimits, check_priced, check_protection, check_static
 from posguard.supervisor.supervision import EntryGate
 
 __all__ = ["Admission", "PricedChecks"]
@@ -104,6 +110,43 @@ class PricedChecks:
         return intent
 
 
+    async def amend(self, intent: AmendIntent, record: PositionRecord) -> Amendment:
+        """An amend's new stop and take-profit as prices, checked against the last price and
+        the position (`risk.check_protection`, the entry's own rule), or `IntentRefused`.
+        Not gated: moving a stop or a take-profit opens nothing, and safe mode keeps protecting."""
+        rules = self.rules[intent.symbol]
+        price = await self.prices.price(intent.symbol)
+        stop: float | None = None
+        if intent.stop_price:
+            stop = intent.stop_price
+        elif intent.stop_distance is not None:
+            sign = -1 if record.side == "buy" else 1
+            stop = rules.round_price(price * (1 + sign * intent.stop_distance))
+        elif intent.breakeven:
+            stop = rules.round_price(record.entry_price)
+            if not record.entry_price or not stop_tightens(record.side, record.stop_price, stop):
+                raise IntentRefused(f"breakeven: the entry price {record.entry_price:g} would not tighten the stop"
+                                    f" {record.stop_price:g}; nothing was changed")
+        take_profit: float | None = None
+        if intent.take_profit:
+            take_profit = intent.take_profit
+        elif intent.take_profit_distance is not None:
+            sign = 1 if record.side == "buy" else -1
+            take_profit = rules.round_price(price * (1 + sign * intent.take_profit_distance))
+        elif intent.remove_take_profit:
+            take_profit = 0.0
+        new_stop = stop if stop is not None else record.stop_price
+        new_take_profit = take_profit if take_profit is not None else record.take_profit
+        if new_take_profit and not take_profit_beyond(record.side, new_stop, new_take_profit):
+            beyond = "above" if record.side == "buy" else "below"
+            raise IntentRefused(f"take_profit: {new_take_profit:g} must be {beyond} the stop {new_stop:g} for a"
+                                f" {record.side}")
+        leverage, leverage_from = await self.prices.leverage(intent.symbol)
+        check_protection(record.side, new_stop, take_profit or 0.0, price, self.risk, leverage=leverage,
+                         leverage_from=leverage_from, entry_price=record.entry_price)
+        return Amendment(stop_price=stop, take_profit=take_profit)
+
+
 class Admission:
     """Checks intents and hands the accepted ones to their actors."""
 
@@ -154,6 +197,8 @@ class Admission:
                 intent = self.check_entry(intent)
             elif isinstance(intent, CloseIntent):
                 check_symbol(intent.symbol, self.rules)
+            elif isinstance(intent, AmendIntent):
+                intent = check_amend(intent, self.rules)
             ticket = self.actors.get_or_start(intent.symbol).submit(intent, body)
         except (IntentRefused, MailboxFull) as exc:
             self.slots.release(intent.intent_id)

@@ -88,7 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
                              help="instead: a fraction of the last price in the position's favour, e.g. 0.04")
     close = commands.add_parser("close", help="send a close intent and follow it to its outcome")
     close.add_argument("symbol")
-    for sub in (open_, close):
+    amend = commands.add_parser("amend", help="move a protected position's stop or take-profit and follow it")
+    amend.add_argument("symbol")
+    new_stop = amend.add_mutually_exclusive_group()
+    new_stop.add_argument("--stop-price", type=float, help="the stop moved to this price")
+    new_stop.add_argument("--stop-distance", type=float, help="instead: a fraction of the last price, e.g. 0.01")
+    new_stop.add_argument("--breakeven", action="store_true", help="instead: the stop to the entry price")
+    new_take_profit = amend.add_mutually_exclusive_group()
+    new_take_profit.add_argument("--take-profit", type=float, help="the take-profit moved to this price")
+    new_take_profit.add_argument("--take-profit-distance", type=float,
+                                 help="instead: a fraction of the last price in the position's favour")
+    new_take_profit.add_argument("--no-take-profit", action="store_true", help="instead: the take-profit removed")
+    for sub in (open_, close, amend):
         sub.add_argument("--intent-id", help="idempotency key (default: generated)")
         sub.add_argument("--timeout", type=_bounded(float, 1.0, 86_400.0), default=120.0,
                          help="seconds to wait for the outcome (1-86400)")
@@ -193,14 +204,20 @@ def _operator(config: Config, args: argparse.Namespace) -> int:
 
 
 def intent_of(args: argparse.Namespace) -> Intent:
-    """The intent ``posguard open`` / ``close`` sends, built as a strategy would build it for
-    `posguard.client` (which decodes it as the service will before it is sent)."""
-    from posguard.actors.intents import CloseIntent, OpenIntent
+    """The intent ``posguard open`` / ``close`` / ``amend`` sends, built as a strategy would
+    build it for `posguard.client` (which decodes it as the service will before it is sent)."""
+    from posguard.actors.intents import AmendIntent, CloseIntent, OpenIntent
     from posguard.client import new_intent_id
 
     intent_id = args.intent_id if args.intent_id is not None else new_intent_id("cli")
-    if args.command != "open":
+    if args.command == "close":
         return CloseIntent(intent_id=intent_id, symbol=args.symbol)
+    if args.command == "amend":
+        changes = {"stop_price": args.stop_price, "stop_distance": args.stop_distance,
+                   "take_profit": args.take_profit, "take_profit_distance": args.take_profit_distance}
+        return AmendIntent(intent_id=intent_id, symbol=args.symbol, breakeven=args.breakeven,
+                           remove_take_profit=args.no_take_profit,
+                           **{name: value for name, value in changes.items() if value is not None})
     given = {"stop_price": args.stop_price, "stop_distance": args.stop_distance, "take_profit": args.take_profit,
              "take_profit_distance": args.take_profit_distance}
     return OpenIntent(intent_id=intent_id, symbol=args.symbol, side=args.side, qty=args.qty,

@@ -102,8 +102,10 @@ class Engine:
             board=self.board,
             rules=self.rules,
             settings=settings,
-            entry_check=PricedChecks(prices=self.prices, rules=self.rules, risk=self.risk,
-                                     alert=lambda symbol, message: self.ctx.alert(symbol, message), gate=self.gate),
+            entry_check=(checks := PricedChecks(prices=self.prices, rules=self.rules, risk=self.risk,
+                                                alert=lambda symbol, message: self.ctx.alert(symbol, message),
+                                                gate=self.gate)),
+            amend_check=checks.amend,
             rng=rng,
             observers=[self.metrics.on_transition, log_transition, self.slots.on_transition, *observers],
         )
@@ -153,11 +155,11 @@ class Engine:
         self.slots.count_existing(scan)
         records = scan.usable
         unanswered = await self.store.still_accepted(
-            [i for r in records for i in (r.intent_id, r.close_intent_id) if i]
+            [i for r in records for i in (r.intent_id, r.close_intent_id, r.amend_intent_id) if i]
         )
         for record in records:
             self.stop_fill_watch.follow(record)
-            accepted = frozenset({record.intent_id, record.close_intent_id} & unanswered)
+            accepted = frozenset({record.intent_id, record.close_intent_id, record.amend_intent_id} & unanswered)
             if record.state.is_live or accepted:
                 self.actors.get_or_start(record.symbol, AsRead(record=record, accepted=accepted))
 

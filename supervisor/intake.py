@@ -32,7 +32,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from posguard.actors.intents import INTENT_ID_PATTERN, CloseIntent, Intent, IntentRecord, OpenIntent
+from posguard.actors.intents import INTENT_ID_PATTERN, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import Ticket
 from posguard.actors.store.client import RedisClient, is_redis_failure
 from posguard.actors.store.lease import Fenced
@@ -80,7 +80,8 @@ def _field_rules() -> dict[str, str]:
 
 
 _FIELD_RULES = _field_rules()
-_OPEN_ONLY = frozenset(OpenIntent.__struct_fields__) - frozenset(CloseIntent.__struct_fields__)
+_ANY_INTENT_FIELDS = frozenset().union(*(struct.__struct_fields__ for struct in get_args(Intent)))
+"""A field some intent kind has: on another kind it is "not allowed on" that one, not unknown."""
 
 
 def parse_intent(
@@ -112,7 +113,10 @@ def _refusal(error: str, fields: dict[str, str]) -> str:
     unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
     if unknown:
         name = unknown.group(1)
-        return f"{name}: not allowed on a close intent" if name in _OPEN_ONLY else f"{name}: unknown field"
+        if name in _ANY_INTENT_FIELDS:
+            action = fields.get("action", "")
+            return f"{name}: not allowed on {'an' if action[:1] in 'aeiou' else 'a'} {action} intent"
+        return f"{name}: unknown field"
     missing = re.match(r"Object missing required field `([^`]+)`", what)
     if missing:
         return f"{missing.group(1)}: required field missing"

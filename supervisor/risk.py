@@ -17,10 +17,10 @@ import msgspec
 from posguard.actors.intents import IntentRefused, OpenIntent, take_profit_beyond
 from posguard.actors.lifecycle.stop_fill import stop_crossed
 from posguard.actors.liquidation import beyond_liquidation
-from posguard.streams.venue.events import position_side_of
+from posguard.streams.venue.events import OrderSide, position_side_of
 from posguard.streams.venue.liquidation import estimated_liquidation_price
 
-__all__ = ["Fraction", "Limit", "RiskLimits", "check_priced", "check_static", "not_markets"]
+__all__ = ["Fraction", "Limit", "RiskLimits", "check_priced", "check_protection", "check_static", "not_markets"]
 
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 Limit = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
@@ -73,24 +73,34 @@ def check_static(intent: OpenIntent, limits: RiskLimits) -> None:
         raise IntentRefused(f"risk.max_qty: qty {intent.qty} exceeds the limit {cap} for {intent.symbol}")
 
 
-def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, leverage: float, leverage_from: str) -> None:
+def check_protection(side: OrderSide, stop_price: float, take_profit: float, price: float, limits: RiskLimits, *,
+                     leverage: float, leverage_from: str, entry_price: float = 0.0) -> None:
     """The stop on the right side of the market and inside the liquidation price (estimated
-    from ``leverage``, read from ``leverage_from``), a take-profit on the profit side of it,
-    and the limits that need the last price."""
-    if stop_crossed(intent.side, intent.stop_price, price):
-        below = "below" if intent.side == "buy" else "above"
-        raise IntentRefused(f"stop_price: {intent.stop_price} must be {below} the last price {price} for a {intent.side}")
-    if intent.take_profit and not take_profit_beyond(intent.side, price, intent.take_profit):
-        beyond = "above" if intent.side == "buy" else "below"
-        raise IntentRefused(f"take_profit: {intent.take_profit} must be {beyond} the last price {price} for a"
-                            f" {intent.side}; the venue would fill it at once")
-    liq = estimated_liquidation_price(position_side_of(intent.side), price, leverage, limits.maintenance_margin)
-    if beyond_liquidation(intent.side, intent.stop_price, liq):
+    from ``leverage``, read from ``leverage_from``), a take-profit (0: none) on the profit side
+    of it: the one rule for an entry's stop (`check_priced`) and an amended one's (whose
+    liquidation is estimated from the position's ``entry_price``, an entry's from ``price``)."""
+    if stop_crossed(side, stop_price, price):
+        below = "below" if side == "buy" else "above"
+        raise IntentRefused(f"stop_price: {stop_price} must be {below} the last price {price} for a {side}")
+    if take_profit and not take_profit_beyond(side, price, take_profit):
+        beyond = "above" if side == "buy" else "below"
+        raise IntentRefused(f"take_profit: {take_profit} must be {beyond} the last price {price} for a"
+                            f" {side}; the venue would fill it at once")
+    reference = entry_price or price
+    liq = estimated_liquidation_price(position_side_of(side), reference, leverage, limits.maintenance_margin)
+    if beyond_liquidation(side, stop_price, liq):
+        basis = f"entry price {entry_price}" if entry_price else f"last price {price}"
         raise IntentRefused(
-            f"stop_price: {intent.stop_price} is beyond the estimated liquidation price {liq:.6g} ({leverage:g}x"
-            f" leverage from {leverage_from}, last price {price}): the position would be liquidated before the"
+            f"stop_price: {stop_price} is beyond the estimated liquidation price {liq:.6g} ({leverage:g}x"
+            f" leverage from {leverage_from}, {basis}): the position would be liquidated before the"
             " stop fires; move the stop closer or lower the leverage"
         )
+
+
+def check_priced(intent: OpenIntent, price: float, limits: RiskLimits, *, leverage: float, leverage_from: str) -> None:
+    """`check_protection`, and the limits that need the last price."""
+    check_protection(intent.side, intent.stop_price, intent.take_profit, price, limits, leverage=leverage,
+                     leverage_from=leverage_from)
     notional = intent.qty * price
     if limits.max_notional and notional > limits.max_notional:
         raise IntentRefused(

@@ -87,6 +87,21 @@ async def test_open_then_close_answered_with_typed_replies(clock: IOAwareMockClo
         assert venue.truth.position(BTC) is None
 
 
+async def test_amend_moves_the_stop_and_a_malformed_one_is_refused_before_sending(
+    clock: IOAwareMockClock, redis_url: str
+) -> None:
+    async with posguard_running(redis_url, clock) as (venue, engine), AsyncClient(redis_url, ACCOUNT) as client:
+        assert (await (await client.open(BTC, "buy", 0.01, stop_price=58_800)).result()).outcome == "protected"
+        moved = await (await client.amend(BTC, stop_price=59_400, intent_id="amend-1")).result()
+        assert isinstance(moved, Done) and moved.outcome == "protected", moved
+        assert venue.truth.position(BTC).stop_price == 59_400.0, "moved on the venue (in place)"
+        assert (await engine.store.load_record(BTC)).stop_price == 59_400.0
+        with pytest.raises(BadIntent, match="stop_distance: must be"):
+            await client.amend(BTC, stop_distance=0.7)
+        nothing = await (await client.amend(BTC)).result()
+        assert isinstance(nothing, Rejected) and "nothing to change" in nothing.reason, nothing
+
+
 async def test_an_id_sent_again_is_a_duplicate_and_another_body_under_it_is_refused(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:
@@ -234,16 +249,17 @@ async def test_the_readme_example_runs(clock: IOAwareMockClock, redis_url: str) 
     async_part, sync_part = rest.split("\nwith Client")
     namespace: dict[str, Any] = {}
     exec(imports + "\nasync def example():\n" + textwrap.indent(async_part, "    ")  # noqa: S102
-         + "\n    return first, reply, closed\n", namespace)
+         + "\n    return first, reply, moved, closed\n", namespace)
     async with posguard_running(redis_url, clock) as (venue, engine):
-        first, reply, closed = await namespace["example"]()
-        assert (first.status, reply.outcome, closed.outcome) == ("accepted", "protected", "closed")
+        first, reply, moved, closed = await namespace["example"]()
+        assert (first.status, reply.outcome, moved.outcome, closed.outcome) == (
+            "accepted", "protected", "protected", "closed"), moved
         await anyio.to_thread.run_sync(exec, "with Client" + sync_part, namespace)  # noqa: S102
         assert isinstance(namespace["reply"], Done) and namespace["reply"].outcome == "protected"
         assert venue.truth.is_protected(ETH)
 
 
-async def test_posguard_open_and_close_send_through_the_client(
+async def test_posguard_open_amend_and_close_send_through_the_client(
     clock: IOAwareMockClock, redis_url: str, tmp_path: Path
 ) -> None:
     config = tmp_path / "config.toml"
@@ -266,6 +282,9 @@ async def test_posguard_open_and_close_send_through_the_client(
         lines = opened.stdout.splitlines()
         assert lines[-2] == "accepted" and lines[-1].startswith("done outcome=protected client_order_id=pg"), lines
         assert any(re.fullmatch(r"intent cli-[0-9a-f]{16} sent", line) for line in lines), lines
+        amended = await anyio.to_thread.run_sync(posguard, "amend", BTC, "--stop-price", "59400")
+        assert amended.returncode == 0 and "done outcome=protected" in amended.stdout, amended
+        assert venue.truth.position(BTC).stop_price == 59_400.0
         closed = await anyio.to_thread.run_sync(posguard, "close", BTC)
         assert closed.returncode == 0 and "done outcome=closed" in closed.stdout, closed
         assert venue.truth.position(BTC) is None

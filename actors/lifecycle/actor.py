@@ -21,8 +21,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
-from posguard.actors.intents import CloseIntent, Intent, IntentRecord, OpenIntent
+from posguard.actors.intents import AmendIntent, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import recovery, repairs
+from posguard.actors.lifecycle.amend import amend_on_request
 from posguard.actors.lifecycle.closing import close_on_request
 from posguard.actors.lifecycle.entry import open_position
 from posguard.actors.lifecycle.mailbox import MailboxFull, MailboxItem, Nudge, Repair, Ticket
@@ -178,4 +179,9 @@ class SymbolActor:
             case CloseIntent():
                 return await answer_intent(
                     ctx, symbol, intent, lambda: close_on_request(ctx, symbol, intent, self._owned), body=body
+                )
+            case AmendIntent():
+                return await answer_intent(
+                    ctx, symbol, intent,
+                    lambda: amend_on_request(ctx, symbol, intent, self._owned, ctx.amend_check), body=body,
                 )

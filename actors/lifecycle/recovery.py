@@ -14,6 +14,7 @@ import msgspec
 from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import IntentRecord, settle_reply
+from posguard.actors.lifecycle.amend import resume_amend
 from posguard.actors.lifecycle.closing import drive_close
 from posguard.actors.lifecycle.entry import drive_entry
 from posguard.actors.lifecycle.replies import nobody_waiting
@@ -77,6 +78,8 @@ async def resume(ctx: ActorContext, symbol: str, as_read: AsRead | None = None) 
                 # write ahead gets it now (one written ahead was sent, and a leftover of it is
                 # cancelled when the record settles; `arm_take_profit` says nothing else).
                 await arm_take_profit(ctx, record)
+                # An amend cut short: its new values are in the record; finished from there.
+                await resume_amend(ctx, record)
     finally:
         left = [r for r in waiting if ctx.still_awaited(symbol, r.intent_id) is not None]
     for reply in left:  # the step ended live (protected), or the record had settled before
@@ -87,11 +90,11 @@ async def resume(ctx: ActorContext, symbol: str, as_read: AsRead | None = None) 
 
 async def unanswered_intents(ctx: ActorContext, record: PositionRecord,
                              accepted: frozenset[str] | None = None) -> list[IntentRecord]:
-    """The record's open and close intents whose stored answer is still ``accepted``: the
+    """The record's open, close and amend intents whose stored answer is still ``accepted``: the
     intake acknowledged them when they were written ahead, so nothing redelivers them.
     ``accepted``: the ids already known to be stored so (`AsRead`); the others are not read."""
     found = []
-    for intent_id in dict.fromkeys(filter(None, (record.intent_id, record.close_intent_id))):
+    for intent_id in dict.fromkeys(filter(None, (record.intent_id, record.close_intent_id, record.amend_intent_id))):
         if accepted is not None and intent_id not in accepted:
             continue
         reply = await ctx.store.load_intent(intent_id)

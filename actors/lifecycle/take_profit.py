@@ -58,12 +58,13 @@ def needs_take_profit_order(ctx: ActorContext, record: PositionRecord) -> bool:
             and record.state is State.PROTECTED and is_protected(record))
 
 
-async def arm_take_profit(ctx: ActorContext, record: PositionRecord) -> bool:
+async def arm_take_profit(ctx: ActorContext, record: PositionRecord, *, attempt: int = 1) -> bool:
     """Place the record's take-profit after its stop (`needs_take_profit_order`); True when the
-    venue answered it armed. Its id is written ahead (I5)."""
+    venue answered it armed. Its id is written ahead (I5); ``attempt``: its number (an amend's
+    new take-profit takes the next one)."""
     if not needs_take_profit_order(ctx, record):
         return False
-    coid = ids.take_profit_id(ctx.account, record.intent_id, 1)
+    coid = ids.take_profit_id(ctx.account, record.intent_id, attempt)
     record.take_profit_client_order_id = coid
     qty = record.filled_qty or record.qty
     await ctx.save(record, f"placing take-profit {coid} at {record.take_profit} (the stop is live)")

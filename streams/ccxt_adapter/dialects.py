@@ -32,9 +32,11 @@ from posguard.streams.venue.errors import (
     VenueUnavailable,
 )
 from posguard.streams.venue.events import Topic
+from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import (
     ID_REUSE_GRACE,
     IDS_KEPT_FOR_GOOD,
+    AmendRequest,
     OrderRequest,
     StopRequest,
     UnknownOrderRule,
@@ -192,6 +194,11 @@ class Dialect:
         """True if an open order was cancelled, False if the venue has no such open order."""
         raise NotImplementedError
 
+    async def amend_attached(self, exchange: Exchange, request: AmendRequest, rules: MarketRules) -> None:
+        """Set the position's own stop / take-profit in place (`Venue.amend_attached`); only
+        a venue that `supports_attached_stop` has it."""
+        raise NotImplementedError(f"{self.exchange_id} holds no stop on the position: amend its stop orders")
+
     async def fetch_open_orders(self, exchange: Exchange, symbol: str | None) -> list[CcxtDict]:
         raise NotImplementedError
 
@@ -230,6 +237,9 @@ class Dialect:
             "executions": exchange.watch_my_trades,
         }
 
+
+BYBIT_NOT_MODIFIED = "34040"
+"""Set Trading Stop's "not modified": the position already holds the values sent."""
 
 BYBIT_CODES = VenueCodes(
     exchange="bybit",
@@ -323,6 +333,29 @@ class BybitDialect(Dialect):
         if not found:
             found = await exchange.fetch_canceled_and_closed_orders(symbol, None, None, query)
         return found[0] if found else None
+
+    async def amend_attached(self, exchange: Exchange, request: AmendRequest, rules: MarketRules) -> None:
+        # Set Trading Stop, https://bybit-exchange.github.io/docs/v5/position/trading-stop:
+        # category, symbol, tpslMode and positionIdx required; "Full position TP/SL orders: This
+        # API can be used to modify the parameters of existing TP/SL orders"; takeProfit "0
+        # means cancel TP". Through ccxt's implicit V5 endpoint (its own set-TP/SL path goes
+        # through create_order). Sent again after a lost answer, the same values are refused
+        # 34040 "not modified": they are what the position holds, which is success.
+        body: dict[str, Any] = {"category": "linear", "symbol": exchange.market(request.symbol)["id"],
+                                "tpslMode": "Full", "positionIdx": 0}
+        if request.stop_loss is not None:
+            body["stopLoss"] = exchange.price_to_precision(request.symbol, rules.round_price(request.stop_loss))
+            body["slTriggerBy"] = "LastPrice"
+        if request.take_profit is not None:
+            body["takeProfit"] = ("0" if not request.take_profit
+                                  else exchange.price_to_precision(request.symbol, rules.round_price(request.take_profit)))
+            body["tpTriggerBy"] = "LastPrice"
+        try:
+            await exchange.privatePostV5PositionTradingStop(body)
+        except ccxt.BaseError as exc:
+            if venue_reply(exc)[0] == BYBIT_NOT_MODIFIED:
+                return
+            raise
 
     async def cancel(self, exchange: Exchange, symbol: str, client_order_id: str) -> bool:
         try:

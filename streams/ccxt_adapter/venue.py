@@ -51,7 +51,7 @@ from posguard.streams.ccxt_adapter.stream import PrivateStream
 from posguard.streams.venue.errors import OrderRejected, UnknownSymbol, VenueError, VenueUnavailable
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, Topic, VenueEvent
 from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
-from posguard.streams.venue.protocol import OrderRequest, StopRequest, UnknownOrderRule
+from posguard.streams.venue.protocol import AmendRequest, OrderRequest, StopRequest, UnknownOrderRule
 
 __all__ = ["KNOWN_ORDER_IDS", "CcxtVenue"]
 
@@ -238,6 +238,14 @@ class CcxtVenue:
         )
         self._remember(order)
         return order
+
+    async def amend_attached(self, request: AmendRequest) -> None:
+        if not self.supports_attached_stop:
+            raise OrderRejected(f"{self.name} holds no stop on the position; replace its stop order instead;"
+                                " nothing was sent", code="posguard-no-attached-stop")
+        rules = await self._rules_for(request.symbol)
+        self._symbols_seen.add(request.symbol)
+        await self._call("amend_attached", lambda: self._dialect.amend_attached(self._exchange, request, rules))
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
         await self._rules_for(symbol)

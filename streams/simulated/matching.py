@@ -33,7 +33,7 @@ from posguard.streams.venue.errors import (
 from posguard.streams.venue.events import Execution, Order, OrderSide, Position, PositionSide, closing_side
 from posguard.streams.venue.liquidation import DEFAULT_LEVERAGE, estimated_liquidation_price
 from posguard.streams.venue.markets import MarketRules
-from posguard.streams.venue.protocol import OrderRequest, StopRequest
+from posguard.streams.venue.protocol import AmendRequest, OrderRequest, StopRequest
 
 __all__ = ["MatchingEngine"]
 
@@ -129,6 +129,32 @@ class MatchingEngine:
         self._record_order(order, self._rng("stop-visibility", request.client_order_id))
         self._update_protection(request.symbol)
         return order
+
+    def amend_attached(self, request: AmendRequest) -> None:
+        """The position's own stop-loss / take-profit changed in place, as Bybit's
+        ``trading-stop`` does in Full mode (https://bybit-exchange.github.io/docs/v5/position/trading-stop):
+        refused when there is no position, or when a price is on the wrong side of the market
+        (the position keeps what it had); ``take_profit`` 0 removes it."""
+        if not self._supports_attached_stop:
+            raise OrderRejected("this venue attaches no stop to a position", code="fake-no-attached")
+        position = self.truth.position(request.symbol)
+        if position is None or not position.is_open:
+            raise OrderRejected("can not set tp/sl/ts for zero position", code="10001")
+        price = self.prices[request.symbol]
+        long = position.side == "long"
+        if request.stop_loss is not None and (price <= request.stop_loss if long else price >= request.stop_loss):
+            raise StopWouldTrigger(f"StopLoss {request.stop_loss} set for a {position.side} position must be"
+                                   f" {'below' if long else 'above'} the last price {price}", code="10001")
+        if request.take_profit and (price >= request.take_profit if long else price <= request.take_profit):
+            raise StopWouldTrigger(f"TakeProfit {request.take_profit} set for a {position.side} position must be"
+                                   f" {'above' if long else 'below'} the last price {price}", code="10001")
+        changed = position
+        if request.stop_loss is not None:
+            changed = msgspec.structs.replace(changed, stop_price=request.stop_loss)
+        if request.take_profit is not None:
+            changed = msgspec.structs.replace(changed, take_profit=request.take_profit or None)
+        self._set_position(msgspec.structs.replace(changed, ts_ms=self._clock.now_ms()),
+                           self._rng("amend", f"{request.symbol}:{self._clock.now_ms()}"))
 
     def _check_whole_position_stop(self, request: StopRequest) -> None:
         """Binance's rules for a closePosition stop (`FaultKnobs.whole_position_stops`): one per

@@ -41,6 +41,7 @@ from posguard.streams.venue.events import Execution, Order, Position, VenueEvent
 from posguard.streams.venue.markets import MarketRules
 from posguard.streams.venue.protocol import (
     IDS_KEPT_FOR_GOOD,
+    AmendRequest,
     OrderRequest,
     StopRequest,
     UnknownOrderRule,
@@ -272,6 +273,11 @@ class FakeVenue:
         order = self._engine.place_stop(request)
         await self._rest.half_trip("place_stop")
         return order
+
+    async def amend_attached(self, request: AmendRequest) -> None:
+        await self._rest.call("amend_attached", effect_follows=True)
+        self._engine.amend_attached(request)
+        await self._rest.half_trip("amend_attached")
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
         await self._rest.call("cancel_order", effect_follows=True)

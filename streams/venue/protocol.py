@@ -17,6 +17,7 @@ from posguard.streams.venue.events import Execution, Order, OrderSide, Position,
 from posguard.streams.venue.markets import MarketRules
 
 __all__ = [
+    "AmendRequest",
     "IDS_KEPT_FOR_GOOD",
     "ID_REUSE_GRACE",
     "OrderRequest",
@@ -63,6 +64,21 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A take-profit instead of a stop-loss: it triggers when the price reaches ``stop_price``
     in the position's favour (above it for a long) and closes reduce-only (Binance
     ``TAKE_PROFIT_MARKET``); the order's kind is ``take_profit``. Never protection."""
+
+
+class AmendRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Change the stop-loss and/or take-profit the position itself holds, in place (Bybit V5
+    ``POST /v5/position/trading-stop`` with ``tpslMode=Full``: "Full position TP/SL orders:
+    This API can be used to modify parameters of existing TP/SL orders",
+    https://bybit-exchange.github.io/docs/v5/position/trading-stop). The position keeps its
+    old stop until the venue takes the new one: it is never bare. Only where
+    `Venue.supports_attached_stop`."""
+
+    symbol: str
+    stop_loss: float | None = None
+    """The new stop-loss trigger price; None: unchanged."""
+    take_profit: float | None = None
+    """The new take-profit trigger price; 0: removed (Bybit: "0 means cancel TP"); None: unchanged."""
 
 
 class UnknownOrderRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,6 +171,13 @@ class Venue(Protocol):
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> Order | None:
         """Cancel by client order id. None when the venue has no such open order."""
+        ...
+
+    async def amend_attached(self, request: AmendRequest) -> None:
+        """Set the position's own stop-loss / take-profit in place (`AmendRequest`). Returns
+        once the venue accepted it; `StopWouldTrigger` when a price is on the wrong side of
+        the market (nothing changed), `VenueUnavailable` when the outcome is unknown (setting
+        the same values again is harmless). Only where `supports_attached_stop`."""
         ...
 
     async def fetch_order(self, symbol: str, client_order_id: str, *, conditional: bool | None = None) -> Order | None:

@@ -31,7 +31,7 @@ import anyio
 import anyio.from_thread
 import msgspec
 
-from posguard.actors.intents import CloseIntent, Intent, OpenIntent, action_of, body_of
+from posguard.actors.intents import AmendIntent, CloseIntent, Intent, OpenIntent, action_of, body_of
 from posguard.actors.store.client import (
     RedisClient,
     RedisConnection,
@@ -310,12 +310,28 @@ class AsyncClient:
         return await self.send(CloseIntent(intent_id=self._id(intent_id), symbol=symbol,
                                            **({"expires_ms": expires_ms} if expires_ms is not None else {})))
 
+    async def amend(self, symbol: str, *, stop_price: float | None = None, stop_distance: float | None = None,
+                    breakeven: bool = False, take_profit: float | None = None,
+                    take_profit_distance: float | None = None, remove_take_profit: bool = False,
+                    intent_id: str | None = None, expires_ms: int | None = None) -> Ticket:
+        """Change the protected position's stop (``stop_price``, ``stop_distance`` from the
+        last price, or ``breakeven``) and/or its take-profit (``take_profit``,
+        ``take_profit_distance``, or ``remove_take_profit``); one way for each. Answered
+        ``Done(outcome="protected")`` once the venue holds the new values, ``Rejected`` with
+        the old stop kept when they cannot be set."""
+        given = {"stop_price": stop_price, "stop_distance": stop_distance, "take_profit": take_profit,
+                 "take_profit_distance": take_profit_distance, "expires_ms": expires_ms}
+        return await self.send(AmendIntent(
+            intent_id=self._id(intent_id), symbol=symbol, breakeven=breakeven, remove_take_profit=remove_take_profit,
+            **{name: value for name, value in given.items() if value is not None},  # type: ignore[arg-type]
+        ))
+
     def _id(self, intent_id: str | None) -> str:
         """The id given (even an empty one, which the decoder refuses), or a fresh one."""
         return new_intent_id(self.id_prefix) if intent_id is None else intent_id
 
     async def send(self, intent: Intent) -> Ticket:
-        """Send any intent (`OpenIntent`, `CloseIntent`). It is decoded first as the service will
+        """Send any intent (`OpenIntent`, `CloseIntent`, `AmendIntent`). It is decoded first as the service will
         decode it: a malformed one raises `BadIntent` with the service's message, and nothing
         is sent."""
         fields = fields_of(intent)
@@ -390,6 +406,10 @@ class Client:
     def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> SyncTicket:
         """`AsyncClient.close`, blocking."""
         return self._ticket(partial(self.client.close, symbol, intent_id=intent_id, expires_ms=expires_ms))
+
+    def amend(self, symbol: str, **changes: Any) -> SyncTicket:
+        """`AsyncClient.amend`, blocking (the same keyword arguments)."""
+        return self._ticket(partial(self.client.amend, symbol, **changes))
 
     def send(self, intent: Intent) -> SyncTicket:
         """`AsyncClient.send`, blocking."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from posguard.streams.emulators.engine.matching import EmuOrder, Engine, NewOrder, Reject, parse_bool
 
-__all__ = ["LINK_ID", "REJECTS", "VenueReject", "cancel_order", "create_order"]
+__all__ = ["LINK_ID", "REJECTS", "VenueReject", "cancel_order", "create_order", "set_trading_stop"]
 
 LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 
@@ -38,6 +38,8 @@ REJECTS: dict[str, tuple[int, str]] = {
     "close_position_exists": (10001, "params error: closePosition is not a Bybit parameter"),
     "too_many_conditionals": (10001, "params error: too many conditional orders"),
     "nothing_to_close": (10001, "params error: closePosition is not a Bybit parameter"),
+    "zero_position": (10001, "can not set tp/sl/ts for zero position"),
+    "not_modified": (34040, "not modified"),
 }
 
 
@@ -66,6 +68,34 @@ def cancel_order(engine: Engine, body: dict[str, Any]) -> EmuOrder:
     """``POST /v5/order/cancel``: by ``orderId`` else ``orderLinkId``."""
     try:
         return engine.cancel_order(engine.find(body.get("orderId"), body.get("orderLinkId")), body.get("symbol"))
+    except Reject as reject:
+        raise VenueReject.of(reject) from None
+
+
+def set_trading_stop(engine: Engine, body: dict[str, Any]) -> None:
+    """``POST /v5/position/trading-stop``'s body, checked as Bybit documents it
+    (https://bybit-exchange.github.io/docs/v5/position/trading-stop): ``category``, ``symbol``,
+    ``tpslMode`` and ``positionIdx`` required; ``takeProfit``/``stopLoss`` "Cannot be less
+    than 0, 0 means cancel"; the emulator holds Full mode, one-way, LastPrice triggers only."""
+    if body.get("category") != "linear":
+        raise VenueReject(10001, "params error: the emulator lists category=linear only")
+    instrument = engine.instrument(body.get("symbol"))
+    if body.get("tpslMode") not in ("Full", "Partial"):
+        raise VenueReject(10001, "params error: tpslMode is required (Full or Partial)")
+    if body.get("tpslMode") != "Full":
+        raise VenueReject(10001, "params error: the emulator supports tpslMode=Full only")
+    if body.get("positionIdx") in (None, ""):
+        raise VenueReject(10001, "params error: positionIdx is required")
+    if int(body.get("positionIdx") or 0) != 0:
+        raise VenueReject(10001, "position idx not match position mode")
+    for trigger_by in ("tpTriggerBy", "slTriggerBy"):
+        if str(body.get(trigger_by) or "LastPrice") != "LastPrice":
+            raise VenueReject(10001, f"params error: the emulator triggers by LastPrice only ({trigger_by})")
+    given = {name: _num(body[name]) for name in ("stopLoss", "takeProfit") if body.get(name) not in (None, "")}
+    if any(value < 0 for value in given.values()):
+        raise VenueReject(10001, "params error: takeProfit and stopLoss cannot be less than 0")
+    try:
+        engine.set_trading_stop(instrument.symbol, stop_loss=given.get("stopLoss"), take_profit=given.get("takeProfit"))
     except Reject as reject:
         raise VenueReject.of(reject) from None
 

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from posguard.streams.emulators.bybit.instruments import instrument_payload
-from posguard.streams.emulators.bybit.orders import REJECTS, VenueReject, cancel_order, create_order
+from posguard.streams.emulators.bybit.orders import REJECTS, VenueReject, cancel_order, create_order, set_trading_stop
 from posguard.streams.emulators.bybit.payloads import execution_payload, order_payload, position_payload
 from posguard.streams.emulators.engine.faults import draw_failure
 from posguard.streams.emulators.engine.matching import Engine, EmuOrder, EmuPosition, Reject, now_ms
@@ -64,6 +64,7 @@ class BybitRest:
         app.router.add_get("/v5/order/history", self.history)
         app.router.add_get("/v5/execution/list", self.executions)
         app.router.add_get("/v5/position/list", self.positions)
+        app.router.add_post("/v5/position/trading-stop", self.trading_stop)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -166,6 +167,11 @@ class BybitRest:
     async def history(self, request: web.Request) -> web.Response:
         query = self._linear(request, need_scope=False)
         return self._page(request, _filter_orders(self._orders(), query), default=20, maximum=50)
+
+    async def trading_stop(self, request: web.Request) -> web.Response:
+        """Set the position's TP/SL in place; Bybit answers ``result: {}``."""
+        set_trading_stop(self.engine, await _body(request))
+        return answer({})
 
     # -- executions and positions ----------------------------------------------------------
 

@@ -80,7 +80,7 @@ opens a second position. Bybit: https://bybit-exchange.github.io/docs/v5/order/c
 RejectReason = Literal[
     "bad_symbol", "bad_qty", "qty_step", "qty_min", "qty_max", "duplicate_id", "nothing_to_reduce",
     "would_trigger", "min_notional", "insufficient_margin", "stop_loss_side", "take_profit_side", "not_found",
-    "close_position_exists", "too_many_conditionals", "nothing_to_close",
+    "close_position_exists", "too_many_conditionals", "nothing_to_close", "zero_position", "not_modified",
 ]
 
 
@@ -416,6 +416,36 @@ class Engine:
             crossed = price >= order.trigger_price if order.trigger_direction == 1 else price <= order.trigger_price
             if crossed:
                 self._trigger(order, price)
+
+    def set_trading_stop(self, symbol: str, *, stop_loss: float | None, take_profit: float | None) -> EmuPosition:
+        """The position's own stop-loss / take-profit changed in place (Bybit's
+        ``POST /v5/position/trading-stop`` in Full mode: "This API can be used to modify the
+        parameters of existing TP/SL orders"; ``takeProfit`` "0 means cancel TP",
+        https://bybit-exchange.github.io/docs/v5/position/trading-stop). None: not given, left
+        as it is. Checked against the last price as an entry's attached ones are; refused
+        whole, the position keeps what it had."""
+        self.instrument(symbol)
+        position = self.positions.get(symbol)
+        if position is None or not position.size:
+            raise Reject("zero_position")
+        price = self.prices[symbol]
+        if stop_loss:
+            if position.side == "Buy" and stop_loss >= price:
+                raise Reject("stop_loss_side", variant="Buy", stop_loss=stop_loss, price=price)
+            if position.side == "Sell" and stop_loss <= price:
+                raise Reject("stop_loss_side", variant="Sell", stop_loss=stop_loss, price=price)
+        if take_profit:
+            if position.side == "Buy" and take_profit <= price:
+                raise Reject("take_profit_side", variant="Buy", take_profit=take_profit, price=price)
+            if position.side == "Sell" and take_profit >= price:
+                raise Reject("take_profit_side", variant="Sell", take_profit=take_profit, price=price)
+        new_stop = position.stop_loss if stop_loss is None else stop_loss
+        new_take_profit = position.take_profit if take_profit is None else take_profit
+        if (new_stop, new_take_profit) == (position.stop_loss, position.take_profit):
+            raise Reject("not_modified")
+        position.stop_loss, position.take_profit = new_stop, new_take_profit
+        self._position_changed(position)
+        return position
 
     def liquidate(self, symbol: str) -> None:
         position = self.positions.get(symbol)
