@@ -29,8 +29,8 @@ from posguard.actors.intents import (
     action_of,
     body_of,
     check_intent_id,
+    check_close,
     check_open,
-    check_symbol,
     intent_verdict,
 )
 from posguard.actors.lifecycle import MailboxFull, Ticket
@@ -153,7 +153,7 @@ class Admission:
             if isinstance(intent, OpenIntent):
                 intent = self.check_entry(intent)
             elif isinstance(intent, CloseIntent):
-                check_symbol(intent.symbol, self.rules)
+                intent = check_close(intent, self.rules)
             ticket = self.actors.get_or_start(intent.symbol).submit(intent, body)
         except (IntentRefused, MailboxFull) as exc:
             self.slots.release(intent.intent_id)

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="instead: a fraction of the last price in the position's favour, e.g. 0.04")
     close = commands.add_parser("close", help="send a close intent and follow it to its outcome")
     close.add_argument("symbol")
+    part = close.add_mutually_exclusive_group()
+    part.add_argument("--qty", type=float, help="close this many contracts only (a partial close)")
+    part.add_argument("--fraction", type=float, help="close this fraction of the open size only, e.g. 0.5")
     for sub in (open_, close):
         sub.add_argument("--intent-id", help="idempotency key (default: generated)")
         sub.add_argument("--timeout", type=_bounded(float, 1.0, 86_400.0), default=120.0,
@@ -200,7 +203,8 @@ def intent_of(args: argparse.Namespace) -> Intent:
 
     intent_id = args.intent_id if args.intent_id is not None else new_intent_id("cli")
     if args.command != "open":
-        return CloseIntent(intent_id=intent_id, symbol=args.symbol)
+        part = {name: value for name, value in (("qty", args.qty), ("fraction", args.fraction)) if value is not None}
+        return CloseIntent(intent_id=intent_id, symbol=args.symbol, **part)
     given = {"stop_price": args.stop_price, "stop_distance": args.stop_distance, "take_profit": args.take_profit,
              "take_profit_distance": args.take_profit_distance}
     return OpenIntent(intent_id=intent_id, symbol=args.symbol, side=args.side, qty=args.qty,

@@ -305,10 +305,15 @@ class AsyncClient:
             **{name: value for name, value in given.items() if value is not None},  # type: ignore[arg-type]
         ))
 
-    async def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> Ticket:
-        """Close the symbol's whole position (reduce-only, at market)."""
+    async def close(self, symbol: str, *, qty: float | None = None, fraction: float | None = None,
+                    intent_id: str | None = None, expires_ms: int | None = None) -> Ticket:
+        """Close the symbol's whole position (reduce-only, at market), or part of it: ``qty``
+        contracts or a ``fraction`` of the open size (one of them; rounded down to the venue's
+        step). A part is answered ``done`` with outcome ``protected`` and what remains in the
+        reason; a part that comes to the whole open size is a full close."""
+        given = {"qty": qty, "fraction": fraction, "expires_ms": expires_ms}
         return await self.send(CloseIntent(intent_id=self._id(intent_id), symbol=symbol,
-                                           **({"expires_ms": expires_ms} if expires_ms is not None else {})))
+                                           **{name: value for name, value in given.items() if value is not None}))
 
     def _id(self, intent_id: str | None) -> str:
         """The id given (even an empty one, which the decoder refuses), or a fresh one."""
@@ -387,9 +392,11 @@ class Client:
         return self._ticket(partial(self.client.open, symbol, side, qty, stop_price=stop_price,
                                     stop_distance=stop_distance, intent_id=intent_id, expires_ms=expires_ms))
 
-    def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> SyncTicket:
+    def close(self, symbol: str, *, qty: float | None = None, fraction: float | None = None,
+              intent_id: str | None = None, expires_ms: int | None = None) -> SyncTicket:
         """`AsyncClient.close`, blocking."""
-        return self._ticket(partial(self.client.close, symbol, intent_id=intent_id, expires_ms=expires_ms))
+        return self._ticket(partial(self.client.close, symbol, qty=qty, fraction=fraction, intent_id=intent_id,
+                                    expires_ms=expires_ms))
 
     def send(self, intent: Intent) -> SyncTicket:
         """`AsyncClient.send`, blocking."""
