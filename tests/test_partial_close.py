@@ -171,43 +171,63 @@ class CrashingStore:
         await self._inner.save_record(record, note, replies=replies)
 
 
+@pytest.mark.parametrize("restart", ["actor", "process"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 async def test_a_crash_mid_partial_close_resumes_it_as_partial(
-    clock: IOAwareMockClock, redis_url: str, shape: str
+    clock: IOAwareMockClock, redis_url: str, shape: str, restart: str
 ) -> None:
     """The crash comes after the part was closed on the venue (and the stop resized), on the
     write that would say ``protected``: the restarted actor must not close it again, nor all
-    of it."""
-    supervisor = SupervisorSettings(restart_backoff=Backoff(initial=1.0, maximum=8.0, jitter=0.0), max_restarts=10)
-    async with venue_for(shape, 1804) as venue, running_engine(redis_url, venue, clock, supervisor=supervisor) as engine:
-        await wait_streams_healthy(engine)
-        assert (await (await engine.submit(open_intent("pc-crash"))).wait()).outcome == "protected"
-        broken, bare_before = watch(engine, venue), venue.truth.max_unprotected_seconds(anyio.current_time())
-        store = CrashingStore(engine.store)
-        engine.ctx.store = store  # type: ignore[assignment]
-        store.crash_when = "protected"
+    of it. ``actor``: the supervisor restarts the actor in the same process (the board still
+    holds the close's fills); ``process``: a new engine on the same Redis and venue, whose
+    board heard nothing, finishes it (the close's orders looked up by id)."""
+    backoff = 1.0 if restart == "actor" else 10_000.0  # "process": the first engine never restarts it
+    supervisor = SupervisorSettings(restart_backoff=Backoff(initial=backoff, maximum=backoff, jitter=0.0),
+                                    max_restarts=10)
+    async with venue_for(shape, 1804) as venue:
+        async with running_engine(redis_url, venue, clock, supervisor=supervisor) as engine:
+            await wait_streams_healthy(engine)
+            assert (await (await engine.submit(open_intent("pc-crash"))).wait()).outcome == "protected"
+            broken, bare_before = watch(engine, venue), venue.truth.max_unprotected_seconds(anyio.current_time())
+            store = CrashingStore(engine.store)
+            engine.ctx.store = store  # type: ignore[assignment]
+            store.crash_when = "protected"
 
-        first = await (await engine.submit(CloseIntent(intent_id="pc-crash-c", symbol=SYMBOL, qty=0.004))).wait()
+            first = await (await engine.submit(CloseIntent(intent_id="pc-crash-c", symbol=SYMBOL, qty=0.004))).wait()
 
-        assert first.status == "failed", first
-        with anyio.fail_after(60):
-            while (answer := await engine.store.load_intent("pc-crash-c")).status == "accepted":
-                await anyio.sleep(0.1)
-        assert store.crashes == 1
-        assert (answer.status, answer.outcome) == ("done", "protected"), answer
-        assert answer.reason.startswith("finished after a restart") and "0.006 open" in answer.reason, answer
-        assert held(venue) == 0.006, "reduced once, by the part: never closed again, never closed whole"
-        closes = [o for o in venue.truth.orders.values() if ids.same_intent(o.client_order_id,
-                                                                          ids.close_id(ACCOUNT, "pc-crash-c"))]
-        assert len(closes) == 1, closes
-        record = await engine.store.load_record(SYMBOL)
-        assert (record.state, record.closed_qty, open_size(record)) == (State.PROTECTED, 0.004, 0.006), record
-        if shape == "sized":
-            assert stop_cover(venue) == "sized 0.006"
+            assert first.status == "failed" and store.crashes == 1, first
+            assert (await engine.store.load_record(SYMBOL)).state is State.CLOSING
+            if restart == "actor":
+                await finish_after_crash(engine, venue, await answered(engine, "pc-crash-c"), shape, broken, bare_before)
+                return
+        async with running_engine(redis_url, venue, clock) as engine:
+            later = watch(engine, venue)
+            await finish_after_crash(engine, venue, await answered(engine, "pc-crash-c"), shape, later, bare_before)
+        assert broken == [], "the first engine's writes"
 
-        rest = await (await engine.submit(CloseIntent(intent_id="pc-crash-rest", symbol=SYMBOL))).wait()
-        assert (rest.status, rest.outcome) == ("done", "closed"), rest
-        assert venue.truth.position(SYMBOL) is None
-        assert broken == [], broken
-        # Bare only ever before the entry's stop (a venue without attached stops), never since.
-        assert venue.truth.max_unprotected_seconds(anyio.current_time()) == bare_before
+
+async def answered(engine: Engine, intent_id: str):  # noqa: ANN201
+    with anyio.fail_after(120):
+        while (answer := await engine.store.load_intent(intent_id)).status == "accepted":
+            await anyio.sleep(0.1)
+    return answer
+
+
+async def finish_after_crash(engine: Engine, venue: FakeVenue, answer: IntentRecord, shape: str,
+                             broken: list[str], bare_before: float) -> None:
+    assert (answer.status, answer.outcome) == ("done", "protected"), answer
+    assert answer.reason.startswith("finished after a restart") and "0.006 open" in answer.reason, answer
+    assert held(venue) == 0.006, "reduced once, by the part: never closed again, never closed whole"
+    closes = [o for o in venue.truth.orders.values()
+              if ids.same_intent(o.client_order_id, ids.close_id(ACCOUNT, "pc-crash-c"))]
+    assert len(closes) == 1, closes
+    record = await engine.store.load_record(SYMBOL)
+    assert (record.state, record.closed_qty, open_size(record)) == (State.PROTECTED, 0.004, 0.006), record
+    if shape == "sized":
+        assert stop_cover(venue) == "sized 0.006"
+
+    rest = await (await engine.submit(CloseIntent(intent_id="pc-crash-rest", symbol=SYMBOL))).wait()
+    assert (rest.status, rest.outcome) == ("done", "closed"), rest
+    assert venue.truth.position(SYMBOL) is None
+    assert broken == [], broken
+    assert venue.truth.max_unprotected_seconds(anyio.current_time()) == bare_before
