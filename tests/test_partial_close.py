@@ -231,3 +231,46 @@ async def finish_after_crash(engine: Engine, venue: FakeVenue, answer: IntentRec
     assert venue.truth.position(SYMBOL) is None
     assert broken == [], broken
     assert venue.truth.max_unprotected_seconds(anyio.current_time()) == bare_before
+
+
+def test_a_partial_close_intent_is_parsed_and_its_body_names_the_part() -> None:
+    from posguard.actors.intents import body_of
+    from posguard.supervisor.intake import BadIntent, parse_intent
+
+    partial = parse_intent({"intent_id": "p1", "action": "close", "symbol": SYMBOL, "qty": "0.004"})
+    assert isinstance(partial, CloseIntent) and (partial.qty, partial.fraction) == (0.004, None)
+    assert body_of(partial) == f"close {SYMBOL} qty 0.004"
+    half = parse_intent({"intent_id": "p2", "action": "close", "symbol": SYMBOL, "fraction": "0.5"})
+    assert body_of(half) == f"close {SYMBOL} fraction 0.5"
+    whole = parse_intent({"intent_id": "p3", "action": "close", "symbol": SYMBOL})
+    assert body_of(whole) == f"close {SYMBOL}", "a full close keeps the body it had before partial closes"
+    for bad, field in (({"fraction": "1.5"}, "fraction"), ({"fraction": "0"}, "fraction"), ({"qty": "-1"}, "qty")):
+        with pytest.raises(BadIntent, match=f"^{field}: must be"):
+            parse_intent({"intent_id": "p4", "action": "close", "symbol": SYMBOL, **bad})
+
+
+def test_a_close_with_both_qty_and_fraction_or_below_the_minimum_is_refused_at_intake() -> None:
+    from posguard.actors.intents import IntentRefused, check_close
+    from posguard.streams.simulated import DEFAULT_MARKETS
+
+    rules = {SYMBOL: DEFAULT_MARKETS[SYMBOL][1]}
+    with pytest.raises(IntentRefused, match="^qty, fraction: give one of them"):
+        check_close(CloseIntent(intent_id="b1", symbol=SYMBOL, qty=0.004, fraction=0.5), rules)
+    with pytest.raises(IntentRefused, match="^qty: 0.0004 is below the venue's minimum 0.001"):
+        check_close(CloseIntent(intent_id="b2", symbol=SYMBOL, qty=0.0004), rules)
+    assert check_close(CloseIntent(intent_id="b3", symbol=SYMBOL, qty=0.0045), rules).qty == 0.0045
+
+
+def test_posguard_close_sends_the_part_as_a_strategy_would() -> None:
+    from posguard.client import fields_of
+    from posguard.supervisor.cli import build_parser, intent_of
+    from posguard.supervisor.intake import parse_intent
+
+    args = build_parser().parse_args(["close", SYMBOL, "--qty", "0.004", "--intent-id", "cli-pc"])
+    assert parse_intent(fields_of(intent_of(args))).qty == 0.004
+    args = build_parser().parse_args(["close", SYMBOL, "--fraction", "0.25"])
+    assert parse_intent(fields_of(intent_of(args))).fraction == 0.25
+    args = build_parser().parse_args(["close", SYMBOL])
+    assert set(fields_of(intent_of(args))) == {"action", "intent_id", "symbol"}, "a full close as before"
+    with pytest.raises(SystemExit):  # both: argparse refuses, nothing is sent
+        build_parser().parse_args(["close", SYMBOL, "--qty", "0.004", "--fraction", "0.5"])

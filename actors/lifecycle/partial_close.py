@@ -12,7 +12,12 @@ never as a full one), then:
    ``closePosition``) covers any size and needs nothing; a sized stop order is replaced by one
    sized to the remainder, the new one first, the old one cancelled after it is live. The
    take-profit needs nothing either: posguard's are whole-position (Bybit's attached one,
-   Binance's ``closePosition`` TAKE_PROFIT_MARKET, `take_profit.arm_take_profit`);
+   Binance's ``closePosition`` TAKE_PROFIT_MARKET, `take_profit.arm_take_profit`). Bybit says
+   of a position's TP/SL that the system will "adjust the qty according to the size of the
+   open position" (Set Trading Stop:
+   https://bybit-exchange.github.io/docs/v5/position/trading-stop); Binance's closePosition
+   is "Close-All" of the position whatever its size (New Algo Order:
+   https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/New-Algo-Order);
 3. the record back to ``protected`` (`closing -> protected`, only for a partial close), with
    `PositionRecord.closed_qty` raised by what was closed, so `records.open_size` says what
    remains; that write answers the intent (`intents.answers`): ``done``, outcome
