@@ -101,6 +101,11 @@ async def test_a_partial_close_reduces_by_the_part_and_resizes_the_stop_then_the
         if shape != "sized":
             assert stop_cover(venue) == cover_before, "a stop that covers any size is left as it is"
         assert ids.same_intent(reply.client_order_id, ids.close_id(ACCOUNT, "pc-1"), role="close")
+        with anyio.fail_after(30):  # the audit reads the lagging lists: once they show the smaller position,
+            while [p.size for p in await venue.fetch_positions(SYMBOL)] != [0.006]:
+                await anyio.sleep(0.05)
+        report = await engine.auditor.run()
+        assert report.findings == [], "the smaller position is the partial close's, not a mismatch"
 
         half = await (await engine.submit(CloseIntent(intent_id="pc-2", symbol=SYMBOL, fraction=0.5))).wait()
 
@@ -131,6 +136,30 @@ async def test_a_part_that_comes_to_the_whole_position_is_a_full_close(clock: IO
         assert (await (await engine.submit(open_intent("pc-all"))).wait()).outcome == "protected"
         reply = await (await engine.submit(CloseIntent(intent_id="pc-all-c", symbol=SYMBOL, qty=0.5))).wait()
         assert (reply.status, reply.outcome) == ("done", "closed"), reply
+        assert venue.truth.position(SYMBOL) is None
+
+
+@pytest.mark.parametrize(("price", "ends"), [(62_100.0, State.CLOSED_BY_TAKE_PROFIT),
+                                             (58_700.0, State.CLOSED_EXTERNALLY)], ids=["take-profit", "stop"])
+async def test_what_remains_after_a_partial_close_ends_by_its_take_profit_or_its_stop(
+    clock: IOAwareMockClock, redis_url: str, price: float, ends: State
+) -> None:
+    """The proof counts the partial close's fills as exits of ours: the take-profit (or the
+    stop) that closes what was left is what ended the record."""
+    async with venue_for("attached", 1805) as venue, running_engine(redis_url, venue, clock) as engine:
+        await wait_streams_healthy(engine)
+        with_take_profit = msgspec.structs.replace(open_intent("pc-tp"), take_profit=62_000.0)
+        assert (await (await engine.submit(with_take_profit)).wait()).outcome == "protected"
+        reply = await (await engine.submit(CloseIntent(intent_id="pc-tp-c", symbol=SYMBOL, fraction=0.4))).wait()
+        assert (reply.outcome, held(venue)) == ("protected", 0.006), reply
+        assert venue.truth.position(SYMBOL).take_profit == 62_000.0, "the position's take-profit stays"
+
+        venue.set_price(SYMBOL, price)
+        with anyio.fail_after(30):
+            while (record := await engine.store.load_record(SYMBOL)).state.is_live:
+                await anyio.sleep(0.05)
+
+        assert record.state is ends, record
         assert venue.truth.position(SYMBOL) is None
 
 
