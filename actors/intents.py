@@ -14,7 +14,7 @@ import msgspec
 
 from posguard.actors.records import PositionRecord, State, utc_now
 from posguard.streams.venue.events import OrderSide
-from posguard.streams.venue.markets import MarketRules
+from posguard.streams.venue.markets import QTY_TOLERANCE, MarketRules
 
 __all__ = [
     "AmendIntent",
@@ -36,8 +36,10 @@ __all__ = [
     "answers",
     "body_of",
     "check_amend",
+    "check_close",
     "check_open",
     "check_intent_id",
+    "close_size",
     "check_symbol",
     "conflict_of",
     "duplicate_of",
@@ -71,6 +73,9 @@ TakeProfitDistance = Annotated[float, msgspec.Meta(
 )]
 """Below 1: a sell's take-profit one whole price away would be at 0."""
 Flag = Annotated[bool, msgspec.Meta(description="true or false")]
+CloseFraction = Annotated[float, msgspec.Meta(
+    gt=0, le=1, description="a fraction of the open size above 0 and at most 1 (0.5 = half; 1 = all of it)"
+)]
 ExpiresMs = Annotated[int, msgspec.Meta(gt=0, description="a time in epoch milliseconds")]
 
 
@@ -97,9 +102,22 @@ class OpenIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class CloseIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="action",
                   tag="close"):
+    """Close the position: all of it, or part of it with ``qty`` or ``fraction`` (one of them).
+    A part is rounded down to the venue's step (below its minimum: refused); a part that comes
+    to the whole open size is an ordinary full close (`close_size`)."""
+
     intent_id: IntentId
     symbol: str
+    qty: Qty | None = None
+    """Contracts to close; None: not given."""
+    fraction: CloseFraction | None = None
+    """A fraction of the open size to close; None: not given."""
     expires_ms: ExpiresMs = 0
+
+    @property
+    def is_partial(self) -> bool:
+        """Whether it asks for part of the position (which may still come to all of it)."""
+        return self.qty is not None or (self.fraction is not None and self.fraction < 1)
 
 
 class AmendIntent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="action",
@@ -245,6 +263,40 @@ def check_amend(intent: AmendIntent, rules: dict[str, MarketRules]) -> AmendInte
             raise IntentRefused(f"take_profit: {intent.take_profit:g} rounds to 0 on the tick {market.price_tick:g}"
                                 f" of {intent.symbol}")
     return msgspec.structs.replace(intent, stop_price=stop, take_profit=take_profit)
+def check_close(intent: CloseIntent, rules: dict[str, MarketRules]) -> CloseIntent:
+    """Check a close intent against the venue's market rules, before its actor sees it: the
+    symbol, one of ``qty``/``fraction``, and a ``qty`` that rounds down to at least the
+    venue's minimum (a ``fraction`` is sized by the actor, from the open size: `close_size`)."""
+    check_symbol(intent.symbol, rules)
+    if intent.qty is not None and intent.fraction is not None:
+        raise IntentRefused("qty, fraction: give one of them (or neither, to close it all), not both")
+    if intent.qty is not None:
+        market = rules[intent.symbol]
+        if market.round_qty(min(intent.qty, market.largest_qty)) < market.min_qty:
+            raise IntentRefused(f"qty: {intent.qty:g} is below the venue's minimum {market.min_qty:g} for"
+                                f" {intent.symbol} (step {market.qty_step:g}); nothing was sent")
+    return intent
+
+
+def close_size(intent: CloseIntent, open_qty: float, market: MarketRules | None) -> float:
+    """How much a close intent closes of a position ``open_qty`` big: 0 for all of it (no
+    ``qty``/``fraction``, ``fraction`` 1, or a part that comes to the whole open size), else
+    the part rounded down to the venue's step. The one rule of a partial close's size.
+    Raises `IntentRefused` for a part below the venue's minimum (nothing is sent)."""
+    if not intent.is_partial:
+        return 0.0
+    asked = intent.qty if intent.qty is not None else open_qty * (intent.fraction or 0.0)
+    if asked >= open_qty - QTY_TOLERANCE:
+        return 0.0
+    if market is None:
+        return asked
+    size = market.round_qty(asked)
+    if size < market.min_qty:
+        given = f"qty {intent.qty:g}" if intent.qty is not None else f"fraction {intent.fraction:g} of {open_qty:g}"
+        raise IntentRefused(f"{'qty' if intent.qty is not None else 'fraction'}: {given} comes to {size:g}, below the"
+                            f" venue's minimum {market.min_qty:g} for {intent.symbol} (step {market.qty_step:g});"
+                            " nothing was sent")
+    return 0.0 if size >= open_qty - QTY_TOLERANCE else size
 
 
 def take_profit_beyond(side: OrderSide, reference: float, take_profit: float) -> bool:
@@ -292,14 +344,20 @@ def answers(record: PositionRecord, reply: IntentRecord) -> bool:
     ``reply`` is for: the one rule for when an intent is done. Any intent is answered by its
     record's end (a terminal state); an open also by its position protected, which is all it
     asked for (what happens to the position afterwards is the record's story, not the
-    intent's)."""
+    intent's). A close is also answered by its record back in ``protected`` with what remains:
+    a partial close done (`PositionRecord.partial_close_qty`; the only way from ``closing`` back
+    to ``protected``)."""
     if record.state.is_terminal:
         return True
+    if record.state is not State.PROTECTED:
+        return False
     if reply.action == "amend":
         # Done once the record is protected again with no amend under way (`amend`): it was
         # this one's (an amend is served to its end before the next intent starts).
-        return record.state is State.PROTECTED and not record.amend_intent_id
-    return reply.action == "open" and record.state is State.PROTECTED and record.intent_id == reply.intent_id
+        return not record.amend_intent_id
+    if reply.action == "close":
+        return record.close_intent_id == reply.intent_id and not record.partial_close_qty
+    return reply.action == "open" and record.intent_id == reply.intent_id
 
 
 def settle_reply(reply: IntentRecord, record: PositionRecord, *, after_restart: bool = False) -> IntentRecord:
@@ -332,7 +390,10 @@ def body_of(intent: Intent) -> str:
     Taken from the intent as it arrived, before rounding or pricing a ``stop_distance``, so
     that a redelivered entry always has the body it had the first time."""
     if isinstance(intent, CloseIntent):
-        return f"{action_of(intent)} {intent.symbol}"
+        # A part only when given, so a close of it all keeps the body it had before partial closes.
+        part = (f" qty {intent.qty!r}" if intent.qty is not None else
+                f" fraction {intent.fraction!r}" if intent.fraction is not None else "")
+        return f"{action_of(intent)} {intent.symbol}{part}"
     if isinstance(intent, AmendIntent):
         parts = [action_of(intent), intent.symbol]
         for name in ("stop_price", "stop_distance", "breakeven", "take_profit", "take_profit_distance",

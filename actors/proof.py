@@ -45,6 +45,7 @@ __all__ = [
     "outlives",
     "prove_gone",
     "proven_gone",
+    "reduced_by",
     "settle_window",
     "take_profit_qty",
     "trace_of_entry",
@@ -71,19 +72,23 @@ class Gone(msgspec.Struct, frozen=True, kw_only=True):
     this that still shows the position is lag, not a position (see `outlives`)."""
     take_profit: float = 0.0
     """Of ``exits``, what the record's take-profit filled (`take_profit_qty`)."""
+    partly_closed: float = 0.0
+    """Of ``exits``, what our earlier partial closes took (`PositionRecord.closed_qty`): the
+    position that was left to end is ``held - partly_closed``."""
 
     @property
     def state(self) -> State:
-        """`closed_by_take_profit` when the take-profit's fills account for the whole size;
-        else `closed_externally` when the venue's own closes (a stop, a liquidation, a
-        take-profit with a stop) do; `closed` when our close did (or the venue refused to
-        reduce more)."""
+        """`closed_by_take_profit` when the take-profit's fills account for what was left
+        after our partial closes; else `closed_externally` when the venue's own closes (a stop,
+        a liquidation, a take-profit with a stop) do; `closed` when our close did (or the venue
+        refused to reduce more)."""
         if self.held <= QTY_TOLERANCE:
             return State.CLOSED
-        if self.take_profit >= self.held - QTY_TOLERANCE:
+        left = self.held - self.partly_closed
+        if self.take_profit >= left - QTY_TOLERANCE:
             return State.CLOSED_BY_TAKE_PROFIT
-        external = self.exits - self.ours
-        return State.CLOSED_EXTERNALLY if external >= self.held - QTY_TOLERANCE else State.CLOSED
+        external = self.exits - self.ours - self.partly_closed
+        return State.CLOSED_EXTERNALLY if external >= left - QTY_TOLERANCE else State.CLOSED
 
     def describe(self) -> str:
         match self.by:
@@ -120,6 +125,22 @@ def take_profit_qty(record: PositionRecord, executions: Iterable[Execution]) -> 
                if e.side == side and e.client_order_id != record.client_order_id
                and (e.by_take_profit
                     or ids.same_intent(e.client_order_id, record.client_order_id, role="take_profit")))
+
+
+def reduced_by(record: PositionRecord, close_key_id: str, executions: Iterable[Execution],
+               closes: Iterable[Order] = ()) -> float:
+    """What one close's orders filled (every attempt of the close whose ids share
+    ``close_key_id``'s stem, `ids` role ``close``) since the entry was sent: their executions,
+    each counted once, and what an order of theirs reports filled beyond its listed executions
+    (a fill is in the order's state before its executions are listed; Binance's trade list
+    carries no client ids). The proof of a partial close's reduction."""
+    fills = [e for e in _after_entry(record, executions).values()
+             if ids.same_intent(e.client_order_id, close_key_id, role="close")]
+    orders = {c.client_order_id: c for c in closes
+              if ids.same_intent(c.client_order_id, close_key_id, role="close") and c.ts_ms >= record.sent_ms}
+    unlisted = sum(max(0.0, c.filled - sum(e.qty for e in fills if e.client_order_id == coid))
+                   for coid, c in orders.items())
+    return sum(e.qty for e in fills) + unlisted
 
 
 def entry_qty(record: PositionRecord, executions: Iterable[Execution]) -> float:
@@ -200,7 +221,7 @@ def proven_gone(
 
     def gone(by: GoneBy, flat_ms: int) -> Gone:
         return Gone(by=by, held=book.held, exits=book.exits, ours=book.ours, flat_ms=flat_ms,
-                    take_profit=book.take_profit)
+                    take_profit=book.take_profit, partly_closed=min(record.closed_qty, book.held))
 
     if refused_ms:
         return gone("nothing_to_reduce", refused_ms)

@@ -39,6 +39,7 @@ __all__ = [
     "decode_record",
     "describe_transitions",
     "is_protected",
+    "open_size",
     "utc_now",
 ]
 
@@ -86,7 +87,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.PROTECTED: frozenset({State.CLOSING, State.EMERGENCY_CLOSING} | _BY_VENUE),
     State.UNVERIFIED: frozenset({State.OPEN, State.PROTECTED, State.CLOSING, State.EMERGENCY_CLOSING,
                                  State.REJECTED} | _BY_VENUE),
-    State.CLOSING: frozenset({State.CLOSE_FAILING} | _ENDINGS),
+    State.CLOSING: frozenset({State.PROTECTED, State.CLOSE_FAILING} | _ENDINGS),
     State.EMERGENCY_CLOSING: frozenset({State.CLOSING, State.CLOSE_FAILING} | _ENDINGS),
     State.CLOSE_FAILING: frozenset({State.CLOSING} | _ENDINGS),
     State.CLOSED: frozenset(),
@@ -97,7 +98,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 """Every state change a record may make, and no other (the README's lifecycle table is rendered
 from this by `describe_transitions`, and a test holds the two equal). A new record starts in
 ``submitting`` (an intent's entry) or ``open`` (a position the venue holds that posguard adopts);
-a terminal state is left only by a new record for a new intent."""
+a terminal state is left only by a new record for a new intent. ``closing -> protected`` is a
+partial close done (`PositionRecord.partial_close_qty` set; `PositionRecord.transition` refuses
+it for a close of the whole position)."""
 assert set(TRANSITIONS) == set(State)
 
 
@@ -126,6 +129,15 @@ class Protection(enum.StrEnum):
     ATTACHED_REQUESTED = "attached_requested"  # the entry was sent with a stop attached; not yet seen
     ATTACHED_CONFIRMED = "attached_confirmed"  # the venue's position shows a stop of its own
     STOP_ORDER = "stop_order"  # a separate reduce-only stop order the venue answered as armed
+
+
+def open_size(record: PositionRecord) -> float:
+    """The position's open size as the record knows it: what the entry filled (or, before any
+    fill is known, what it asked for) less what our partial closes took off (`closed_qty`).
+    The one home of "how big is the position": every stop, take-profit and close is sized from
+    it. The proofs (`posguard.actors.proof`) count exits against the entry's fills instead, so a
+    partial close's fills are exits there like any other."""
+    return max(0.0, round((record.filled_qty or record.qty) - record.closed_qty, 12))
 
 
 def is_protected(record: PositionRecord) -> bool:
@@ -170,6 +182,13 @@ class PositionRecord(msgspec.Struct, kw_only=True):
     there is none left to cancel."""
     close_client_order_id: str = ""
     close_intent_id: str = ""
+    partial_close_qty: float = 0.0
+    """The size the close under way asks for (contracts, on the venue's step), written ahead
+    with `close_intent_id`: a restart resumes it as the partial close it is. 0: a close of the
+    whole position (or none under way). Cleared when the partial close is done."""
+    closed_qty: float = 0.0
+    """What our partial closes took off the position, proven by their orders' fills; the open
+    size is ``filled_qty - closed_qty`` (`open_size`)."""
     reason: str = ""
     rest_calls: int = 0  # REST calls this lifecycle made (the push path makes none)
     sent_ms: int = 0  # venue clock (ms) just before the entry order was sent
@@ -196,6 +215,9 @@ class PositionRecord(msgspec.Struct, kw_only=True):
             raise InvalidTransition(
                 f"{self.symbol}: {self.state} -> {to} is not a lifecycle transition (intent {self.intent_id})"
             )
+        if self.state is State.CLOSING and to is State.PROTECTED and not self.partial_close_qty:
+            raise InvalidTransition(f"{self.symbol}: closing -> protected is only the end of a partial close, and"
+                                    f" the close under way ({self.close_intent_id}) is of the whole position")
         self.state = to
         if reason is not None:
             self.reason = reason

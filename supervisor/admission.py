@@ -31,8 +31,8 @@ from posguard.actors.intents import (
     body_of,
     check_amend,
     check_intent_id,
+    check_close,
     check_open,
-    check_symbol,
     intent_verdict,
     stop_tightens,
     take_profit_beyond,
@@ -196,7 +196,7 @@ class Admission:
             if isinstance(intent, OpenIntent):
                 intent = self.check_entry(intent)
             elif isinstance(intent, CloseIntent):
-                check_symbol(intent.symbol, self.rules)
+                intent = check_close(intent, self.rules)
             elif isinstance(intent, AmendIntent):
                 intent = check_amend(intent, self.rules)
             ticket = self.actors.get_or_start(intent.symbol).submit(intent, body)

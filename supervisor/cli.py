@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     new_take_profit.add_argument("--take-profit-distance", type=float,
                                  help="instead: a fraction of the last price in the position's favour")
     new_take_profit.add_argument("--no-take-profit", action="store_true", help="instead: the take-profit removed")
+    part = close.add_mutually_exclusive_group()
+    part.add_argument("--qty", type=float, help="close this many contracts only (a partial close)")
+    part.add_argument("--fraction", type=float, help="close this fraction of the open size only, e.g. 0.5")
     for sub in (open_, close, amend):
         sub.add_argument("--intent-id", help="idempotency key (default: generated)")
         sub.add_argument("--timeout", type=_bounded(float, 1.0, 86_400.0), default=120.0,
@@ -211,7 +214,8 @@ def intent_of(args: argparse.Namespace) -> Intent:
 
     intent_id = args.intent_id if args.intent_id is not None else new_intent_id("cli")
     if args.command == "close":
-        return CloseIntent(intent_id=intent_id, symbol=args.symbol)
+        part = {name: value for name, value in (("qty", args.qty), ("fraction", args.fraction)) if value is not None}
+        return CloseIntent(intent_id=intent_id, symbol=args.symbol, **part)
     if args.command == "amend":
         changes = {"stop_price": args.stop_price, "stop_distance": args.stop_distance,
                    "take_profit": args.take_profit, "take_profit_distance": args.take_profit_distance}

@@ -102,6 +102,21 @@ async def test_amend_moves_the_stop_and_a_malformed_one_is_refused_before_sendin
         assert isinstance(nothing, Rejected) and "nothing to change" in nothing.reason, nothing
 
 
+async def test_a_partial_close_through_the_client_and_the_stream(clock: IOAwareMockClock, redis_url: str) -> None:
+    async with posguard_running(redis_url, clock) as (venue, engine), AsyncClient(redis_url, ACCOUNT) as client:
+        assert (await (await client.open(BTC, "buy", 0.01, stop_distance=0.02)).result()).outcome == "protected"
+
+        part = await (await client.close(BTC, qty=0.004, intent_id="part-1")).result()
+
+        assert isinstance(part, Done) and part.outcome == "protected" and "0.006 open" in part.reason, part
+        assert venue.truth.position(BTC).size == pytest.approx(0.006) and venue.truth.is_protected(BTC)
+        half = await (await client.close(BTC, fraction=0.5, intent_id="part-2")).result()
+        assert isinstance(half, Done) and half.outcome == "protected", half
+        assert venue.truth.position(BTC).size == pytest.approx(0.003)
+        assert (await (await client.close(BTC)).result()).outcome == "closed"
+        assert venue.truth.position(BTC) is None
+
+
 async def test_an_id_sent_again_is_a_duplicate_and_another_body_under_it_is_refused(
     clock: IOAwareMockClock, redis_url: str
 ) -> None:

@@ -24,7 +24,7 @@ from posguard.actors.findings import Finding
 from posguard.actors.intents import AmendIntent, CloseIntent, Intent, IntentRecord, OpenIntent
 from posguard.actors.lifecycle import recovery, repairs
 from posguard.actors.lifecycle.amend import amend_on_request
-from posguard.actors.lifecycle.closing import close_on_request
+from posguard.actors.lifecycle.partial_close import close_on_request
 from posguard.actors.lifecycle.entry import open_position
 from posguard.actors.lifecycle.mailbox import MailboxFull, MailboxItem, Nudge, Repair, Ticket
 from posguard.actors.lifecycle.replies import answer_intent

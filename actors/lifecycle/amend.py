@@ -36,7 +36,7 @@ from posguard.actors.intents import AmendIntent, IntentRefused
 from posguard.actors.lifecycle.protection import place_stop
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.lifecycle.take_profit import arm_take_profit
-from posguard.actors.records import PositionRecord, Protection, State, is_protected
+from posguard.actors.records import PositionRecord, Protection, State, is_protected, open_size
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import OrderRejected, StopWouldTrigger, VenueError, VenueUnavailable
 from posguard.streams.venue.protocol import AmendRequest
@@ -230,9 +230,10 @@ async def _replace_stop(ctx: ActorContext, record: PositionRecord) -> None:
         old_scope = record.stop_scope if record.stop_client_order_id == old else ""
         record.protection = Protection.NONE
         record.stop_scope = ""
-        # Sized (where it must be) for all the entry may hold: a part still to fill is covered
-        # from the start, and a reduce-only stop larger than the position is cut to it.
-        result = await place_stop(ctx, record, max(record.qty, record.filled_qty), replacing=True)
+        # Sized (where it must be) for all the entry may hold, less what partial closes took
+        # off: a part still to fill is covered from the start, and a reduce-only stop larger
+        # than the position is cut to it.
+        result = await place_stop(ctx, record, max(open_size(record), record.qty - record.closed_qty), replacing=True)
         match result:
             case "live" | "armed_already":
                 record.protection = Protection.STOP_ORDER

@@ -19,12 +19,10 @@ import anyio
 
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
-from posguard.actors.intents import CloseIntent
 from posguard.actors.lifecycle.armed_stop import ArmedStop, needs_armed_stop
-from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import cancel_leftover_stops, look_up, send_once
-from posguard.actors.proof import Gone, known, prove_gone
-from posguard.actors.records import CLOSING_STATES, IN_FLIGHT_STATES, PositionRecord, State
+from posguard.actors.proof import Gone, known, prove_gone, reduced_by
+from posguard.actors.records import PositionRecord, State, open_size
 from posguard.streams.backoff import Deadline, sleep_within
 from posguard.streams.venue.errors import NothingToReduce, OrderRejected, VenueError
 from posguard.streams.venue.events import Order, closing_side, position_side_of
@@ -33,9 +31,9 @@ from posguard.streams.venue.protocol import OrderRequest
 
 __all__ = [
     "close_key",
-    "close_on_request",
     "close_position",
     "drive_close",
+    "reduce_position",
     "settle_closed",
     "settle_closed_externally",
 ]
@@ -44,28 +42,11 @@ log = logging.getLogger("posguard.actor")
 
 
 
-async def close_on_request(ctx: ActorContext, symbol: str, intent: CloseIntent, owned: Owned) -> PositionRecord:
-    """A close intent: only a live, settled entry can be closed; the close is written ahead."""
-    record = await ctx.store.load_record(symbol)
-    if record is None or not record.state.is_live:
-        state = record.state if record is not None else "none"
-        raise IntentConflict(f"{symbol} has no live position to close (record state: {state})")
-    if record.state in IN_FLIGHT_STATES:
-        raise IntentConflict(f"{symbol}: the entry is still being verified; close it once it settles")
-    if record.state in CLOSING_STATES:
-        raise IntentConflict(f"{symbol}: a close is already under way ({record.state}, {record.close_intent_id})")
-    record.transition(State.CLOSING)
-    record.close_intent_id = intent.intent_id
-    await ctx.save(record, "close requested")
-    owned()
-    return await drive_close(ctx, record)
-
-
 async def drive_close(ctx: ActorContext, record: PositionRecord) -> PositionRecord:
     """From a closing state to closed: reduce-only orders until the venue is proven flat.
     Also how a close cut short by a restart is finished."""
     key = close_key(record)
-    gone = await close_position(ctx, record, id_key=key, qty=record.filled_qty or record.qty)
+    gone = await close_position(ctx, record, id_key=key, qty=open_size(record))
     await settle_closed(ctx, record, gone, "emergency close" if key != record.close_intent_id else "closed on request")
     return record
 
@@ -107,7 +88,7 @@ async def _close_until_gone(ctx: ActorContext, record: PositionRecord, id_key: s
     delays = settings.close_backoff.delays(ctx.rng)
     side = closing_side(position_side_of(record.side))
     closes: list[Order] = []
-    left = max(qty, record.filled_qty)
+    left = max(qty, open_size(record))
     failures = 0
     attempt = 0
     while True:
@@ -158,6 +139,84 @@ async def _close_until_gone(ctx: ActorContext, record: PositionRecord, id_key: s
             await ctx.save(record)
             await ctx.alert(record.symbol, f"position may be open and unprotected: {record.reason}")
         await anyio.sleep(next(delays))
+
+
+async def reduce_position(ctx: ActorContext, record: PositionRecord, *, id_key: str, target: float) -> Gone | float:
+    """A partial close: reduce-only market orders until their fills (`proof.reduced_by`)
+    come to ``target``; returns what they filled, or the proof that the position is gone
+    (the venue had less to reduce than asked: a stop or a liquidation came first).
+
+    Each attempt's client order id is written ahead (I5). After a restart (the record's
+    `close_client_order_id` is one of this close's) every earlier attempt is looked up by its
+    id and the last one is looked up before anything is sent again (`send_once`'s
+    ``maybe_sent``), so that a fill before the crash is counted, never sent twice: a second
+    reduce-only order would close more than was asked. What is left of the ask below the
+    venue's minimum is not sent. After `ProtectionSettings.close_alert_after` failed attempts
+    it stops with what it did: the position kept its stop all along, so it is a reason and an
+    alert, not a close of the whole position."""
+    settings = ctx.settings.protection
+    delays = settings.close_backoff.delays(ctx.rng)
+    side = closing_side(position_side_of(record.side))
+    rules = ctx.rules.get(record.symbol)
+    first = ids.close_id(ctx.account, id_key, 0)
+    closes: list[Order] = []
+    attempt, maybe_sent = 0, False
+    last = ids.parse(record.close_client_order_id)
+    if last is not None and ids.same_intent(record.close_client_order_id, first, role="close"):
+        attempt, maybe_sent = last.attempt, True  # a restart cut this close short
+        closes = await _earlier_attempts(ctx, record, id_key, last.attempt)
+    failures = 0
+    while True:
+        executions = ctx.board.executions(record.symbol, record.sent_ms)
+        done = reduced_by(record, first, executions, closes)
+        want = target - done
+        size = rules.round_qty(want) if rules is not None else want
+        if want <= QTY_TOLERANCE or (rules is not None and size < rules.min_qty):
+            return done
+        coid = ids.close_id(ctx.account, id_key, attempt)
+        record.close_client_order_id = coid
+        await ctx.save(record, f"sending reduce-only close {coid} for {size} (partial close: {done:g} of {target:g} done)")
+        request = OrderRequest(symbol=record.symbol, side=side, qty=size, client_order_id=coid, reduce_only=True)
+        deadline = Deadline(settings.stop_deadline)
+        try:
+            order = await send_once(ctx, record, coid, lambda r=request: ctx.venue.create_order(r), deadline,
+                                    maybe_sent=maybe_sent)
+            if order is not None and not order.is_final:
+                order = await _until_final(ctx, record, coid, deadline)
+        except NothingToReduce:
+            gone = await prove_gone(ctx, record, ask_rest=True, closes=closes, refused_ms=ctx.venue.now_ms())
+            if gone is not None:
+                return gone
+            order = None
+        except OrderRejected as exc:
+            log.error("%s: partial close %s rejected: %s", record.symbol, coid, exc.reason)
+            order = None
+        maybe_sent = False
+        attempt += 1
+        if order is not None and order.filled > QTY_TOLERANCE:
+            closes.append(order)
+            continue
+        failures += 1
+        if failures >= settings.close_alert_after:
+            await ctx.alert(record.symbol, f"partial close {id_key}: could not close more after {failures} attempts"
+                                           f" ({done:g} of {target:g} closed); the position keeps its stop")
+            return done
+        await anyio.sleep(next(delays))
+
+
+async def _earlier_attempts(ctx: ActorContext, record: PositionRecord, id_key: str, before: int) -> list[Order]:
+    """A close's attempts before ``before``, as the venue knows them (a restart lost them):
+    looked up by id, since the venue's trade list may not name them (Binance)."""
+    found = []
+    for attempt in range(before):
+        try:
+            order = await ctx.fetch_order(record, ids.close_id(ctx.account, id_key, attempt))
+        except VenueError as exc:
+            log.warning("%s: could not look up close attempt %d: %s", record.symbol, attempt, exc)
+            continue
+        if order is not None and order.filled > QTY_TOLERANCE:
+            found.append(order)
+    return found
 
 
 def _size_to_close(ctx: ActorContext, record: PositionRecord, left: float, closes: list[Order]) -> float:

@@ -22,7 +22,7 @@ from posguard.actors.lifecycle.protection import Protected, protect, protect_wit
 from posguard.actors.lifecycle.replies import IntentConflict, Owned
 from posguard.actors.orders import send_once
 from posguard.actors.store.positions import RecordHead, Unseen, WriteAheadStale
-from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection, State, is_protected, utc_now
+from posguard.actors.records import IN_FLIGHT_STATES, PositionRecord, Protection, State, is_protected, open_size, utc_now
 from posguard.actors.verification import ClosedExternally, Filled, Rejected, Unverified, verify_entry
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import NotPlaced, OrderRejected, VenueUnavailable
@@ -197,12 +197,12 @@ async def _drive(ctx: ActorContext, record: PositionRecord, *, resumed: bool, se
             await armed.finish()
         await settle_entry(ctx, record, verdict, sent_at)
     elif record.state is State.OPEN or (record.state is State.UNVERIFIED and not is_protected(record)):
-        await protect(ctx, record, record.filled_qty or record.qty, None, sent_at)  # records its own outcome
+        await protect(ctx, record, open_size(record), None, sent_at)  # records its own outcome
     elif record.state is State.PROTECTED and not is_protected(record):
         # A stop replacement was cut short (the liquidation re-check's tightening): the record's
         # stop is the new one, and the position's may be the old one, which never fires. Placed
         # again, as the replacement it was: the venue's old stop is no proof of this one.
-        await protect_with_stop_order(ctx, record, record.filled_qty or record.qty, sent_at, replacing=True)
+        await protect_with_stop_order(ctx, record, open_size(record), sent_at, replacing=True)
     return record
 
 

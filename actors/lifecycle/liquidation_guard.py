@@ -14,7 +14,7 @@ import logging
 from posguard.actors.context import ActorContext
 from posguard.actors.lifecycle.protection import Protected, protect_with_stop_order
 from posguard.actors.liquidation import beyond_liquidation
-from posguard.actors.records import PositionRecord
+from posguard.actors.records import PositionRecord, open_size
 from posguard.streams.venue.errors import VenueError
 from posguard.streams.venue.events import Position
 
@@ -39,7 +39,7 @@ async def recheck_liquidation(ctx: ActorContext, record: PositionRecord, seen: P
     await ctx.alert(record.symbol, f"stop {old_stop} is beyond the venue's liquidation price {liq}: it would never"
                                    f" fire; tightening it to {tightened}")
     record.stop_price = tightened
-    if not isinstance(await protect_with_stop_order(ctx, record, record.filled_qty or record.qty, replacing=True),
+    if not isinstance(await protect_with_stop_order(ctx, record, open_size(record), replacing=True),
                       Protected):
         return  # an exit or a close, recorded as such
     record.reason = f"stop tightened from {old_stop} to {tightened}: beyond the venue's liquidation price {liq}"

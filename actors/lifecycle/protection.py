@@ -363,6 +363,7 @@ async def emergency_close(ctx: ActorContext, record: PositionRecord, qty: float)
     close it reduce-only rather than leave it bare. ``record.reason`` says why."""
     why = record.reason
     record.protection = Protection.NONE
+    record.partial_close_qty = 0.0  # a partial close cut short by it ends as a close of it all
     if record.state not in CLOSING_STATES:
         record.transition(State.EMERGENCY_CLOSING)
     await ctx.save(record, f"emergency close: {why}")

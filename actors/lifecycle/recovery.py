@@ -15,8 +15,8 @@ from posguard.actors.context import ActorContext
 from posguard.actors.failpoints import before_reply, failpoint
 from posguard.actors.intents import IntentRecord, settle_reply
 from posguard.actors.lifecycle.amend import resume_amend
-from posguard.actors.lifecycle.closing import drive_close
 from posguard.actors.lifecycle.entry import drive_entry
+from posguard.actors.lifecycle.partial_close import resume_close
 from posguard.actors.lifecycle.replies import nobody_waiting
 from posguard.actors.lifecycle.take_profit import arm_take_profit
 from posguard.actors.records import CLOSING_STATES, BadRecord, PositionRecord
@@ -71,7 +71,7 @@ async def resume(ctx: ActorContext, symbol: str, as_read: AsRead | None = None) 
         if record.state.is_live:
             log.info("%s: resuming record in state %s (intent %s)", symbol, record.state, record.intent_id)
             if record.state in CLOSING_STATES:
-                await drive_close(ctx, record)
+                await resume_close(ctx, record)  # a partial close as partial, never as a full one
             else:
                 await drive_entry(ctx, record, resumed=True, owned=nobody_waiting)
                 # A protected record the crash caught between its stop and its take-profit's

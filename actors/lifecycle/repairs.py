@@ -145,8 +145,10 @@ def _state_findings(symbol: str, record: PositionRecord | None, position: Positi
                                     action="close the record only if executions prove the exit"))
         return findings
     if position.size > record.filled_qty + QTY_TOLERANCE:
-        # Only upwards: a smaller size is a lagging list (or exits, which the executions
-        # prove and `prove_gone` counts); it never lowers the record's proven fills.
+        # Only upwards, and against what the entry filled: a smaller size is a lagging list, or
+        # exits (a partial close of ours among them: `closed_qty`), which the executions prove
+        # and `prove_gone` counts; it never lowers the record's proven fills. Against the open
+        # size (`open_size`), a list lagging behind a partial close would raise them.
         findings.append(Finding(symbol=symbol, kind="size_mismatch", position=position,
                                 seen=f"venue size {position.size}, record filled_qty {record.filled_qty}",
                                 action="take the venue's larger size"))
@@ -181,8 +183,9 @@ async def repair(ctx: ActorContext, finding: Finding) -> str:
             assert finding.position is not None
             if finding.position.size <= record.filled_qty:
                 return "the record already holds at least the venue's size; nothing to do"
-            record.filled_qty = finding.position.size
-            await ctx.save(record, f"audit: size taken from the venue ({finding.position.size})")
+            # What the venue holds is what is open: the partial closes' part stays counted apart.
+            record.filled_qty = round(finding.position.size + record.closed_qty, 12)
+            await ctx.save(record, f"audit: size taken from the venue ({finding.position.size} open)")
             return "record updated"
         case "unprotected":
             assert finding.position is not None

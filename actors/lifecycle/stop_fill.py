@@ -13,7 +13,7 @@ from __future__ import annotations
 from posguard.actors.context import ActorContext
 from posguard.actors.findings import Finding
 from posguard.actors.lifecycle.protection import describe_outcome, emergency_close, read_position
-from posguard.actors.records import BadRecord, PositionRecord, State, is_protected
+from posguard.actors.records import BadRecord, PositionRecord, State, is_protected, open_size
 from posguard.streams.venue.events import OrderSide
 
 __all__ = ["close_unfilled_stop", "is_watched", "stop_crossed"]
@@ -44,5 +44,5 @@ async def close_unfilled_stop(ctx: ActorContext, finding: Finding) -> str:
     if read_position(ctx.board.position(record.symbol), record) == "flat":
         return "the venue pushed the position flat: the stop filled after all"
     record.reason = f"the stop did not fill: {finding.seen}, and the position is not seen closed"
-    outcome = await emergency_close(ctx, record, record.filled_qty or record.qty)
+    outcome = await emergency_close(ctx, record, open_size(record))
     return describe_outcome(outcome)

@@ -24,7 +24,7 @@ import logging
 from posguard.actors import ids
 from posguard.actors.context import ActorContext
 from posguard.actors.orders import send_once
-from posguard.actors.records import PositionRecord, State, is_protected
+from posguard.actors.records import PositionRecord, State, is_protected, open_size
 from posguard.streams.backoff import Deadline
 from posguard.streams.venue.errors import OrderRejected, StopSlotTaken, StopWouldTrigger
 from posguard.streams.venue.events import closing_side, position_side_of
@@ -66,7 +66,7 @@ async def arm_take_profit(ctx: ActorContext, record: PositionRecord, *, attempt:
         return False
     coid = ids.take_profit_id(ctx.account, record.intent_id, attempt)
     record.take_profit_client_order_id = coid
-    qty = record.filled_qty or record.qty
+    qty = open_size(record)
     await ctx.save(record, f"placing take-profit {coid} at {record.take_profit} (the stop is live)")
     request = StopRequest(symbol=record.symbol, side=closing_side(position_side_of(record.side)), qty=qty,
                           stop_price=record.take_profit, client_order_id=coid, whole_position=True, take_profit=True)

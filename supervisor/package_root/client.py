@@ -305,10 +305,15 @@ class AsyncClient:
             **{name: value for name, value in given.items() if value is not None},  # type: ignore[arg-type]
         ))
 
-    async def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> Ticket:
-        """Close the symbol's whole position (reduce-only, at market)."""
+    async def close(self, symbol: str, *, qty: float | None = None, fraction: float | None = None,
+                    intent_id: str | None = None, expires_ms: int | None = None) -> Ticket:
+        """Close the symbol's whole position (reduce-only, at market), or part of it: ``qty``
+        contracts or a ``fraction`` of the open size (one of them; rounded down to the venue's
+        step). A part is answered ``done`` with outcome ``protected`` and what remains in the
+        reason; a part that comes to the whole open size is a full close."""
+        given = {"qty": qty, "fraction": fraction, "expires_ms": expires_ms}
         return await self.send(CloseIntent(intent_id=self._id(intent_id), symbol=symbol,
-                                           **({"expires_ms": expires_ms} if expires_ms is not None else {})))
+                                           **{name: value for name, value in given.items() if value is not None}))
 
     async def amend(self, symbol: str, *, stop_price: float | None = None, stop_distance: float | None = None,
                     breakeven: bool = False, take_profit: float | None = None,
@@ -403,9 +408,11 @@ class Client:
         return self._ticket(partial(self.client.open, symbol, side, qty, stop_price=stop_price,
                                     stop_distance=stop_distance, intent_id=intent_id, expires_ms=expires_ms))
 
-    def close(self, symbol: str, *, intent_id: str | None = None, expires_ms: int | None = None) -> SyncTicket:
+    def close(self, symbol: str, *, qty: float | None = None, fraction: float | None = None,
+              intent_id: str | None = None, expires_ms: int | None = None) -> SyncTicket:
         """`AsyncClient.close`, blocking."""
-        return self._ticket(partial(self.client.close, symbol, intent_id=intent_id, expires_ms=expires_ms))
+        return self._ticket(partial(self.client.close, symbol, qty=qty, fraction=fraction, intent_id=intent_id,
+                                    expires_ms=expires_ms))
 
     def amend(self, symbol: str, **changes: Any) -> SyncTicket:
         """`AsyncClient.amend`, blocking (the same keyword arguments)."""
