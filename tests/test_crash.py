@@ -368,6 +368,13 @@ async def gap_through_take_profit(trader: Trader) -> None:
     """An entry with a take-profit, protected and its take-profit armed (held by the position
     on Bybit, its own order placed after the stop on Binance), then the market gaps through it."""
     symbol = await trader.flat_symbol(settled=True)
+    if not trader.venue.kind.attached_stop:
+        # Binance: the flat position push (ACCOUNT_UPDATE) can overtake the take-profit's own
+        # fill push; the proof then reads REST, whose trade list names no client order id, and
+        # the record settles `closed_externally` (correctly closed, on proof; only the cause is
+        # lost: a known limitation, README "Venues"). Held back here so that the run reaches
+        # the `closed_by_take_profit` write it is about.
+        trader.emu.engine.faults = Faults(push_delay={"position": 1.0})
     intent_id = await trader.open(symbol, take_profit=True)
     bybit_symbol, _qty, price = SYMBOLS[symbol]
     take_profit = float(trader.intents[intent_id]["take_profit"])
